@@ -1,0 +1,86 @@
+"""The one table that maps every refusal to an HTTP status and an OpenAI-style error.
+
+Both the ext_proc service (immediate responses) and the Envoy bootstrap (local replies
+for errors Envoy itself produces: oversize body, engine unreachable, worker down) render
+their bodies from this table, so a client always sees the same shape:
+``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Reason(Enum):
+    """Why Fairlane answered instead of an engine: (HTTP status, OpenAI type, code)."""
+
+    INVALID_JSON = (400, "invalid_request_error", "invalid_json")
+    MISSING_MODEL = (400, "invalid_request_error", "missing_model")
+    INVALID_MODEL = (400, "invalid_request_error", "invalid_model")
+    MISSING_TENANT = (400, "invalid_request_error", "missing_tenant")
+    INVALID_TENANT = (400, "invalid_request_error", "invalid_tenant")
+    INVALID_API_KEY = (401, "authentication_error", "invalid_api_key")
+    UNKNOWN_TENANT = (403, "permission_error", "unknown_tenant")
+    MODEL_NOT_ALLOWED = (403, "permission_error", "model_not_allowed")
+    MODEL_NOT_FOUND = (404, "invalid_request_error", "model_not_found")
+    NOT_FOUND = (404, "invalid_request_error", "not_found")
+    METHOD_NOT_ALLOWED = (405, "invalid_request_error", "method_not_allowed")
+    BODY_TOO_LARGE = (413, "invalid_request_error", "body_too_large")
+    RATE_LIMIT_EXCEEDED = (429, "rate_limit_error", "rate_limit_exceeded")
+    INSUFFICIENT_QUOTA = (429, "insufficient_quota", "insufficient_quota")
+    QUEUE_FULL = (429, "rate_limit_error", "queue_full")
+    QUEUE_TIMEOUT = (503, "service_unavailable", "queue_timeout")
+    ENGINE_UNAVAILABLE = (503, "service_unavailable", "engine_unavailable")
+    GATEWAY_UNAVAILABLE = (503, "service_unavailable", "gateway_unavailable")
+    STREAM_IDLE_TIMEOUT = (504, "timeout", "stream_idle_timeout")
+
+    @property
+    def status(self) -> int:
+        return int(self.value[0])
+
+    @property
+    def error_type(self) -> str:
+        return str(self.value[1])
+
+    @property
+    def code(self) -> str:
+        return str(self.value[2])
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A request answered by Fairlane itself instead of an engine."""
+
+    reason: Reason
+    message: str
+    retry_after_s: float | None = None
+
+    @property
+    def status(self) -> int:
+        return self.reason.status
+
+    def body(self) -> bytes:
+        return error_body(self.reason, self.message)
+
+    def headers(self) -> list[tuple[str, str]]:
+        headers = [("content-type", "application/json")]
+        if self.retry_after_s is not None:
+            headers.append(("retry-after", str(max(1, math.ceil(self.retry_after_s)))))
+        return headers
+
+
+def error_body(reason: Reason, message: str) -> bytes:
+    return json.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": reason.error_type,
+                "param": None,
+                "code": reason.code,
+            }
+        },
+        separators=(",", ":"),
+    ).encode()

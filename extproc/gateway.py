@@ -1,0 +1,264 @@
+"""The decision service: pipeline, limits, engine pools and leases, behind two calls.
+
+``begin`` decides synchronously when it can (admit into a free slot, or refuse) and
+returns a ``Pending`` only when the request must wait in a queue. ``finish`` is called
+from Envoy's end-of-request record and gives the slot back with the real usage. The
+gRPC servicers translate protobuf to these calls and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fairlane.extproc.accounting import Usage, usage_cost
+from fairlane.extproc.admission import EnginePool, EngineState, EngineUnavailable, QueueTimeout
+from fairlane.extproc.errors import Reason, Rejection
+from fairlane.extproc.limits import RateLimiter
+from fairlane.extproc.metrics import Metrics
+from fairlane.extproc.pipeline import Ticket, evaluate
+from fairlane.extproc.request import RequestInfo
+from fairlane.extproc.runtime import UNKNOWN_TENANT, Runtime
+from fairlane.extproc.scheduling import QueuedRequest, QueueFull, make_scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Lease:
+    """An admitted request holding a slot until Envoy reports its end."""
+
+    ticket: Ticket
+    queued: QueuedRequest
+    pool: EnginePool
+    admitted_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    lease_id: str
+    ticket: Ticket
+
+
+class Pending:
+    """A queued request: await ``result()`` for the final Admitted or Rejection."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        ticket: Ticket,
+        queued: QueuedRequest,
+        pool: EnginePool,
+        future: asyncio.Future[None],
+        timeout_s: float,
+    ) -> None:
+        self._gateway = gateway
+        self._ticket = ticket
+        self._queued = queued
+        self._pool = pool
+        self._future = future
+        self.timeout_s = timeout_s
+
+    async def result(self) -> Admitted | Rejection:
+        g, ticket = self._gateway, self._ticket
+        try:
+            await self._pool.wait(self._queued, self._future, self.timeout_s)
+        except QueueTimeout:
+            return g.refuse_admitted(
+                ticket,
+                Rejection(
+                    Reason.QUEUE_TIMEOUT,
+                    f"engine {ticket.engine} is busy: waited {self.timeout_s:g}s in the queue",
+                    retry_after_s=max(1.0, self.timeout_s / 4),
+                ),
+            )
+        except EngineUnavailable:
+            return g.refuse_admitted(ticket, _engine_down(ticket.engine))
+        except asyncio.CancelledError:
+            g.refund(ticket)
+            raise
+        return g.grant(ticket, self._queued, self._pool)
+
+
+class Gateway:
+    def __init__(
+        self,
+        runtime: Runtime,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.metrics = metrics
+        self.pools: dict[str, EnginePool] = {}
+        self.limiter = RateLimiter()
+        self.leases: dict[str, Lease] = {}
+        self._clock = clock
+        self._wall = wall_clock
+        self._prefix = secrets.token_hex(4)  # leases of an earlier worker never match
+        self._ids = itertools.count(1)
+        self.runtime = runtime
+        self.apply(runtime)
+
+    # -- policy -------------------------------------------------------------------
+
+    def apply(self, runtime: Runtime) -> None:
+        """Swap in a new policy: new limits and weights apply to the next decision."""
+        self.runtime = runtime
+        for name, engine in runtime.policy.engines.items():
+            pool = self.pools.get(name)
+            kind = engine.scheduler
+            if pool is None or (pool.scheduler_kind != kind and pool.queued == 0):
+                scheduler = make_scheduler(
+                    kind,
+                    max_queue_per_tenant=engine.queue.max_per_tenant,
+                    max_queue_total=engine.queue.max_total,
+                )
+                if pool is None:
+                    pool = EnginePool(name, scheduler, engine.max_inflight, self._clock)
+                    self.pools[name] = pool
+                else:
+                    pool.scheduler = scheduler
+                pool.scheduler_kind = kind
+            if engine.adaptive is None:
+                pool.set_capacity(engine.max_inflight)
+        self.metrics.config_generation.set(runtime.generation)
+
+    def set_engine_state(self, engine: str, state: EngineState) -> None:
+        pool = self.pools.get(engine)
+        if pool is not None and pool.state is not state:
+            log.info("engine %s is %s", engine, state.value)
+            pool.set_state(state)
+
+    # -- decisions ------------------------------------------------------------------
+
+    def begin(self, info: RequestInfo) -> Admitted | Rejection | Pending:
+        runtime = self.runtime
+        verdict = evaluate(info, runtime)
+        if isinstance(verdict, Rejection):
+            self._count_rejection(UNKNOWN_TENANT, verdict)
+            return verdict
+        ticket = verdict
+        label = self.label(ticket)
+        limits = ticket.tenant.limits
+        if limits is not None:
+            check = self.limiter.check(
+                ticket.tenant.name, limits, self._tokens(ticket), self._wall()
+            )
+            if not check.admitted:
+                reason = (
+                    Reason.INSUFFICIENT_QUOTA
+                    if check.reason == "quota_exceeded"
+                    else Reason.RATE_LIMIT_EXCEEDED
+                )
+                rejection = Rejection(
+                    reason,
+                    f"tenant {ticket.tenant_id!r} is over its "
+                    f"{'daily token quota' if reason is Reason.INSUFFICIENT_QUOTA else 'rate limit'}",
+                    retry_after_s=check.retry_after_s,
+                )
+                self._count_rejection(label, rejection)
+                return rejection
+        pool = self.pools[ticket.engine]
+        queued = QueuedRequest(
+            tenant=ticket.tenant.name,
+            cost=ticket.cost,
+            weight=ticket.tenant.weight,
+            priority=ticket.tenant.priority,
+        )
+        try:
+            if pool.try_admit(queued):
+                return self.grant(ticket, queued, pool)
+            future = pool.enqueue(queued)
+        except EngineUnavailable:
+            return self.refuse_admitted(ticket, _engine_down(ticket.engine))
+        except QueueFull as exc:
+            return self.refuse_admitted(
+                ticket,
+                Rejection(
+                    Reason.QUEUE_FULL,
+                    f"too many queued requests for tenant {ticket.tenant_id!r} ({exc.limit})",
+                    retry_after_s=1.0,
+                ),
+            )
+        timeout = runtime.engine(ticket.engine).queue.timeout_s
+        return Pending(self, ticket, queued, pool, future, timeout)
+
+    def grant(self, ticket: Ticket, queued: QueuedRequest, pool: EnginePool) -> Admitted:
+        now = self._clock()
+        lease_id = f"{self._prefix}-{next(self._ids)}"
+        self.leases[lease_id] = Lease(ticket, queued, pool, now)
+        label = self.label(ticket)
+        if queued.enqueued_at:
+            self.metrics.queue_wait.labels(label).observe(now - queued.enqueued_at)
+        else:
+            self.metrics.queue_wait.labels(label).observe(0.0)
+        return Admitted(lease_id, ticket)
+
+    def refuse_admitted(self, ticket: Ticket, rejection: Rejection) -> Rejection:
+        """Refuse a request that had passed validation (and maybe the rate limiter)."""
+        self.refund(ticket)
+        self._count_rejection(self.label(ticket), rejection)
+        return rejection
+
+    def refund(self, ticket: Ticket) -> None:
+        if ticket.tenant.limits is not None:
+            self.limiter.correct(ticket.tenant.name, -self._tokens(ticket), self._wall())
+
+    def finish(self, lease_id: str, status: int, usage: Usage, ttft_s: float | None) -> None:
+        """Envoy says the request ended (completed, failed or the client went away)."""
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return
+        ticket = lease.ticket
+        cost = self.runtime.policy.cost
+        prompt, completion = usage.resolve(ticket.prompt_tokens, ticket.max_tokens)
+        lease.pool.release(lease.queued, usage_cost(cost, prompt, completion))
+        if ticket.tenant.limits is not None:
+            self.limiter.correct(
+                ticket.tenant.name, prompt + completion - self._tokens(ticket), self._wall()
+            )
+        label = self.label(ticket)
+        m = self.metrics
+        m.tokens.labels(label, ticket.model, "prompt").inc(prompt)
+        m.tokens.labels(label, ticket.model, "completion").inc(completion)
+        outcome = "ok" if 200 <= status < 400 else ("client_closed" if status == 0 else "error")
+        m.requests.labels(label, ticket.model, outcome).inc()
+        if ttft_s is not None and ticket.stream and status == 200:
+            m.ttft.labels(label, ticket.model).observe(ttft_s)
+
+    def expire_leases(self, max_age_s: float) -> int:
+        """Reclaim slots whose end-of-request record never came (a lost log entry)."""
+        cutoff = self._clock() - max_age_s
+        # Leases are kept in admission order, so the stale ones are a prefix.
+        stale = list(
+            itertools.takewhile(lambda item: item[1].admitted_at < cutoff, self.leases.items())
+        )
+        stale = [lease_id for lease_id, _ in stale]
+        for lease_id in stale:
+            self.finish(lease_id, 0, Usage(), None)
+        if stale:
+            self.metrics.leases_expired.inc(len(stale))
+        return len(stale)
+
+    # -- helpers --------------------------------------------------------------------
+
+    def label(self, ticket: Ticket) -> str:
+        return ticket.tenant.name if ticket.tenant.named else UNKNOWN_TENANT
+
+    @staticmethod
+    def _tokens(ticket: Ticket) -> float:
+        return float(ticket.prompt_tokens + ticket.max_tokens)
+
+    def _count_rejection(self, label: str, rejection: Rejection) -> None:
+        self.metrics.rejected.labels(label, rejection.reason.code).inc()
+
+
+def _engine_down(engine: str) -> Rejection:
+    return Rejection(
+        Reason.ENGINE_UNAVAILABLE, f"engine {engine} is not available", retry_after_s=2.0
+    )

@@ -1,0 +1,66 @@
+"""Fairlane's Prometheus metrics, one registry per worker (no globals).
+
+Label cardinality is bounded by construction: ``tenant`` is a tenant named in the
+policy or ``unknown``; ``model`` and ``engine`` come from the policy. A storm of random
+tenant ids therefore cannot grow ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "fairlane_requests",
+            "Requests decided, by outcome",
+            ["tenant", "model", "outcome"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "fairlane_rejected",
+            "Requests refused by Fairlane, by reason",
+            ["tenant", "reason"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "fairlane_tokens",
+            "Tokens served (kind: prompt|completion)",
+            ["tenant", "model", "kind"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "fairlane_queue_wait_seconds",
+            "Time from arrival to admission",
+            ["tenant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "fairlane_ttft_seconds",
+            "Time to first response byte of streaming requests, measured by Envoy",
+            ["tenant", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.config_generation = Gauge(
+            "fairlane_config_generation", "Generation of the live policy", registry=r
+        )
+        self.config_reload_failures = Counter(
+            "fairlane_config_reload_failures", "Policy reloads refused", registry=r
+        )
+        self.leases_expired = Counter(
+            "fairlane_leases_expired",
+            "Slots reclaimed because no end-of-request record arrived in time",
+            registry=r,
+        )
+
+    def add_collector(self, collector: Collector) -> None:
+        """Gauges read at scrape time (queue depth, in flight) instead of on every request."""
+        self.registry.register(collector)

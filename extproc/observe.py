@@ -1,0 +1,92 @@
+"""Read-side views of the gateway: Prometheus gauges at scrape time and /status."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+from fairlane.extproc.admission import EngineState
+from fairlane.extproc.gateway import Gateway
+from fairlane.extproc.runtime import UNKNOWN_TENANT
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class GatewayCollector(Collector):
+    """In-flight, capacity, queue depth and engine health, computed when scraped so the
+    request path never touches a gauge."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        g = self._gateway
+        inflight = GaugeMetricFamily(
+            "fairlane_inflight", "Requests holding an engine slot", labels=["engine"]
+        )
+        capacity = GaugeMetricFamily(
+            "fairlane_engine_capacity", "Current in-flight limit", labels=["engine"]
+        )
+        up = GaugeMetricFamily(
+            "fairlane_engine_up", "1 when the engine is healthy", labels=["engine"]
+        )
+        depth = GaugeMetricFamily(
+            "fairlane_queue_depth", "Requests waiting", labels=["engine", "tenant"]
+        )
+        for name, pool in g.pools.items():
+            inflight.add_metric([name], pool.inflight)
+            capacity.add_metric([name], pool.capacity)
+            up.add_metric([name], 1.0 if pool.state is EngineState.UP else 0.0)
+            for tenant, n in _by_label(g, pool.scheduler.depths()).items():
+                depth.add_metric([name, tenant], n)
+        yield from (inflight, capacity, up, depth)
+
+
+def _by_label(gateway: Gateway, depths: dict[str, int]) -> dict[str, int]:
+    named = gateway.runtime.tenants
+    out: dict[str, int] = defaultdict(int)
+    for tenant, n in depths.items():
+        out[tenant if tenant in named else UNKNOWN_TENANT] += n
+    return out
+
+
+def snapshot(gateway: Gateway) -> dict[str, Any]:
+    """Per-engine and per-tenant state for `fairlane status`."""
+    tenants: dict[str, dict[str, float]] = defaultdict(
+        lambda: {
+            "inflight": 0,
+            "queued": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "rejected": 0,
+            "requests": 0,
+        }
+    )
+    named = gateway.runtime.tenants
+    for lease in gateway.leases.values():
+        name = lease.ticket.tenant.name
+        tenants[name if name in named else UNKNOWN_TENANT]["inflight"] += 1
+    engines = {}
+    for name, pool in gateway.pools.items():
+        engines[name] = {
+            "state": pool.state.value,
+            "inflight": pool.inflight,
+            "capacity": pool.capacity,
+            "queued": pool.queued,
+            "scheduler": pool.scheduler_kind,
+        }
+        for tenant, n in _by_label(gateway, pool.scheduler.depths()).items():
+            tenants[tenant]["queued"] += n
+    for metric in gateway.metrics.registry.collect():
+        for sample in metric.samples:
+            tenant = sample.labels.get("tenant")
+            if tenant is None or not sample.name.endswith("_total"):
+                continue
+            if metric.name == "fairlane_tokens":
+                tenants[tenant][f"{sample.labels['kind']}_tokens"] += sample.value
+            elif metric.name == "fairlane_rejected":
+                tenants[tenant]["rejected"] += sample.value
+            elif metric.name == "fairlane_requests":
+                tenants[tenant]["requests"] += sample.value
+    return {"generation": gateway.runtime.generation, "engines": engines, "tenants": dict(tenants)}

@@ -1,0 +1,108 @@
+"""identify → validate → route: the pure, synchronous part of a decision.
+
+Returns either a Rejection or a Ticket describing what to admit. Rate limits and the
+queue come after this, in the gateway, because they hold state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from fairlane.extproc.errors import Reason, Rejection
+from fairlane.extproc.request import RequestInfo
+from fairlane.extproc.runtime import TENANT_ID, Runtime, TenantProfile
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """A request that passed validation: who, what, where and its estimated cost."""
+
+    tenant: TenantProfile
+    tenant_id: str  # as identified (for logs); tenant.name is the state key
+    model: str
+    engine: str
+    prompt_tokens: int  # estimate from the body size; corrected from usage later
+    max_tokens: int
+    cost: float
+    stream: bool
+    include_usage: bool
+
+
+def identify(info: RequestInfo, runtime: Runtime) -> str | Rejection:
+    """The tenant id: from the API key when keys are on, else the trusted header."""
+    if runtime.api_keys_enabled:
+        token = _bearer(info.authorization)
+        if token is None:
+            return Rejection(
+                Reason.INVALID_API_KEY, "missing API key: send Authorization: Bearer <key>"
+            )
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        # Looking up the sha256 digest, not the key, keeps the comparison timing-safe: an
+        # attacker controls the key, not which digest bits a near-miss would share.
+        tenant = runtime.key_to_tenant.get(digest)
+        if tenant is None:
+            return Rejection(Reason.INVALID_API_KEY, "invalid API key")
+        return tenant
+    header = info.tenant_header
+    if header is None or not runtime.policy.trust_tenant_header:
+        if runtime.policy.default_tenant is not None:
+            return runtime.policy.default_tenant
+        return Rejection(Reason.MISSING_TENANT, "missing X-Tenant-ID header")
+    if not TENANT_ID.match(header):
+        return Rejection(
+            Reason.INVALID_TENANT,
+            "X-Tenant-ID must be 1-128 characters of letters, digits and . _ : @ / -",
+        )
+    return header
+
+
+def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
+    tenant_id = identify(info, runtime)
+    if isinstance(tenant_id, Rejection):
+        return tenant_id
+    profile = runtime.profile_for(tenant_id)
+    if profile is None:
+        return Rejection(Reason.UNKNOWN_TENANT, f"tenant {tenant_id!r} is not allowed")
+    if not info.body_is_json:
+        return Rejection(Reason.INVALID_JSON, "request body is not valid JSON")
+    model = info.model
+    if model is None:
+        return Rejection(Reason.MISSING_MODEL, "request body must be a JSON object with a `model`")
+    if not isinstance(model, str):
+        return Rejection(Reason.INVALID_MODEL, "`model` must be a string")
+    engine = runtime.model_to_engine.get(model)
+    if engine is None:
+        return Rejection(Reason.MODEL_NOT_FOUND, f"The model `{model[:200]}` does not exist.")
+    if profile.allowed_models is not None and model not in profile.allowed_models:
+        return Rejection(Reason.MODEL_NOT_ALLOWED, f"tenant {tenant_id!r} may not use `{model}`")
+    cost = runtime.policy.cost
+    max_tokens = _positive_int(info.max_tokens, cost.default_max_tokens)
+    prompt_tokens = max(1, int(info.content_length / cost.chars_per_token))
+    return Ticket(
+        tenant=profile,
+        tenant_id=tenant_id,
+        model=model,
+        engine=engine,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        cost=cost.input_weight * prompt_tokens + cost.output_weight * max_tokens,
+        stream=info.stream,
+        include_usage=info.include_usage,
+    )
+
+
+def _bearer(value: str | None) -> str | None:
+    if value is None:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _positive_int(value: object, default: int) -> int:
+    """max_tokens as sent; the engine validates it, we only need a sane estimate."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    # Clamp so a hostile 1e300 cannot blow up a tenant's counter.
+    return int(min(max(value, 1), 1_000_000))

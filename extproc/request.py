@@ -1,0 +1,49 @@
+"""What the ext_proc service learns about one request, as a plain object.
+
+Envoy's ``json_to_metadata`` filter parses the body in C++ and hands the fields Fairlane
+needs (model, max_tokens, stream, ...) to ext_proc as metadata, so the Python side never
+sees or parses the body and one gRPC round trip decides the request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# The metadata namespace the bootstrap's json_to_metadata rules write into.
+REQUEST_NAMESPACE = "fairlane.request"
+# Marker values json_to_metadata writes when the body is not JSON / has no model.
+JSON_ERROR_KEY = "json_error"
+MODEL_MISSING_KEY = "model_missing"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    tenant_header: str | None
+    authorization: str | None
+    content_length: int
+    body_is_json: bool
+    model: Any  # whatever JSON value the client sent; validated by the pipeline
+    max_tokens: Any
+    stream: bool
+    include_usage: bool
+
+
+def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo:
+    """Build a RequestInfo from forwarded headers and the json_to_metadata fields."""
+    try:
+        length = int(headers.get("content-length", "0"))
+    except ValueError:
+        length = 0
+    model_missing = bool(fields.get(MODEL_MISSING_KEY))
+    max_tokens = fields.get("max_completion_tokens", fields.get("max_tokens"))
+    return RequestInfo(
+        tenant_header=headers.get("x-tenant-id"),
+        authorization=headers.get("authorization"),
+        content_length=length,
+        body_is_json=not fields.get(JSON_ERROR_KEY),
+        model=None if model_missing else fields.get("model"),
+        max_tokens=max_tokens,
+        stream=fields.get("stream") is True,
+        include_usage=fields.get("include_usage") is True,
+    )

@@ -1,0 +1,109 @@
+"""The policy compiled into lookup tables for the hot path.
+
+Built once per policy generation and swapped atomically on reload; everything a decision
+needs is a dict lookup here, nothing iterates over tenants or models.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from fairlane.extproc.limits import TenantLimits
+
+from fairlane.policy import EngineConfig, LimitsConfig, Policy
+
+UNKNOWN_TENANT = "unknown"
+TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantProfile:
+    """How one tenant (or the shared unknown class) is treated."""
+
+    name: str  # the key its fair-share, limit and metric state lives under
+    weight: float
+    priority: int
+    limits: TenantLimits | None
+    allowed_models: frozenset[str] | None
+    named: bool  # named in the policy: gets its own metric labels
+
+
+def to_limits(config: LimitsConfig) -> TenantLimits | None:
+    if (
+        config.requests_per_minute is None
+        and config.tokens_per_minute is None
+        and config.tokens_per_day is None
+    ):
+        return None
+    return TenantLimits(
+        requests_per_minute=config.requests_per_minute,
+        tokens_per_minute=config.tokens_per_minute,
+        burst_seconds=config.burst_seconds,
+        tokens_per_day=config.tokens_per_day,
+    )
+
+
+@dataclass(frozen=True)
+class Runtime:
+    policy: Policy
+    generation: int
+    tenants: dict[str, TenantProfile]
+    unknown: TenantProfile
+    key_to_tenant: dict[str, str]
+    model_to_engine: dict[str, str]
+
+    @property
+    def api_keys_enabled(self) -> bool:
+        return bool(self.key_to_tenant)
+
+    def engine(self, name: str) -> EngineConfig:
+        return self.policy.engines[name]
+
+    def profile_for(self, tenant_id: str) -> TenantProfile | None:
+        """The profile of a tenant id, or None when unknown tenants are rejected."""
+        named = self.tenants.get(tenant_id)
+        if named is not None:
+            return named
+        mode = self.policy.unknown_tenants.mode
+        if mode == "reject":
+            return None
+        if mode == "shared":
+            return self.unknown
+        # individual: own fair-share state, but shared limits config and metric label.
+        u = self.unknown
+        return TenantProfile(
+            f"{UNKNOWN_TENANT}:{tenant_id}", u.weight, u.priority, u.limits, None, False
+        )
+
+
+def compile_policy(policy: Policy, generation: int) -> Runtime:
+    ranks = {name: rank for rank, name in enumerate(policy.priority_classes)}
+
+    def rank(cls: str | None) -> int:
+        return ranks[cls] if cls is not None else 0
+
+    tenants = {
+        name: TenantProfile(
+            name=name,
+            weight=t.weight,
+            priority=rank(t.priority),
+            limits=to_limits(t.limits),
+            allowed_models=frozenset(t.models) if t.models is not None else None,
+            named=True,
+        )
+        for name, t in policy.tenants.items()
+    }
+    u = policy.unknown_tenants
+    unknown = TenantProfile(
+        UNKNOWN_TENANT, u.weight, rank(u.priority), to_limits(u.limits), None, False
+    )
+    keys = {key: name for name, t in policy.tenants.items() for key in t.api_keys}
+    return Runtime(
+        policy=policy,
+        generation=generation,
+        tenants=tenants,
+        unknown=unknown,
+        key_to_tenant=keys,
+        model_to_engine=policy.served_models(),
+    )

