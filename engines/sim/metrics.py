@@ -1,0 +1,74 @@
+"""Prometheus exposition of the simulator under vLLM's metric names.
+
+A custom collector reads the engine's plain counters at scrape time, so serving a token
+never touches prometheus_client. Each app gets its own CollectorRegistry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from .engine import SimEngine
+from .stats import Histogram
+
+
+class EngineCollector(Collector):
+    """vLLM's engine metrics, labelled with the first served model name like vLLM."""
+
+    def __init__(self, engine: SimEngine, model_name: str) -> None:
+        self._engine = engine
+        self._labels = [model_name]
+
+    def collect(self) -> Iterator[Metric]:
+        engine, stats = self._engine, self._engine.stats
+        yield self._gauge("vllm:num_requests_running", "Requests in the batch", engine.num_running)
+        yield self._gauge("vllm:num_requests_waiting", "Requests waiting", engine.num_waiting)
+        yield self._gauge("vllm:kv_cache_usage_perc", "KV cache usage (1 = full)", engine.kv_usage)
+        yield self._histogram("vllm:time_to_first_token_seconds", "Time to first token", stats.ttft)
+        yield self._histogram("vllm:e2e_request_latency_seconds", "End-to-end latency", stats.e2e)
+        yield self._counter("vllm:prompt_tokens", "Prefilled prompt tokens", stats.prompt_tokens)
+        yield self._counter("vllm:generation_tokens", "Generated tokens", stats.generation_tokens)
+        yield self._counter("vllm:num_preemptions", "Preemptions", stats.preemptions)
+        success = CounterMetricFamily(
+            "vllm:request_success",
+            "Finished requests",
+            labels=["model_name", "finished_reason"],
+        )
+        success.add_metric([*self._labels, "length"], stats.requests_finished)
+        yield success
+
+    def _gauge(self, name: str, doc: str, value: float) -> Metric:
+        metric = GaugeMetricFamily(name, doc, labels=["model_name"])
+        metric.add_metric(self._labels, value)
+        return metric
+
+    def _counter(self, name: str, doc: str, value: float) -> Metric:
+        metric = CounterMetricFamily(name, doc, labels=["model_name"])
+        metric.add_metric(self._labels, value)
+        return metric
+
+    def _histogram(self, name: str, doc: str, hist: Histogram) -> Metric:
+        metric = HistogramMetricFamily(name, doc, labels=["model_name"])
+        metric.add_metric(self._labels, hist.cumulative(), hist.sum)
+        return metric
+
+
+def build_registry(engine: SimEngine, model_name: str) -> tuple[CollectorRegistry, Counter]:
+    """A registry for one app, and its counter of requests that carried ``priority``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EngineCollector(engine, model_name))
+    priority = Counter(
+        "fairlane_sim_priority_requests",
+        "Requests that carried a vLLM priority field",
+        registry=registry,
+    )
+    return registry, priority

@@ -1,0 +1,256 @@
+"""The simulator's OpenAI-compatible HTTP server (vLLM's endpoints, shapes and metrics)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+import uuid
+
+from aiohttp import web
+from prometheus_client import generate_latest
+
+from .engine import EngineOverloaded, SimEngine, SimRequest
+from .metrics import build_registry
+from .openai_api import (
+    ApiError,
+    GenerationRequest,
+    Kind,
+    StreamChunks,
+    full_response,
+    parse_body,
+    parse_generation,
+    sse_error,
+)
+from .presets import DEFAULT_PRESET, PRESETS, SimPreset
+
+_DONE = b"data: [DONE]\n\n"
+# The text format generate_latest() writes, whatever newer format prometheus_client
+# would advertise by default.
+_METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_MAX_BODY_BYTES = 32 * 1024 * 1024
+_SHUTDOWN_TIMEOUT_S = 5.0
+_SIGNAL_RECHECK_S = 3600.0
+
+
+def _engine_gone() -> ApiError:
+    return ApiError(
+        503, "The engine stopped before the request finished.", "ServiceUnavailableError"
+    )
+
+
+class _Api:
+    """Request handlers bound to one engine."""
+
+    def __init__(self, engine: SimEngine, models: list[str], preset: SimPreset) -> None:
+        self._engine = engine
+        self._models = models
+        self._preset = preset
+        self._registry, self._priority_requests = build_registry(engine, models[0])
+        self._created = int(time.time())
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "chat")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "completion")
+
+    async def models(self, request: web.Request) -> web.Response:
+        data: list[dict[str, object]] = [
+            {
+                "id": model,
+                "object": "model",
+                "created": self._created,
+                "owned_by": "fairlane-sim",
+                "root": model,
+                "parent": None,
+                "max_model_len": self._preset.max_model_len,
+                "permission": [],
+            }
+            for model in self._models
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response()
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": _METRICS_CONTENT_TYPE})
+
+    async def _generate(self, request: web.Request, kind: Kind) -> web.StreamResponse:
+        try:
+            body = parse_body(await request.read())
+            gen = parse_generation(kind, body, self._models, self._preset.chars_per_token)
+            reqs = self._submit(gen)
+        except ApiError as exc:
+            return web.json_response(exc.body(), status=exc.status)
+        headers: dict[str, str] = {}
+        if gen.priority is not None:
+            self._priority_requests.inc()
+            headers["x-sim-priority"] = str(gen.priority)
+        request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        try:
+            if gen.stream:
+                return await self._stream(request, gen, reqs, request_id, headers)
+            return await self._complete(gen, reqs, request_id, headers)
+        finally:
+            # Client gone (write error or handler cancelled) or engine stall: free the
+            # slots. A no-op for requests that finished.
+            for req in reqs:
+                req.abort()
+
+    def _submit(self, gen: GenerationRequest) -> list[SimRequest]:
+        reqs: list[SimRequest] = []
+        try:
+            for prompt_tokens in gen.prompt_tokens:
+                reqs.append(self._engine.submit(prompt_tokens, gen.max_tokens))
+        except (ValueError, EngineOverloaded) as exc:
+            for req in reqs:
+                req.abort()
+            if isinstance(exc, EngineOverloaded):
+                raise ApiError(503, str(exc), "ServiceUnavailableError") from None
+            raise ApiError(400, str(exc)) from None
+        return reqs
+
+    async def _complete(
+        self,
+        gen: GenerationRequest,
+        reqs: list[SimRequest],
+        request_id: str,
+        headers: dict[str, str],
+    ) -> web.Response:
+        try:
+            for req in reqs:
+                async for _ in req:
+                    pass
+                if req.finish_reason != "length":
+                    raise _engine_gone()
+        except TimeoutError as exc:
+            error = ApiError(500, str(exc), "InternalServerError")
+            return web.json_response(error.body(), status=500)
+        except ApiError as exc:
+            return web.json_response(exc.body(), status=exc.status)
+        completion_tokens = sum(req.generated for req in reqs)
+        body = full_response(gen, request_id, int(time.time()), completion_tokens)
+        return web.json_response(body, headers=headers)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        gen: GenerationRequest,
+        reqs: list[SimRequest],
+        request_id: str,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
+        )
+        await resp.prepare(request)
+        created = int(time.time())
+        choices = [
+            StreamChunks(gen.kind, request_id, created, gen.model, i) for i in range(len(reqs))
+        ]
+        try:
+            for chunks, req in zip(choices, reqs, strict=True):
+                sent = 0
+                async for n in req:
+                    # One write per engine step; several tokens at once when we lag.
+                    data = chunks.first if sent == 0 else b""
+                    sent += n
+                    if sent == req.max_tokens:
+                        data += chunks.token * (n - 1) + chunks.last
+                    else:
+                        data += chunks.token * n
+                    await resp.write(data)
+                if req.finish_reason != "length":
+                    await resp.write(sse_error(_engine_gone()) + _DONE)
+                    return resp
+            if gen.include_usage:
+                completion_tokens = sum(req.generated for req in reqs)
+                await resp.write(choices[0].usage(sum(gen.prompt_tokens), completion_tokens))
+            await resp.write(_DONE)
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass  # the client left; _generate aborts the requests
+        except TimeoutError as exc:
+            await resp.write(sse_error(ApiError(500, str(exc), "InternalServerError")) + _DONE)
+        return resp
+
+
+def build_app(engine: SimEngine, models: list[str], preset: SimPreset) -> web.Application:
+    """The HTTP app for a started (or soon started) engine; ``models`` are the served
+    names, the first one labels the metrics."""
+    if not models:
+        raise ValueError("at least one model name is required")
+    api = _Api(engine, models, preset)
+    app = web.Application(client_max_size=_MAX_BODY_BYTES)
+    app.router.add_post("/v1/chat/completions", api.chat)
+    app.router.add_post("/v1/completions", api.completions)
+    app.router.add_get("/v1/models", api.models)
+    app.router.add_get("/health", api.health)
+    app.router.add_get("/metrics", api.metrics)
+    return app
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="fairlane sim", description="A model-less, vLLM-like OpenAI server."
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument(
+        "--model", action="append", help="served model name, repeatable (default: sim-model)"
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        help="requests accepted beyond a full batch before 503s (default: 10 x max_num_seqs)",
+    )
+    args = parser.parse_args(argv)
+    if args.max_queue is not None and args.max_queue < 1:
+        parser.error("--max-queue must be at least 1")
+    return args
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    preset = PRESETS[args.preset]
+    engine = SimEngine(preset, max_waiting=args.max_queue)
+    app = build_app(engine, args.model or ["sim-model"], preset)
+    # handler_cancellation: a client that disconnects while its request is still queued
+    # cancels the handler, which aborts the request (vLLM also aborts on disconnect).
+    runner = web.AppRunner(
+        app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_TIMEOUT_S
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await engine.start()
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, args.host, args.port).start()
+        except OSError as exc:
+            print(f"fairlane-sim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"fairlane-sim ready on http://{args.host}:{args.port} (preset {preset.name})",
+            flush=True,
+        )
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _SIGNAL_RECHECK_S)
+    finally:
+        await engine.stop()  # ends in-flight streams first, so the cleanup is quick
+        await runner.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the simulator until SIGINT/SIGTERM; 0 on a clean shutdown."""
+    return asyncio.run(_serve(_parse_args(argv)))

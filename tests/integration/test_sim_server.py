@@ -1,0 +1,299 @@
+"""The simulator as a real process: OpenAI shapes, streaming, errors, metrics, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+pytestmark = pytest.mark.integration
+
+MODEL = "sim-model"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _start(port: int, *extra: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-P", "-m", "fairlane.engines.sim", "--preset", "tiny"]
+    return subprocess.Popen(
+        [*cmd, "--port", str(port), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_healthy(proc: subprocess.Popen[str], base: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"simulator exited: {proc.communicate()[1]}"
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.05)
+    raise AssertionError("simulator did not become healthy")
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    """SIGTERM (SIGKILL if it hangs) by PID; the exit code and stdout."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    stdout, _ = proc.communicate(timeout=5)
+    return proc.returncode, stdout
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    port = _free_port()
+    proc = _start(port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_healthy(proc, base)
+        yield base
+    finally:
+        _stop(proc)
+
+
+async def _post(base: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with aiohttp.ClientSession() as session, session.post(base + path, data=data) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def _stream(base: str, path: str, body: dict[str, Any]) -> list[tuple[float, str]]:
+    """(arrival time, payload) of every SSE event."""
+    events: list[tuple[float, str]] = []
+    async with aiohttp.ClientSession() as session, session.post(base + path, json=body) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                events.append((time.monotonic(), line[6:].decode().strip()))
+    return events
+
+
+async def _metric(base: str, name: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    match = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hello there, simulator!"}]}
+
+
+async def test_chat_non_streaming(base_url: str) -> None:
+    status, body = await _post(base_url, "/v1/chat/completions", {**CHAT, "max_tokens": 7})
+    assert status == 200
+    assert body["object"] == "chat.completion"
+    assert body["model"] == MODEL
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert choice["message"]["content"] == " tok" * 7
+    assert choice["finish_reason"] == "length"
+    usage = body["usage"]
+    assert usage["completion_tokens"] == 7
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 7
+
+
+async def test_completions_non_streaming_and_batch(base_url: str) -> None:
+    body = {"model": MODEL, "prompt": "x" * 400, "max_tokens": 3}
+    status, resp = await _post(base_url, "/v1/completions", body)
+    assert status == 200
+    assert resp["object"] == "text_completion"
+    assert resp["choices"][0]["text"] == " tok tok tok"
+    assert resp["usage"] == {"prompt_tokens": 100, "completion_tokens": 3, "total_tokens": 103}
+    status, resp = await _post(base_url, "/v1/completions", {**body, "prompt": ["a" * 8, "b"]})
+    assert status == 200
+    assert [c["index"] for c in resp["choices"]] == [0, 1]
+    assert resp["usage"]["completion_tokens"] == 6
+
+
+async def test_chat_stream_shapes(base_url: str) -> None:
+    body = {**CHAT, "max_tokens": 5, "stream": True, "stream_options": {"include_usage": True}}
+    events = await _stream(base_url, "/v1/chat/completions", body)
+    payloads = [p for _, p in events]
+    assert payloads[-1] == "[DONE]"
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    content = chunks[1:-1]
+    assert len(content) == 5  # one chunk per token
+    assert all(c["choices"][0]["delta"] == {"content": " tok"} for c in content)
+    assert [c["choices"][0]["finish_reason"] for c in content] == [None] * 4 + ["length"]
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 5
+
+
+async def test_completion_stream_usage_only_when_asked(base_url: str) -> None:
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 4, "stream": True}
+    payloads = [p for _, p in await _stream(base_url, "/v1/completions", body)]
+    assert payloads[-1] == "[DONE]"
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    assert len(chunks) == 4
+    assert all(c["object"] == "text_completion" and "usage" not in c for c in chunks)
+    assert [c["choices"][0]["text"] for c in chunks] == [" tok"] * 4
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_streaming_is_incremental(base_url: str) -> None:
+    body = {**CHAT, "max_tokens": 50, "stream": True}
+    events = await _stream(base_url, "/v1/chat/completions", body)
+    first, last = events[0][0], events[-1][0]
+    # 49 decode steps of at least the tiny preset's 4 ms base each.
+    assert last - first > 0.15
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/v1/chat/completions", b"{not json", 400, "JSON decode error"),
+        ("/v1/chat/completions", {**CHAT, "model": "x"}, 404, "The model `x` does not exist."),
+        ("/v1/chat/completions", {"model": MODEL}, 400, "messages"),
+        ("/v1/completions", {"model": MODEL}, 400, "prompt"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens must be at least 1"),
+        (
+            "/v1/completions",
+            {"prompt": "x" * 8000, "max_tokens": 100},
+            400,
+            "This model's maximum context length is 2048 tokens. However, you requested 2100",
+        ),
+    ],
+)
+async def test_errors(base_url: str, path: str, body: Any, status: int, message: str) -> None:
+    got_status, resp = await _post(base_url, path, body)
+    assert got_status == status
+    assert set(resp["error"]) == {"message", "type", "param", "code"}
+    assert resp["error"]["code"] == status
+    assert message in resp["error"]["message"]
+
+
+async def test_models_and_health(base_url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base_url}/v1/models") as resp:
+            body = await resp.json()
+        async with session.get(f"{base_url}/health") as resp:
+            assert resp.status == 200
+            assert await resp.read() == b""
+    assert body["object"] == "list"
+    assert [(m["id"], m["object"], m["owned_by"]) for m in body["data"]] == [
+        (MODEL, "model", "fairlane-sim")
+    ]
+
+
+async def test_metrics_and_priority(base_url: str) -> None:
+    before = await _metric(base_url, "vllm:request_success_total")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{base_url}/v1/chat/completions", json={**CHAT, "max_tokens": 2, "priority": 3}
+        ) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers["x-sim-priority"] == "3"
+    async with aiohttp.ClientSession() as session, session.get(f"{base_url}/metrics") as resp:
+        text = await resp.text()
+    for name in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:e2e_request_latency_seconds_bucket",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+        "vllm:request_success_total",
+    ):
+        assert re.search(rf'^{name}{{.*model_name="{MODEL}"', text, re.MULTILINE), name
+    assert await _metric(base_url, "vllm:request_success_total") == before + 1
+    assert "fairlane_sim_priority_requests_total " in text
+
+
+async def test_disconnect_mid_stream_frees_the_slot(base_url: str) -> None:
+    body = {**CHAT, "max_tokens": 1500, "stream": True}
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(f"{base_url}/v1/chat/completions", json=body)
+        for _ in range(3):
+            await resp.content.readline()
+        assert await _metric(base_url, "vllm:num_requests_running") == 1
+        resp.close()  # drops the connection
+    deadline = time.monotonic() + 5
+    while await _metric(base_url, "vllm:num_requests_running") != 0:
+        assert time.monotonic() < deadline, "aborted request still running"
+        await asyncio.sleep(0.05)
+
+
+async def test_openai_sdk_streams(base_url: str) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused")
+    try:
+        stream = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text, usage = "", None
+        async for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+            usage = chunk.usage or usage
+        assert text == " tok" * 6
+        assert usage is not None and usage.completion_tokens == 6
+        done = await client.completions.create(model=MODEL, prompt="hi", max_tokens=2)
+        assert done.choices[0].text == " tok tok"
+    finally:
+        await client.close()
+
+
+async def test_overload_503_and_sigterm_with_requests_in_flight() -> None:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _start(port, "--max-queue", "1", "--model", "a", "--model", "b")
+    try:
+        await asyncio.to_thread(_wait_healthy, proc, base)
+        body = {"model": "b", "prompt": "hi", "max_tokens": 1500}
+        in_flight = [asyncio.create_task(_post(base, "/v1/completions", body)) for _ in range(9)]
+        deadline = time.monotonic() + 5
+        while await _metric(base, "vllm:num_requests_waiting") != 1:  # 8 running, 1 queued
+            assert time.monotonic() < deadline, "queue did not fill"
+            await asyncio.sleep(0.02)
+        status, resp = await _post(base, "/v1/completions", body)
+        assert (status, resp["error"]["type"]) == (503, "ServiceUnavailableError")
+        os.kill(proc.pid, signal.SIGTERM)
+        for status, resp in await asyncio.gather(*in_flight):
+            assert status == 503
+            assert "engine stopped" in resp["error"]["message"]
+        await asyncio.to_thread(proc.wait, 10)  # one SIGTERM is enough
+    finally:
+        code, stdout = await asyncio.to_thread(_stop, proc)
+    assert code == 0
+    assert stdout == f"fairlane-sim ready on {base} (preset tiny)\n"
