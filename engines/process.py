@@ -51,7 +51,8 @@ class ManagedProcess:
     async def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **(self.env or {})}
-        with open(self.log_path, "ab") as out:
+        out = await asyncio.to_thread(open, self.log_path, "ab")
+        with out:
             # Own session = own process group: stop() reaches the engine's children too.
             self.process = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -118,7 +119,7 @@ class ManagedProcess:
             async with asyncio.timeout(5):
                 await process.wait()
 
-    def signal(self, sig: signal.Signals) -> None:
+    def send_signal(self, sig: signal.Signals) -> None:
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, sig)

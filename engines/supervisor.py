@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
+
 from fairlane.engines.health import probe
 from fairlane.engines.process import ManagedProcess
 from fairlane.engines.spec import EngineSpec, engine_spec
 from fairlane.envoy.bootstrap import render_cds, write_json_atomically
-
 from fairlane.policy import Policy
 from fairlane.rundir import RunDir
 

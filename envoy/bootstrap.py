@@ -17,7 +17,6 @@ from typing import Any
 
 from fairlane.extproc.errors import Reason, error_body
 from fairlane.extproc.request import JSON_ERROR_KEY, MODEL_MISSING_KEY, REQUEST_NAMESPACE
-
 from fairlane.policy import Policy
 from fairlane.rundir import RunDir
 

@@ -150,15 +150,11 @@ class Gateway:
                 ticket.tenant.name, limits, self._tokens(ticket), self._wall()
             )
             if not check.admitted:
-                reason = (
-                    Reason.INSUFFICIENT_QUOTA
-                    if check.reason == "quota_exceeded"
-                    else Reason.RATE_LIMIT_EXCEEDED
-                )
+                quota = check.reason == "quota_exceeded"
                 rejection = Rejection(
-                    reason,
+                    Reason.INSUFFICIENT_QUOTA if quota else Reason.RATE_LIMIT_EXCEEDED,
                     f"tenant {ticket.tenant_id!r} is over its "
-                    f"{'daily token quota' if reason is Reason.INSUFFICIENT_QUOTA else 'rate limit'}",
+                    f"{'daily token quota' if quota else 'rate limit'}",
                     retry_after_s=check.retry_after_s,
                 )
                 self._count_rejection(label, rejection)
@@ -235,10 +231,12 @@ class Gateway:
         """Reclaim slots whose end-of-request record never came (a lost log entry)."""
         cutoff = self._clock() - max_age_s
         # Leases are kept in admission order, so the stale ones are a prefix.
-        stale = list(
-            itertools.takewhile(lambda item: item[1].admitted_at < cutoff, self.leases.items())
-        )
-        stale = [lease_id for lease_id, _ in stale]
+        stale = [
+            lease_id
+            for lease_id, _ in itertools.takewhile(
+                lambda item: item[1].admitted_at < cutoff, self.leases.items()
+            )
+        ]
         for lease_id in stale:
             self.finish(lease_id, 0, Usage(), None)
         if stale:

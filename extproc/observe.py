@@ -6,11 +6,12 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
 from fairlane.extproc.admission import EngineState
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.runtime import UNKNOWN_TENANT
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 
 class GatewayCollector(Collector):
@@ -80,8 +81,8 @@ def snapshot(gateway: Gateway) -> dict[str, Any]:
             tenants[tenant]["queued"] += n
     for metric in gateway.metrics.registry.collect():
         for sample in metric.samples:
-            tenant = sample.labels.get("tenant")
-            if tenant is None or not sample.name.endswith("_total"):
+            tenant = sample.labels.get("tenant", "")
+            if not tenant or not sample.name.endswith("_total"):
                 continue
             if metric.name == "fairlane_tokens":
                 tenants[tenant][f"{sample.labels['kind']}_tokens"] += sample.value

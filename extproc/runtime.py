@@ -10,7 +10,6 @@ import re
 from dataclasses import dataclass
 
 from fairlane.extproc.limits import TenantLimits
-
 from fairlane.policy import EngineConfig, LimitsConfig, Policy
 
 UNKNOWN_TENANT = "unknown"

@@ -20,6 +20,8 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import duration_pb2, struct_pb2
+
 from fairlane.envoy.bootstrap import (
     CLUSTER_HEADER,
     DECISION_NAMESPACE,
@@ -30,12 +32,11 @@ from fairlane.extproc.accounting import Usage
 from fairlane.extproc.errors import Rejection
 from fairlane.extproc.gateway import Admitted, Gateway, Pending
 from fairlane.extproc.request import REQUEST_NAMESPACE, RequestInfo, request_info
-from google.protobuf import duration_pb2, struct_pb2
 
 log = logging.getLogger(__name__)
 
 
-class ExtProcServicer(ep_grpc.ExternalProcessorServicer):
+class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self._cluster_mutations: dict[tuple[str, bool, str | None], ep.HeaderMutation] = {}
@@ -105,7 +106,7 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):
         return mutation
 
 
-class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):
+class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
     """Envoy's end-of-request records: release the slot, charge the real usage."""
 
     def __init__(self, gateway: Gateway) -> None:

@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    result: int = args.func(args)
+    return result
 
 
 if __name__ == "__main__":

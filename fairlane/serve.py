@@ -114,7 +114,7 @@ class Server:
 
     def _forward_reload(self) -> None:
         self.watcher.request_reload()
-        self.worker.signal(signal.SIGHUP)
+        self.worker.send_signal(signal.SIGHUP)
 
     async def _tend(self) -> None:
         for child in (self.worker, self.envoy):
@@ -153,7 +153,7 @@ class Server:
                 f"Envoy admin http://127.0.0.1:{listener.admin_port})",
                 flush=True,
             )
-            while await _get_status(session, f"{base}/health") != 200:
+            while await _get_status(session, f"{base}/health") != 200:  # noqa: ASYNC110 - polls a remote endpoint
                 await asyncio.sleep(0.5)
             print(
                 f"All engines healthy. Try:\n  curl {base}/v1/chat/completions "

@@ -14,6 +14,7 @@ import json
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -103,8 +104,9 @@ class Worker:
                     self._apply_engine_states(json.loads(path.read_text()))
             await asyncio.sleep(0.05)
 
-    def _apply_engine_states(self, document: dict[str, dict[str, str]]) -> None:
-        for engine, info in document.get("engines", {}).items():
+    def _apply_engine_states(self, document: dict[str, Any]) -> None:
+        engines: dict[str, dict[str, Any]] = document.get("engines", {})
+        for engine, info in engines.items():
             with contextlib.suppress(ValueError, KeyError):
                 self.gateway.set_engine_state(engine, EngineState(info["state"]))
 

@@ -1,0 +1,163 @@
+"""Shared fixtures: a real `fairlane serve` (Envoy + worker + engines) per test module.
+
+Every stack uses free ports and its own run directory, runs in its own process group,
+and is stopped by PID; teardown asserts no child process outlived it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def descendants(pid: int) -> set[int]:
+    """All processes below pid (read from /proc, no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class Stack:
+    """One running `fairlane serve` with its policy."""
+
+    def __init__(self, tmp: Path, policy: dict[str, Any]) -> None:
+        listener = policy.setdefault("listener", {})
+        listener.setdefault("port", free_port())
+        listener.setdefault("admin_port", free_port())
+        listener.setdefault("control_port", free_port())
+        self.policy = policy
+        self.port = listener["port"]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin = f"http://127.0.0.1:{listener['admin_port']}"
+        self.control = f"http://127.0.0.1:{listener['control_port']}"
+        self.run_dir = tmp / "run"
+        self.policy_path = tmp / "policy.yaml"
+        self.write_policy(policy)
+        self.log = open(tmp / "serve.log", "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-P",
+                "-m",
+                "fairlane.cli",
+                "serve",
+                "--config",
+                str(self.policy_path),
+                "--run-dir",
+                str(self.run_dir),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def write_policy(self, policy: dict[str, Any]) -> None:
+        tmp = self.policy_path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(policy))
+        tmp.replace(self.policy_path)
+
+    def wait_healthy(self, timeout_s: float = 60.0, status: int = 200) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        last: object = None
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"serve exited: {self.logs()}"
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+                    last = resp.status
+            except urllib.error.HTTPError as exc:
+                last = exc.code
+            except (urllib.error.URLError, OSError) as exc:
+                last = exc
+            if last == status:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"/health never answered {status} (last: {last})\n{self.logs()}")
+
+    def engine_states(self) -> dict[str, Any]:
+        return dict(json.loads((self.run_dir / "engines.json").read_text())["engines"])
+
+    def logs(self) -> str:
+        parts = []
+        for path in [self.log.name, *sorted((self.run_dir / "logs").glob("*.log"))]:
+            with contextlib.suppress(OSError):
+                parts.append(f"== {path}\n{Path(path).read_text()[-3000:]}")
+        return "\n".join(parts)
+
+    def stop(self) -> set[int]:
+        """SIGTERM serve and wait; returns the descendants that outlived it."""
+        children = descendants(self.process.pid)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.log.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(alive(p) for p in children):
+            time.sleep(0.1)
+        survivors = {p for p in children if alive(p)}
+        for pid in survivors:
+            os.kill(pid, signal.SIGKILL)
+        return survivors
+
+
+@pytest.fixture(scope="module")
+def stack_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    stacks: list[Stack] = []
+
+    def start(policy: dict[str, Any], healthy: bool = True) -> Stack:
+        stack = Stack(tmp_path_factory.mktemp("stack"), policy)
+        stacks.append(stack)
+        if healthy:
+            stack.wait_healthy()
+        return stack
+
+    yield start
+    for stack in stacks:
+        assert not stack.stop(), "child processes outlived `fairlane serve`"

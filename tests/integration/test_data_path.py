@@ -1,0 +1,304 @@
+"""The request path through the real Envoy, the real worker and real simulator engines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+pytestmark = pytest.mark.integration
+
+MAX_BODY = 64 * 1024
+CHAT = "/v1/chat/completions"
+
+
+def _policy() -> dict[str, Any]:
+    return {
+        "version": 1,
+        "listener": {"max_body_bytes": MAX_BODY},
+        "tenants": {"alice": {}, "bob": {}},
+        "engines": {
+            "big": {"kind": "sim", "preset": "a100-8b", "models": ["model-a"]},
+            "small": {"kind": "sim", "preset": "h100-8b", "models": ["model-b"]},
+            "one": {
+                "kind": "sim",
+                "preset": "a100-8b",
+                "models": ["model-one"],
+                "max_inflight": 1,
+                "queue": {"max_per_tenant": 1, "timeout_s": 1},
+            },
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory: Any) -> Any:
+    return stack_factory(_policy())
+
+
+def chat(model: str, max_tokens: int = 8, stream: bool = False, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": model,
+        "max_tokens": max_tokens,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Hello there"}],
+        **extra,
+    }
+
+
+async def post(
+    stack: Any, body: Any, tenant: str | None = "alice", path: str = CHAT, raw: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    headers = {"content-type": "application/json"}
+    if tenant is not None:
+        headers["x-tenant-id"] = tenant
+    data = raw if raw is not None else json.dumps(body).encode()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(stack.url + path, data=data, headers=headers) as resp,
+    ):
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.read()
+
+
+async def metric(stack: Any, name: str, **labels: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(stack.url + "/metrics") as resp:
+        text = await resp.text()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") or line.startswith(f"{name} "):
+            series, value = line.rsplit(" ", 1)
+            got = series[len(name) :].strip("{}")
+            if ",".join(sorted(got.split(","))) == want or (not labels and not got):
+                return float(value)
+    return 0.0
+
+
+def error_of(body: bytes) -> dict[str, Any]:
+    parsed = json.loads(body)
+    assert set(parsed["error"]) == {"message", "type", "param", "code"}
+    return dict(parsed["error"])
+
+
+async def test_chat_and_completions_non_streaming(stack: Any) -> None:
+    status, _, body = await post(stack, chat("model-a", max_tokens=5))
+    assert status == 200
+    reply = json.loads(body)
+    assert reply["model"] == "model-a"
+    assert reply["usage"]["completion_tokens"] == 5
+    status, _, body = await post(
+        stack, {"model": "model-b", "prompt": "Once", "max_tokens": 3}, path="/v1/completions"
+    )
+    assert status == 200
+    assert json.loads(body)["object"] == "text_completion"
+
+
+async def test_two_models_route_to_their_engines(stack: Any) -> None:
+    for model in ("model-a", "model-b"):
+        status, _, body = await post(stack, chat(model, max_tokens=2))
+        assert status == 200
+        assert json.loads(body)["model"] == model
+
+
+async def test_stream_chunks_arrive_as_produced(stack: Any) -> None:
+    arrivals: list[float] = []
+    start = time.monotonic()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            stack.url + CHAT,
+            json=chat("model-a", max_tokens=60, stream=True),
+            headers={"x-tenant-id": "alice"},
+        ) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        async for line in resp.content:
+            if line.startswith(b"data: {"):
+                arrivals.append(time.monotonic() - start)
+            if line.startswith(b"data: [DONE]"):
+                break
+    assert len(arrivals) >= 60
+    # ~60 decode steps of ≥7 ms: the first chunk must not wait for the last.
+    assert arrivals[0] < arrivals[-1] - 0.25, (arrivals[0], arrivals[-1])
+
+
+async def test_usage_chunk_only_when_client_asks(stack: Any) -> None:
+    async def usage_chunks(extra: dict[str, Any]) -> int:
+        status, _, body = await post(stack, chat("model-b", max_tokens=3, stream=True, **extra))
+        assert status == 200
+        return sum(
+            1 for line in body.split(b"\n") if b'"usage"' in line and b'"choices":[]' in line
+        )
+
+    assert await usage_chunks({}) == 0
+    assert await usage_chunks({"stream_options": {"include_usage": True}}) == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code", "fragment"),
+    [
+        (b"{not json", 400, "invalid_json", "not valid JSON"),
+        (b'{"messages": []}', 400, "missing_model", "`model`"),
+        (b'{"model": 7}', 400, "invalid_model", "must be a string"),
+        (b'{"model": "nope", "messages": []}', 404, "model_not_found", "`nope` does not exist"),
+        (b"", 400, "missing_model", "`model`"),
+    ],
+)
+async def test_bad_bodies_get_openai_errors(
+    stack: Any, raw: bytes, status: int, code: str, fragment: str
+) -> None:
+    got, headers, body = await post(stack, None, raw=raw)
+    assert got == status
+    assert headers["content-type"] == "application/json"
+    error = error_of(body)
+    assert error["code"] == code
+    assert fragment in error["message"]
+
+
+async def test_oversize_body_is_413(stack: Any) -> None:
+    big = chat("model-a")
+    big["messages"][0]["content"] = "x" * (MAX_BODY + 10)
+    status, _, body = await post(stack, big)
+    assert status == 413
+    error = error_of(body)
+    assert error["code"] == "body_too_large"
+    assert "MiB limit" in error["message"]
+
+
+async def test_long_prompt_under_limit_is_served(stack: Any) -> None:
+    body = chat("model-a", max_tokens=2)
+    body["messages"][0]["content"] = "word " * 8000  # 40 KB: many TCP reads, one decision
+    status, _, _ = await post(stack, body)
+    assert status == 200
+
+
+async def test_missing_and_invalid_tenant_header(stack: Any) -> None:
+    status, _, body = await post(stack, chat("model-a"), tenant=None)
+    assert status == 400
+    assert error_of(body)["code"] == "missing_tenant"
+    status, _, body = await post(stack, chat("model-a"), tenant="bad tenant!")
+    assert status == 400
+    assert error_of(body)["code"] == "invalid_tenant"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_engine_error_keeps_engine_status(stack: Any, stream: bool) -> None:
+    # More tokens than the engine's context: the engine (not Fairlane) says 400.
+    status, _, body = await post(stack, chat("model-a", max_tokens=10_000_000, stream=stream))
+    assert status == 400
+    assert "maximum context length" in json.loads(body)["error"]["message"]
+
+
+async def test_unknown_path_and_wrong_method(stack: Any) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(stack.url + "/v1/nothing") as resp:
+            assert resp.status == 404
+            assert error_of(await resp.read())["code"] == "not_found"
+        async with session.get(stack.url + CHAT) as resp:
+            assert resp.status == 405
+            assert error_of(await resp.read())["code"] == "method_not_allowed"
+
+
+async def test_health_and_models(stack: Any) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(stack.url + "/health") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["missing_models"] == []
+        async with session.get(stack.url + "/v1/models") as resp:
+            ids = {m["id"] for m in (await resp.json())["data"]}
+    assert ids == {"model-a", "model-b", "model-one"}
+
+
+async def test_queue_timeout_is_503_with_retry_after(stack: Any) -> None:
+    hold = asyncio.create_task(post(stack, chat("model-one", max_tokens=400), tenant="alice"))
+    await asyncio.sleep(0.3)  # the one slot is taken
+    status, headers, body = await post(stack, chat("model-one", max_tokens=2), tenant="bob")
+    assert status == 503
+    assert int(headers["retry-after"]) >= 1
+    assert error_of(body)["code"] == "queue_timeout"
+    assert (await hold)[0] == 200
+
+
+async def test_queue_full_is_429(stack: Any) -> None:
+    hold = asyncio.create_task(post(stack, chat("model-one", max_tokens=300), tenant="alice"))
+    await asyncio.sleep(0.3)
+    waiting = asyncio.create_task(post(stack, chat("model-one", max_tokens=2), tenant="bob"))
+    await asyncio.sleep(0.2)
+    status, headers, body = await post(stack, chat("model-one", max_tokens=2), tenant="bob")
+    assert status == 429
+    assert "retry-after" in headers
+    assert error_of(body)["code"] == "queue_full"
+    await hold
+    await waiting
+
+
+async def test_disconnect_mid_stream_releases_slot(stack: Any) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            stack.url + CHAT,
+            json=chat("model-a", max_tokens=2000, stream=True),
+            headers={"x-tenant-id": "alice"},
+        ) as resp,
+    ):
+        assert resp.status == 200
+        await resp.content.readline()
+        assert await metric(stack, "fairlane_inflight", engine="big") == 1
+    # The client closed the connection mid-stream.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if await metric(stack, "fairlane_inflight", engine="big") == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await metric(stack, "fairlane_inflight", engine="big") == 0
+
+
+async def test_disconnect_while_queued_leaves_queue(stack: Any) -> None:
+    hold = asyncio.create_task(post(stack, chat("model-one", max_tokens=200), tenant="alice"))
+    await asyncio.sleep(0.3)
+    queued = asyncio.create_task(post(stack, chat("model-one", max_tokens=2), tenant="bob"))
+    await asyncio.sleep(0.2)
+    assert await metric(stack, "fairlane_queue_depth", engine="one", tenant="bob") == 1
+    queued.cancel()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if await metric(stack, "fairlane_queue_depth", engine="one", tenant="bob") == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await metric(stack, "fairlane_queue_depth", engine="one", tenant="bob") == 0
+    await hold
+
+
+async def test_usage_is_charged_to_the_tenant(stack: Any) -> None:
+    before = await metric(
+        stack, "fairlane_tokens_total", tenant="bob", model="model-b", kind="completion"
+    )
+    status, _, _ = await post(stack, chat("model-b", max_tokens=7, stream=True), tenant="bob")
+    assert status == 200
+    deadline = time.monotonic() + 3
+    after = before
+    while time.monotonic() < deadline and after == before:
+        await asyncio.sleep(0.05)
+        after = await metric(
+            stack, "fairlane_tokens_total", tenant="bob", model="model-b", kind="completion"
+        )
+    assert after - before == 7
+
+
+def test_openai_sdk_streams_through_fairlane(stack: Any) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(
+        base_url=stack.url + "/v1", api_key="unused", default_headers={"X-Tenant-ID": "alice"}
+    )
+    stream = client.chat.completions.create(
+        model="model-b", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text.strip()
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert "does not exist" in str(info.value)
