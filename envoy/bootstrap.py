@@ -200,6 +200,9 @@ def _http_filters(queue_timeout: float) -> list[dict[str, Any]]:
                 "grpc_service": {"envoy_grpc": {"cluster_name": WORKER_CLUSTER}},
                 # Never let a request bypass tenant identification and fairness.
                 "failure_mode_allow": False,
+                # Lets the worker ask for the body of requests bound to engines that
+                # take a vLLM `priority` field (engines.<name>.inject_priority).
+                "allow_mode_override": True,
                 "status_on_error": {"code": 503},
                 "processing_mode": {
                     "request_header_mode": "SEND",

@@ -9,13 +9,14 @@ receives Envoy's end-of-request records and gives the slots back.
 
 from __future__ import annotations
 
-import logging
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
@@ -33,7 +34,7 @@ from fairlane.extproc.errors import Rejection
 from fairlane.extproc.gateway import Admitted, Gateway, Pending
 from fairlane.extproc.request import REQUEST_NAMESPACE, RequestInfo, request_info
 
-log = logging.getLogger(__name__)
+BUFFERED = processing_mode_pb2.ProcessingMode.BUFFERED
 
 
 class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -44,7 +45,11 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     async def Process(
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: Any
     ) -> AsyncIterator[ep.ProcessingResponse]:
+        priority: int | None = None  # set when this request's body must carry it
         async for message in request_iterator:
+            if message.HasField("request_body") and priority is not None:
+                yield _with_priority(message.request_body.body, priority)
+                continue
             if not message.HasField("request_headers"):
                 # Only request headers are configured; anything else passes untouched.
                 yield _passthrough(message)
@@ -60,8 +65,13 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 outcome = await outcome.result()
             if isinstance(outcome, Rejection):
                 yield _immediate(outcome)
-            else:
-                yield self._admit(outcome, info)
+                continue
+            response = self._admit(outcome, info)
+            if self._gateway.runtime.engine(outcome.ticket.engine).inject_priority:
+                # Only engines that schedule by priority pay a second round trip for the body.
+                priority = outcome.ticket.tenant.priority
+                response.mode_override.request_body_mode = BUFFERED
+            yield response
 
     def _admit(self, admitted: Admitted, info: RequestInfo) -> ep.ProcessingResponse:
         ticket = admitted.ticket
@@ -179,6 +189,28 @@ def _immediate(rejection: Rejection) -> ep.ProcessingResponse:
             headers=ep.HeaderMutation(set_headers=[_header(k, v) for k, v in rejection.headers()]),
             body=rejection.body(),
             details=f"fairlane_{rejection.reason.code}",
+        )
+    )
+
+
+def _with_priority(body: bytes, priority: int) -> ep.ProcessingResponse:
+    """Add vLLM's ``priority`` (lower runs first) to the JSON body; fix content-length."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):  # json_to_metadata already vetted it; be safe
+        return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse()))
+    document["priority"] = priority
+    new_body = json.dumps(document, separators=(",", ":")).encode()
+    return ep.ProcessingResponse(
+        request_body=ep.BodyResponse(
+            response=ep.CommonResponse(
+                header_mutation=ep.HeaderMutation(
+                    set_headers=[_header("content-length", str(len(new_body)))]
+                ),
+                body_mutation=ep.BodyMutation(body=new_body),
+            )
         )
     )
 

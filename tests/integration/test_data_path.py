@@ -20,10 +20,16 @@ def _policy() -> dict[str, Any]:
     return {
         "version": 1,
         "listener": {"max_body_bytes": MAX_BODY},
-        "tenants": {"alice": {}, "bob": {}},
+        "tenants": {"alice": {}, "bob": {"priority": "batch"}},
         "engines": {
             "big": {"kind": "sim", "preset": "a100-8b", "models": ["model-a"]},
             "small": {"kind": "sim", "preset": "h100-8b", "models": ["model-b"]},
+            "prio": {
+                "kind": "sim",
+                "preset": "h100-8b",
+                "models": ["model-p"],
+                "inject_priority": True,
+            },
             "one": {
                 "kind": "sim",
                 "preset": "a100-8b",
@@ -210,7 +216,7 @@ async def test_health_and_models(stack: Any) -> None:
             assert (await resp.json())["missing_models"] == []
         async with session.get(stack.url + "/v1/models") as resp:
             ids = {m["id"] for m in (await resp.json())["data"]}
-    assert ids == {"model-a", "model-b", "model-one"}
+    assert ids == {"model-a", "model-b", "model-one", "model-p"}
 
 
 async def test_queue_timeout_is_503_with_retry_after(stack: Any) -> None:
@@ -302,3 +308,18 @@ def test_openai_sdk_streams_through_fairlane(stack: Any) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert "does not exist" in str(info.value)
+
+
+@pytest.mark.parametrize(("tenant", "priority"), [("alice", "0"), ("bob", "1")])
+async def test_priority_injected_for_priority_engines(
+    stack: Any, tenant: str, priority: str
+) -> None:
+    body = chat("model-p", max_tokens=2)
+    body["messages"][0]["content"] = "long " * 3000  # the body mutation must fix the length
+    status, headers, reply = await post(stack, body, tenant=tenant)
+    assert status == 200, reply
+    assert headers["x-sim-priority"] == priority
+    # Engines without inject_priority get the body untouched.
+    status, headers, _ = await post(stack, chat("model-b", max_tokens=2), tenant=tenant)
+    assert status == 200
+    assert "x-sim-priority" not in headers
