@@ -49,7 +49,7 @@ def identify(info: RequestInfo, runtime: Runtime) -> str | Rejection:
         if runtime.policy.default_tenant is not None:
             return runtime.policy.default_tenant
         return Rejection(Reason.MISSING_TENANT, "missing X-Tenant-ID header")
-    if not TENANT_ID.match(header):
+    if not TENANT_ID.fullmatch(header):
         return Rejection(
             Reason.INVALID_TENANT,
             "X-Tenant-ID must be 1-128 characters of letters, digits and . _ : @ / -",

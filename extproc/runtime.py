@@ -13,7 +13,7 @@ from fairlane.extproc.limits import TenantLimits
 from fairlane.policy import EngineConfig, LimitsConfig, Policy
 
 UNKNOWN_TENANT = "unknown"
-TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,50 @@
+"""The rendered Envoy configuration is accepted by the real Envoy binary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from fairlane.envoy.bootstrap import render_bootstrap, render_cds, write_json_atomically
+from fairlane.policy import load_policy
+from fairlane.rundir import RunDir
+from fairlane.serve import envoy_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quickstart_bootstrap_validates_with_envoy(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path)
+    run_dir.create()
+    policy = load_policy(ROOT / "configs" / "quickstart.yaml")
+    write_json_atomically(run_dir.bootstrap, render_bootstrap(policy, run_dir))
+    write_json_atomically(run_dir.cds, render_cds({"sim-a100": ("127.0.0.1", 1)}, 1))
+    result = subprocess.run(
+        [
+            envoy_binary(),
+            "--mode",
+            "validate",
+            "-c",
+            str(run_dir.bootstrap),
+            "--disable-hot-restart",
+            "--use-dynamic-base-id",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cds_has_no_endpoint_for_unhealthy_engines(tmp_path: Path) -> None:
+    doc = render_cds({"up": ("127.0.0.1", 8100), "down": None}, 7)
+    clusters = {c["name"]: c for c in doc["resources"]}
+    assert doc["version_info"] == "7"
+    up = clusters["engine_up"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert up[0]["endpoint"]["address"]["socket_address"]["port_value"] == 8100
+    assert clusters["engine_down"]["load_assignment"]["endpoints"][0]["lb_endpoints"] == []
+    path = tmp_path / "cds" / "cds.json"
+    write_json_atomically(path, doc)
+    assert json.loads(path.read_text()) == doc
+    assert not list(path.parent.glob("*.tmp"))

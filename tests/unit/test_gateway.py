@@ -1,0 +1,137 @@
+"""The gateway's slot accounting: begin/finish, queueing, timeouts, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fairlane.extproc.accounting import Usage
+from fairlane.extproc.admission import EngineState
+from fairlane.extproc.errors import Reason, Rejection
+from fairlane.extproc.gateway import Admitted, Gateway, Pending
+from fairlane.extproc.metrics import Metrics
+from fairlane.extproc.request import request_info
+from fairlane.extproc.runtime import compile_policy
+from fairlane.policy import parse_policy
+
+POLICY = """
+version: 1
+tenants:
+  alice: {}
+  bob: {}
+  limited: {limits: {requests_per_minute: 60, burst_seconds: 2}}
+engines:
+  e: {kind: sim, models: [m], max_inflight: 2, queue: {max_per_tenant: 2, timeout_s: 0.2}}
+"""
+
+
+def gateway(policy: str = POLICY) -> Gateway:
+    g = Gateway(compile_policy(parse_policy(policy), 1), Metrics())
+    g.set_engine_state("e", EngineState.UP)
+    return g
+
+
+def ask(tenant: str, max_tokens: int = 10) -> object:
+    return request_info(
+        {"x-tenant-id": tenant, "content-length": "40"}, {"model": "m", "max_tokens": max_tokens}
+    )
+
+
+def admitted(outcome: object) -> Admitted:
+    assert isinstance(outcome, Admitted), outcome
+    return outcome
+
+
+async def test_free_slots_admit_synchronously_and_finish_releases() -> None:
+    g = gateway()
+    a = admitted(g.begin(ask("alice")))  # type: ignore[arg-type]
+    admitted(g.begin(ask("bob")))  # type: ignore[arg-type]
+    assert g.pools["e"].inflight == 2
+    g.finish(a.lease_id, 200, Usage(10, 5), 0.05)
+    assert g.pools["e"].inflight == 1
+    g.finish(a.lease_id, 200, Usage(), None)  # a duplicate end record is ignored
+    assert g.pools["e"].inflight == 1
+
+
+async def test_full_engine_queues_then_admits_on_release() -> None:
+    g = gateway()
+    first = admitted(g.begin(ask("alice")))  # type: ignore[arg-type]
+    admitted(g.begin(ask("alice")))  # type: ignore[arg-type]
+    pending = g.begin(ask("bob"))  # type: ignore[arg-type]
+    assert isinstance(pending, Pending)
+    waiter = asyncio.create_task(pending.result())
+    await asyncio.sleep(0)
+    g.finish(first.lease_id, 200, Usage(10, 10), None)
+    admitted(await waiter)
+    assert g.pools["e"].inflight == 2
+
+
+async def test_queue_timeout_and_queue_full() -> None:
+    g = gateway()
+    for _ in range(2):
+        admitted(g.begin(ask("alice")))  # type: ignore[arg-type]
+    waits = [g.begin(ask("bob")) for _ in range(2)]  # type: ignore[arg-type]
+    assert all(isinstance(p, Pending) for p in waits)
+    full = g.begin(ask("bob"))  # type: ignore[arg-type]
+    assert isinstance(full, Rejection) and full.reason is Reason.QUEUE_FULL
+    results = await asyncio.gather(*(p.result() for p in waits))  # type: ignore[union-attr]
+    assert all(isinstance(r, Rejection) and r.reason is Reason.QUEUE_TIMEOUT for r in results)
+    assert g.pools["e"].queued == 0 and g.pools["e"].inflight == 2
+
+
+async def test_cancelled_waiter_leaves_no_trace() -> None:
+    g = gateway()
+    leases = [admitted(g.begin(ask("alice"))) for _ in range(2)]  # type: ignore[arg-type]
+    pending = g.begin(ask("bob"))  # type: ignore[arg-type]
+    assert isinstance(pending, Pending)
+    task = asyncio.create_task(pending.result())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert g.pools["e"].queued == 0
+    for lease in leases:
+        g.finish(lease.lease_id, 200, Usage(), None)
+    assert g.pools["e"].inflight == 0
+
+
+async def test_engine_down_refuses_and_flushes_the_queue() -> None:
+    g = gateway()
+    for _ in range(2):
+        admitted(g.begin(ask("alice")))  # type: ignore[arg-type]
+    pending = g.begin(ask("bob"))  # type: ignore[arg-type]
+    assert isinstance(pending, Pending)
+    task = asyncio.create_task(pending.result())
+    await asyncio.sleep(0)
+    g.set_engine_state("e", EngineState.DOWN)
+    result = await task
+    assert isinstance(result, Rejection) and result.reason is Reason.ENGINE_UNAVAILABLE
+    now = g.begin(ask("bob"))  # type: ignore[arg-type]
+    assert isinstance(now, Rejection) and now.retry_after_s
+
+
+async def test_rate_limit_rejects_with_retry_after() -> None:
+    g = gateway()
+    outcomes = [g.begin(ask("limited")) for _ in range(3)]  # type: ignore[arg-type]
+    assert isinstance(outcomes[0], Admitted) and isinstance(outcomes[1], Admitted)
+    third = outcomes[2]
+    assert isinstance(third, Rejection) and third.reason is Reason.RATE_LIMIT_EXCEEDED
+    assert third.retry_after_s is not None and third.retry_after_s >= 1
+
+
+async def test_stale_leases_are_reclaimed() -> None:
+    now = [0.0]
+    g = Gateway(compile_policy(parse_policy(POLICY), 1), Metrics(), clock=lambda: now[0])
+    g.set_engine_state("e", EngineState.UP)
+    admitted(g.begin(ask("alice")))  # type: ignore[arg-type]
+    now[0] = 10.0
+    admitted(g.begin(ask("alice")))  # type: ignore[arg-type]
+    assert g.expire_leases(max_age_s=5.0) == 1
+    assert g.pools["e"].inflight == 1
+
+
+def test_usage_resolution() -> None:
+    assert Usage(3, 4, 9).resolve(100, 200) == (3, 4)  # the engine's own numbers win
+    assert Usage(None, None, 9).resolve(100, 200) == (100, 9)  # streamed without usage
+    assert Usage().resolve(100, 200) == (100, 200)  # nothing seen: the estimate stands

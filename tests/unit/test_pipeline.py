@@ -1,0 +1,124 @@
+"""Identify → validate → route, with no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fairlane.extproc.errors import Reason, Rejection
+from fairlane.extproc.pipeline import Ticket, evaluate, identify
+from fairlane.extproc.request import request_info
+from fairlane.extproc.runtime import Runtime, compile_policy
+from fairlane.policy import hash_key, parse_policy
+
+BASE = """
+version: 1
+tenants:
+  alice: {weight: 2, models: [m1]}
+  bob: {priority: batch}
+engines:
+  e1: {kind: sim, models: [m1, m2]}
+"""
+
+
+def runtime(extra: str = "", base: str = BASE) -> Runtime:
+    return compile_policy(parse_policy(base + extra), 1)
+
+
+def info(tenant: str | None = "alice", auth: str | None = None, **fields: Any) -> Any:
+    headers = {"content-length": "400"}
+    if tenant is not None:
+        headers["x-tenant-id"] = tenant
+    if auth is not None:
+        headers["authorization"] = auth
+    return request_info(headers, {"model": "m1", **fields})
+
+
+def rejected(result: object, reason: Reason) -> Rejection:
+    assert isinstance(result, Rejection), result
+    assert result.reason is reason, result
+    return result
+
+
+def test_ticket_carries_weight_priority_engine_and_cost() -> None:
+    ticket = evaluate(info(max_tokens=100), runtime())
+    assert isinstance(ticket, Ticket)
+    assert (ticket.tenant.name, ticket.tenant.weight, ticket.engine) == ("alice", 2.0, "e1")
+    assert ticket.prompt_tokens == 100  # 400 bytes at 4 chars per token
+    assert ticket.cost == 1.0 * 100 + 2.0 * 100
+    bob = evaluate(info("bob", model="m2"), runtime())
+    assert isinstance(bob, Ticket) and bob.tenant.priority == 1
+    assert bob.max_tokens == 256  # the policy default when the client sets none
+
+
+def test_max_tokens_estimate_is_clamped() -> None:
+    for value, want in ((1e300, 1_000_000), (-5, 1), (True, 256), ("9", 256)):
+        ticket = evaluate(info(max_tokens=value), runtime())
+        assert isinstance(ticket, Ticket) and ticket.max_tokens == want
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"json_error": True}, Reason.INVALID_JSON),
+        ({"model_missing": True}, Reason.MISSING_MODEL),
+        ({"model": 3.0}, Reason.INVALID_MODEL),
+        ({"model": "nope"}, Reason.MODEL_NOT_FOUND),
+        ({"model": "m2"}, Reason.MODEL_NOT_ALLOWED),
+    ],
+)
+def test_body_problems(fields: dict[str, Any], reason: Reason) -> None:
+    rejected(evaluate(info(**fields), runtime()), reason)
+
+
+def test_tenant_header_rules() -> None:
+    rt = runtime()
+    rejected(identify(info(None), rt), Reason.MISSING_TENANT)
+    for bad in ("a b", "x" * 129, "é", "a\r\nb", "", "abc\n"):
+        rejected(identify(info(bad), rt), Reason.INVALID_TENANT)
+    assert identify(info(None), runtime("default_tenant: bob\n")) == "bob"
+
+
+def test_unknown_tenants_share_one_state_by_default() -> None:
+    rt = runtime()
+    names = set()
+    for i in range(2000):
+        ticket = evaluate(info(f"rotating-{i}", model="m2"), rt)
+        assert isinstance(ticket, Ticket)
+        names.add(ticket.tenant.name)
+    assert names == {"unknown"}
+
+
+def test_unknown_tenant_modes() -> None:
+    rejected(
+        evaluate(info("mallory", model="m2"), runtime("unknown_tenants: {mode: reject}\n")),
+        Reason.UNKNOWN_TENANT,
+    )
+    ticket = evaluate(info("carol", model="m2"), runtime("unknown_tenants: {mode: individual}\n"))
+    assert isinstance(ticket, Ticket)
+    assert ticket.tenant.name == "unknown:carol" and not ticket.tenant.named
+
+
+def test_api_keys_decide_the_tenant() -> None:
+    keyed = BASE.replace(
+        "alice: {weight: 2, models: [m1]}", f"alice: {{api_keys: [{hash_key('sk-alice')}]}}"
+    )
+    rt = runtime(base=keyed)
+    assert identify(info("bob", auth="Bearer sk-alice"), rt) == "alice"  # header ignored
+    assert identify(info(None, auth="bearer   sk-alice "), rt) == "alice"
+    rejected(identify(info("alice"), rt), Reason.INVALID_API_KEY)
+    rejected(identify(info("alice", auth="Bearer sk-wrong"), rt), Reason.INVALID_API_KEY)
+    rejected(identify(info("alice", auth="Basic sk-alice"), rt), Reason.INVALID_API_KEY)
+
+
+def test_rejection_renders_openai_error_with_retry_after() -> None:
+    r = Rejection(Reason.QUEUE_TIMEOUT, "busy", retry_after_s=2.2)
+    assert r.status == 503
+    assert ("retry-after", "3") in r.headers()
+    assert r.body() == (
+        b'{"error":{"message":"busy","type":"service_unavailable",'
+        b'"param":null,"code":"queue_timeout"}}'
+    )
+    codes = [reason.code for reason in Reason]
+    assert len(codes) == len(set(codes))  # no two reasons share a code (no enum aliases)
