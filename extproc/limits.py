@@ -231,12 +231,17 @@ class RateLimiter:
 def _bucket(
     old: TokenBucket | None, per_minute: float | None, burst_s: float, now: float
 ) -> TokenBucket | None:
-    """A bucket for the configured rate that keeps the old bucket's level (and debt)."""
+    """A bucket for the configured rate that carries the old bucket's level over.
+
+    A larger burst adds its extra room at once (raising a limit helps now); a smaller
+    one clamps. Debt is kept, so a reload never forgives usage or grants a fresh burst.
+    """
     if per_minute is None:
         return None
     bucket = TokenBucket(per_minute / 60.0, per_minute / 60.0 * burst_s)
     if old is not None:
-        bucket.charge(max(0.0, bucket.burst - old.level(now)), now)
+        level = min(bucket.burst, old.level(now) + max(0.0, bucket.burst - old.burst))
+        bucket.charge(bucket.burst - level, now)
     return bucket
 
 

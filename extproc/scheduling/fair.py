@@ -35,6 +35,7 @@ _Entry = tuple[float, int, int, str]
 @dataclass(eq=False, slots=True)
 class _Tenant:
     counter: float = 0.0
+    pending: float = 0.0  # the part of counter that is in-flight estimates, not yet settled
     priority: int = 0
     served_at: int = -1  # ticket of its latest admission; -1: never served
     key: int = -1  # ticket of its live heap entry; -1: not backlogged
@@ -132,7 +133,7 @@ class FairScheduler:
         cls = self._class(request.priority)
         self._lift(tenant, cls)
         self._charge(tenant, request)
-        cls.floor = tenant.counter
+        cls.floor = tenant.counter - tenant.pending
 
     def complete(self, request: QueuedRequest, actual_cost: float, now: float) -> None:
         self._tick(now)
@@ -142,6 +143,7 @@ class FairScheduler:
         tenant.inflight.remove(request)
         correction = (actual_cost - request.cost) / request.weight
         tenant.counter += correction
+        tenant.pending = max(0.0, tenant.pending - request.cost / request.weight)
         if not tenant.queue:
             self._maybe_idle(request.tenant, tenant)
         elif correction:
@@ -212,8 +214,19 @@ class FairScheduler:
         Algorithm 2 of the paper: when client u arrives and is not in the queue Q,
         c_u <- max(c_u, min of the counters in Q), or, if Q is empty, max(c_u, c_l) for
         the client l that last left Q. Here Q is the tenant's priority class.
+
+        The paper charges output tokens as they are generated; Fairlane charges an
+        estimate at admission and corrects it at the end. Lifting to a counter that
+        still holds in-flight estimates (usually high: max_tokens rarely all used) would
+        put the newcomer behind the flooder once those correct downwards, so the
+        reference is the settled part of the counter.
         """
-        reference = self._head(cls)[0] if cls.backlogged else cls.floor
+        if cls.backlogged:
+            _, _, _, name = self._head(cls)
+            head = self._tenants[name]
+            reference = head.counter - head.pending
+        else:
+            reference = cls.floor
         tenant.counter = max(tenant.counter, reference)
 
     def _join(self, name: str, tenant: _Tenant, priority: int) -> None:
@@ -233,7 +246,7 @@ class FairScheduler:
         """The tenant's queue emptied: it leaves its class and becomes the class's floor."""
         cls = self._classes[tenant.priority]
         cls.backlogged -= 1
-        cls.floor = tenant.counter
+        cls.floor = tenant.counter - tenant.pending
         if not cls.backlogged:
             cls.heap.clear()  # every entry left is stale
         tenant.key = -1
@@ -241,6 +254,7 @@ class FairScheduler:
 
     def _charge(self, tenant: _Tenant, request: QueuedRequest) -> None:
         tenant.counter += request.cost / request.weight
+        tenant.pending += request.cost / request.weight
         tenant.served_at = next(self._tickets)
         tenant.inflight.add(request)
 

@@ -147,7 +147,13 @@ def test_policy_change_keeps_the_debt() -> None:
     assert limiter.check("a", old, 100, NOON).admitted
     limiter.correct("a", 100, NOON)  # -100
     new = TenantLimits(tokens_per_minute=1_200, burst_seconds=10)  # 20/s, 200 burst
-    assert limiter.check("a", new, 1, NOON) == Verdict(False, "rate_limited", 6.0)  # 101/20
+    # The level was -100; the extra 100 of burst is added at once: 0, so 1 token waits.
+    assert limiter.check("a", new, 1, NOON) == Verdict(False, "rate_limited", 1.0)
+    assert limiter.check("a", new, 1, NOON + 0.06).admitted
+    smaller = TenantLimits(tokens_per_minute=60, burst_seconds=10)  # 1/s, 10 burst
+    later = NOON + 3600  # refilled long ago: clamped to the new, smaller burst
+    assert limiter.check("a", smaller, 10, later).admitted
+    assert not limiter.check("a", smaller, 1, later).admitted
 
 
 def test_idle_state_is_dropped() -> None:

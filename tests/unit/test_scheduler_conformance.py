@@ -593,6 +593,7 @@ class ReferenceVtc:
         self.ttl = idle_ttl_s
         self.now = float("-inf")
         self.counter: dict[str, float] = {}
+        self.pending: defaultdict[str, float] = defaultdict(float)  # in-flight estimates
         self.served_at: dict[str, int] = {}
         self.priority: dict[str, int] = {}
         self.queue: defaultdict[str, list[QueuedRequest]] = defaultdict(list)
@@ -612,10 +613,17 @@ class ReferenceVtc:
         return [t for t, q in self.queue.items() if q and self.priority.get(t) == priority]
 
     def join(self, tenant: str, priority: int) -> None:
-        others = [self.counter[u] for u in self.backlogged(priority) if u != tenant]
+        others = [u for u in self.backlogged(priority) if u != tenant]
         self.priority[tenant] = priority
-        reference = min(others) if others else self.floor[priority]
+        if others:  # the settled counter of the tenant that would be served next
+            head = min(others, key=lambda u: (self.counter[u], self.served_at[u]))
+            reference = self.counter[head] - self.pending[head]
+        else:
+            reference = self.floor[priority]
         self.counter[tenant] = max(self.counter[tenant], reference)
+
+    def settled(self, tenant: str) -> float:
+        return self.counter[tenant] - self.pending[tenant]
 
     def busy(self, tenant: str) -> None:
         self.idle_since.pop(tenant, None)
@@ -628,6 +636,7 @@ class ReferenceVtc:
 
     def charge(self, request: QueuedRequest) -> None:
         self.counter[request.tenant] += request.cost / request.weight
+        self.pending[request.tenant] += request.cost / request.weight
         self.served_at[request.tenant] = next(self.admissions)
         self.inflight[request.tenant].add(request)
 
@@ -654,7 +663,7 @@ class ReferenceVtc:
         self.queue[tenant].pop(0)
         self.charge(request)
         if not self.queue[tenant]:
-            self.floor[self.priority[tenant]] = self.counter[tenant]
+            self.floor[self.priority[tenant]] = self.settled(tenant)
 
     def remove(self, request: QueuedRequest) -> bool:
         queue = self.queue[request.tenant]
@@ -662,7 +671,7 @@ class ReferenceVtc:
             return False
         queue.remove(request)
         if not queue:
-            self.floor[self.priority[request.tenant]] = self.counter[request.tenant]
+            self.floor[self.priority[request.tenant]] = self.settled(request.tenant)
             self.maybe_idle(request.tenant)
         return True
 
@@ -676,12 +685,14 @@ class ReferenceVtc:
         else:
             self.join(tenant, request.priority)
             self.charge(request)
-            self.floor[request.priority] = self.counter[tenant]
+            self.floor[request.priority] = self.settled(tenant)
 
     def complete(self, request: QueuedRequest, actual: float) -> None:
         if request in self.inflight[request.tenant]:
             self.inflight[request.tenant].remove(request)
             self.counter[request.tenant] += (actual - request.cost) / request.weight
+            pending = self.pending[request.tenant] - request.cost / request.weight
+            self.pending[request.tenant] = max(0.0, pending)
             self.maybe_idle(request.tenant)
 
 
