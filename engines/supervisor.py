@@ -1,24 +1,32 @@
 """Keep the engines running and tell Envoy and the worker where the healthy ones are.
 
 One loop: start managed engines, probe every engine's health, restart crashed ones with
-backoff, and when any engine's state changes rewrite the CDS file (Envoy routes only to
-healthy engines) and ``engines.json`` (the worker refuses or queues for the others).
+backoff, load lazy engines when the worker reports requests waiting for them (unloading
+the least valuable idle engines if the GPU memory budget requires), and when any state
+changes rewrite the CDS file (Envoy routes only to healthy engines) and ``engines.json``
+(the worker refuses, or queues, requests for the others).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
 from fairlane.engines.health import probe
+from fairlane.engines.models import Resident, choose_evictions
 from fairlane.engines.process import ManagedProcess
 from fairlane.engines.spec import EngineSpec, engine_spec
 from fairlane.envoy.bootstrap import render_cds, write_json_atomically
 from fairlane.policy import Policy
+from fairlane.reload import file_signature
 from fairlane.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -28,9 +36,17 @@ log = logging.getLogger(__name__)
 class EngineRun:
     spec: EngineSpec
     process: ManagedProcess | None
-    state: str = "starting"  # starting | up | down
+    state: str = "starting"  # idle (lazy, not loaded) | starting | up | down
     started_at: float = 0.0
     failures: int = 0
+    loads: int = 0
+    evictions: int = 0
+    load_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    loading_since: float | None = None
+
+    @property
+    def resident(self) -> bool:
+        return self.process is not None and self.process.running
 
 
 class EngineSupervisor:
@@ -40,25 +56,27 @@ class EngineSupervisor:
         self.engines: dict[str, EngineRun] = {}
         self._version = 0
         self._policy = policy
-        self._wake = asyncio.Event()
+        self._demand: dict[str, dict[str, Any]] = {}
+        self._demand_seen: tuple[int, int, int] | None = None
 
     def _new_run(self, name: str, policy: Policy) -> EngineRun:
         spec = engine_spec(name, policy.engines[name])
         process = None
         if spec.managed:
-            process = ManagedProcess(
-                f"engine {name}", spec.argv, self.run_dir.log(f"engine-{name}"), spec.env
-            )
+            log_path = self.run_dir.log(f"engine-{name}")
+            process = ManagedProcess(f"engine {name}", spec.argv, log_path, spec.env)
         return EngineRun(spec, process)
 
     async def start(self) -> None:
         for name in self._policy.engines:
             self.engines[name] = self._new_run(name, self._policy)
+        for run in self.engines.values():
+            if run.spec.config.lazy:
+                run.state = "idle"
         self.publish()
         for run in self.engines.values():
-            if run.process is not None:
-                await run.process.start()
-            run.started_at = time.monotonic()
+            if not run.spec.config.lazy:
+                await self._launch(run)
 
     async def apply(self, policy: Policy) -> None:
         """Start engines added to the policy, stop removed or changed ones."""
@@ -67,33 +85,37 @@ class EngineSupervisor:
                 if run.process is not None:
                     await run.process.stop()
                 del self.engines[name]
+        self._policy = policy
         for name in policy.engines:
             if name not in self.engines:
-                run = self._new_run(name, policy)
-                self.engines[name] = run
-                if run.process is not None:
-                    await run.process.start()
-                run.started_at = time.monotonic()
-        self._policy = policy
+                run = self.engines[name] = self._new_run(name, policy)
+                if run.spec.config.lazy:
+                    run.state = "idle"
+                else:
+                    await self._launch(run)
         self.publish()
 
     async def run(self) -> None:
         async with aiohttp.ClientSession() as session:
             while True:
+                self._read_demand()
                 changed = False
                 for run in list(self.engines.values()):
                     changed |= await self._check(session, run)
                 if changed:
                     self.publish()
-                self._wake.clear()
-                try:
-                    async with asyncio.timeout(self.interval_s):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+                await asyncio.sleep(self.interval_s)
+
+    async def _launch(self, run: EngineRun) -> None:
+        if run.process is not None:
+            await run.process.start()
+        run.started_at = time.monotonic()
+        run.failures = 0
 
     async def _check(self, session: aiohttp.ClientSession, run: EngineRun) -> bool:
         process, spec = run.process, run.spec
+        if run.state == "idle":
+            return await self._load_if_wanted(run)
         if process is not None and not process.running:
             await process.tend()
             if process.running:
@@ -101,28 +123,84 @@ class EngineSupervisor:
                 run.failures = 0
                 return self._set(run, "starting")
             return self._set(run, "down")
-        healthy = await probe(session, spec.host, spec.port, spec.health_path)
-        if healthy:
+        if await probe(session, spec.host, spec.port, spec.health_path):
             run.failures = 0
+            if run.loading_since is not None and run.state != "up":
+                run.load_seconds.append(time.monotonic() - run.loading_since)
+                run.loading_since = None
             return self._set(run, "up")
         run.failures += 1
         if run.state == "up" and run.failures >= 2:
             return self._set(run, "down")
-        if (
-            run.state == "starting"
-            and process is not None
-            and time.monotonic() - run.started_at > spec.config.startup_timeout_s
-        ):
-            log.error(
-                "engine %s not healthy after %.0fs: restarting it",
-                spec.name,
-                spec.config.startup_timeout_s,
-            )
-            await process.stop()
+        starting_for = time.monotonic() - run.started_at
+        if run.state == "starting" and process is not None:
+            if starting_for > spec.config.startup_timeout_s:
+                log.error(
+                    "engine %s not healthy after %.0fs: restarting it",
+                    spec.name,
+                    spec.config.startup_timeout_s,
+                )
+                await process.stop()
             return False
-        if run.state == "starting" and process is None and run.failures >= 3:
+        if run.state == "starting" and run.failures >= 3:
             return self._set(run, "down")  # an external engine that does not answer
         return False
+
+    async def _load_if_wanted(self, run: EngineRun) -> bool:
+        name = run.spec.name
+        if not self._demand.get(name, {}).get("queued"):
+            return False
+        need = run.spec.config.gpu_memory_gb
+        victims = choose_evictions(
+            self._residents(), need, self._policy.gpu_memory_budget_gb, time.time()
+        )
+        if victims is None:
+            log.warning("engine %s is wanted but %.0f GB cannot be freed now", name, need)
+            return False
+        for victim in victims:
+            await self._evict(self.engines[victim])
+        log.info("loading engine %s on demand", name)
+        run.loads += 1
+        run.loading_since = time.monotonic()
+        await self._launch(run)
+        return self._set(run, "starting")
+
+    async def _evict(self, run: EngineRun) -> None:
+        log.info(
+            "unloading engine %s to free %.0f GB", run.spec.name, run.spec.config.gpu_memory_gb
+        )
+        if run.process is not None:
+            await run.process.stop()
+        run.evictions += 1
+        self._set(run, "idle")
+        self.publish()  # Envoy stops routing to it before anything else starts
+
+    def _residents(self) -> list[Resident]:
+        out = []
+        for name, run in self.engines.items():
+            if not run.resident:
+                continue
+            demand = self._demand.get(name, {})
+            config = run.spec.config
+            out.append(
+                Resident(
+                    name,
+                    config.gpu_memory_gb,
+                    config.pinned or not config.lazy,
+                    int(demand.get("requests", 0)),
+                    float(demand.get("last", 0.0)),
+                    bool(demand.get("inflight") or demand.get("queued")),
+                )
+            )
+        return out
+
+    def _read_demand(self) -> None:
+        signature = file_signature(self.run_dir.demand)
+        if signature is None or signature == self._demand_seen:
+            return
+        self._demand_seen = signature
+        with contextlib.suppress(OSError, ValueError):
+            self._demand = dict(json.loads(self.run_dir.demand.read_text()))
 
     def _set(self, run: EngineRun, state: str) -> bool:
         if run.state == state:
@@ -148,7 +226,11 @@ class EngineSupervisor:
                         "state": run.state,
                         "host": run.spec.host,
                         "port": run.spec.port,
+                        "lazy": run.spec.config.lazy,
                         "restarts": run.process.restarts if run.process else 0,
+                        "loads": run.loads,
+                        "evictions": run.evictions,
+                        "load_seconds": list(run.load_seconds),
                     }
                     for name, run in self.engines.items()
                 },

@@ -350,7 +350,7 @@ def _local_replies(policy: Policy) -> dict[str, Any]:
     return {
         "mappers": [
             mapper(
-                flags("NC", "UH", "UF", "URX", "UO", "UMSDR"),
+                flags("NC", "UH", "UF", "UC", "UR", "URX", "UO", "UMSDR"),
                 Reason.ENGINE_UNAVAILABLE,
                 "the engine for this model is not reachable right now",
                 retry_after=1,

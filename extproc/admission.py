@@ -42,6 +42,8 @@ class EnginePool:
         self.scheduler_kind = ""
         self.capacity = capacity
         self.inflight = 0
+        self.requests = 0  # routed here so far: the supervisor's eviction value
+        self.last_request = 0.0  # wall-clock time of the latest
         self.state = EngineState.STARTING
         self._clock = clock
         self._waiting: dict[QueuedRequest, asyncio.Future[None]] = {}

@@ -128,6 +128,18 @@ class Gateway:
                 pool.set_capacity(engine.max_inflight)
         self.metrics.config_generation.set(runtime.generation)
 
+    def demand(self) -> dict[str, dict[str, float]]:
+        """Per engine: requests so far, the latest, and work in flight or queued."""
+        return {
+            name: {
+                "requests": pool.requests,
+                "last": pool.last_request,
+                "inflight": pool.inflight,
+                "queued": pool.queued,
+            }
+            for name, pool in self.pools.items()
+        }
+
     def set_engine_state(self, engine: str, state: EngineState) -> None:
         pool = self.pools.get(engine)
         if pool is not None and pool.state is not state:
@@ -160,6 +172,8 @@ class Gateway:
                 self._count_rejection(label, rejection)
                 return rejection
         pool = self.pools[ticket.engine]
+        pool.requests += 1
+        pool.last_request = self._wall()
         queued = QueuedRequest(
             tenant=ticket.tenant.name,
             cost=ticket.cost,

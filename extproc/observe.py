@@ -6,20 +6,28 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from fairlane.extproc.admission import EngineState
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.runtime import UNKNOWN_TENANT
 
+LOAD_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600)
+
 
 class GatewayCollector(Collector):
     """In-flight, capacity, queue depth and engine health, computed when scraped so the
     request path never touches a gauge."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, engine_info: dict[str, dict[str, Any]]) -> None:
         self._gateway = gateway
+        self._engine_info = engine_info  # the supervisor's engines.json, kept current
 
     def collect(self) -> Iterator[Metric]:
         g = self._gateway
@@ -42,6 +50,37 @@ class GatewayCollector(Collector):
             for tenant, n in _by_label(g, pool.scheduler.depths()).items():
                 depth.add_metric([name, tenant], n)
         yield from (inflight, capacity, up, depth)
+        yield from self._supervisor_metrics()
+
+    def _supervisor_metrics(self) -> Iterator[Metric]:
+        counters = {
+            "restarts": CounterMetricFamily(
+                "fairlane_engine_restarts", "Engine restarts after a crash", labels=["engine"]
+            ),
+            "loads": CounterMetricFamily(
+                "fairlane_model_loads", "Lazy engines loaded on demand", labels=["engine"]
+            ),
+            "evictions": CounterMetricFamily(
+                "fairlane_model_evictions",
+                "Engines unloaded to fit the GPU memory budget",
+                labels=["engine"],
+            ),
+        }
+        load_time = HistogramMetricFamily(
+            "fairlane_model_load_seconds",
+            "Time from an on-demand start to healthy (the supervisor's latest 64 loads)",
+            labels=["engine"],
+        )
+        for engine, info in sorted(self._engine_info.items()):
+            for key, family in counters.items():
+                family.add_metric([engine], float(info.get(key, 0)))
+            samples = [float(s) for s in info.get("load_seconds", [])]
+            buckets = [(str(b), float(sum(1 for s in samples if s <= b))) for b in LOAD_BUCKETS] + [
+                ("+Inf", float(len(samples)))
+            ]
+            load_time.add_metric([engine], buckets, sum_value=sum(samples))
+        yield from counters.values()
+        yield load_time
 
 
 def _by_label(gateway: Gateway, depths: dict[str, int]) -> dict[str, int]:

@@ -41,13 +41,20 @@ async def health(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
     missing = missing_models(gateway)
     engines = {name: pool.state.value for name, pool in gateway.pools.items()}
+    # Lazy engines load on the first request: their absence alone is not unhealthy.
+    policy = gateway.runtime.policy
+    down = [
+        name
+        for name, state in engines.items()
+        if state != "up" and name in policy.engines and not policy.engines[name].lazy
+    ]
     body = {
-        "status": "ok" if not missing else "unavailable",
+        "status": "unavailable" if down else "ok",
         "missing_models": missing,
         "engines": engines,
         "config_generation": gateway.runtime.generation,
     }
-    return web.json_response(body, status=200 if not missing else 503)
+    return web.json_response(body, status=503 if down else 200)
 
 
 async def models(request: web.Request) -> web.Response:

@@ -107,6 +107,8 @@ class EngineConfig(Strict):
     args: tuple[str, ...] = ()
     env: dict[str, str] = {}
     gpu_memory_gb: float = Field(0.0, ge=0)
+    lazy: bool = False  # start on the first request, not at boot
+    pinned: bool = False  # never unloaded to make room for another engine
     max_inflight: int = Field(64, ge=1)
     adaptive: AdaptiveConfig | None = None
     scheduler: Literal["fair", "fifo"] = "fair"
@@ -120,8 +122,12 @@ class EngineConfig(Strict):
             raise ValueError("an external engine needs `url`")
         if self.kind != "external" and self.url:
             raise ValueError("`url` is only for kind: external (managed engines get host/port)")
-        if self.url and not re.match(r"^https?://[^/\s]+(/.*)?$", self.url):
-            raise ValueError("url must look like http://host:port")
+        if self.url and not re.match(r"^http://[^/\s]+/?$", self.url):
+            raise ValueError("url must look like http://host:port (plain HTTP, no path)")
+        if self.kind == "sglang" and len(self.models) != 1:
+            raise ValueError("an sglang engine serves exactly one model name")
+        if self.kind == "external" and (self.lazy or self.pinned):
+            raise ValueError("lazy and pinned are for engines Fairlane starts")
         return self
 
 
@@ -135,6 +141,7 @@ class Policy(Strict):
     unknown_tenants: UnknownTenantsConfig = UnknownTenantsConfig()
     tenants: dict[Name, TenantConfig] = {}
     engines: dict[Name, EngineConfig] = Field(min_length=1)
+    gpu_memory_budget_gb: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _cross_references(self) -> Policy:
@@ -159,9 +166,20 @@ class Policy(Strict):
                         f"engines.{name}.models: {model!r} is already served by {seen[model]}"
                     )
                 seen[model] = name
-        ports = [
-            p for p in (self.listener.port, self.listener.admin_port, self.listener.control_port)
-        ]
+        budget = self.gpu_memory_budget_gb
+        if budget is not None:
+            for name, engine in self.engines.items():
+                if engine.gpu_memory_gb > budget:
+                    raise ValueError(
+                        f"engines.{name}.gpu_memory_gb: {engine.gpu_memory_gb:g} exceeds "
+                        f"gpu_memory_budget_gb ({budget:g})"
+                    )
+            at_boot = sum(e.gpu_memory_gb for e in self.engines.values() if not e.lazy)
+            if at_boot > budget:
+                raise ValueError(
+                    f"gpu_memory_budget_gb: the engines started at boot need {at_boot:g} GB"
+                )
+        ports = [self.listener.port, self.listener.admin_port, self.listener.control_port]
         ports += [e.port for e in self.engines.values() if e.port is not None]
         if len(ports) != len(set(ports)):
             raise ValueError("listener and engine ports must all differ")

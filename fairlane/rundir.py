@@ -24,6 +24,11 @@ class RunDir:
         return self.root / "engines.json"
 
     @property
+    def demand(self) -> Path:
+        """Written by the worker: requests per engine, for lazy loading and eviction."""
+        return self.root / "demand.json"
+
+    @property
     def worker_socket(self) -> Path:
         return self.root / "worker.sock"
 

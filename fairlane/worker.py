@@ -20,6 +20,7 @@ import grpc
 from aiohttp import web
 
 from fairlane.control import build_control_app
+from fairlane.envoy.bootstrap import write_json_atomically
 from fairlane.extproc.admission import EngineState
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.metrics import Metrics
@@ -43,7 +44,8 @@ class Worker:
         policy = load_policy(policy_path)
         self.metrics = Metrics()
         self.gateway = Gateway(compile_policy(policy, 1), self.metrics)
-        self.metrics.add_collector(GatewayCollector(self.gateway))
+        self.engine_info: dict[str, dict[str, Any]] = {}
+        self.metrics.add_collector(GatewayCollector(self.gateway, self.engine_info))
         self.watcher = PolicyWatcher(policy_path, self._apply_policy, self._reject_policy)
         self._stop = asyncio.Event()
 
@@ -79,6 +81,7 @@ class Worker:
             asyncio.create_task(self.watcher.run()),
             asyncio.create_task(self._follow_engine_states()),
             asyncio.create_task(self._expire_leases()),
+            asyncio.create_task(self._publish_demand()),
         ]
         print(
             f"fairlane-worker ready (grpc unix:{socket_path}, control "
@@ -106,9 +109,25 @@ class Worker:
 
     def _apply_engine_states(self, document: dict[str, Any]) -> None:
         engines: dict[str, dict[str, Any]] = document.get("engines", {})
+        self.engine_info.clear()
+        self.engine_info.update(engines)
         for engine, info in engines.items():
-            with contextlib.suppress(ValueError, KeyError):
-                self.gateway.set_engine_state(engine, EngineState(info["state"]))
+            # An idle (lazy, unloaded) engine queues its requests: the queue is the
+            # demand that makes the supervisor load it.
+            state = {"up": EngineState.UP, "down": EngineState.DOWN}.get(
+                info.get("state", ""), EngineState.STARTING
+            )
+            self.gateway.set_engine_state(engine, state)
+
+    async def _publish_demand(self) -> None:
+        """Tell the supervisor which engines are asked for (lazy loading, eviction)."""
+        last: dict[str, dict[str, float]] | None = None
+        while True:
+            demand = self.gateway.demand()
+            if demand != last:
+                await asyncio.to_thread(write_json_atomically, self.run_dir.demand, demand)
+                last = demand
+            await asyncio.sleep(0.25)
 
     async def _expire_leases(self) -> None:
         while True:

@@ -1,0 +1,133 @@
+"""The supervisor with real simulator processes: lazy loading, the memory budget,
+eviction order, restarts after a crash, and what clients see meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+pytestmark = pytest.mark.integration
+CHAT = "/v1/chat/completions"
+
+
+def _lazy(model: str, pinned: bool = False) -> dict[str, Any]:
+    return {
+        "kind": "sim",
+        "preset": "h100-8b",
+        "models": [model],
+        "lazy": True,
+        "pinned": pinned,
+        "gpu_memory_gb": 40,
+        "queue": {"timeout_s": 60},
+    }
+
+
+async def _chat(session: aiohttp.ClientSession, url: str, model: str) -> tuple[int, Any, str]:
+    body = {"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    async with session.post(url + CHAT, json=body, headers={"x-tenant-id": "t"}) as resp:
+        return resp.status, resp.headers, await resp.text()
+
+
+async def _metrics(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    async with session.get(url + "/metrics") as resp:
+        text = await resp.text()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("fairlane_") and " " in line:
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+async def test_lazy_loading_and_eviction_under_a_budget(stack_factory: Any) -> None:
+    stack = stack_factory(
+        {
+            "version": 1,
+            "gpu_memory_budget_gb": 80,
+            "engines": {"a": _lazy("ma", pinned=True), "b": _lazy("mb"), "c": _lazy("mc")},
+        }
+    )
+    async with aiohttp.ClientSession() as session:
+        async with session.get(stack.url + "/health") as resp:
+            health = await resp.json()
+        assert resp.status == 200  # lazy engines missing is not unhealthy
+        assert health["missing_models"] == ["ma", "mb", "mc"]
+
+        for model in ("ma", "mb"):
+            status, _, text = await _chat(session, stack.url, model)
+            assert status == 200, text
+        assert {n: e["state"] for n, e in stack.engine_states().items()} == {
+            "a": "up",
+            "b": "up",
+            "c": "idle",
+        }
+
+        # c needs 40 GB more than the budget allows: b (not pinned, idle) makes room.
+        status, _, text = await _chat(session, stack.url, "mc")
+        assert status == 200, text
+        states = {n: e["state"] for n, e in stack.engine_states().items()}
+        assert states == {"a": "up", "b": "idle", "c": "up"}
+
+        m = await _metrics(session, stack.url)
+        assert m['fairlane_model_loads_total{engine="c"}'] == 1
+        assert m['fairlane_model_evictions_total{engine="b"}'] == 1
+        assert m['fairlane_model_evictions_total{engine="a"}'] == 0
+        assert m['fairlane_model_load_seconds_count{engine="c"}'] == 1
+
+        # And b comes back on demand, evicting c (a is pinned).
+        status, _, _ = await _chat(session, stack.url, "mb")
+        assert status == 200
+        assert stack.engine_states()["c"]["state"] == "idle"
+
+
+def _engine_pid(run_dir: Path, port: int) -> int:
+    """The simulator listening on port (its cmdline names it)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"fairlane.engines.sim" in cmdline and str(port).encode() in cmdline:
+            return int(entry)
+    raise AssertionError(f"no simulator on port {port}")
+
+
+async def test_engine_crash_gives_503_then_restarts(stack_factory: Any) -> None:
+    stack = stack_factory(
+        {
+            "version": 1,
+            "engines": {"e": {"kind": "sim", "preset": "h100-8b", "models": ["m"]}},
+        }
+    )
+    port = stack.engine_states()["e"]["port"]
+    os.kill(_engine_pid(stack.run_dir, port), signal.SIGKILL)
+    async with aiohttp.ClientSession() as session:
+        seen: set[int] = set()
+        deadline = time.monotonic() + 30
+        recovered = False
+        while time.monotonic() < deadline:
+            status, headers, text = await _chat(session, stack.url, "m")
+            seen.add(status)
+            if status == 503:
+                assert int(headers.get("retry-after", 0)) >= 1, text
+                assert json.loads(text)["error"]["code"] == "engine_unavailable"
+            elif status == 200 and 503 in seen:
+                recovered = True
+                break
+            else:
+                assert status == 200, text
+            await asyncio.sleep(0.05)
+        assert 503 in seen and recovered, seen
+        m = await _metrics(session, stack.url)
+    assert m['fairlane_engine_restarts_total{engine="e"}'] >= 1
+    assert m['fairlane_engine_up{engine="e"}'] == 1
