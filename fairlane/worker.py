@@ -16,12 +16,14 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 from aiohttp import web
 
 from fairlane.control import build_control_app
 from fairlane.envoy.bootstrap import write_json_atomically
 from fairlane.extproc.admission import EngineState
+from fairlane.extproc.capacity import AdaptiveLimit, EngineLoad, parse_engine_metrics
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.metrics import Metrics
 from fairlane.extproc.observe import GatewayCollector
@@ -82,6 +84,7 @@ class Worker:
             asyncio.create_task(self._follow_engine_states()),
             asyncio.create_task(self._expire_leases()),
             asyncio.create_task(self._publish_demand()),
+            asyncio.create_task(self._adapt_capacity()),
         ]
         print(
             f"fairlane-worker ready (grpc unix:{socket_path}, control "
@@ -129,10 +132,44 @@ class Worker:
                 last = demand
             await asyncio.sleep(0.25)
 
+    async def _adapt_capacity(self) -> None:
+        """Poll each adaptive engine's /metrics and move its in-flight limit."""
+        limits: dict[str, AdaptiveLimit] = {}
+        async with aiohttp.ClientSession() as session:
+            while True:
+                policy = self.gateway.runtime.policy
+                interval = 1.0
+                for name, engine in policy.engines.items():
+                    info = self.engine_info.get(name)
+                    pool = self.gateway.pools.get(name)
+                    if engine.adaptive is None or info is None or pool is None:
+                        limits.pop(name, None)
+                        continue
+                    interval = min(interval, engine.adaptive.interval_s)
+                    limit = limits.get(name)
+                    if limit is None or limit.config != engine.adaptive:
+                        limit = limits[name] = AdaptiveLimit(engine.adaptive, engine.max_inflight)
+                    limit.ceiling = engine.max_inflight
+                    load = await _engine_load(session, info)
+                    if load is not None and info.get("state") == "up":
+                        pool.set_capacity(limit.update(load, pool.inflight))
+                await asyncio.sleep(interval)
+
     async def _expire_leases(self) -> None:
         while True:
             await asyncio.sleep(30)
             self.gateway.expire_leases(LEASE_MAX_AGE_S)
+
+
+async def _engine_load(session: aiohttp.ClientSession, info: dict[str, Any]) -> EngineLoad | None:
+    url = f"http://{info['host']}:{info['port']}/metrics"
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            text = await resp.text()
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None
+    # vLLM's metrics page is large; parse it off the event loop.
+    return await asyncio.to_thread(parse_engine_metrics, text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,3 +131,43 @@ async def test_engine_crash_gives_503_then_restarts(stack_factory: Any) -> None:
         m = await _metrics(session, stack.url)
     assert m['fairlane_engine_restarts_total{engine="e"}'] >= 1
     assert m['fairlane_engine_up{engine="e"}'] == 1
+
+
+async def test_adaptive_limit_follows_the_engine_batch(stack_factory: Any) -> None:
+    """The tiny preset runs 8 sequences at once: an adaptive limit starting at 48 must
+    come down to about that, so the queue stays in Fairlane instead of the engine."""
+    stack = stack_factory(
+        {
+            "version": 1,
+            "engines": {
+                "e": {
+                    "kind": "sim",
+                    "preset": "tiny",
+                    "models": ["m"],
+                    "max_inflight": 48,
+                    "adaptive": {"min_inflight": 2, "interval_s": 0.1},
+                    "queue": {"max_per_tenant": 100, "timeout_s": 60},
+                }
+            },
+        }
+    )
+    async with aiohttp.ClientSession() as session:
+        body = {"model": "m", "max_tokens": 150, "messages": [{"role": "user", "content": "x"}]}
+
+        async def one() -> int:
+            async with session.post(
+                stack.url + CHAT, json=body, headers={"x-tenant-id": "t"}
+            ) as resp:
+                await resp.read()
+                return resp.status
+
+        flood = [asyncio.create_task(one()) for _ in range(40)]
+        lowest = 48.0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(t.done() for t in flood):
+            m = await _metrics(session, stack.url)
+            lowest = min(lowest, m.get('fairlane_engine_capacity{engine="e"}', 48.0))
+            await asyncio.sleep(0.1)
+        statuses = await asyncio.gather(*flood)
+    assert set(statuses) == {200}
+    assert lowest <= 12, lowest
