@@ -57,6 +57,7 @@ class Rejection:
     reason: Reason
     message: str
     retry_after_s: float | None = None
+    tenant: str | None = None  # metric label, once the tenant is known
 
     @property
     def status(self) -> int:

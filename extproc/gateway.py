@@ -152,7 +152,7 @@ class Gateway:
         runtime = self.runtime
         verdict = evaluate(info, runtime)
         if isinstance(verdict, Rejection):
-            self._count_rejection(UNKNOWN_TENANT, verdict)
+            self._count_rejection(verdict.tenant or UNKNOWN_TENANT, verdict)
             return verdict
         ticket = verdict
         label = self.label(ticket)

@@ -7,7 +7,7 @@ queue come after this, in the gateway, because they hold state.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fairlane.extproc.errors import Reason, Rejection
 from fairlane.extproc.request import RequestInfo
@@ -65,17 +65,25 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
     if profile is None:
         return Rejection(Reason.UNKNOWN_TENANT, f"tenant {tenant_id!r} is not allowed")
     if not info.body_is_json:
-        return Rejection(Reason.INVALID_JSON, "request body is not valid JSON")
+        return _for(profile, Rejection(Reason.INVALID_JSON, "request body is not valid JSON"))
     model = info.model
     if model is None:
-        return Rejection(Reason.MISSING_MODEL, "request body must be a JSON object with a `model`")
+        return _for(
+            profile,
+            Rejection(Reason.MISSING_MODEL, "request body must be a JSON object with a `model`"),
+        )
     if not isinstance(model, str):
-        return Rejection(Reason.INVALID_MODEL, "`model` must be a string")
+        return _for(profile, Rejection(Reason.INVALID_MODEL, "`model` must be a string"))
     engine = runtime.model_to_engine.get(model)
     if engine is None:
-        return Rejection(Reason.MODEL_NOT_FOUND, f"The model `{model[:200]}` does not exist.")
+        return _for(
+            profile, Rejection(Reason.MODEL_NOT_FOUND, f"The model `{model[:200]}` does not exist.")
+        )
     if profile.allowed_models is not None and model not in profile.allowed_models:
-        return Rejection(Reason.MODEL_NOT_ALLOWED, f"tenant {tenant_id!r} may not use `{model}`")
+        return _for(
+            profile,
+            Rejection(Reason.MODEL_NOT_ALLOWED, f"tenant {tenant_id!r} may not use `{model}`"),
+        )
     cost = runtime.policy.cost
     max_tokens = _positive_int(info.max_tokens, cost.default_max_tokens)
     prompt_tokens = max(1, int(info.content_length / cost.chars_per_token))
@@ -90,6 +98,11 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
         stream=info.stream,
         include_usage=info.include_usage,
     )
+
+
+def _for(profile: TenantProfile, rejection: Rejection) -> Rejection:
+    """Label a rejection with the tenant it was for (named tenants only: bounded)."""
+    return replace(rejection, tenant=profile.name if profile.named else None)
 
 
 def _bearer(value: str | None) -> str | None:

@@ -27,6 +27,7 @@ class RequestInfo:
     max_tokens: Any
     stream: bool
     include_usage: bool
+    declared_json: bool  # content-type says JSON (curl -d sends a form type)
 
 
 def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo:
@@ -46,4 +47,5 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         max_tokens=max_tokens,
         stream=fields.get("stream") is True,
         include_usage=fields.get("include_usage") is True,
+        declared_json=headers.get("content-type", "").startswith("application/json"),
     )

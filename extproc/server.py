@@ -40,7 +40,7 @@ BUFFERED = processing_mode_pb2.ProcessingMode.BUFFERED
 class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
-        self._cluster_mutations: dict[tuple[str, bool, str | None], ep.HeaderMutation] = {}
+        self._cluster_mutations: dict[tuple[str, bool, str | None, bool], ep.HeaderMutation] = {}
 
     async def Process(
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: Any
@@ -99,14 +99,17 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def _mutation(self, engine: str, tenant_id: str, info: RequestInfo) -> ep.HeaderMutation:
         """Cached per engine: route header, and with API keys on the tenant header
         rewritten from the key (a client cannot claim another tenant) and the key
-        removed before the engine."""
+        removed before the engine. A body sent as a form (curl -d) is declared JSON,
+        which is what it is (json_to_metadata parsed it), so every engine accepts it."""
         keyed = self._gateway.runtime.api_keys_enabled
-        key = (engine, keyed, tenant_id if keyed else None)
+        key = (engine, keyed, tenant_id if keyed else None, info.declared_json)
         cached = self._cluster_mutations.get(key)
         if cached is not None:
             return cached
         headers = [_header(CLUSTER_HEADER, engine_cluster_name(engine))]
         removed: list[str] = []
+        if not info.declared_json:
+            headers.append(_header("content-type", "application/json"))
         if keyed:
             headers.append(_header("x-tenant-id", tenant_id))
             removed.append("authorization")
