@@ -1,8 +1,11 @@
-"""Engine slots: who is in the engine now, who waits, and for how long.
+"""Engine slots: who is in an engine now, who waits, and for how long.
 
-One ``EnginePool`` per engine. The pool owns the in-flight count against the engine's
-capacity and the futures of waiting requests; which waiting request goes next is the
-scheduler's business (``fairlane.extproc.scheduling``), so policies plug in unchanged.
+One ``EnginePool`` per model group: the engines (replicas) that serve the same models.
+The pool owns each replica's in-flight count against its capacity and the futures of
+waiting requests, and sends each admitted request to the replica with the most free
+slots; which waiting request goes next is the scheduler's business
+(``fairlane.extproc.scheduling``), so queueing policies plug in unchanged. One fair
+queue feeds all replicas, so N replicas are one fair pool, not N unfair ones.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 
 from fairlane.extproc.scheduling import QueuedRequest, Scheduler
@@ -29,81 +33,65 @@ class EngineUnavailable(Exception):
     pass
 
 
+@dataclass(slots=True)
+class Replica:
+    name: str
+    capacity: int
+    inflight: int = 0
+    state: EngineState = EngineState.STARTING
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.inflight if self.state is EngineState.UP else 0
+
+
 class EnginePool:
     def __init__(
         self,
         name: str,
         scheduler: Scheduler,
-        capacity: int,
+        replicas: dict[str, int],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self.scheduler = scheduler
         self.scheduler_kind = ""
-        self.capacity = capacity
-        self.inflight = 0
+        self.replicas = {r: Replica(r, max(1, cap)) for r, cap in replicas.items()}
         self.requests = 0  # routed here so far: the supervisor's eviction value
         self.last_request = 0.0  # wall-clock time of the latest
-        self.state = EngineState.STARTING
         self._clock = clock
-        self._waiting: dict[QueuedRequest, asyncio.Future[None]] = {}
+        self._waiting: dict[QueuedRequest, asyncio.Future[str]] = {}
 
-    def try_admit(self, request: QueuedRequest) -> bool:
-        """Take a free slot at once if nobody is waiting; raises EngineUnavailable."""
+    # -- state ----------------------------------------------------------------------
+
+    @property
+    def state(self) -> EngineState:
+        states = {r.state for r in self.replicas.values()}
+        if EngineState.UP in states:
+            return EngineState.UP
+        return EngineState.STARTING if EngineState.STARTING in states else EngineState.DOWN
+
+    @property
+    def inflight(self) -> int:
+        return sum(r.inflight for r in self.replicas.values())
+
+    @property
+    def capacity(self) -> int:
+        return sum(r.capacity for r in self.replicas.values() if r.state is EngineState.UP)
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def set_capacity(self, replica: str, capacity: int) -> None:
+        self.replicas[replica].capacity = max(1, capacity)
+        self._dispatch()
+
+    def set_state(self, replica: str, state: EngineState) -> None:
+        self.replicas[replica].state = state
         if self.state is EngineState.DOWN:
-            raise EngineUnavailable(self.name)
-        if self.state is EngineState.UP and self.inflight < self.capacity and not self._waiting:
-            self.scheduler.admit_direct(request, self._clock())
-            self.inflight += 1
-            return True
-        return False
-
-    def enqueue(self, request: QueuedRequest) -> asyncio.Future[None]:
-        """Queue a request that could not be admitted at once; raises QueueFull."""
-        now = self._clock()
-        request.enqueued_at = now
-        self.scheduler.push(request, now)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting[request] = future
-        return future
-
-    async def wait(
-        self, request: QueuedRequest, future: asyncio.Future[None], timeout_s: float
-    ) -> None:
-        """Return once the queued request holds a slot; the caller must ``release`` it.
-
-        Raises QueueTimeout, EngineUnavailable, or CancelledError (client gone); in every
-        raising case no slot is held.
-        """
-        try:
-            async with asyncio.timeout(timeout_s):
-                await future
-        except TimeoutError:
-            if not _admitted(future):
-                self._abandon(request)
-                raise QueueTimeout(self.name) from None
-            # Admitted in the same tick the timer fired: keep the slot.
-        except asyncio.CancelledError:
-            if _admitted(future):
-                self.release(request, 0.0)
-            else:
-                self._abandon(request)
-            raise
-
-    def release(self, request: QueuedRequest, actual_cost: float) -> None:
-        """The request's response ended (or it never reached the engine)."""
-        self.inflight = max(0, self.inflight - 1)
-        self.scheduler.complete(request, actual_cost, self._clock())
-        self._dispatch()
-
-    def set_capacity(self, capacity: int) -> None:
-        self.capacity = max(1, capacity)
-        self._dispatch()
-
-    def set_state(self, state: EngineState) -> None:
-        self.state = state
-        if state is EngineState.DOWN:
-            # Waiting requests get a prompt 503 instead of sitting out their timeout.
+            # No replica left or coming: waiting requests get a prompt 503 instead of
+            # sitting out their timeout.
             for request, future in list(self._waiting.items()):
                 self.scheduler.remove(request)
                 if not future.done():
@@ -111,9 +99,65 @@ class EnginePool:
             self._waiting.clear()
         self._dispatch()
 
-    @property
-    def queued(self) -> int:
-        return len(self._waiting)
+    # -- admission --------------------------------------------------------------------
+
+    def try_admit(self, request: QueuedRequest) -> str | None:
+        """A replica at once if one has a free slot and nobody waits; else None.
+
+        Raises EngineUnavailable when every replica is down.
+        """
+        if self.state is EngineState.DOWN:
+            raise EngineUnavailable(self.name)
+        if self._waiting:
+            return None
+        replica = self._roomiest()
+        if replica is None:
+            return None
+        self.scheduler.admit_direct(request, self._clock())
+        replica.inflight += 1
+        return replica.name
+
+    def enqueue(self, request: QueuedRequest) -> asyncio.Future[str]:
+        """Queue a request that could not be admitted at once; raises QueueFull."""
+        now = self._clock()
+        request.enqueued_at = now
+        self.scheduler.push(request, now)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting[request] = future
+        return future
+
+    async def wait(
+        self, request: QueuedRequest, future: asyncio.Future[str], timeout_s: float
+    ) -> str:
+        """The replica once the queued request holds a slot there (the caller must
+        ``release`` it). Raises QueueTimeout, EngineUnavailable, or CancelledError
+        (client gone); in every raising case no slot is held."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await future
+        except TimeoutError:
+            if not _admitted(future):
+                self._abandon(request)
+                raise QueueTimeout(self.name) from None
+            return future.result()  # admitted in the same tick the timer fired
+        except asyncio.CancelledError:
+            if _admitted(future):
+                self.release(request, future.result(), 0.0)
+            else:
+                self._abandon(request)
+            raise
+
+    def release(self, request: QueuedRequest, replica: str, actual_cost: float) -> None:
+        """The request's response ended (or it never reached the engine)."""
+        slot = self.replicas.get(replica)
+        if slot is not None:
+            slot.inflight = max(0, slot.inflight - 1)
+        self.scheduler.complete(request, actual_cost, self._clock())
+        self._dispatch()
+
+    def _roomiest(self) -> Replica | None:
+        best = max(self.replicas.values(), key=lambda r: r.free)
+        return best if best.free > 0 else None
 
     def _abandon(self, request: QueuedRequest) -> None:
         """Take a request that gave up out of the queue (if dispatch has not already)."""
@@ -121,21 +165,22 @@ class EnginePool:
             self.scheduler.remove(request)
 
     def _dispatch(self) -> None:
-        if self.state is not EngineState.UP:
-            return
         now = self._clock()
-        while self.inflight < self.capacity and self._waiting:
+        while self._waiting:
+            replica = self._roomiest()
+            if replica is None:
+                return
             request = self.scheduler.pop(now)
             if request is None:
-                break
+                return
             future = self._waiting.pop(request, None)
             if future is None or future.done():
                 # Its waiter gave up this very tick: undo the charge pop() made.
                 self.scheduler.complete(request, 0.0, now)
                 continue
-            self.inflight += 1
-            future.set_result(None)
+            replica.inflight += 1
+            future.set_result(replica.name)
 
 
-def _admitted(future: asyncio.Future[None]) -> bool:
+def _admitted(future: asyncio.Future[str]) -> bool:
     return future.done() and not future.cancelled() and future.exception() is None

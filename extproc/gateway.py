@@ -9,6 +9,7 @@ gRPC servicers translate protobuf to these calls and nothing else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
@@ -27,6 +28,7 @@ from fairlane.extproc.runtime import UNKNOWN_TENANT, Runtime
 from fairlane.extproc.scheduling import QueuedRequest, QueueFull, make_scheduler
 
 log = logging.getLogger(__name__)
+QUARANTINE_S = 2.0
 
 
 @dataclass(slots=True)
@@ -36,6 +38,7 @@ class Lease:
     ticket: Ticket
     queued: QueuedRequest
     pool: EnginePool
+    replica: str
     admitted_at: float
 
 
@@ -43,6 +46,7 @@ class Lease:
 class Admitted:
     lease_id: str
     ticket: Ticket
+    replica: str  # the engine it goes to
 
 
 class Pending:
@@ -54,7 +58,7 @@ class Pending:
         ticket: Ticket,
         queued: QueuedRequest,
         pool: EnginePool,
-        future: asyncio.Future[None],
+        future: asyncio.Future[str],
         timeout_s: float,
     ) -> None:
         self._gateway = gateway
@@ -67,22 +71,22 @@ class Pending:
     async def result(self) -> Admitted | Rejection:
         g, ticket = self._gateway, self._ticket
         try:
-            await self._pool.wait(self._queued, self._future, self.timeout_s)
+            replica = await self._pool.wait(self._queued, self._future, self.timeout_s)
         except QueueTimeout:
             return g.refuse_admitted(
                 ticket,
                 Rejection(
                     Reason.QUEUE_TIMEOUT,
-                    f"engine {ticket.engine} is busy: waited {self.timeout_s:g}s in the queue",
+                    f"engine {ticket.pool} is busy: waited {self.timeout_s:g}s in the queue",
                     retry_after_s=max(1.0, self.timeout_s / 4),
                 ),
             )
         except EngineUnavailable:
-            return g.refuse_admitted(ticket, _engine_down(ticket.engine))
+            return g.refuse_admitted(ticket, _engine_down(ticket.pool))
         except asyncio.CancelledError:
             g.refund(ticket)
             raise
-        return g.grant(ticket, self._queued, self._pool)
+        return g.grant(ticket, self._queued, self._pool, replica)
 
 
 class Gateway:
@@ -97,6 +101,7 @@ class Gateway:
         self.pools: dict[str, EnginePool] = {}
         self.limiter = RateLimiter()
         self.leases: dict[str, Lease] = {}
+        self.engine_states: dict[str, EngineState] = {}  # as the supervisor last said
         self._clock = clock
         self._wall = wall_clock
         self._prefix = secrets.token_hex(4)  # leases of an earlier worker never match
@@ -109,42 +114,75 @@ class Gateway:
     def apply(self, runtime: Runtime) -> None:
         """Swap in a new policy: new limits and weights apply to the next decision."""
         self.runtime = runtime
-        for name, engine in runtime.policy.engines.items():
+        policy = runtime.policy
+        for name, replicas in runtime.pools.items():
+            config = runtime.pool_config(name)
             pool = self.pools.get(name)
-            kind = engine.scheduler
-            if pool is None or (pool.scheduler_kind != kind and pool.queued == 0):
+            if pool is None or (pool.scheduler_kind != config.scheduler and not pool.queued):
                 scheduler = make_scheduler(
-                    kind,
-                    max_queue_per_tenant=engine.queue.max_per_tenant,
-                    max_queue_total=engine.queue.max_total,
+                    config.scheduler,
+                    max_queue_per_tenant=config.queue.max_per_tenant,
+                    max_queue_total=config.queue.max_total,
                 )
                 if pool is None:
-                    pool = EnginePool(name, scheduler, engine.max_inflight, self._clock)
-                    self.pools[name] = pool
+                    capacities = {r: policy.engines[r].max_inflight for r in replicas}
+                    pool = self.pools[name] = EnginePool(name, scheduler, capacities, self._clock)
+                    for replica in replicas:
+                        state = self.engine_states.get(replica, EngineState.STARTING)
+                        pool.set_state(replica, state)
                 else:
                     pool.scheduler = scheduler
-                pool.scheduler_kind = kind
-            if engine.adaptive is None:
-                pool.set_capacity(engine.max_inflight)
+                pool.scheduler_kind = config.scheduler
+            for replica in replicas:
+                if policy.engines[replica].adaptive is None:
+                    pool.set_capacity(replica, policy.engines[replica].max_inflight)
+        for name in list(self.pools):
+            pool = self.pools[name]
+            if name not in runtime.pools and not pool.inflight and not pool.queued:
+                del self.pools[name]  # gone from the policy, and drained
         self.metrics.config_generation.set(runtime.generation)
+
+    def pool_of(self, engine: str) -> EnginePool | None:
+        return next((p for p in self.pools.values() if engine in p.replicas), None)
 
     def demand(self) -> dict[str, dict[str, float]]:
         """Per engine: requests so far, the latest, and work in flight or queued."""
-        return {
-            name: {
-                "requests": pool.requests,
-                "last": pool.last_request,
-                "inflight": pool.inflight,
-                "queued": pool.queued,
-            }
-            for name, pool in self.pools.items()
-        }
+        out = {}
+        for pool in self.pools.values():
+            for name, replica in pool.replicas.items():
+                out[name] = {
+                    "requests": pool.requests,
+                    "last": pool.last_request,
+                    "inflight": replica.inflight,
+                    "queued": pool.queued,
+                }
+        return out
+
+    def quarantine(self, pool: EnginePool, replica: str) -> None:
+        """Passive health check: a replica that refused a connection gets no requests
+        for QUARANTINE_S (or until the supervisor reports on it), so a crashed replica
+        cannot drain the shared queue into instant failures."""
+        slot = pool.replicas.get(replica)
+        if slot is None or slot.state is not EngineState.UP:
+            return
+        log.warning("engine %s refused a connection: quarantined for %.0fs", replica, QUARANTINE_S)
+        pool.set_state(replica, EngineState.DOWN)
+
+        def restore() -> None:
+            current = self.pool_of(replica)
+            if current is not None and current.replicas[replica].state is EngineState.DOWN:
+                state = self.engine_states.get(replica, EngineState.STARTING)
+                current.set_state(replica, state)
+
+        with contextlib.suppress(RuntimeError):  # no running loop (pure unit use)
+            asyncio.get_running_loop().call_later(QUARANTINE_S, restore)
 
     def set_engine_state(self, engine: str, state: EngineState) -> None:
-        pool = self.pools.get(engine)
-        if pool is not None and pool.state is not state:
+        self.engine_states[engine] = state
+        pool = self.pool_of(engine)
+        if pool is not None and pool.replicas[engine].state is not state:
             log.info("engine %s is %s", engine, state.value)
-            pool.set_state(state)
+            pool.set_state(engine, state)
 
     # -- decisions ------------------------------------------------------------------
 
@@ -171,7 +209,7 @@ class Gateway:
                 )
                 self._count_rejection(label, rejection)
                 return rejection
-        pool = self.pools[ticket.engine]
+        pool = self.pools[ticket.pool]
         pool.requests += 1
         pool.last_request = self._wall()
         queued = QueuedRequest(
@@ -181,11 +219,12 @@ class Gateway:
             priority=ticket.tenant.priority,
         )
         try:
-            if pool.try_admit(queued):
-                return self.grant(ticket, queued, pool)
+            replica = pool.try_admit(queued)
+            if replica is not None:
+                return self.grant(ticket, queued, pool, replica)
             future = pool.enqueue(queued)
         except EngineUnavailable:
-            return self.refuse_admitted(ticket, _engine_down(ticket.engine))
+            return self.refuse_admitted(ticket, _engine_down(ticket.pool))
         except QueueFull as exc:
             return self.refuse_admitted(
                 ticket,
@@ -195,19 +234,21 @@ class Gateway:
                     retry_after_s=1.0,
                 ),
             )
-        timeout = runtime.engine(ticket.engine).queue.timeout_s
+        timeout = runtime.pool_config(ticket.pool).queue.timeout_s
         return Pending(self, ticket, queued, pool, future, timeout)
 
-    def grant(self, ticket: Ticket, queued: QueuedRequest, pool: EnginePool) -> Admitted:
+    def grant(
+        self, ticket: Ticket, queued: QueuedRequest, pool: EnginePool, replica: str
+    ) -> Admitted:
         now = self._clock()
         lease_id = f"{self._prefix}-{next(self._ids)}"
-        self.leases[lease_id] = Lease(ticket, queued, pool, now)
+        self.leases[lease_id] = Lease(ticket, queued, pool, replica, now)
         label = self.label(ticket)
         if queued.enqueued_at:
             self.metrics.queue_wait.labels(label).observe(now - queued.enqueued_at)
         else:
             self.metrics.queue_wait.labels(label).observe(0.0)
-        return Admitted(lease_id, ticket)
+        return Admitted(lease_id, ticket, replica)
 
     def refuse_admitted(self, ticket: Ticket, rejection: Rejection) -> Rejection:
         """Refuse a request that had passed validation (and maybe the rate limiter)."""
@@ -219,15 +260,24 @@ class Gateway:
         if ticket.tenant.limits is not None:
             self.limiter.correct(ticket.tenant.name, -self._tokens(ticket), self._wall())
 
-    def finish(self, lease_id: str, status: int, usage: Usage, ttft_s: float | None) -> None:
+    def finish(
+        self,
+        lease_id: str,
+        status: int,
+        usage: Usage,
+        ttft_s: float | None,
+        engine_failed: bool = False,
+    ) -> None:
         """Envoy says the request ended (completed, failed or the client went away)."""
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return
+        if engine_failed:
+            self.quarantine(lease.pool, lease.replica)
         ticket = lease.ticket
         cost = self.runtime.policy.cost
         prompt, completion = usage.resolve(ticket.prompt_tokens, ticket.max_tokens)
-        lease.pool.release(lease.queued, usage_cost(cost, prompt, completion))
+        lease.pool.release(lease.queued, lease.replica, usage_cost(cost, prompt, completion))
         if ticket.tenant.limits is not None:
             self.limiter.correct(
                 ticket.tenant.name, prompt + completion - self._tokens(ticket), self._wall()

@@ -44,9 +44,11 @@ class GatewayCollector(Collector):
             "fairlane_queue_depth", "Requests waiting", labels=["engine", "tenant"]
         )
         for name, pool in g.pools.items():
-            inflight.add_metric([name], pool.inflight)
-            capacity.add_metric([name], pool.capacity)
-            up.add_metric([name], 1.0 if pool.state is EngineState.UP else 0.0)
+            for replica in pool.replicas.values():
+                inflight.add_metric([replica.name], replica.inflight)
+                capacity.add_metric([replica.name], replica.capacity)
+                up.add_metric([replica.name], 1.0 if replica.state is EngineState.UP else 0.0)
+            # The queue is per pool: one fair queue feeds all replicas of a model.
             for tenant, n in _by_label(g, pool.scheduler.depths()).items():
                 depth.add_metric([name, tenant], n)
         yield from (inflight, capacity, up, depth)
@@ -109,13 +111,15 @@ def snapshot(gateway: Gateway) -> dict[str, Any]:
         tenants[name if name in named else UNKNOWN_TENANT]["inflight"] += 1
     engines = {}
     for name, pool in gateway.pools.items():
-        engines[name] = {
-            "state": pool.state.value,
-            "inflight": pool.inflight,
-            "capacity": pool.capacity,
-            "queued": pool.queued,
-            "scheduler": pool.scheduler_kind,
-        }
+        for replica in pool.replicas.values():
+            engines[replica.name] = {
+                "state": replica.state.value,
+                "inflight": replica.inflight,
+                "capacity": replica.capacity,
+                "queued": pool.queued,
+                "scheduler": pool.scheduler_kind,
+                "pool": name,
+            }
         for tenant, n in _by_label(gateway, pool.scheduler.depths()).items():
             tenants[tenant]["queued"] += n
     for metric in gateway.metrics.registry.collect():

@@ -21,7 +21,7 @@ class Ticket:
     tenant: TenantProfile
     tenant_id: str  # as identified (for logs); tenant.name is the state key
     model: str
-    engine: str
+    pool: str  # the replica group serving the model
     prompt_tokens: int  # estimate from the body size; corrected from usage later
     max_tokens: int
     cost: float
@@ -74,8 +74,8 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
         )
     if not isinstance(model, str):
         return _for(profile, Rejection(Reason.INVALID_MODEL, "`model` must be a string"))
-    engine = runtime.model_to_engine.get(model)
-    if engine is None:
+    pool = runtime.model_to_pool.get(model)
+    if pool is None:
         return _for(
             profile, Rejection(Reason.MODEL_NOT_FOUND, f"The model `{model[:200]}` does not exist.")
         )
@@ -91,7 +91,7 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
         tenant=profile,
         tenant_id=tenant_id,
         model=model,
-        engine=engine,
+        pool=pool,
         prompt_tokens=prompt_tokens,
         max_tokens=max_tokens,
         cost=cost.input_weight * prompt_tokens + cost.output_weight * max_tokens,

@@ -50,7 +50,8 @@ class Runtime:
     tenants: dict[str, TenantProfile]
     unknown: TenantProfile
     key_to_tenant: dict[str, str]
-    model_to_engine: dict[str, str]
+    model_to_pool: dict[str, str]
+    pools: dict[str, tuple[str, ...]]  # pool → its engines (replicas)
 
     @property
     def api_keys_enabled(self) -> bool:
@@ -58,6 +59,10 @@ class Runtime:
 
     def engine(self, name: str) -> EngineConfig:
         return self.policy.engines[name]
+
+    def pool_config(self, pool: str) -> EngineConfig:
+        """Queue and scheduler settings of a pool (replicas must agree on them)."""
+        return self.policy.engines[self.pools[pool][0]]
 
     def profile_for(self, tenant_id: str) -> TenantProfile | None:
         """The profile of a tenant id, or None when unknown tenants are rejected."""
@@ -104,5 +109,6 @@ def compile_policy(policy: Policy, generation: int) -> Runtime:
         tenants=tenants,
         unknown=unknown,
         key_to_tenant=keys,
-        model_to_engine=policy.served_models(),
+        model_to_pool=policy.served_models(),
+        pools=policy.pools(),
     )

@@ -67,7 +67,7 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 yield _immediate(outcome)
                 continue
             response = self._admit(outcome, info)
-            if self._gateway.runtime.engine(outcome.ticket.engine).inject_priority:
+            if self._gateway.runtime.engine(outcome.replica).inject_priority:
                 # Only engines that schedule by priority pay a second round trip for the body.
                 priority = outcome.ticket.tenant.priority
                 response.mode_override.request_body_mode = BUFFERED
@@ -82,14 +82,14 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     "lease": admitted.lease_id,
                     "tenant": ticket.tenant_id,
                     "model": ticket.model,
-                    "engine": ticket.engine,
+                    "engine": admitted.replica,
                 }
             }
         )
         return ep.ProcessingResponse(
             request_headers=ep.HeadersResponse(
                 response=ep.CommonResponse(
-                    header_mutation=self._mutation(ticket.engine, ticket.tenant_id, info),
+                    header_mutation=self._mutation(admitted.replica, ticket.tenant_id, info),
                     clear_route_cache=True,
                 )
             ),
@@ -145,7 +145,16 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         if common.HasField("time_to_first_downstream_tx_byte"):
             ttft = common.time_to_first_downstream_tx_byte.ToTimedelta().total_seconds()
         status = entry.response.response_code.value
-        self._gateway.finish(decision.fields["lease"].string_value, status, usage, ttft)
+        flags = common.response_flags
+        # The engine did not take the connection: stop sending it more until the
+        # supervisor's health checks catch up (they run every half second).
+        reset_before_response = (
+            flags.upstream_connection_termination or flags.upstream_remote_reset
+        ) and not common.HasField("time_to_first_upstream_rx_byte")
+        engine_failed = bool(flags.upstream_connection_failure or reset_before_response)
+        self._gateway.finish(
+            decision.fields["lease"].string_value, status, usage, ttft, engine_failed
+        )
 
 
 def add_servicers(server: grpc.aio.Server, gateway: Gateway) -> None:

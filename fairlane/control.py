@@ -32,15 +32,19 @@ def missing_models(gateway: Gateway) -> list[str]:
     runtime = gateway.runtime
     return sorted(
         model
-        for model, engine in runtime.model_to_engine.items()
-        if gateway.pools[engine].state is not EngineState.UP
+        for model, pool in runtime.model_to_pool.items()
+        if pool not in gateway.pools or gateway.pools[pool].state is not EngineState.UP
     )
 
 
 async def health(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
     missing = missing_models(gateway)
-    engines = {name: pool.state.value for name, pool in gateway.pools.items()}
+    engines = {
+        replica.name: replica.state.value
+        for pool in gateway.pools.values()
+        for replica in pool.replicas.values()
+    }
     # Lazy engines load on the first request: their absence alone is not unhealthy.
     policy = gateway.runtime.policy
     down = [
@@ -66,9 +70,9 @@ async def models(request: web.Request) -> web.Response:
             "object": "model",
             "created": created,
             "owned_by": "fairlane",
-            "engine": engine,
+            "engines": list(gateway.runtime.pools[pool]),
         }
-        for model, engine in sorted(gateway.runtime.model_to_engine.items())
+        for model, pool in sorted(gateway.runtime.model_to_pool.items())
     ]
     return web.json_response({"object": "list", "data": data})
 

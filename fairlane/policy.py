@@ -161,11 +161,21 @@ class Policy(Strict):
         seen: dict[str, str] = {}
         for name, engine in self.engines.items():
             for model in engine.models:
-                if model in seen:
+                other = seen.setdefault(model, name)
+                # Replicas serve the same models and share one fair queue.
+                if other != name and set(self.engines[other].models) != set(engine.models):
                     raise ValueError(
-                        f"engines.{name}.models: {model!r} is already served by {seen[model]}"
+                        f"engines.{name}.models: {model!r} is also served by {other}; "
+                        "replicas of a model must serve the same models"
                     )
-                seen[model] = name
+                first = self.engines[other]
+                if other != name and (first.scheduler, first.queue) != (
+                    engine.scheduler,
+                    engine.queue,
+                ):
+                    raise ValueError(
+                        f"engines.{name}: replicas of {other} need the same scheduler and queue"
+                    )
         budget = self.gpu_memory_budget_gb
         if budget is not None:
             for name, engine in self.engines.items():
@@ -186,8 +196,19 @@ class Policy(Strict):
         return self
 
     def served_models(self) -> dict[str, str]:
-        """Model name → engine name."""
-        return {m: name for name, e in self.engines.items() for m in e.models}
+        """Model name → the pool (replica group) that serves it."""
+        return {
+            m: pool
+            for pool, engines in self.pools().items()
+            for m in self.engines[engines[0]].models
+        }
+
+    def pools(self) -> dict[str, tuple[str, ...]]:
+        """Replica groups: engines serving the same models, named after their first."""
+        groups: dict[frozenset[str], list[str]] = {}
+        for name, engine in self.engines.items():
+            groups.setdefault(frozenset(engine.models), []).append(name)
+        return {"+".join(names): tuple(names) for names in groups.values()}
 
     @property
     def api_keys_enabled(self) -> bool:

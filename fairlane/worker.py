@@ -141,7 +141,7 @@ class Worker:
                 interval = 1.0
                 for name, engine in policy.engines.items():
                     info = self.engine_info.get(name)
-                    pool = self.gateway.pools.get(name)
+                    pool = self.gateway.pool_of(name)
                     if engine.adaptive is None or info is None or pool is None:
                         limits.pop(name, None)
                         continue
@@ -152,7 +152,8 @@ class Worker:
                     limit.ceiling = engine.max_inflight
                     load = await _engine_load(session, info)
                     if load is not None and info.get("state") == "up":
-                        pool.set_capacity(limit.update(load, pool.inflight))
+                        replica = pool.replicas[name]
+                        pool.set_capacity(name, limit.update(load, replica.inflight))
                 await asyncio.sleep(interval)
 
     async def _expire_leases(self) -> None:

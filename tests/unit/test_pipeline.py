@@ -44,7 +44,7 @@ def rejected(result: object, reason: Reason) -> Rejection:
 def test_ticket_carries_weight_priority_engine_and_cost() -> None:
     ticket = evaluate(info(max_tokens=100), runtime())
     assert isinstance(ticket, Ticket)
-    assert (ticket.tenant.name, ticket.tenant.weight, ticket.engine) == ("alice", 2.0, "e1")
+    assert (ticket.tenant.name, ticket.tenant.weight, ticket.pool) == ("alice", 2.0, "e1")
     assert ticket.prompt_tokens == 100  # 400 bytes at 4 chars per token
     assert ticket.cost == 1.0 * 100 + 2.0 * 100
     bob = evaluate(info("bob", model="m2"), runtime())

@@ -1,0 +1,34 @@
+"""`fairlane bench ...`: the benchmarks in bench/ (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fairlane.bench import decisions, noisy_neighbor, overhead
+
+    parser = argparse.ArgumentParser(
+        prog="fairlane bench",
+        description="Benchmarks; results go to bench/results/<name>.json (+ .png) and stdout.",
+    )
+    sub = parser.add_subparsers(dest="benchmark", required=True)
+    for name, module, text in (
+        ("overhead", overhead, "latency, throughput and CPU added by Envoy and Fairlane"),
+        ("decisions", decisions, "decisions/s and CPU per decision of the worker alone"),
+        ("noisy-neighbor", noisy_neighbor, "quiet tenants' TTFT next to a flooding tenant"),
+    ):
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def run_bench(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
