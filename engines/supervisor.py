@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -25,7 +25,7 @@ from fairlane.engines.models import Resident, choose_evictions
 from fairlane.engines.process import ManagedProcess
 from fairlane.engines.spec import EngineSpec, engine_spec
 from fairlane.envoy.bootstrap import render_cds, write_json_atomically
-from fairlane.policy import Policy
+from fairlane.policy import EngineConfig, Policy
 from fairlane.reload import file_signature
 from fairlane.rundir import RunDir
 
@@ -47,6 +47,29 @@ class EngineRun:
     @property
     def resident(self) -> bool:
         return self.process is not None and self.process.running
+
+
+# What it takes to start an engine: a change here restarts it; anything else in its
+# config (capacity, queue, scheduler) is the worker's business and applies live.
+LAUNCH_FIELDS = {
+    "kind",
+    "models",
+    "url",
+    "host",
+    "port",
+    "preset",
+    "model_path",
+    "args",
+    "env",
+    "inject_priority",
+    "gpu_memory_gb",
+    "lazy",
+    "pinned",
+}
+
+
+def launch_key(config: EngineConfig) -> dict[str, Any]:
+    return config.model_dump(include=LAUNCH_FIELDS)
 
 
 class EngineSupervisor:
@@ -79,20 +102,33 @@ class EngineSupervisor:
                 await self._launch(run)
 
     async def apply(self, policy: Policy) -> None:
-        """Start engines added to the policy, stop removed or changed ones."""
-        for name, run in list(self.engines.items()):
-            if policy.engines.get(name) != run.spec.config:
-                if run.process is not None:
-                    await run.process.stop()
-                del self.engines[name]
+        """Start engines added to the policy; drain, then stop, removed or changed ones."""
+        leaving = [
+            run
+            for name, run in self.engines.items()
+            if name not in policy.engines
+            or launch_key(policy.engines[name]) != launch_key(run.spec.config)
+        ]
+        for run in leaving:
+            self._set(run, "down")  # the worker stops routing to it
+        self.publish()
+        await self._drain([run.spec.name for run in leaving], policy.listener.drain_grace_s)
+        for run in leaving:
+            if run.process is not None:
+                await run.process.stop()
+            del self.engines[run.spec.name]
         self._policy = policy
-        for name in policy.engines:
-            if name not in self.engines:
-                run = self.engines[name] = self._new_run(name, policy)
-                if run.spec.config.lazy:
-                    run.state = "idle"
-                else:
-                    await self._launch(run)
+        for name, config in policy.engines.items():
+            if name in self.engines:
+                # Admission settings (capacity, queue, scheduler) change without a restart.
+                run = self.engines[name]
+                run.spec = replace(run.spec, config=config)
+                continue
+            run = self.engines[name] = self._new_run(name, policy)
+            if run.spec.config.lazy:
+                run.state = "idle"
+            else:
+                await self._launch(run)
         self.publish()
 
     async def run(self) -> None:
@@ -105,6 +141,15 @@ class EngineSupervisor:
                 if changed:
                     self.publish()
                 await asyncio.sleep(self.interval_s)
+
+    async def _drain(self, names: list[str], grace_s: float) -> None:
+        """Wait until the worker reports nothing in flight on these engines (bounded)."""
+        deadline = time.monotonic() + grace_s
+        while names and time.monotonic() < deadline:
+            self._read_demand()
+            if not any(self._demand.get(n, {}).get("inflight") for n in names):
+                return
+            await asyncio.sleep(0.2)
 
     async def _launch(self, run: EngineRun) -> None:
         if run.process is not None:

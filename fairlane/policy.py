@@ -131,6 +131,15 @@ class EngineConfig(Strict):
         return self
 
 
+class StateConfig(Strict):
+    """Where tenant state lives: this process only, or Redis shared by several gateways."""
+
+    kind: Literal["local", "redis"] = "local"
+    url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^rediss?://")
+    sync_interval_s: float = Field(0.1, gt=0, le=10)
+    timeout_ms: float = Field(50.0, gt=0)
+
+
 class Policy(Strict):
     version: Literal[1]
     listener: ListenerConfig = ListenerConfig()
@@ -142,6 +151,7 @@ class Policy(Strict):
     tenants: dict[Name, TenantConfig] = {}
     engines: dict[Name, EngineConfig] = Field(min_length=1)
     gpu_memory_budget_gb: float | None = Field(None, gt=0)
+    state: StateConfig = StateConfig()
 
     @model_validator(mode="after")
     def _cross_references(self) -> Policy:

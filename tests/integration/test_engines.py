@@ -231,3 +231,48 @@ async def test_replicas_share_one_fair_queue_and_survive_a_crash(stack_factory: 
     assert [s for s, _ in after] == [200] * 5  # r2 carries on
     # Requests on r1 when it died fail; everything else was served.
     assert sum(1 for s, _ in results if s == 200) >= len(results) - 4 - 4, results
+
+
+async def test_reload_adds_drains_and_restarts_engines(stack_factory: Any) -> None:
+    policy: dict[str, Any] = {
+        "version": 1,
+        "listener": {"drain_grace_s": 20},
+        "engines": {"e": {"kind": "sim", "preset": "h100-8b", "models": ["m"]}},
+    }
+    stack = stack_factory(policy)
+    port = stack.engine_states()["e"]["port"]
+    async with aiohttp.ClientSession() as session:
+        body = {
+            "model": "m",
+            "max_tokens": 400,
+            "stream": True,
+            "messages": [{"role": "user", "content": "x"}],
+        }
+        async with session.post(stack.url + CHAT, json=body, headers={"x-tenant-id": "t"}) as resp:
+            assert resp.status == 200
+            await resp.content.readline()
+            # Capacity changes apply live; a new engine starts; the preset change
+            # restarts "e" only after this stream has finished.
+            policy["engines"]["e"] = {
+                "kind": "sim",
+                "preset": "tiny",
+                "models": ["m"],
+                "max_inflight": 8,
+            }
+            policy["engines"]["f"] = {"kind": "sim", "preset": "tiny", "models": ["n"]}
+            stack.write_policy(policy)
+            text = (await resp.read()).decode()
+        assert text.rstrip().endswith("data: [DONE]")  # the stream was not cut
+        deadline = time.monotonic() + 30
+        states: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            states = stack.engine_states()
+            if states.get("f", {}).get("state") == "up" and states["e"]["state"] == "up":
+                break
+            await asyncio.sleep(0.2)
+        new_pid = _engine_pid(stack.run_dir, states["e"]["port"])
+        cmdline = Path(f"/proc/{new_pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[cmdline.index(b"--preset") + 1] == b"tiny"  # restarted with it
+        for model in ("m", "n"):
+            status, _, text = await _chat(session, stack.url, model)
+            assert status == 200, text
