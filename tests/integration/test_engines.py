@@ -240,7 +240,6 @@ async def test_reload_adds_drains_and_restarts_engines(stack_factory: Any) -> No
         "engines": {"e": {"kind": "sim", "preset": "h100-8b", "models": ["m"]}},
     }
     stack = stack_factory(policy)
-    port = stack.engine_states()["e"]["port"]
     async with aiohttp.ClientSession() as session:
         body = {
             "model": "m",
