@@ -1,0 +1,79 @@
+"""`fairlane check` on one broken policy per fixture: the exact `FILE:LINE key: message`.
+
+envoyproxy/ratelimit style: every bad file names its line and key, so an operator can
+fix a policy without reading Fairlane's code. The shipped configs must all pass.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BAD = Path("tests/fixtures/bad_policies")
+
+# fixture file → the one line `fairlane check` prints on stderr (after "FILE:").
+EXPECTED = {
+    "unknown_key.yaml": "6 tenants.alice.wieght: unknown key",
+    "weight_zero.yaml": "5 tenants.alice.weight: Input should be greater than 0",
+    "bad_version.yaml": "2 version: Input should be 1",
+    "invalid_yaml.yaml": "7: invalid YAML: expected ',' or ']', but got '<stream end>'",
+    "unknown_priority_class.yaml": "6 tenants.alice.priority: unknown class 'realtime'",
+    "model_served_by_no_engine.yaml": "5 tenants.alice.models: 'llama-70b' is served by no engine",
+    "duplicate_model.yaml": (
+        "9 engines.second.models: 'llama-8b' is also served by first; "
+        "replicas of a model must serve the same models"
+    ),
+    "external_without_url.yaml": "4 engines.shared-vllm: an external engine needs `url`",
+    "bad_api_key_hash.yaml": (
+        "5 tenants.alice.api_keys: api_keys must be sha256 hex digests (see `fairlane hash-key`)"
+    ),
+    "missing_engines.yaml": "2 engines: required key is missing",
+    "port_clash.yaml": "2 (top level): listener and engine ports must all differ",
+}
+
+
+def check(*files: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "fairlane.cli", "check", *map(str, files)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_every_fixture_has_an_expectation() -> None:
+    assert sorted(p.name for p in (ROOT / BAD).glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bad_policy_message(name: str) -> None:
+    path = BAD / name
+    result = check(path)
+    assert result.returncode == 1, result
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [f"{path}:{EXPECTED[name]}"]
+
+
+def test_every_bad_file_is_reported_and_good_ones_still_pass() -> None:
+    good = ROOT / "configs" / "quickstart.yaml"
+    result = check(BAD / "weight_zero.yaml", good, BAD / "unknown_key.yaml")
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 2
+    assert result.stdout.startswith(f"{good}: ok")
+
+
+def test_shipped_configs_pass() -> None:
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    assert {"quickstart.yaml", "docker.yaml", "docker-gpu.yaml"} <= {p.name for p in configs}
+    result = check(*configs)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(configs)
+    for path, line in zip(configs, lines, strict=True):
+        assert line.startswith(f"{path}: ok — "), line
