@@ -42,7 +42,7 @@ def render_bootstrap(policy: Policy, run_dir: RunDir) -> dict[str, Any]:
     return {
         "node": {"id": f"fairlane-{listener.port}", "cluster": "fairlane"},
         "admin": {
-            "address": _socket("127.0.0.1", listener.admin_port),
+            "address": _socket(listener.admin_host, listener.admin_port),
             "access_log": [],
         },
         "layered_runtime": {"layers": [{"name": "admin", "admin_layer": {}}]},
@@ -336,7 +336,7 @@ def _local_replies(policy: Policy) -> dict[str, Any]:
             "status_code": reason.status,
             "body": {"inline_string": error_body(reason, message).decode()},
             "body_format_override": {
-                "text_format": "%LOCAL_REPLY_BODY%",
+                "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
                 "content_type": "application/json",
             },
         }
@@ -347,8 +347,23 @@ def _local_replies(policy: Policy) -> dict[str, Any]:
     def flags(*names: str) -> dict[str, Any]:
         return {"response_flag_filter": {"flags": list(names)}}
 
+    # /health, /v1/models and /metrics are the worker's own: if it is unreachable, say so.
+    control_paths = {
+        "or_filter": {
+            "filters": [
+                {"header_filter": {"header": {"name": ":path", "string_match": {"exact": path}}}}
+                for path in CONTROL_PATHS
+            ]
+        }
+    }
     return {
         "mappers": [
+            mapper(
+                {"and_filter": {"filters": [control_paths, flags("UH", "UF", "UC", "UR")]}},
+                Reason.GATEWAY_UNAVAILABLE,
+                "the Fairlane worker is restarting",
+                retry_after=1,
+            ),
             mapper(
                 flags("NC", "UH", "UF", "UC", "UR", "URX", "UO", "UMSDR"),
                 Reason.ENGINE_UNAVAILABLE,

@@ -53,7 +53,7 @@ def run_doctor(config: Path | None) -> int:
         lst = policy.listener
         for name, port, host in (
             ("listener", lst.port, lst.host),
-            ("envoy admin", lst.admin_port, "127.0.0.1"),
+            ("envoy admin", lst.admin_port, lst.admin_host),
             ("control", lst.control_port, "127.0.0.1"),
         ):
             free = _port_free(host, port)
@@ -61,11 +61,11 @@ def run_doctor(config: Path | None) -> int:
             problems += 0 if free else 1
         kinds = {e.kind for e in policy.engines.values()}
     for module, kind in (("vllm", "vllm"), ("sglang", "sglang")):
-        found = importlib.util.find_spec(module) is not None
+        installed = importlib.util.find_spec(module) is not None
         needed = kind in kinds
-        state = OK if found else (MISSING if needed else INFO)
-        _line(state, kind, "installed" if found else "not installed")
-        problems += 1 if needed and not found else 0
+        state = OK if installed else (MISSING if needed else INFO)
+        _line(state, kind, "installed" if installed else "not installed")
+        problems += 1 if needed and not installed else 0
     gpu = shutil.which("nvidia-smi")
     if gpu:
         out = subprocess.run(

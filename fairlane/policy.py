@@ -28,6 +28,9 @@ class ListenerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     admin_port: int = Field(9901, ge=1, le=65535)
+    # Envoy's admin API can stop the server: keep it on loopback unless a container
+    # network needs it (then publish it only to the host's loopback).
+    admin_host: str = "127.0.0.1"
     control_port: int = Field(9902, ge=1, le=65535)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     stream_idle_timeout_s: float = Field(300.0, gt=0)
@@ -153,58 +156,6 @@ class Policy(Strict):
     gpu_memory_budget_gb: float | None = Field(None, gt=0)
     state: StateConfig = StateConfig()
 
-    @model_validator(mode="after")
-    def _cross_references(self) -> Policy:
-        classes = set(self.priority_classes)
-        served = self.served_models()
-        for name, tenant in self.tenants.items():
-            if tenant.priority is not None and tenant.priority not in classes:
-                raise ValueError(f"tenants.{name}.priority: unknown class {tenant.priority!r}")
-            for model in tenant.models or ():
-                if model not in served:
-                    raise ValueError(f"tenants.{name}.models: {model!r} is served by no engine")
-        up = self.unknown_tenants.priority
-        if up is not None and up not in classes:
-            raise ValueError(f"unknown_tenants.priority: unknown class {up!r}")
-        if self.default_tenant is not None and self.default_tenant not in self.tenants:
-            raise ValueError(f"default_tenant: {self.default_tenant!r} is not in tenants")
-        seen: dict[str, str] = {}
-        for name, engine in self.engines.items():
-            for model in engine.models:
-                other = seen.setdefault(model, name)
-                # Replicas serve the same models and share one fair queue.
-                if other != name and set(self.engines[other].models) != set(engine.models):
-                    raise ValueError(
-                        f"engines.{name}.models: {model!r} is also served by {other}; "
-                        "replicas of a model must serve the same models"
-                    )
-                first = self.engines[other]
-                if other != name and (first.scheduler, first.queue) != (
-                    engine.scheduler,
-                    engine.queue,
-                ):
-                    raise ValueError(
-                        f"engines.{name}: replicas of {other} need the same scheduler and queue"
-                    )
-        budget = self.gpu_memory_budget_gb
-        if budget is not None:
-            for name, engine in self.engines.items():
-                if engine.gpu_memory_gb > budget:
-                    raise ValueError(
-                        f"engines.{name}.gpu_memory_gb: {engine.gpu_memory_gb:g} exceeds "
-                        f"gpu_memory_budget_gb ({budget:g})"
-                    )
-            at_boot = sum(e.gpu_memory_gb for e in self.engines.values() if not e.lazy)
-            if at_boot > budget:
-                raise ValueError(
-                    f"gpu_memory_budget_gb: the engines started at boot need {at_boot:g} GB"
-                )
-        ports = [self.listener.port, self.listener.admin_port, self.listener.control_port]
-        ports += [e.port for e in self.engines.values() if e.port is not None]
-        if len(ports) != len(set(ports)):
-            raise ValueError("listener and engine ports must all differ")
-        return self
-
     def served_models(self) -> dict[str, str]:
         """Model name → the pool (replica group) that serves it."""
         return {
@@ -223,6 +174,105 @@ class Policy(Strict):
     @property
     def api_keys_enabled(self) -> bool:
         return any(t.api_keys for t in self.tenants.values())
+
+
+Problem = tuple[tuple[str, ...], str]  # key path, message
+
+
+def cross_reference_problems(policy: Policy) -> list[Problem]:
+    """Every inconsistency between sections, each with the key path it is about."""
+    problems: list[Problem] = []
+    classes = set(policy.priority_classes)
+    served = policy.served_models()
+    for name, tenant in policy.tenants.items():
+        if tenant.priority is not None and tenant.priority not in classes:
+            problems.append(
+                (
+                    ("tenants", name, "priority"),
+                    f"unknown priority class {tenant.priority!r} "
+                    f"(priority_classes: {', '.join(policy.priority_classes)})",
+                )
+            )
+        for model in tenant.models or ():
+            if model not in served:
+                problems.append((("tenants", name, "models"), f"{model!r} is served by no engine"))
+    up = policy.unknown_tenants.priority
+    if up is not None and up not in classes:
+        problems.append((("unknown_tenants", "priority"), f"unknown priority class {up!r}"))
+    if policy.default_tenant is not None and policy.default_tenant not in policy.tenants:
+        problems.append((("default_tenant",), f"{policy.default_tenant!r} is not in tenants"))
+    problems += _engine_problems(policy)
+    problems += _port_problems(policy)
+    return problems
+
+
+def _engine_problems(policy: Policy) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    idle = policy.listener.stream_idle_timeout_s
+    for name, engine in policy.engines.items():
+        for model in engine.models:
+            other = seen.setdefault(model, name)
+            # Replicas serve the same models and share one fair queue.
+            if other != name and set(policy.engines[other].models) != set(engine.models):
+                problems.append(
+                    (
+                        ("engines", name, "models"),
+                        f"{model!r} is also served by {other}; replicas of a model "
+                        "must serve the same models",
+                    )
+                )
+            first = policy.engines[other]
+            if other != name and (first.scheduler, first.queue) != (engine.scheduler, engine.queue):
+                problems.append(
+                    (("engines", name), f"replicas of {other} need the same scheduler and queue")
+                )
+        if engine.queue.timeout_s >= idle:
+            # A queued request is an idle stream to Envoy: it would end in a 504 first.
+            problems.append(
+                (
+                    ("engines", name, "queue", "timeout_s"),
+                    f"must be below listener.stream_idle_timeout_s ({idle:g})",
+                )
+            )
+    budget = policy.gpu_memory_budget_gb
+    if budget is not None:
+        for name, engine in policy.engines.items():
+            if engine.gpu_memory_gb > budget:
+                problems.append(
+                    (
+                        ("engines", name, "gpu_memory_gb"),
+                        f"{engine.gpu_memory_gb:g} exceeds gpu_memory_budget_gb ({budget:g})",
+                    )
+                )
+        at_boot = sum(e.gpu_memory_gb for e in policy.engines.values() if not e.lazy)
+        if at_boot > budget:
+            problems.append(
+                (
+                    ("gpu_memory_budget_gb",),
+                    f"the engines started at boot (not lazy) need {at_boot:g} GB",
+                )
+            )
+    return problems
+
+
+def _port_problems(policy: Policy) -> list[Problem]:
+    problems: list[Problem] = []
+    owners: dict[int, str] = {}
+    listener = policy.listener
+    ports: list[tuple[tuple[str, ...], int]] = [
+        (("listener", "port"), listener.port),
+        (("listener", "admin_port"), listener.admin_port),
+        (("listener", "control_port"), listener.control_port),
+    ]
+    ports += [(("engines", n, "port"), e.port) for n, e in policy.engines.items() if e.port]
+    for path, port in ports:
+        key = ".".join(path)
+        if port in owners:
+            problems.append((path, f"{port} is also {owners[port]}"))
+        else:
+            owners[port] = key
+    return problems
 
 
 class PolicyError(Exception):
@@ -250,30 +300,60 @@ def load_policy(path: str | Path) -> Policy:
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        # An unclosed bracket is reported where it opened, not at the end of the file.
+        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
-        raise PolicyError([f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+        problem = getattr(exc, "problem", None) or exc
+        context = getattr(exc, "context", None)
+        raise PolicyError(
+            [f"{where}: invalid YAML: {context + ', ' if context else ''}{problem}"]
+        ) from exc
     if not isinstance(data, dict):
         raise PolicyError([f"{source}:1: the policy must be a YAML mapping"])
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as exc:
         raise PolicyError([_describe(err, node, source) for err in exc.errors()]) from exc
+    problems = cross_reference_problems(policy)
+    if problems:
+        raise PolicyError(
+            [
+                f"{source}:{_line_of(node, list(path))} {'.'.join(path)}: {message}"
+                for path, message in problems
+            ]
+        )
+    return policy
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _describe(err: Any, root: yaml.Node | None, source: str) -> str:
     loc = [str(p) for p in err["loc"]]
     message = str(err["msg"]).removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
+    kind = err["type"]
+    if kind == "extra_forbidden":
         message = "unknown key"
-    elif err["type"] == "missing":
+    elif kind == "missing":
         message = "required key is missing"
-    # Cross-reference errors raised by a validator carry their own key path.
-    inner = re.match(r"^([\w.\-:/]+): (.*)$", message)
-    if inner and not loc:
-        loc, message = inner.group(1).split("."), inner.group(2)
+    elif loc == ["version"] and kind == "literal_error":
+        message = f"only version 1 is supported (got {err.get('input')!r})"
+    elif kind == "too_short" and loc == ["engines"]:
+        message = "at least one engine is required"
     key = ".".join(loc) if loc else "(top level)"
     return f"{source}:{_line_of(root, loc)} {key}: {message}"
 

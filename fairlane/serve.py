@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -88,6 +89,7 @@ class Server:
         self.run_dir.create()
         self.run_dir.pid_file.write_text(str(os.getpid()))
         write_json_atomically(self.run_dir.bootstrap, render_bootstrap(self.policy, self.run_dir))
+        exit_code = 0
         try:
             await self.engines.start()
             await self.worker.start()
@@ -99,6 +101,17 @@ class Server:
             ]
             while not self._stop.is_set():
                 await self._tend()
+                failed = [c for c in (self.envoy, self.worker) if c.crash_looping]
+                if failed:
+                    names = ", ".join(c.name for c in failed)
+                    logs = ", ".join(str(c.log_path) for c in failed)
+                    print(
+                        f"fairlane: {names} keeps exiting; giving up (see {logs})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    exit_code = 1
+                    break
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
                         await self._stop.wait()
@@ -110,7 +123,7 @@ class Server:
                 await child.stop(5)
             await self.engines.stop(5)
             self.run_dir.pid_file.unlink(missing_ok=True)
-        return 0
+        return exit_code
 
     def _forward_reload(self) -> None:
         self.watcher.request_reload()
@@ -182,6 +195,29 @@ async def _active_requests(session: aiohttp.ClientSession, admin: str) -> int:
         return 0
 
 
+def preflight(policy: Policy, run_dir: RunDir) -> list[str]:
+    """What would make serve fail at once: another instance, ports in use."""
+    problems = []
+    try:
+        pid = int(run_dir.pid_file.read_text())
+        os.kill(pid, 0)
+        problems.append(f"another fairlane serve (pid {pid}) is using {run_dir.root}")
+    except (OSError, ValueError):
+        pass
+    listener = policy.listener
+    for what, host, port in (
+        ("listener.port", listener.host, listener.port),
+        ("listener.admin_port", listener.admin_host, listener.admin_port),
+        ("listener.control_port", "127.0.0.1", listener.control_port),
+    ):
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                problems.append(f"{what} {host}:{port} is not available: {exc.strerror}")
+    return problems
+
+
 def serve(policy_path: Path, run_dir: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -189,4 +225,10 @@ def serve(policy_path: Path, run_dir: Path) -> int:
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 1
-    return asyncio.run(Server(policy_path.resolve(), policy, RunDir(run_dir.resolve())).run())
+    rundir = RunDir(run_dir.resolve())
+    problems = preflight(policy, rundir)
+    if problems:
+        for problem in problems:
+            print(f"fairlane: {problem}", file=sys.stderr)
+        return 1
+    return asyncio.run(Server(policy_path.resolve(), policy, rundir).run())

@@ -19,9 +19,15 @@ BAD = Path("tests/fixtures/bad_policies")
 EXPECTED = {
     "unknown_key.yaml": "6 tenants.alice.wieght: unknown key",
     "weight_zero.yaml": "5 tenants.alice.weight: Input should be greater than 0",
-    "bad_version.yaml": "2 version: Input should be 1",
-    "invalid_yaml.yaml": "7: invalid YAML: expected ',' or ']', but got '<stream end>'",
-    "unknown_priority_class.yaml": "6 tenants.alice.priority: unknown class 'realtime'",
+    "bad_version.yaml": "2 version: only version 1 is supported (got 2)",
+    "invalid_yaml.yaml": (
+        "6: invalid YAML: while parsing a flow sequence, expected ',' or ']', "
+        "but got '<stream end>'"
+    ),
+    "unknown_priority_class.yaml": (
+        "6 tenants.alice.priority: unknown priority class 'realtime' "
+        "(priority_classes: interactive, batch)"
+    ),
     "model_served_by_no_engine.yaml": "5 tenants.alice.models: 'llama-70b' is served by no engine",
     "duplicate_model.yaml": (
         "9 engines.second.models: 'llama-8b' is also served by first; "
@@ -32,7 +38,11 @@ EXPECTED = {
         "5 tenants.alice.api_keys: api_keys must be sha256 hex digests (see `fairlane hash-key`)"
     ),
     "missing_engines.yaml": "2 engines: required key is missing",
-    "port_clash.yaml": "2 (top level): listener and engine ports must all differ",
+    "duplicate_key.yaml": "4: invalid YAML: key 'alice' appears twice",
+    "queue_outlives_idle_timeout.yaml": (
+        "9 engines.e.queue.timeout_s: must be below listener.stream_idle_timeout_s (10)"
+    ),
+    "port_clash.yaml": "5 listener.admin_port: 8000 is also listener.port",
 }
 
 

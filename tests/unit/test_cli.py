@@ -71,3 +71,18 @@ def test_reload_without_a_running_instance(tmp_path: Path) -> None:
     result = fairlane("reload", "--config", "configs/quickstart.yaml", "--run-dir", str(tmp_path))
     assert result.returncode == 1
     assert "no running fairlane found" in result.stderr
+
+
+def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        policy = tmp_path / "p.yaml"
+        policy.write_text(
+            f"version: 1\nlistener: {{port: {port}}}\n"
+            "engines:\n  e: {kind: sim, models: [m]}\n"
+        )
+        result = fairlane("serve", "--config", str(policy), "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert f"listener.port 127.0.0.1:{port} is not available" in result.stderr
