@@ -402,7 +402,49 @@ def _local_replies(policy: Policy) -> dict[str, Any]:
                 Reason.BODY_TOO_LARGE,
                 f"request body exceeds the {limit_mib:g} MiB limit",
             ),
+            mapper(_envoy_error(404, 406), Reason.NOT_FOUND, "unknown path or method"),
+            # Anything else Envoy answers by itself (malformed HTTP, oversize headers...):
+            # keep its status, wrap its text in the OpenAI error shape.
+            _wrapped(_envoy_error(400, 500), "invalid_request_error", "bad_request"),
+            _wrapped(_envoy_error(500, 600), "service_unavailable", "gateway_error"),
         ]
+    }
+
+
+def _envoy_error(low: int, high: int) -> dict[str, Any]:
+    """A local reply of Envoy's own in [low, high): not a route's direct response, not an
+    answer Fairlane's worker already shaped."""
+    expression = (
+        f"response.code >= {low} && response.code < {high}"
+        " && response.code_details != 'direct_response'"
+        " && !response.code_details.startsWith('fairlane_')"
+    )
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": T + "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": expression,
+            },
+        }
+    }
+
+
+def _wrapped(filter_: dict[str, Any], error_type: str, code: str) -> dict[str, Any]:
+    return {
+        "filter": filter_,
+        "body_format_override": {
+            # json_format escapes Envoy's text safely into the message.
+            "json_format": {
+                "error": {
+                    "message": "%LOCAL_REPLY_BODY% (%RESPONSE_CODE_DETAILS%)",
+                    "type": error_type,
+                    "param": None,
+                    "code": code,
+                }
+            },
+            "content_type": "application/json",
+        },
     }
 
 

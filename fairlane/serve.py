@@ -144,7 +144,9 @@ class Server:
         log.info("draining (up to %.0fs)", listener.drain_grace_s)
         async with aiohttp.ClientSession() as session:
             with contextlib.suppress(aiohttp.ClientError, OSError):
-                await session.post(f"{admin}/drain_listeners?graceful&inboundonly")
+                # Close the listener now (new connections are refused); streams already
+                # open keep going and their connections are closed as they finish.
+                await session.post(f"{admin}/drain_listeners")
             deadline = time.monotonic() + listener.drain_grace_s
             while time.monotonic() < deadline:
                 if await _active_requests(session, admin) == 0:

@@ -161,3 +161,131 @@ def stack_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield start
     for stack in stacks:
         assert not stack.stop(), "child processes outlived `fairlane serve`"
+
+
+# -- a fake OpenAI engine for fault and security tests ------------------------------------
+
+
+class FakeEngine:
+    """A fake engine (not an LLM, not the simulator): one aiohttp process whose behaviour
+    is chosen by the request's ``model``, registered in a policy as an ``external`` engine.
+
+    - ``fake-stall``: reads the request and never answers (no headers).
+    - ``fake-stall-mid``: sends 200 SSE headers and one chunk, then stalls.
+    - ``fake-firehose``: streams SSE as fast as the reader takes it, ``max_tokens`` KiB.
+    - ``fake-echo``: answers a small chat completion at once.
+
+    ``stats()`` reports what it received (the last requests' headers) and wrote
+    (``GET /fake/stats``). It runs in its own process group and is stopped by PID.
+    Started by running this file as a script.
+    """
+
+    MODELS = ("fake-stall", "fake-stall-mid", "fake-firehose", "fake-echo")
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-P", str(Path(__file__)), "fake-engine", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, Path(log_path).read_text()
+            with contextlib.suppress(OSError):
+                self.stats()
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"the fake engine never answered on {self.url}")
+
+    def engine_config(self) -> dict[str, Any]:
+        return {"kind": "external", "url": self.url, "models": list(self.MODELS)}
+
+    def stats(self) -> dict[str, Any]:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/fake/stats", timeout=5) as resp:
+            return dict(json.loads(resp.read()))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def fake_engine_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Start FakeEngine processes for a module; all are killed by PID at its end."""
+    engines: list[FakeEngine] = []
+
+    def start() -> FakeEngine:
+        engine = FakeEngine(tmp_path_factory.mktemp("fake") / "fake-engine.log")
+        engines.append(engine)
+        return engine
+
+    yield start
+    for engine in engines:
+        engine.stop()
+
+
+def _serve_fake_engine(port: int) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    stats: dict[str, Any] = {"requests": 0, "firehose_bytes": 0, "headers": []}
+    chunk = b"data: " + json.dumps({"choices": [{"delta": {"content": "x" * 1000}}]}).encode()
+    chunk = (chunk + b"\n\n") * 64  # ~64 KiB per write
+
+    async def generate(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        stats["requests"] += 1
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        stats["headers"].append(headers)
+        del stats["headers"][:-20]
+        model = body.get("model")
+        if model == "fake-stall":
+            await asyncio.sleep(3600)
+        if model == "fake-echo":
+            reply = {
+                "id": "fake",
+                "object": "chat.completion",
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+            return web.json_response(reply)
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        if model == "fake-stall-mid":
+            await resp.write(b'data: {"choices": [{"delta": {"content": "x"}}]}\n\n')
+            await asyncio.sleep(3600)
+        limit, written = int(body.get("max_tokens", 1)) * 1024, 0
+        while written < limit:
+            await resp.write(chunk)  # waits while the reader (Envoy) pushes back
+            written += len(chunk)
+            stats["firehose_bytes"] += len(chunk)
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async def get_stats(request: web.Request) -> web.Response:
+        return web.json_response(stats)
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", generate)
+    app.router.add_post("/v1/completions", generate)
+    app.router.add_get("/health", health)
+    app.router.add_get("/fake/stats", get_stats)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, handler_cancellation=True)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["fake-engine"]:
+    _serve_fake_engine(int(sys.argv[2]))

@@ -1,0 +1,370 @@
+"""What a stranger can reach: listening sockets, public paths, API keys and where keys go.
+
+Keys are made up for the test; the policy holds their sha256 (`fairlane hash-key`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import secrets
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+CHAT = "/v1/chat/completions"
+INFERENCE = (CHAT, "/v1/completions")
+KEY_A = "sk-alice-" + secrets.token_hex(16)
+KEY_B = "sk-bob-" + secrets.token_hex(16)
+
+
+def hash_key(key: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-P", "-m", "fairlane.cli", "hash-key", key],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def fake(fake_engine_factory: Any) -> Any:
+    return fake_engine_factory()
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory: Any, fake: Any) -> Any:
+    return stack_factory(
+        {
+            "version": 1,
+            "tenants": {
+                "alice": {"api_keys": [hash_key(KEY_A)]},
+                "bob": {"api_keys": [hash_key(KEY_B)]},
+            },
+            "engines": {
+                "sim": {"kind": "sim", "preset": "tiny", "models": ["model-a"]},
+                "fake": fake.engine_config(),
+            },
+        }
+    )
+
+
+# -- helpers (test modules cannot share them: --import-mode=importlib) -----------------
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+    target: str | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One raw HTTP/1.1 exchange: the path goes out exactly as given (no normalising)."""
+    lines = [f"{method} {target or path} HTTP/1.1", "Host: fairlane", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    lines.append(f"Content-Length: {len(body)}")
+    raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(raw)
+        resp = http.client.HTTPResponse(sock, method=method)
+        resp.begin()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+
+
+def chat_body(model: str = "model-a") -> bytes:
+    body = {"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    return json.dumps(body).encode()
+
+
+def error_code(status: int, headers: dict[str, str], body: bytes) -> str:
+    assert headers.get("content-type") == "application/json", (status, headers, body)
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return str(error["code"])
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    _, _, body = request(port, "GET", "/metrics")
+    total = 0.0
+    for line in body.decode().splitlines():
+        series, _, number = line.rpartition(" ")
+        if series.split("{")[0] == name and all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(number)
+    return total
+
+
+def descendants(root: int) -> dict[int, list[str]]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+    found: dict[int, list[str]] = {}
+    todo = [root]
+    while todo:
+        for pid in parents.get(todo.pop(), []):
+            todo.append(pid)
+            try:
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            except OSError:
+                continue
+    return found
+
+
+def listening_tcp(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket the process listens on."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                address, port = local.split(":")
+                found.add((_address(address, width), int(port, 16)))
+    return found
+
+
+def _address(hex_address: str, width: int) -> str:
+    raw = bytes.fromhex(hex_address)
+    if width == 8:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+    return socket.inet_ntop(socket.AF_INET6, words)
+
+
+# -- sockets -------------------------------------------------------------------------------
+
+
+def test_only_loopback_and_unix_sockets(stack: Any) -> None:
+    listener = stack.policy["listener"]
+    processes = descendants(stack.process.pid)
+    by_role: dict[str, set[tuple[str, int]]] = {}
+    for pid, argv in processes.items():
+        role = "envoy" if Path(argv[0]).name == "envoy" else " ".join(argv[1:4])
+        by_role.setdefault(role, set()).update(listening_tcp(pid))
+    everything = set().union(*by_role.values())
+    assert everything, "found no listening socket at all"
+    assert {address for address, _ in everything} <= {"127.0.0.1", "::1"}, by_role
+    assert ("127.0.0.1", listener["admin_port"]) in by_role["envoy"]
+    assert ("127.0.0.1", listener["port"]) in by_role["envoy"]
+    worker = next(v for k, v in by_role.items() if "fairlane.worker" in k)
+    assert worker == {("127.0.0.1", listener["control_port"])}  # ext_proc is not on TCP
+
+    sock = stack.run_dir / "worker.sock"
+    mode = sock.stat().st_mode
+    assert stat.S_ISSOCK(mode)
+    assert not mode & stat.S_IWOTH, "any local user could talk to the decision service"
+    unix = Path("/proc/net/unix").read_text()
+    assert str(sock) in unix
+
+    bootstrap = json.loads((stack.run_dir / "envoy.json").read_text())
+    assert bootstrap["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+    addresses = [
+        e["endpoint"]["address"]
+        for c in clusters.values()
+        for group in c["load_assignment"]["endpoints"]
+        for e in group["lb_endpoints"]
+    ]
+    assert {"pipe": {"path": str(sock)}} in addresses
+    assert all("pipe" in a or a["socket_address"]["address"] == "127.0.0.1" for a in addresses)
+
+
+def test_public_listener_on_all_interfaces_keeps_admin_on_loopback(stack: Any) -> None:
+    """Rendered offline: even `listener.host: 0.0.0.0` leaves admin and control local."""
+    from fairlane.envoy.bootstrap import render_bootstrap
+    from fairlane.policy import Policy
+    from fairlane.rundir import RunDir
+
+    policy = dict(stack.policy)
+    policy["listener"] = {**policy["listener"], "host": "0.0.0.0"}
+    rendered = json.dumps(render_bootstrap(Policy.model_validate(policy), RunDir(Path("/x"))))
+    assert rendered.count('"0.0.0.0"') == 1  # the public listener only
+    bootstrap = json.loads(rendered)
+    assert bootstrap["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+# -- public paths ----------------------------------------------------------------------------
+
+HIDDEN = [
+    "/stats",
+    "/stats/prometheus",
+    "/status",
+    "/admin",
+    "/../etc/passwd",
+    "/%2e%2e/etc/passwd",
+    "/server_info",
+    "/config_dump",
+    "/clusters",
+    "/ready",
+    "/quitquitquit",
+    "/healthcheck/fail",
+    "/drain_listeners",
+    "/logging?level=trace",
+    "/runtime_modify?x=1",
+    "/fake/stats",
+    "/v1/embeddings",
+    "/v1/models/../../status",
+    "/health/../status",
+    "//status",
+    "/STATUS",
+    "/metrics/",
+    "/v1",
+    "/",
+]
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_public_listener_exposes_only_the_api(stack: Any, method: str) -> None:
+    for path in HIDDEN:
+        status, headers, body = request(stack.port, method, path)
+        assert status == 404, (method, path, status, body)
+        assert error_code(status, headers, body) == "not_found", path
+    admin = stack.policy["listener"]["admin_port"]
+    for target in (f"http://127.0.0.1:{admin}/stats", f"http://127.0.0.1:{admin}/quitquitquit"):
+        status, headers, body = request(stack.port, method, "", target=target)
+        assert status == 404 and error_code(status, headers, body) == "not_found", target
+    for path in ("/health", "/v1/models", "/metrics"):
+        status, _, _ = request(stack.port, "GET", path)
+        assert status == 200, path
+    # Neither /quitquitquit nor /healthcheck/fail reached the admin interface.
+    status, _, body = request(admin, "GET", "/ready")
+    assert (status, body.strip()) == (200, b"LIVE")
+    assert request(stack.port, "GET", "/health")[0] == 200
+
+
+def test_metrics_can_be_kept_off_the_public_port(stack_factory: Any) -> None:
+    hidden = stack_factory(
+        {
+            "version": 1,
+            "listener": {"expose_metrics": False},
+            "tenants": {"alice": {}},
+            "engines": {"sim": {"kind": "sim", "preset": "tiny", "models": ["model-a"]}},
+        }
+    )
+    status, headers, body = request(hidden.port, "GET", "/metrics")
+    assert status == 404 and error_code(status, headers, body) == "not_found"
+    control = hidden.policy["listener"]["control_port"]
+    status, _, body = request(control, "GET", "/metrics")
+    assert status == 200 and b"fairlane_config_generation" in body
+    assert request(hidden.port, "GET", "/health")[0] == 200
+
+
+# -- API keys -----------------------------------------------------------------------------------
+
+BAD_CREDENTIALS: list[dict[str, str]] = [
+    {},
+    {"Authorization": "Bearer sk-wrong"},
+    {"Authorization": "Bearer "},
+    {"Authorization": f"Basic {KEY_A}"},
+    {"Authorization": KEY_A},
+    {"Authorization": f"Bearer {KEY_A}x"},
+    {"Authorization": f"Bearer {KEY_A[:-1]}"},
+    {"Authorization": f"Bearer {hashlib.sha256(KEY_A.encode()).hexdigest()}"},  # the stored hash
+    {"X-Api-Key": KEY_A},
+    {"X-Tenant-ID": "alice"},
+    {"X-Tenant-ID": "alice", "Authorization": "Bearer sk-wrong"},
+]
+
+
+def test_no_route_reaches_an_engine_without_a_valid_key(stack: Any, fake: Any) -> None:
+    reached = fake.stats()["requests"]
+    served = metric(stack.port, "fairlane_requests_total")
+    for path in INFERENCE:
+        for model in ("model-a", "fake-echo"):
+            for headers in BAD_CREDENTIALS:
+                headers = {"Content-Type": "application/json", **headers}
+                status, got, body = request(stack.port, "POST", path, headers, chat_body(model))
+                assert status == 401, (path, headers, status, body)
+                assert error_code(status, got, body) == "invalid_api_key"
+    assert fake.stats()["requests"] == reached
+    assert metric(stack.port, "fairlane_requests_total") == served
+    assert metric(stack.port, "fairlane_rejected_total", reason="invalid_api_key") >= 4 * len(
+        BAD_CREDENTIALS
+    )
+
+
+def test_tenant_header_cannot_override_the_key(stack: Any, fake: Any) -> None:
+    before = {t: metric(stack.port, "fairlane_requests_total", tenant=t) for t in ("alice", "bob")}
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {KEY_A}",
+        "X-Tenant-ID": "bob",
+    }
+    status, _, body = request(stack.port, "POST", CHAT, headers, chat_body("fake-echo"))
+    assert status == 200, body
+    seen = fake.stats()["headers"][-1]
+    assert seen["x-tenant-id"] == "alice"  # rewritten from the key
+    assert "authorization" not in seen  # the key never reaches the engine
+    assert KEY_A not in json.dumps(seen)
+    status, _, body = request(stack.port, "POST", CHAT, headers, chat_body("model-a"))
+    assert status == 200, body
+
+    deadline = time.monotonic() + 5
+    while metric(stack.port, "fairlane_requests_total", tenant="alice") < before["alice"] + 2:
+        assert time.monotonic() < deadline, "the requests were not counted for alice"
+        time.sleep(0.05)
+    assert metric(stack.port, "fairlane_requests_total", tenant="bob") == before["bob"]
+    entries = _access_log(stack, lambda e: e["path"] == CHAT and e["status"] == 200, 2)
+    assert {e["tenant"] for e in entries} == {"alice"}
+
+
+def _access_log(stack: Any, keep: Any, want: int) -> list[dict[str, Any]]:
+    """Entries of DIR/access.log that `keep` accepts, once there are `want` of them."""
+    admin = stack.policy["listener"]["admin_port"]
+    deadline = time.monotonic() + 15
+    while True:
+        request(admin, "POST", "/reopen_logs")  # flushes the access log now
+        path = stack.run_dir / "access.log"
+        lines = path.read_text().splitlines() if path.exists() else []
+        entries = [e for e in map(json.loads, lines) if keep(e)]
+        if len(entries) >= want or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.1)
+
+
+def test_keys_never_written_anywhere(stack: Any) -> None:
+    for key in (KEY_A, KEY_B):
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+        assert request(stack.port, "POST", CHAT, headers, chat_body())[0] == 200
+        bad = {"Content-Type": "application/json", "Authorization": f"Bearer {key}-not"}
+        assert request(stack.port, "POST", CHAT, bad, chat_body())[0] == 401
+    _access_log(stack, lambda e: e["status"] == 401, 2)  # flushed past those requests
+    texts = {
+        str(path): path.read_bytes().decode("utf-8", "replace")
+        for path in stack.run_dir.parent.rglob("*")
+        if path.is_file() and not stat.S_ISSOCK(path.stat().st_mode)
+    }
+    control = stack.policy["listener"]["control_port"]
+    texts["/metrics"] = request(stack.port, "GET", "/metrics")[2].decode()
+    texts["control /status"] = request(control, "GET", "/status")[2].decode()
+    assert any("access.log" in name for name in texts)
+    for key in (KEY_A, KEY_B):
+        for name, text in texts.items():
+            assert key not in text, f"an API key is written in {name}"
+            assert key[: len(key) // 2] not in text, f"part of an API key is in {name}"
