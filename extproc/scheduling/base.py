@@ -61,6 +61,14 @@ class Scheduler(Protocol):
     def complete(self, request: QueuedRequest, actual_cost: float, now: float) -> None:
         """The request ended; correct its charge from the estimate to ``actual_cost``."""
 
+    def charge_external(self, tenant: str, amount: float, now: float) -> None:
+        """Account service ``tenant`` got outside this scheduler (another gateway).
+
+        ``amount`` is weighted tokens already divided by the tenant's weight, and may be
+        negative (a correction of an estimate charged elsewhere). Policies with per-tenant
+        counters add it to a tracked tenant's counter; untracked tenants are ignored.
+        """
+
     def depth(self, tenant: str) -> int:
         """Requests of ``tenant`` waiting now."""
 

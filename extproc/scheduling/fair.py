@@ -149,6 +149,22 @@ class FairScheduler:
         elif correction:
             self._rekey(request.tenant, tenant, self._classes[tenant.priority])
 
+    def charge_external(self, tenant: str, amount: float, now: float) -> None:
+        """Add service the tenant got elsewhere (another gateway) to its counter.
+
+        ``amount`` is already divided by the weight and may be negative (another
+        gateway corrected its estimate down). Only a tracked tenant is charged: an
+        untracked one gets the lift rule when it arrives, which already stops it from
+        banking credit. A backlogged tenant's heap entry is rekeyed, as in ``complete``.
+        """
+        self._tick(now)
+        state = self._tenants.get(tenant)
+        if state is None or not amount:
+            return
+        state.counter += amount
+        if state.queue:
+            self._rekey(tenant, state, self._classes[state.priority])
+
     def depth(self, tenant: str) -> int:
         state = self._tenants.get(tenant)
         return 0 if state is None else len(state.queue)

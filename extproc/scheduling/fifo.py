@@ -93,6 +93,9 @@ class FifoScheduler:
     def complete(self, request: QueuedRequest, actual_cost: float, now: float) -> None:
         """FIFO keeps no accounting: nothing to correct."""
 
+    def charge_external(self, tenant: str, amount: float, now: float) -> None:
+        """FIFO keeps no counters: service elsewhere changes nothing here."""
+
     def depth(self, tenant: str) -> int:
         return self._depths.get(tenant, 0)
 
