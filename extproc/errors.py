@@ -85,3 +85,9 @@ def error_body(reason: Reason, message: str) -> bytes:
         },
         separators=(",", ":"),
     ).encode()
+
+
+def engine_down(engine: str) -> Rejection:
+    return Rejection(
+        Reason.ENGINE_UNAVAILABLE, f"engine {engine} is not available", retry_after_s=2.0
+    )

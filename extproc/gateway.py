@@ -1,7 +1,8 @@
 """The decision service: pipeline, limits, engine pools and leases, behind two calls.
 
 ``begin`` decides synchronously when it can (admit into a free slot, or refuse) and
-returns a ``Pending`` only when the request must wait in a queue. ``finish`` is called
+returns a ``Pending`` only when the request must wait in a queue (or a
+``SharedLimitCheck`` when a limited tenant's buckets live in Redis). ``finish`` is called
 from Envoy's end-of-request record and gives the slot back with the real usage. The
 gRPC servicers translate protobuf to these calls and nothing else.
 """
@@ -15,78 +16,23 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from fairlane.extproc.accounting import Usage, usage_cost
-from fairlane.extproc.admission import EnginePool, EngineState, EngineUnavailable, QueueTimeout
-from fairlane.extproc.errors import Reason, Rejection
-from fairlane.extproc.limits import RateLimiter
+from fairlane.extproc.admission import EnginePool, EngineState, EngineUnavailable
+from fairlane.extproc.errors import Reason, Rejection, engine_down
+from fairlane.extproc.limits import RateLimiter, Verdict
 from fairlane.extproc.metrics import Metrics
+from fairlane.extproc.outcomes import Admitted, Lease, Pending, SharedLimitCheck
 from fairlane.extproc.pipeline import Ticket, evaluate
 from fairlane.extproc.request import RequestInfo
 from fairlane.extproc.runtime import UNKNOWN_TENANT, Runtime
 from fairlane.extproc.scheduling import QueuedRequest, QueueFull, make_scheduler
+from fairlane.extproc.shared import SharedStateUnavailable
+from fairlane.extproc.shared.counter_sync import CounterSync
+from fairlane.extproc.shared.redis_limits import RedisRateLimiter
 
 log = logging.getLogger(__name__)
 QUARANTINE_S = 2.0
-
-
-@dataclass(slots=True)
-class Lease:
-    """An admitted request holding a slot until Envoy reports its end."""
-
-    ticket: Ticket
-    queued: QueuedRequest
-    pool: EnginePool
-    replica: str
-    admitted_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Admitted:
-    lease_id: str
-    ticket: Ticket
-    replica: str  # the engine it goes to
-
-
-class Pending:
-    """A queued request: await ``result()`` for the final Admitted or Rejection."""
-
-    def __init__(
-        self,
-        gateway: Gateway,
-        ticket: Ticket,
-        queued: QueuedRequest,
-        pool: EnginePool,
-        future: asyncio.Future[str],
-        timeout_s: float,
-    ) -> None:
-        self._gateway = gateway
-        self._ticket = ticket
-        self._queued = queued
-        self._pool = pool
-        self._future = future
-        self.timeout_s = timeout_s
-
-    async def result(self) -> Admitted | Rejection:
-        g, ticket = self._gateway, self._ticket
-        try:
-            replica = await self._pool.wait(self._queued, self._future, self.timeout_s)
-        except QueueTimeout:
-            return g.refuse_admitted(
-                ticket,
-                Rejection(
-                    Reason.QUEUE_TIMEOUT,
-                    f"engine {ticket.pool} is busy: waited {self.timeout_s:g}s in the queue",
-                    retry_after_s=max(1.0, self.timeout_s / 4),
-                ),
-            )
-        except EngineUnavailable:
-            return g.refuse_admitted(ticket, _engine_down(ticket.pool))
-        except asyncio.CancelledError:
-            g.refund(ticket)
-            raise
-        return g.grant(ticket, self._queued, self._pool, replica)
 
 
 class Gateway:
@@ -102,6 +48,11 @@ class Gateway:
         self.limiter = RateLimiter()
         self.leases: dict[str, Lease] = {}
         self.engine_states: dict[str, EngineState] = {}  # as the supervisor last said
+        # state: redis — set by the worker; None keeps everything in this process.
+        self.shared_limiter: RedisRateLimiter | None = None
+        self.counter_sync: CounterSync | None = None
+        self.shared_corrections_lost = 0
+        self._background: set[asyncio.Task[None]] = set()
         self._clock = clock
         self._wall = wall_clock
         self._prefix = secrets.token_hex(4)  # leases of an earlier worker never match
@@ -186,32 +137,40 @@ class Gateway:
 
     # -- decisions ------------------------------------------------------------------
 
-    def begin(self, info: RequestInfo) -> Admitted | Rejection | Pending:
+    def begin(self, info: RequestInfo) -> Admitted | Rejection | Pending | SharedLimitCheck:
         runtime = self.runtime
         verdict = evaluate(info, runtime)
         if isinstance(verdict, Rejection):
             self._count_rejection(verdict.tenant or UNKNOWN_TENANT, verdict)
             return verdict
         ticket = verdict
-        label = self.label(ticket)
         limits = ticket.tenant.limits
-        if limits is not None:
-            check = self.limiter.check(
-                ticket.tenant.name, limits, self._tokens(ticket), self._wall()
+        if limits is None:
+            return self.after_limits(ticket, None, False)
+        if self.shared_limiter is not None:
+            timeout = self.runtime.pool_config(ticket.pool).queue.timeout_s
+            return SharedLimitCheck(self, ticket, self.shared_limiter, timeout)
+        check = self.limiter.check(ticket.tenant.name, limits, self.tokens(ticket), self.wall())
+        return self.after_limits(ticket, check, False)
+
+    def after_limits(
+        self, ticket: Ticket, check: Verdict | None, shared_limits: bool
+    ) -> Admitted | Rejection | Pending:
+        """Admit, queue or refuse a request that passed validation; ``check`` is the
+        rate limiter's verdict (None: the tenant has no limits)."""
+        if check is not None and not check.admitted:
+            quota = check.reason == "quota_exceeded"
+            rejection = Rejection(
+                Reason.INSUFFICIENT_QUOTA if quota else Reason.RATE_LIMIT_EXCEEDED,
+                f"tenant {ticket.tenant_id!r} is over its "
+                f"{'daily token quota' if quota else 'rate limit'}",
+                retry_after_s=check.retry_after_s,
             )
-            if not check.admitted:
-                quota = check.reason == "quota_exceeded"
-                rejection = Rejection(
-                    Reason.INSUFFICIENT_QUOTA if quota else Reason.RATE_LIMIT_EXCEEDED,
-                    f"tenant {ticket.tenant_id!r} is over its "
-                    f"{'daily token quota' if quota else 'rate limit'}",
-                    retry_after_s=check.retry_after_s,
-                )
-                self._count_rejection(label, rejection)
-                return rejection
+            self._count_rejection(self.label(ticket), rejection)
+            return rejection
         pool = self.pools[ticket.pool]
         pool.requests += 1
-        pool.last_request = self._wall()
+        pool.last_request = self.wall()
         queued = QueuedRequest(
             tenant=ticket.tenant.name,
             cost=ticket.cost,
@@ -221,28 +180,36 @@ class Gateway:
         try:
             replica = pool.try_admit(queued)
             if replica is not None:
-                return self.grant(ticket, queued, pool, replica)
+                return self.grant(ticket, queued, pool, replica, shared_limits)
             future = pool.enqueue(queued)
         except EngineUnavailable:
-            return self.refuse_admitted(ticket, _engine_down(ticket.pool))
+            return self.refuse_admitted(ticket, shared_limits, engine_down(ticket.pool))
         except QueueFull as exc:
             return self.refuse_admitted(
                 ticket,
+                shared_limits,
                 Rejection(
                     Reason.QUEUE_FULL,
                     f"too many queued requests for tenant {ticket.tenant_id!r} ({exc.limit})",
                     retry_after_s=1.0,
                 ),
             )
-        timeout = runtime.pool_config(ticket.pool).queue.timeout_s
-        return Pending(self, ticket, queued, pool, future, timeout)
+        timeout = self.runtime.pool_config(ticket.pool).queue.timeout_s
+        return Pending(self, ticket, queued, pool, future, timeout, shared_limits)
 
     def grant(
-        self, ticket: Ticket, queued: QueuedRequest, pool: EnginePool, replica: str
+        self,
+        ticket: Ticket,
+        queued: QueuedRequest,
+        pool: EnginePool,
+        replica: str,
+        shared_limits: bool,
     ) -> Admitted:
         now = self._clock()
         lease_id = f"{self._prefix}-{next(self._ids)}"
-        self.leases[lease_id] = Lease(ticket, queued, pool, replica, now)
+        self.leases[lease_id] = Lease(ticket, queued, pool, replica, now, shared_limits)
+        if self.counter_sync is not None:
+            self.counter_sync.record(pool.name, queued.tenant, queued.cost / queued.weight)
         label = self.label(ticket)
         if queued.enqueued_at:
             self.metrics.queue_wait.labels(label).observe(now - queued.enqueued_at)
@@ -250,15 +217,38 @@ class Gateway:
             self.metrics.queue_wait.labels(label).observe(0.0)
         return Admitted(lease_id, ticket, replica)
 
-    def refuse_admitted(self, ticket: Ticket, rejection: Rejection) -> Rejection:
-        """Refuse a request that had passed validation (and maybe the rate limiter)."""
-        self.refund(ticket)
+    def refuse_admitted(
+        self, ticket: Ticket, shared_limits: bool, rejection: Rejection
+    ) -> Rejection:
+        """Refuse a request that had passed validation (and the rate limiter)."""
+        self.refund(ticket, shared_limits)
         self._count_rejection(self.label(ticket), rejection)
         return rejection
 
-    def refund(self, ticket: Ticket) -> None:
-        if ticket.tenant.limits is not None:
-            self.limiter.correct(ticket.tenant.name, -self._tokens(ticket), self._wall())
+    def refund(self, ticket: Ticket, shared_limits: bool) -> None:
+        self._correct_limits(ticket, -self.tokens(ticket), shared_limits)
+
+    def _correct_limits(self, ticket: Ticket, delta: float, shared_limits: bool) -> None:
+        """Real usage minus the estimate, to the limiter that charged the estimate."""
+        if ticket.tenant.limits is None:
+            return
+        if shared_limits and self.shared_limiter is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._correct_shared(self.shared_limiter, ticket.tenant.name, delta)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        else:
+            self.limiter.correct(ticket.tenant.name, delta, self.wall())
+
+    async def _correct_shared(self, limiter: RedisRateLimiter, tenant: str, delta: float) -> None:
+        try:
+            await limiter.correct(tenant, delta, self.wall())
+        except SharedStateUnavailable:
+            # The local buckets never charged this request: correcting them would only
+            # skew them. The shared bucket keeps the estimate (never an under-charge
+            # when estimates are high, which they are: max_tokens).
+            self.shared_corrections_lost += 1
 
     def finish(
         self,
@@ -277,11 +267,14 @@ class Gateway:
         ticket = lease.ticket
         cost = self.runtime.policy.cost
         prompt, completion = usage.resolve(ticket.prompt_tokens, ticket.max_tokens)
-        lease.pool.release(lease.queued, lease.replica, usage_cost(cost, prompt, completion))
-        if ticket.tenant.limits is not None:
-            self.limiter.correct(
-                ticket.tenant.name, prompt + completion - self._tokens(ticket), self._wall()
+        actual = usage_cost(cost, prompt, completion)
+        lease.pool.release(lease.queued, lease.replica, actual)
+        if self.counter_sync is not None:
+            queued = lease.queued
+            self.counter_sync.record(
+                lease.pool.name, queued.tenant, (actual - queued.cost) / queued.weight
             )
+        self._correct_limits(ticket, prompt + completion - self.tokens(ticket), lease.shared_limits)
         label = self.label(ticket)
         m = self.metrics
         m.tokens.labels(label, ticket.model, "prompt").inc(prompt)
@@ -313,14 +306,12 @@ class Gateway:
         return ticket.tenant.name if ticket.tenant.named else UNKNOWN_TENANT
 
     @staticmethod
-    def _tokens(ticket: Ticket) -> float:
+    def tokens(ticket: Ticket) -> float:
+        """What the rate limiter charges at admission: prompt estimate + max_tokens."""
         return float(ticket.prompt_tokens + ticket.max_tokens)
+
+    def wall(self) -> float:
+        return self._wall()
 
     def _count_rejection(self, label: str, rejection: Rejection) -> None:
         self.metrics.rejected.labels(label, rejection.reason.code).inc()
-
-
-def _engine_down(engine: str) -> Rejection:
-    return Rejection(
-        Reason.ENGINE_UNAVAILABLE, f"engine {engine} is not available", retry_after_s=2.0
-    )

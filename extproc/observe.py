@@ -53,6 +53,25 @@ class GatewayCollector(Collector):
                 depth.add_metric([name, tenant], n)
         yield from (inflight, capacity, up, depth)
         yield from self._supervisor_metrics()
+        yield from self._shared_state_metrics()
+
+    def _shared_state_metrics(self) -> Iterator[Metric]:
+        g = self._gateway
+        parts = {"limits": g.shared_limiter, "counters": g.counter_sync}
+        if not any(parts.values()):
+            return
+        up = GaugeMetricFamily(
+            "fairlane_shared_state_up", "1 while Redis answers (state: redis)", labels=["part"]
+        )
+        failures = CounterMetricFamily(
+            "fairlane_shared_state_failures", "Redis operations that failed", labels=["part"]
+        )
+        for part, client in parts.items():
+            if client is not None:
+                up.add_metric([part], 1.0 if client.available else 0.0)
+                failures.add_metric([part], float(client.failures))
+        yield up
+        yield failures
 
     def _supervisor_metrics(self) -> Iterator[Metric]:
         counters = {

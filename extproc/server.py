@@ -31,7 +31,8 @@ from fairlane.envoy.bootstrap import (
 )
 from fairlane.extproc.accounting import Usage
 from fairlane.extproc.errors import Rejection
-from fairlane.extproc.gateway import Admitted, Gateway, Pending
+from fairlane.extproc.gateway import Gateway
+from fairlane.extproc.outcomes import Admitted, Pending, SharedLimitCheck
 from fairlane.extproc.request import REQUEST_NAMESPACE, RequestInfo, request_info
 
 BUFFERED = processing_mode_pb2.ProcessingMode.BUFFERED
@@ -56,7 +57,7 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 continue
             info = _request_info(message)
             outcome = self._gateway.begin(info)
-            if isinstance(outcome, Pending):
+            if isinstance(outcome, Pending | SharedLimitCheck):
                 yield ep.ProcessingResponse(
                     override_message_timeout=duration_pb2.Duration(
                         seconds=int(outcome.timeout_s) + 2

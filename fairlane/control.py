@@ -52,12 +52,18 @@ async def health(request: web.Request) -> web.Response:
         for name, state in engines.items()
         if state != "up" and name in policy.engines and not policy.engines[name].lazy
     ]
-    body = {
+    body: dict[str, object] = {
         "status": "unavailable" if down else "ok",
         "missing_models": missing,
         "engines": engines,
         "config_generation": gateway.runtime.generation,
     }
+    if gateway.shared_limiter is not None and gateway.counter_sync is not None:
+        # Degraded, not down: each gateway then serves on its own state.
+        body["shared_state"] = {
+            "limits": "up" if gateway.shared_limiter.available else "unavailable",
+            "counters": "up" if gateway.counter_sync.available else "unavailable",
+        }
     return web.json_response(body, status=503 if down else 200)
 
 

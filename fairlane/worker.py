@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ from fairlane.extproc.metrics import Metrics
 from fairlane.extproc.observe import GatewayCollector
 from fairlane.extproc.runtime import compile_policy
 from fairlane.extproc.server import add_servicers
+from fairlane.extproc.shared import redacted
+from fairlane.extproc.shared.counter_sync import CounterSync
+from fairlane.extproc.shared.redis_limits import RedisRateLimiter
 from fairlane.policy import Policy, PolicyError, load_policy
 from fairlane.reload import PolicyWatcher, file_signature
 from fairlane.rundir import RunDir
@@ -53,7 +57,11 @@ class Worker:
 
     def _apply_policy(self, policy: Policy) -> None:
         generation = self.gateway.runtime.generation + 1
+        if policy.state != self.gateway.runtime.policy.state:
+            log.warning("the state section changed: restart the worker to apply it")
         self.gateway.apply(compile_policy(policy, generation))
+        if self.gateway.counter_sync is not None:
+            self.gateway.counter_sync.watch(self.gateway.runtime.pools)
         log.info("policy generation %d is live", generation)
 
     def _reject_policy(self, _: PolicyError) -> None:
@@ -79,7 +87,8 @@ class Worker:
         runner = web.AppRunner(build_control_app(self.gateway), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", listener.control_port).start()
-        tasks = [
+        tasks = [*self._start_shared_state()]
+        tasks += [
             asyncio.create_task(self.watcher.run()),
             asyncio.create_task(self._follow_engine_states()),
             asyncio.create_task(self._expire_leases()),
@@ -98,6 +107,27 @@ class Worker:
                 task.cancel()
             await server.stop(grace=2)
             await runner.cleanup()
+            for client in (self.gateway.shared_limiter, self.gateway.counter_sync):
+                if client is not None:
+                    await client.close()
+
+    def _start_shared_state(self) -> list[asyncio.Task[None]]:
+        """state: redis — exact shared buckets, and fair counters synced across gateways."""
+        state = self.gateway.runtime.policy.state
+        if state.kind != "redis":
+            return []
+        gateway = self.gateway
+        gateway.shared_limiter = RedisRateLimiter(state.url, timeout_s=state.timeout_ms / 1000)
+        sync = gateway.counter_sync = CounterSync(state.url, interval_s=state.sync_interval_s)
+        sync.watch(gateway.runtime.pools)
+
+        def apply(pool: str, tenant: str, delta: float) -> None:
+            target = gateway.pools.get(pool)
+            if target is not None:
+                target.scheduler.charge_external(tenant, delta, time.monotonic())
+
+        log.info("tenant state shared through %s", redacted(state.url))
+        return [asyncio.create_task(sync.run(apply))]
 
     async def _follow_engine_states(self) -> None:
         path = self.run_dir.engine_states

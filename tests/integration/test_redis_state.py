@@ -8,20 +8,14 @@ own process group and is stopped by PID.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-import os
 import random
-import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -34,7 +28,6 @@ from fairlane.extproc.shared.redis_limits import RedisRateLimiter
 
 pytestmark = pytest.mark.integration
 
-REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 MIDDAY = 1_700_000_000.0 - 1_700_000_000.0 % 86_400 + 43_200.0  # 12:00 UTC
 
 
@@ -44,77 +37,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RedisServer:
-    """One redis-server without persistence, on a fixed port so it can come back."""
-
-    def __init__(self, log_dir: Path) -> None:
-        if not os.path.exists(REDIS):
-            pytest.skip("redis-server is not installed (apt-get install redis-server)")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log_path = log_dir / f"redis-{self.port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        assert self.process is None
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    *(REDIS, "--port", str(self.port), "--bind", "127.0.0.1"),
-                    *("--save", "", "--appendonly", "no"),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log_path.read_text()
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                return
-            time.sleep(0.01)
-        raise AssertionError(f"redis-server never listened on {self.port}")
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGCONT)  # in case a test paused it
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self.process = None
-
-    def pause(self) -> None:
-        """SIGSTOP: connections stay open and nothing answers (a hung Redis)."""
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def gateways(redis_server: RedisServer) -> AsyncIterator[tuple[RedisRateLimiter, ...]]:
+async def gateways(redis_server: Any) -> AsyncIterator[tuple[RedisRateLimiter, ...]]:
     prefix = f"t-{uuid.uuid4().hex[:8]}"
     pair = (
         RedisRateLimiter(redis_server.url, prefix=prefix, timeout_s=1.0),
@@ -288,7 +212,7 @@ async def test_check_latency(gateways: tuple[RedisRateLimiter, RedisRateLimiter]
 
 
 async def test_redis_down_raises_fast_and_recovers(
-    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+    own_redis: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     limiter = RedisRateLimiter(own_redis.url, timeout_s=0.05, probe_interval_s=0.2)
     limits = TenantLimits(requests_per_minute=60)
@@ -319,7 +243,7 @@ async def test_redis_down_raises_fast_and_recovers(
         await limiter.close()
 
 
-async def test_hung_redis_times_out_within_the_socket_timeout(own_redis: RedisServer) -> None:
+async def test_hung_redis_times_out_within_the_socket_timeout(own_redis: Any) -> None:
     limiter = RedisRateLimiter(own_redis.url, timeout_s=0.05, probe_interval_s=0.0)
     limits = TenantLimits(requests_per_minute=60)
     try:
@@ -346,7 +270,7 @@ def syncs(url: str, n: int = 2, **kwargs: Any) -> list[CounterSync]:
     return [CounterSync(url, prefix=prefix, **kwargs) for _ in range(n)]
 
 
-async def test_service_on_a_reaches_b_within_the_bound(redis_server: RedisServer) -> None:
+async def test_service_on_a_reaches_b_within_the_bound(redis_server: Any) -> None:
     """Measured staleness: from ``record`` on A to ``apply`` on B. The bound is
     2 * interval_s + 2 round trips (A's push waits for A's tick, B's read for B's);
     B's loop is started at several phases behind A's to hit the worst case."""
@@ -395,7 +319,7 @@ async def test_service_on_a_reaches_b_within_the_bound(redis_server: RedisServer
 
 
 async def test_flooder_spread_over_two_gateways_gains_no_extra_share(
-    redis_server: RedisServer,
+    redis_server: Any,
 ) -> None:
     """The flooder sends half its requests to each gateway; a quiet tenant uses A only.
     With the counters synchronised, the flooder's counter on each gateway is its global
@@ -471,7 +395,7 @@ async def test_flooder_spread_over_two_gateways_gains_no_extra_share(
 
 
 async def test_outage_keeps_local_sums_and_resyncs(
-    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+    own_redis: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     a, b = syncs(own_redis.url, interval_s=0.05, timeout_s=0.1)
     got: dict[str, float] = {}
@@ -506,7 +430,7 @@ async def test_outage_keeps_local_sums_and_resyncs(
             await sync.close()
 
 
-async def test_idle_tenants_are_dropped(redis_server: RedisServer) -> None:
+async def test_idle_tenants_are_dropped(redis_server: Any) -> None:
     now = [0.0]
     # This clock drives the cleanup cadence and the local ages (baselines, pending sums);
     # Redis' field ages follow the wall clock.
@@ -541,7 +465,7 @@ async def test_idle_tenants_are_dropped(redis_server: RedisServer) -> None:
             await sync.close()
 
 
-async def test_a_forgotten_tenant_is_not_charged_its_history(redis_server: RedisServer) -> None:
+async def test_a_forgotten_tenant_is_not_charged_its_history(redis_server: Any) -> None:
     """B dropped its baseline for a tenant while Redis still holds the tenant's total:
     when the tenant changes again, B applies nothing for it (only later changes), never
     the whole history as if it were new."""
@@ -573,7 +497,7 @@ async def test_a_forgotten_tenant_is_not_charged_its_history(redis_server: Redis
             await sync.close()
 
 
-async def test_sync_round_cost(redis_server: RedisServer) -> None:
+async def test_sync_round_cost(redis_server: Any) -> None:
     """One round with 200 tenants known and 20 changed: the read is O(changed)."""
     (a,) = syncs(redis_server.url, n=1)
     try:

@@ -9,8 +9,9 @@ import pytest
 from fairlane.extproc.accounting import Usage
 from fairlane.extproc.admission import EngineState
 from fairlane.extproc.errors import Reason, Rejection
-from fairlane.extproc.gateway import Admitted, Gateway, Pending
+from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.metrics import Metrics
+from fairlane.extproc.outcomes import Admitted, Pending
 from fairlane.extproc.request import request_info
 from fairlane.extproc.runtime import compile_policy
 from fairlane.policy import parse_policy

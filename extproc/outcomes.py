@@ -1,0 +1,114 @@
+"""What a decision can turn into: an admission, or a wait (queue or shared-state check).
+
+The gRPC servicer treats ``Pending`` and ``SharedLimitCheck`` alike: extend Envoy's
+message timeout, then await ``result()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fairlane.extproc.admission import EnginePool, EngineUnavailable, QueueTimeout
+from fairlane.extproc.errors import Reason, Rejection, engine_down
+from fairlane.extproc.pipeline import Ticket
+from fairlane.extproc.scheduling import QueuedRequest
+from fairlane.extproc.shared import SharedStateUnavailable
+
+if TYPE_CHECKING:
+    from fairlane.extproc.gateway import Gateway
+    from fairlane.extproc.shared.redis_limits import RedisRateLimiter
+
+
+@dataclass(slots=True)
+class Lease:
+    """An admitted request holding a slot until Envoy reports its end."""
+
+    ticket: Ticket
+    queued: QueuedRequest
+    pool: EnginePool
+    replica: str
+    admitted_at: float
+    shared_limits: bool  # charged by the Redis limiter (so corrected there too)
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    lease_id: str
+    ticket: Ticket
+    replica: str  # the engine it goes to
+
+
+class Pending:
+    """A queued request: await ``result()`` for the final Admitted or Rejection."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        ticket: Ticket,
+        queued: QueuedRequest,
+        pool: EnginePool,
+        future: asyncio.Future[str],
+        timeout_s: float,
+        shared_limits: bool,
+    ) -> None:
+        self._gateway = gateway
+        self._ticket = ticket
+        self._queued = queued
+        self._pool = pool
+        self._future = future
+        self.timeout_s = timeout_s
+        self._shared = shared_limits
+
+    async def result(self) -> Admitted | Rejection:
+        g, ticket = self._gateway, self._ticket
+        try:
+            replica = await self._pool.wait(self._queued, self._future, self.timeout_s)
+        except QueueTimeout:
+            return g.refuse_admitted(
+                ticket,
+                self._shared,
+                Rejection(
+                    Reason.QUEUE_TIMEOUT,
+                    f"engine {ticket.pool} is busy: waited {self.timeout_s:g}s in the queue",
+                    retry_after_s=max(1.0, self.timeout_s / 4),
+                ),
+            )
+        except EngineUnavailable:
+            return g.refuse_admitted(ticket, self._shared, engine_down(ticket.pool))
+        except asyncio.CancelledError:
+            g.refund(ticket, self._shared)
+            raise
+        return g.grant(ticket, self._queued, self._pool, replica, self._shared)
+
+
+class SharedLimitCheck:
+    """A limited tenant's request under ``state: redis``: one round trip to Redis for the
+    exact, cross-gateway bucket check, then admission as usual. Same interface as
+    Pending, so the servicer awaits either alike."""
+
+    def __init__(
+        self, gateway: Gateway, ticket: Ticket, limiter: RedisRateLimiter, timeout_s: float
+    ) -> None:
+        self._gateway = gateway
+        self._ticket = ticket
+        self._limiter = limiter
+        self.timeout_s = timeout_s
+
+    async def result(self) -> Admitted | Rejection:
+        g, ticket = self._gateway, self._ticket
+        limits = ticket.tenant.limits
+        assert limits is not None  # only limited tenants come here
+        tokens, now = g.tokens(ticket), g.wall()
+        shared = True
+        try:
+            verdict = await self._limiter.check(ticket.tenant.name, limits, tokens, now)
+        except SharedStateUnavailable:
+            # Never fail open or closed on a Redis outage: this gateway's own buckets.
+            shared = False
+            verdict = g.limiter.check(ticket.tenant.name, limits, tokens, now)
+        outcome = g.after_limits(ticket, verdict, shared)
+        if isinstance(outcome, Pending | SharedLimitCheck):
+            return await outcome.result()
+        return outcome
