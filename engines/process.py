@@ -71,6 +71,9 @@ class ManagedProcess:
             return
         if not self._exit_noted:
             self._exit_noted = True
+            # The leader died on its own; its children (vLLM's engine core, workers)
+            # may not have: they would hold GPU memory the restarted engine needs.
+            self._signal_group(self.process.pid, signal.SIGKILL)
             self.note_exit()
         await self.restart_when_due()
 

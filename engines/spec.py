@@ -74,5 +74,9 @@ def build_argv(config: EngineConfig, host: str, port: int) -> list[str]:
         argv += ["--model-path", config.model_path or config.models[0]]
         argv += ["--served-model-name", config.models[0]]
         argv += ["--host", host, "--port", str(port)]
+        if config.inject_priority:
+            # SGLang runs *higher* values first unless told otherwise; Fairlane's ranks
+            # (like vLLM's priority) put the lowest first.
+            argv += ["--enable-priority-scheduling", "--schedule-low-priority-values-first"]
         return argv + list(config.args)
     raise ValueError(f"unknown engine kind {config.kind!r}")

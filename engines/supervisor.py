@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 class EngineRun:
     spec: EngineSpec
     process: ManagedProcess | None
-    state: str = "starting"  # idle (lazy, not loaded) | starting | up | down
+    # idle (lazy, not loaded) | starting | up | restarting (after a crash) | down
+    state: str = "starting"
     started_at: float = 0.0
     failures: int = 0
     loads: int = 0
@@ -166,7 +167,9 @@ class EngineSupervisor:
             if process.running:
                 run.started_at = time.monotonic()
                 run.failures = 0
-                return self._set(run, "starting")
+                # Back after a crash: clients get a prompt 503 + Retry-After while it
+                # loads, rather than queueing for minutes behind a cold start.
+                return self._set(run, "restarting")
             return self._set(run, "down")
         if await probe(session, spec.host, spec.port, spec.health_path):
             run.failures = 0
@@ -178,7 +181,7 @@ class EngineSupervisor:
         if run.state == "up" and run.failures >= 2:
             return self._set(run, "down")
         starting_for = time.monotonic() - run.started_at
-        if run.state == "starting" and process is not None:
+        if run.state in ("starting", "restarting") and process is not None:
             if starting_for > spec.config.startup_timeout_s:
                 log.error(
                     "engine %s not healthy after %.0fs: restarting it",

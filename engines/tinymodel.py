@@ -65,7 +65,7 @@ def is_complete(outdir: Path, seed: int = 0) -> bool:
     except (OSError, ValueError):
         return False
     files = ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json")
-    return marker == _fingerprint(seed) and all((outdir / f).is_file() for f in files)
+    return marker == fingerprint(seed) and all((outdir / f).is_file() for f in files)
 
 
 def generate(outdir: Path, seed: int = 0) -> Path:
@@ -83,11 +83,11 @@ def generate(outdir: Path, seed: int = 0) -> Path:
         (outdir / MARKER).unlink(missing_ok=True)
         for path in sorted(staging.iterdir()):
             shutil.move(str(path), str(outdir / path.name))
-    (outdir / MARKER).write_text(json.dumps(_fingerprint(seed), indent=2, sort_keys=True))
+    (outdir / MARKER).write_text(json.dumps(fingerprint(seed), indent=2, sort_keys=True))
     return outdir
 
 
-def _fingerprint(seed: int) -> dict[str, Any]:
+def fingerprint(seed: int) -> dict[str, Any]:
     return {"shape": SHAPE, "vocab": VOCAB_SIZE, "seed": seed, "special": SPECIAL_TOKENS}
 
 
@@ -116,6 +116,11 @@ def _build_tokenizer(staging: Path) -> Any:
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(str(staging))
+    # Readable by older transformers too (a vLLM elsewhere may bring transformers 4).
+    config_path = staging / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(tokenizer_class="PreTrainedTokenizerFast", chat_template=CHAT_TEMPLATE)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return tokenizer
 
 

@@ -171,11 +171,14 @@ def _http_filters(queue_timeout: float) -> list[dict[str, Any]]:
     lua_source = resources.files("fairlane.envoy").joinpath("usage.lua").read_text()
     return [
         {
-            # A client must never pick its own engine cluster.
+            # A client must never pick its own engine cluster or engine priority.
             "name": "envoy.filters.http.header_mutation",
             "typed_config": {
                 "@type": T + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-                "mutations": {"request_mutations": [{"remove": CLUSTER_HEADER}]},
+                # vLLM also takes a priority from this header, over the body's.
+                "mutations": {
+                    "request_mutations": [{"remove": CLUSTER_HEADER}, {"remove": "x-vllm-priority"}]
+                },
             },
         },
         {

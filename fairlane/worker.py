@@ -147,9 +147,11 @@ class Worker:
         for engine, info in engines.items():
             # An idle (lazy, unloaded) engine queues its requests: the queue is the
             # demand that makes the supervisor load it.
-            state = {"up": EngineState.UP, "down": EngineState.DOWN}.get(
-                info.get("state", ""), EngineState.STARTING
-            )
+            state = {
+                "up": EngineState.UP,
+                "down": EngineState.DOWN,
+                "restarting": EngineState.DOWN,
+            }.get(info.get("state", ""), EngineState.STARTING)
             self.gateway.set_engine_state(engine, state)
 
     async def _publish_demand(self) -> None:

@@ -80,8 +80,7 @@ def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         policy = tmp_path / "p.yaml"
         policy.write_text(
-            f"version: 1\nlistener: {{port: {port}}}\n"
-            "engines:\n  e: {kind: sim, models: [m]}\n"
+            f"version: 1\nlistener: {{port: {port}}}\nengines:\n  e: {{kind: sim, models: [m]}}\n"
         )
         result = fairlane("serve", "--config", str(policy), "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 1

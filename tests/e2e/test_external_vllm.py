@@ -1,0 +1,129 @@
+"""The drop-in case: a vLLM the user already runs, put behind Fairlane by its URL.
+
+The vLLM here is started by the test (its own process group, stopped by PID), exactly
+as a user would start it; `fairlane serve` only knows its URL (`kind: external`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None,
+        reason="vllm is not installed in this venv: run `make e2e` (it creates .venv-e2e)",
+    ),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "configs" / "external-vllm.yaml"
+MODEL = "tiny-llama"
+TIMEOUT = aiohttp.ClientTimeout(total=60)
+
+
+@pytest.fixture(scope="module")
+def vllm(external_vllm_factory: Any) -> Any:
+    engine = external_vllm_factory()
+    print(f"\nexternal vLLM healthy after {engine.start_s:.1f}s")
+    return engine
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory: Any, vllm: Any) -> Any:
+    # The shipped example, pointed at this vLLM: what a user would do with it.
+    policy = yaml.safe_load(EXAMPLE.read_text())
+    policy.pop("listener", None)  # the test picks free ports
+    (engine,) = policy["engines"].values()
+    engine["url"] = vllm.url
+    engine["models"] = [MODEL]
+    stack = stack_factory(policy, healthy=False)
+    stack.wait_healthy(timeout_s=60)
+    return stack
+
+
+def test_example_config_validates() -> None:
+    result = subprocess.run(
+        [sys.executable, "-P", "-m", "fairlane.cli", "check", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    policy = yaml.safe_load(EXAMPLE.read_text())
+    kinds = {e["kind"]: e for e in policy["engines"].values()}
+    assert kinds["external"]["url"] == "http://127.0.0.1:8100"
+
+
+async def test_requests_through_fairlane(stack: Any, vllm: Any) -> None:
+    headers = {"x-tenant-id": "alice"}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Hello"}],
+        "max_tokens": 8,
+        "ignore_eos": True,
+    }
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        async with session.get(stack.url + "/v1/models", headers=headers) as resp:
+            assert resp.status == 200
+            assert MODEL in [m["id"] for m in (await resp.json())["data"]]
+        async with session.post(
+            stack.url + "/v1/chat/completions", json=body, headers=headers
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            reply = await resp.json()
+        assert reply["system_fingerprint"].startswith("vllm-")
+        assert reply["usage"]["completion_tokens"] == 8
+        async with session.post(
+            stack.url + "/v1/completions",
+            json={
+                "model": MODEL,
+                "prompt": "Once",
+                "max_tokens": 5,
+                "stream": True,
+                # vLLM's own count; without it Fairlane counts the text chunks, and a
+                # random model's tokens often decode to "" (half a UTF-8 character).
+                "stream_options": {"include_usage": True},
+                "ignore_eos": True,
+            },
+            headers=headers,
+        ) as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        assert text.rstrip().endswith("data: [DONE]")
+        chunks = [json.loads(x[6:]) for x in text.splitlines() if x.startswith("data: {")]
+        assert all(c["object"] == "text_completion" for c in chunks)
+    # Fairlane charged alice the tokens vLLM reported (counted when each request ends).
+    want = {"tenant": "alice", "model": MODEL, "kind": "completion"}
+    deadline, counted = time.monotonic() + 15, 0.0
+    while counted < 8 + 5 and time.monotonic() < deadline:
+        async with (
+            aiohttp.ClientSession(timeout=TIMEOUT) as session,
+            session.get(stack.url + "/metrics") as resp,
+        ):
+            counted = sample(await resp.text(), "fairlane_tokens_total", want)
+        await asyncio.sleep(0.2)
+    assert counted >= 8 + 5, counted
+
+
+def sample(text: str, name: str, labels: dict[str, str]) -> float:
+    """The value of one Prometheus series, whatever order its labels come in."""
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            series, value = line.rsplit(" ", 1)
+            pairs = series[len(name) + 1 : -1].split(",")
+            got = dict(pair.split("=", 1) for pair in pairs)
+            if {k: v.strip('"') for k, v in got.items()} == labels:
+                return float(value)
+    return 0.0
