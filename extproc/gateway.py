@@ -212,9 +212,9 @@ class Gateway:
             self.counter_sync.record(pool.name, queued.tenant, queued.cost / queued.weight)
         label = self.label(ticket)
         if queued.enqueued_at:
-            self.metrics.queue_wait.labels(label).observe(now - queued.enqueued_at)
+            self.metrics.child(self.metrics.queue_wait, label).observe(now - queued.enqueued_at)
         else:
-            self.metrics.queue_wait.labels(label).observe(0.0)
+            self.metrics.child(self.metrics.queue_wait, label).observe(0.0)
         return Admitted(lease_id, ticket, replica)
 
     def refuse_admitted(
@@ -277,12 +277,12 @@ class Gateway:
         self._correct_limits(ticket, prompt + completion - self.tokens(ticket), lease.shared_limits)
         label = self.label(ticket)
         m = self.metrics
-        m.tokens.labels(label, ticket.model, "prompt").inc(prompt)
-        m.tokens.labels(label, ticket.model, "completion").inc(completion)
+        m.child(m.tokens, label, ticket.model, "prompt").inc(prompt)
+        m.child(m.tokens, label, ticket.model, "completion").inc(completion)
         outcome = "ok" if 200 <= status < 400 else ("client_closed" if status == 0 else "error")
-        m.requests.labels(label, ticket.model, outcome).inc()
+        m.child(m.requests, label, ticket.model, outcome).inc()
         if ttft_s is not None and ticket.stream and status == 200:
-            m.ttft.labels(label, ticket.model).observe(ttft_s)
+            m.child(m.ttft, label, ticket.model).observe(ttft_s)
 
     def expire_leases(self, max_age_s: float) -> int:
         """Reclaim slots whose end-of-request record never came (a lost log entry)."""
@@ -314,4 +314,4 @@ class Gateway:
         return self._wall()
 
     def _count_rejection(self, label: str, rejection: Rejection) -> None:
-        self.metrics.rejected.labels(label, rejection.reason.code).inc()
+        self.metrics.child(self.metrics.rejected, label, rejection.reason.code).inc()

@@ -7,6 +7,8 @@ tenant ids therefore cannot grow ``/metrics``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
 
@@ -16,6 +18,7 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "fairlane_requests",
@@ -60,6 +63,15 @@ class Metrics:
             "Slots reclaimed because no end-of-request record arrived in time",
             registry=r,
         )
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: labels() costs a lock and a dict build per
+        call, on every request. Bounded: label values are policy names only."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def add_collector(self, collector: Collector) -> None:
         """Gauges read at scrape time (queue depth, in flight) instead of on every request."""

@@ -77,16 +77,12 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def _admit(self, admitted: Admitted, info: RequestInfo) -> ep.ProcessingResponse:
         ticket = admitted.ticket
         metadata = struct_pb2.Struct()
-        metadata.update(
-            {
-                DECISION_NAMESPACE: {
-                    "lease": admitted.lease_id,
-                    "tenant": ticket.tenant_id,
-                    "model": ticket.model,
-                    "engine": admitted.replica,
-                }
-            }
-        )
+        # Field by field: several times cheaper than Struct.update() on a nested dict.
+        fields = metadata.fields[DECISION_NAMESPACE].struct_value.fields
+        fields["lease"].string_value = admitted.lease_id
+        fields["tenant"].string_value = ticket.tenant_id
+        fields["model"].string_value = ticket.model
+        fields["engine"].string_value = admitted.replica
         return ep.ProcessingResponse(
             request_headers=ep.HeadersResponse(
                 response=ep.CommonResponse(
