@@ -1,0 +1,330 @@
+"""An asyncio load generator for streaming OpenAI chat completions.
+
+One aiohttp session (one connection pool) issues ``stream: true`` chat completions with a
+fixed ``max_tokens`` and a prompt of N words, either closed-loop (C requests always in
+flight) or open-loop (a seeded Poisson process per tenant). Each request records its
+tenant, send time, time to first token (the first SSE chunk whose ``delta.content`` is
+not empty), end time, content chunks received, HTTP status and error. A lag monitor
+sleeps 10 ms in a loop and records how late it wakes: on a shared 2-core box the load
+generator's own stalls are the first suspect for a bad tail, so every run reports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import aiohttp
+
+from fairlane.bench.stats import poisson_arrivals, tenant_rng
+
+LAG_INTERVAL_S = 0.010
+ERROR_BACKOFF_S = 0.1  # a closed-loop worker whose request failed at once waits this long
+
+
+@dataclass(frozen=True)
+class Workload:
+    base_url: str  # http://127.0.0.1:PORT
+    model: str
+    prompt_words: int
+    max_tokens: int
+    request_timeout_s: float = 120.0
+    max_tokens_spread: float = 0.0  # > 0: max_tokens varies +-this fraction, same mean
+    seed: int = 0
+
+    def lengths(self) -> list[int]:
+        """The max_tokens values requests draw from (uniformly): 9 evenly spaced ones
+        centred on ``max_tokens``, or just it."""
+        if self.max_tokens_spread <= 0:
+            return [self.max_tokens]
+        low = self.max_tokens * (1 - self.max_tokens_spread)
+        step = 2 * self.max_tokens * self.max_tokens_spread / 8
+        return [max(1, round(low + i * step)) for i in range(9)]
+
+    def prompt(self) -> str:
+        """N distinct-looking four-character words: 5 characters (~1.25 tokens) each."""
+        return " ".join(f"w{i % 1000:03d}" for i in range(self.prompt_words))
+
+    def body(self, max_tokens: int) -> bytes:
+        return json.dumps(
+            {
+                "model": self.model,
+                "messages": [{"role": "user", "content": self.prompt()}],
+                "max_tokens": max_tokens,
+                "stream": True,
+            }
+        ).encode()
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    tenant: str
+    sent: float  # seconds since the run started
+    ttft: float | None = None  # seconds from send to the first content chunk
+    end: float = 0.0
+    tokens: int = 0  # content chunks received (one token each from the simulator)
+    status: int = 0  # HTTP status; 0 when no response arrived
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.error is None
+
+
+@dataclass
+class RunResult:
+    records: list[RequestRecord]
+    window: tuple[float, float]  # [start, end) of the measured part, in run seconds
+    window_tokens: dict[str, int]  # content chunks received inside the window, per tenant
+    lag_s: list[float]  # event-loop wake-up overshoots inside the window
+    send_lag_s: list[float]  # open loop: how late each send was against its schedule
+    unfinished: int  # requests cancelled at the drain timeout
+
+    @property
+    def seconds(self) -> float:
+        return self.window[1] - self.window[0]
+
+    def measured(self, tenant: str | None = None) -> list[RequestRecord]:
+        """Requests sent inside the window (of one tenant, or all)."""
+        start, end = self.window
+        return [
+            r
+            for r in self.records
+            if start <= r.sent < end and (tenant is None or r.tenant == tenant)
+        ]
+
+    def completed(self, tenant: str | None = None) -> list[RequestRecord]:
+        """Successful requests that ended inside the window (throughput, by end time)."""
+        start, end = self.window
+        return [
+            r
+            for r in self.records
+            if r.ok and start <= r.end < end and (tenant is None or r.tenant == tenant)
+        ]
+
+
+class Client:
+    """Issues requests for one workload over one connection pool; async context manager.
+
+    aiohttp, reading the body with ``iter_any`` and splitting SSE events itself: ~60 µs
+    of CPU per streamed token here, against ~100 µs iterating lines and ~46 µs for a
+    hand-written HTTP/1.1 protocol (measured; docs/benchmarks.md), not worth its code.
+    """
+
+    def __init__(self, workload: Workload) -> None:
+        self.workload = workload
+        self._url = workload.base_url + "/v1/chat/completions"
+        self._bodies = [workload.body(n) for n in workload.lengths()]
+        self._rng = random.Random(workload.seed)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Client:
+        timeout = aiohttp.ClientTimeout(total=self.workload.request_timeout_s, sock_connect=5)
+        connector = aiohttp.TCPConnector(limit=0)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(
+        self, tenant: str, clock: Callable[[], float], on_token: Callable[[str], None]
+    ) -> RequestRecord:
+        assert self._session is not None, "use the Client as an async context manager"
+        record = RequestRecord(tenant, clock())
+        headers = {"content-type": "application/json", "x-tenant-id": tenant}
+        try:
+            body = self._rng.choice(self._bodies)
+            async with self._session.post(self._url, data=body, headers=headers) as resp:
+                record.status = resp.status
+                if resp.status != 200:
+                    text = await resp.read()
+                    record.error = text[:200].decode("utf-8", "replace")
+                elif not await _read_events(resp, record, clock, on_token):
+                    record.error = "stream ended without [DONE]"
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            record.error = f"{type(exc).__name__}: {exc}"
+        record.end = clock()
+        return record
+
+
+async def _read_events(
+    resp: aiohttp.ClientResponse,
+    record: RequestRecord,
+    clock: Callable[[], float],
+    on_token: Callable[[str], None],
+) -> bool:
+    """Count content chunks and time the first; True when ``data: [DONE]`` arrived."""
+    pending = b""
+    async for data in resp.content.iter_any():
+        events = (pending + data).split(b"\n\n")
+        pending = events.pop()
+        for event in events:
+            if not event.startswith(b"data: "):
+                continue
+            payload = event[6:]
+            if payload == b"[DONE]":
+                return True
+            for choice in json.loads(payload).get("choices") or ():
+                if (choice.get("delta") or {}).get("content"):
+                    if record.ttft is None:
+                        record.ttft = clock() - record.sent
+                    record.tokens += 1
+                    on_token(record.tenant)
+    return False
+
+
+class _Run:
+    """The shared state of one run: clock, records, window bookkeeping."""
+
+    def __init__(self, client: Client, warmup_s: float, duration_s: float) -> None:
+        self.client = client
+        self.t0 = time.perf_counter()
+        self.window = (warmup_s, warmup_s + duration_s)
+        self.records: list[RequestRecord] = []
+        self.tokens: dict[str, int] = {}
+        self.tokens_at_start: dict[str, int] = {}
+        self.tokens_at_end: dict[str, int] = {}
+        self.lag: list[float] = []
+        self.send_lag: list[float] = []
+        self.active = 0
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def count_token(self, tenant: str) -> None:
+        self.tokens[tenant] = self.tokens.get(tenant, 0) + 1
+
+    async def send(self, tenant: str) -> RequestRecord:
+        self.active += 1
+        try:
+            record = await self.client.request(tenant, self.now, self.count_token)
+        finally:
+            self.active -= 1
+        self.records.append(record)
+        return record
+
+    async def watch(self) -> None:
+        """Snapshot tokens at the window's edges and sample loop lag inside it."""
+        start, end = self.window
+        await asyncio.sleep(max(0.0, start - self.now()))
+        self.tokens_at_start = dict(self.tokens)
+        while self.now() < end:
+            before = time.perf_counter()
+            await asyncio.sleep(LAG_INTERVAL_S)
+            self.lag.append(time.perf_counter() - before - LAG_INTERVAL_S)
+        self.tokens_at_end = dict(self.tokens)
+
+    async def finish(self, tasks: list[asyncio.Task[None]], drain_timeout_s: float) -> RunResult:
+        watcher = asyncio.create_task(self.watch())
+        remaining = self.window[1] - self.now() + drain_timeout_s
+        _, pending = await asyncio.wait([*tasks, watcher], timeout=max(0.0, remaining))
+        unfinished = self.active
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        start = self.tokens_at_start
+        end = self.tokens_at_end or dict(self.tokens)
+        return RunResult(
+            records=self.records,
+            window=self.window,
+            window_tokens={t: n - start.get(t, 0) for t, n in end.items()},
+            lag_s=self.lag,
+            send_lag_s=self.send_lag,
+            unfinished=unfinished,
+        )
+
+
+async def closed_loop(
+    client: Client,
+    tenant: str,
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    drain_timeout_s: float = 60.0,
+) -> RunResult:
+    """``concurrency`` workers, each sending its next request when the last one ends,
+    until warm-up + duration; requests sent before the end are waited for."""
+    run = _Run(client, warmup_s, duration_s)
+    stop_at = run.window[1]
+
+    async def worker() -> None:
+        while run.now() < stop_at:
+            record = await run.send(tenant)
+            if record.status == 0:
+                await asyncio.sleep(ERROR_BACKOFF_S)
+
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    return await run.finish(tasks, drain_timeout_s)
+
+
+async def open_loop(
+    client: Client,
+    rates: dict[str, float],
+    seed: int,
+    warmup_s: float,
+    duration_s: float,
+    drain_timeout_s: float = 120.0,
+) -> RunResult:
+    """Each tenant sends at Poisson times of its rate (req/s), seeded per tenant index;
+    a request's fate never delays the next send."""
+    run = _Run(client, warmup_s, duration_s)
+    horizon = run.window[1]
+    schedule = sorted(
+        (t, tenant)
+        for index, (tenant, rate) in enumerate(rates.items())
+        for t in poisson_arrivals(rate, horizon, tenant_rng(seed, index))
+    )
+    in_flight: set[asyncio.Task[RequestRecord]] = set()
+
+    async def dispatch() -> None:
+        for at, tenant in schedule:
+            delay = at - run.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            run.send_lag.append(max(0.0, run.now() - at))
+            task = asyncio.create_task(run.send(tenant))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.wait(set(in_flight))
+
+    try:
+        return await run.finish([asyncio.create_task(dispatch())], drain_timeout_s)
+    finally:
+        await _cancel_all(in_flight)
+
+
+async def _cancel_all(tasks: set[asyncio.Task[RequestRecord]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.contextmanager
+def realtime(enabled: bool, priority: int = 10) -> Iterator[bool]:
+    """Run the calling thread under SCHED_FIFO (like ``chrt -f 10``) inside the block.
+
+    Yields whether it took effect (it needs root or CAP_SYS_NICE). Start servers outside
+    the block: child processes inherit the policy.
+    """
+    if not enabled:
+        yield False
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        os.sched_setscheduler(0, policy, param)

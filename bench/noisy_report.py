@@ -1,0 +1,202 @@
+"""The noisy-neighbour benchmark's numbers: per-arm summaries, ratios, tables, chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fairlane.bench.loadgen import RequestRecord, RunResult
+from fairlane.bench.report import table
+from fairlane.bench.stats import fmt, goodput, lag_ok, ratio, summarize
+
+ARMS = ("solo", "fifo", "token-bucket", "fair")
+FLOODER = "flooder"
+QUIET_P99_TARGET = 1.10  # fair: quiet p99 at most this times solo
+GOODPUT_TARGET = 0.95  # fair: flooder goodput at least this times fifo
+
+
+def _ttft_ms(records: list[RequestRecord]) -> dict[str, float | int | None]:
+    return summarize([r.ttft for r in records if r.ok and r.ttft is not None], 1000.0)
+
+
+def summarize_arm(
+    arm: str,
+    result: RunResult,
+    quiet: list[str],
+    solo: dict[str, Any] | None,
+) -> dict[str, Any]:
+    measured = result.measured()
+    quiet_records = [r for r in measured if r.tenant != FLOODER]
+    tenants: dict[str, Any] = {}
+    for name in quiet:
+        mine = [r for r in quiet_records if r.tenant == name]
+        ttft = _ttft_ms(mine)
+        base = solo["quiet_tenants"][name]["ttft_ms"]["p99"] if solo else ttft["p99"]
+        tenants[name] = {
+            "ttft_ms": ttft,
+            "failed": sum(not r.ok for r in mine),
+            "p99_vs_solo": ratio(ttft["p99"], base),
+        }
+    pooled = _ttft_ms(quiet_records)
+    flood = [r for r in measured if r.tenant == FLOODER]
+    flooder = None
+    if arm != "solo":
+        flooder = {
+            "requests": len(flood),
+            "goodput_tok_s": goodput(result.window_tokens.get(FLOODER, 0), result.seconds),
+            "completed_rps": len(result.completed(FLOODER)) / result.seconds,
+            "status_429": sum(r.status == 429 for r in flood),
+            "status_503": sum(r.status == 503 for r in flood),
+            "other_errors": sum(not r.ok and r.status not in (429, 503) for r in flood),
+            "ttft_ms": _ttft_ms(flood),
+        }
+    lag = summarize(result.lag_s, 1000.0)
+    reference = solo["quiet"]["ttft_ms"]["p50"] if solo else pooled["p50"]
+    return {
+        "quiet": {
+            "ttft_ms": pooled,
+            "requests": len(quiet_records),
+            "failed": sum(not r.ok for r in quiet_records),
+        },
+        "quiet_tenants": tenants,
+        "flooder": flooder,
+        "completed_rps": len(result.completed()) / result.seconds,
+        "loadgen_lag_ms": lag,
+        "send_lag_ms": summarize(result.send_lag_s, 1000.0),
+        "lag_ok": lag_ok(lag["p99"], reference),
+        "unfinished": result.unfinished,
+    }
+
+
+def ratios(summary: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    solo, fifo = arms.get("solo"), arms.get("fifo")
+    flooder = summary["flooder"]
+    return {
+        "quiet_p99_vs_solo": (
+            ratio(summary["quiet"]["ttft_ms"]["p99"], solo["quiet"]["ttft_ms"]["p99"])
+            if solo
+            else None
+        ),
+        "worst_quiet_p99_vs_solo": max(
+            (t["p99_vs_solo"] for t in summary["quiet_tenants"].values() if t["p99_vs_solo"]),
+            default=None,
+        ),
+        "flooder_goodput_vs_fifo": (
+            ratio(flooder["goodput_tok_s"], fifo["flooder"]["goodput_tok_s"])
+            if fifo and flooder
+            else None
+        ),
+    }
+
+
+def render(document: dict[str, Any], png: Path) -> tuple[str, bool]:
+    """The tables, the verdict on the targets, and the chart; also whether every arm's
+    load-generator lag was small enough for its numbers to count."""
+    arms: dict[str, dict[str, Any]] = document["arms"]
+    rows = []
+    for arm, s in arms.items():
+        f = s["flooder"] or {}
+        rows.append(
+            [
+                arm,
+                fmt(s["ratios"]["quiet_p99_vs_solo"], 2),
+                fmt(s["ratios"]["worst_quiet_p99_vs_solo"], 2),
+                fmt(s["ratios"]["flooder_goodput_vs_fifo"], 3),
+                fmt(s["quiet"]["ttft_ms"]["p50"], 0),
+                fmt(s["quiet"]["ttft_ms"]["p99"], 0),
+                f"{s['quiet']['failed']}/{s['quiet']['requests']}",
+                fmt(f.get("goodput_tok_s"), 0),
+                str(f.get("status_429", "-")),
+                str(f.get("status_503", "-")),
+                fmt(s["engine"]["max_waiting"], 0),
+                fmt(s["loadgen_lag_ms"]["p99"], 1) + ("" if s["lag_ok"] else " (LAG!)"),
+                fmt(s["cpu_cores"]["background"], 2),
+            ]
+        )
+    headers = [
+        "arm", "quiet p99 x solo", "worst quiet p99 x solo", "flooder goodput x fifo",
+        "quiet TTFT p50 ms", "quiet TTFT p99 ms", "quiet failed", "flooder tok/s",
+        "flooder 429", "flooder 503", "engine max waiting", "lag p99 ms", "bg cores",
+    ]  # fmt: skip
+    parts = [table(headers, rows), _tenant_table(arms)]
+    parts += _verdicts(arms)
+    _chart(arms, png)
+    valid = all(s["lag_ok"] for s in arms.values())
+    if not valid:
+        parts.append("WARNING: load-generator lag p99 above 10% of solo TTFT p50 (LAG!)")
+    return "\n\n".join(parts), valid
+
+
+def _tenant_table(arms: dict[str, dict[str, Any]]) -> str:
+    rows = []
+    for arm, s in arms.items():
+        waits = s["queue_wait_ms_mean"]
+        tenants = [
+            (name, t["ttft_ms"], t["failed"], t["p99_vs_solo"])
+            for name, t in s["quiet_tenants"].items()
+        ]
+        if s["flooder"]:
+            ttft = s["flooder"]["ttft_ms"]
+            tenants.append((FLOODER, ttft, s["flooder"]["requests"] - ttft["count"], None))
+        for name, ttft, failed, vs_solo in tenants:
+            rows.append(
+                [
+                    arm,
+                    name,
+                    fmt(vs_solo, 2),
+                    fmt(ttft["p50"], 0),
+                    fmt(ttft["p99"], 0),
+                    str(ttft["count"]),
+                    str(failed),
+                    fmt(waits.get(name), 0),
+                ]
+            )
+    headers = [
+        "arm", "tenant", "p99 x solo", "TTFT p50 ms", "TTFT p99 ms", "ok", "failed",
+        "Fairlane queue wait mean ms",
+    ]  # fmt: skip
+    return table(headers, rows)
+
+
+def _verdicts(arms: dict[str, dict[str, Any]]) -> list[str]:
+    fair = arms.get("fair")
+    if fair is None or "solo" not in arms or "fifo" not in arms:
+        return []
+    quiet = fair["ratios"]["quiet_p99_vs_solo"]
+    flood = fair["ratios"]["flooder_goodput_vs_fifo"]
+    ok_quiet = quiet is not None and quiet <= QUIET_P99_TARGET
+    ok_flood = flood is not None and flood >= GOODPUT_TARGET
+    return [
+        f"{'PASS' if ok_quiet else 'FAIL'}: fair keeps quiet p99 at {fmt(quiet, 2)}x solo "
+        f"(target <= {QUIET_P99_TARGET})",
+        f"{'PASS' if ok_flood else 'FAIL'}: fair keeps flooder goodput at {fmt(flood, 3)}x "
+        f"fifo (target >= {GOODPUT_TARGET})",
+    ]
+
+
+def _chart(arms: dict[str, dict[str, Any]], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(arms)
+    p99 = [arms[a]["quiet"]["ttft_ms"]["p99"] or 0.0 for a in names]
+    flooded = [a for a in names if arms[a]["flooder"]]
+    flood = [arms[a]["flooder"]["goodput_tok_s"] for a in flooded]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.bar(names, p99, color="tab:blue")
+    left.set_yscale("log")
+    left.set_ylabel("quiet tenants' TTFT p99 (ms, log)")
+    left.set_title("Quiet tenants: TTFT p99")
+    for x, value in enumerate(p99):
+        left.annotate(f"{value:.0f}", (x, value), ha="center", va="bottom")
+    right.bar(flooded, flood, color="tab:orange")
+    right.set_ylabel("flooder goodput (tokens/s)")
+    right.set_title("Flooder: completed output tokens/s")
+    for x, value in enumerate(flood):
+        right.annotate(f"{value:.0f}", (x, value), ha="center", va="bottom")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,303 @@
+"""Start and stop what a benchmark measures: a bare simulator, a plain Envoy proxy, a
+whole ``fairlane serve``; read the CPU time of their processes from /proc.
+
+Every server runs in its own process group (``start_new_session``) on free ports, so a
+benchmark never collides with a running ``make serve``; it is stopped by PID (SIGTERM,
+wait, then SIGKILL) and every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import aiohttp
+import yaml
+
+from fairlane.policy import parse_policy
+from fairlane.serve import envoy_binary
+
+T = "type.googleapis.com/"
+STOP_TIMEOUT_S = 30.0
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (all held open until chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def write_policy(directory: Path, document: dict[str, Any], name: str = "policy.yaml") -> Path:
+    """Validate a policy document with Fairlane's own schema and write it as YAML."""
+    text = yaml.safe_dump(document, sort_keys=False)
+    parse_policy(text, name)  # raises PolicyError naming the key
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+# -- /proc --------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) in seconds; 0.0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (/proc/stat: user, nice, system, irq,
+    softirq; not idle, iowait or steal)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU time of named processes, of this process and of the whole machine."""
+
+    wall: float
+    machine: float
+    own: float
+    processes: dict[str, float]
+
+    @staticmethod
+    def take(pids: dict[str, int]) -> CpuSnapshot:
+        return CpuSnapshot(
+            time.monotonic(),
+            machine_busy_seconds(),
+            time.process_time(),
+            {role: cpu_seconds(pid) for role, pid in pids.items()},
+        )
+
+    def since(self, before: CpuSnapshot) -> dict[str, float]:
+        """CPU seconds per role (``loadgen`` = this process), ``background`` (the machine's
+        busy time spent in none of them: other work on the box) and ``wall``."""
+        used = {role: t - before.processes.get(role, t) for role, t in self.processes.items()}
+        used["loadgen"] = self.own - before.own
+        used["background"] = max(0.0, self.machine - before.machine - sum(used.values()))
+        used["wall"] = self.wall - before.wall
+        return used
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process, from /proc/PID/task/*/children."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+class Server:
+    """One server process in its own session, its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, f"{self.name} was not started"
+        return self.process.pid
+
+    async def start(self) -> None:
+        with _append(self.log_path) as out:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    async def wait_healthy(self, url: str, timeout_s: float) -> None:
+        """Poll ``url`` until it answers 200; raise with the log tail on timeout or exit."""
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.returncode is not None:
+                    break
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                        if r.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.name} not healthy at {url}:\n{self.log_tail()}")
+
+    async def stop(self, timeout_s: float = STOP_TIMEOUT_S, also: list[int] | None = None) -> None:
+        """SIGTERM, wait up to ``timeout_s``, then SIGKILL the group and ``also`` (PIDs of
+        children that live in process groups of their own)."""
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            for pid in also or []:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 5)
+
+
+def _append(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("ab")
+
+
+def sim_argv(preset: str, port: int, model: str) -> list[str]:
+    return [
+        sys.executable, "-P", "-m", "fairlane.engines.sim",
+        "--preset", preset, "--port", str(port), "--model", model,
+    ]  # fmt: skip
+
+
+async def start_sim(preset: str, port: int, model: str, log_dir: Path) -> Server:
+    server = Server(f"sim-{preset}", sim_argv(preset, port, model), log_dir / f"sim-{port}.log")
+    await server.start()
+    await server.wait_healthy(f"http://127.0.0.1:{port}/health", 30)
+    return server
+
+
+def plain_envoy_bootstrap(port: int, admin_port: int, upstream_port: int) -> dict[str, Any]:
+    """Listener -> HTTP connection manager -> router -> one cluster; route timeout 0s."""
+    route = {"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "0s"}}
+    hcm = {
+        "@type": T + "envoy.extensions.filters.network.http_connection_manager.v3."
+        "HttpConnectionManager",
+        "stat_prefix": "plain",
+        "codec_type": "AUTO",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": T + "envoy.extensions.filters.http.router.v3.Router"},
+            }
+        ],
+    }
+    listener = {
+        "name": "plain",
+        "address": _address(port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+    big = 1_000_000
+    cluster = {
+        "name": "upstream",
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "circuit_breakers": {
+            "thresholds": [
+                {"max_connections": big, "max_pending_requests": big, "max_requests": big}
+            ]
+        },
+        "load_assignment": {
+            "cluster_name": "upstream",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(upstream_port)}}]}],
+        },
+    }
+    return {
+        "admin": {"address": _address(admin_port)},
+        "static_resources": {"listeners": [listener], "clusters": [cluster]},
+    }
+
+
+def _address(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+async def start_plain_envoy(port: int, admin_port: int, upstream_port: int, work: Path) -> Server:
+    """A bare Envoy in front of ``upstream_port`` (the "Envoy alone" arm)."""
+    config = work / f"plain-envoy-{port}.json"
+    config.write_text(json.dumps(plain_envoy_bootstrap(port, admin_port, upstream_port)))
+    argv = [
+        envoy_binary(), "-c", str(config), "--log-level", "warning",
+        "--disable-hot-restart", "--use-dynamic-base-id",
+    ]  # fmt: skip
+    server = Server("plain-envoy", argv, work / f"plain-envoy-{port}.log")
+    await server.start()
+    await server.wait_healthy(f"http://127.0.0.1:{port}/health", 30)
+    return server
+
+
+class FairlaneStack:
+    """``fairlane serve`` for a policy file, with a run directory of its own."""
+
+    def __init__(self, policy_path: Path, run_dir: Path, port: int) -> None:
+        argv = [
+            sys.executable, "-P", "-m", "fairlane.cli", "serve",
+            "--config", str(policy_path), "--run-dir", str(run_dir),
+        ]  # fmt: skip
+        self.server = Server("fairlane serve", argv, run_dir.parent / f"serve-{port}.log")
+        self.run_dir = run_dir
+        self.port = port
+
+    async def start(self, timeout_s: float = 60.0) -> None:
+        await self.server.start()
+        await self.server.wait_healthy(f"http://127.0.0.1:{self.port}/health", timeout_s)
+
+    def pids(self) -> dict[str, int]:
+        """This stack's processes by role: serve, envoy, worker, engine (the first sim)."""
+        roles: dict[str, int] = {"serve": self.server.pid}
+        for pid in children(self.server.pid):
+            argv = cmdline(pid)
+            text = " ".join(argv)
+            if argv and Path(argv[0]).name == "envoy":
+                roles["envoy"] = pid
+            elif "fairlane.worker" in text:
+                roles["worker"] = pid
+            elif "fairlane.engines.sim" in text:
+                roles.setdefault("engine", pid)
+        return roles
+
+    async def stop(self) -> None:
+        children = [pid for role, pid in self.pids().items() if role != "serve"]
+        await self.server.stop(also=children)
