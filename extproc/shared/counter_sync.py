@@ -208,6 +208,11 @@ class CounterSync:
             except Exception:  # a bug in apply must not stop the loop
                 log.exception("counter sync: applying other gateways' service failed")
                 ok = False
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # A cancel that landed inside a Redis call's own timeout can come back
+                # as a (caught) timeout error: honour it here, or this loop never ends.
+                raise asyncio.CancelledError
             pause = self.interval_s if ok else max(self.interval_s, self.retry_interval_s)
             await asyncio.sleep(max(0.0, pause - (self._clock() - started)))
 
