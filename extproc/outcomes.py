@@ -105,6 +105,11 @@ class SharedLimitCheck:
         try:
             verdict = await self._limiter.check(ticket.tenant.name, limits, tokens, now)
         except SharedStateUnavailable:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # The client left during the Redis call (its timeout swallowed the
+                # cancel): nothing was charged, and nothing may be admitted.
+                raise asyncio.CancelledError from None
             # Never fail open or closed on a Redis outage: this gateway's own buckets.
             shared = False
             verdict = g.limiter.check(ticket.tenant.name, limits, tokens, now)
