@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # `bench` and `sim` own their arguments (argparse's REMAINDER misses a leading --help).
+    if argv and argv[0] in ("bench", "sim"):
+        args = argparse.Namespace(bench_args=argv[1:], sim_args=argv[1:])
+        return cmd_bench(args) if argv[0] == "bench" else cmd_sim(args)
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result
