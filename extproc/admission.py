@@ -6,6 +6,16 @@ waiting requests, and sends each admitted request to the replica with the most f
 slots; which waiting request goes next is the scheduler's business
 (``fairlane.extproc.scheduling``), so queueing policies plug in unchanged. One fair
 queue feeds all replicas, so N replicas are one fair pool, not N unfair ones.
+
+**Headroom.** Ordering alone cannot help a light tenant when a flooder holds every slot:
+its request, though first in line, waits for the next one to finish (seconds, when
+answers are long). So the last ``headroom`` fraction of the slots is kept for tenants
+holding fewer slots than their weighted share of the pool (capacity x weight / weight of
+the tenants now in flight or waiting): a tenant over its share fills the pool only up to
+``capacity - reserved``, and a tenant under it is admitted into the rest at once, even
+while the over-share tenant waits. Alone, any tenant's share is the whole pool, so
+nothing is held back from a single flooder; the price is up to ``reserved`` idle slots
+while an over-share tenant waits and a light one is active but needs fewer.
 """
 
 from __future__ import annotations
@@ -34,6 +44,15 @@ class EngineUnavailable(Exception):
 
 
 @dataclass(slots=True)
+class _Holding:
+    """An active tenant's stake in the pool: slots held, requests waiting."""
+
+    weight: float
+    inflight: int = 0
+    waiting: int = 0
+
+
+@dataclass(slots=True)
 class Replica:
     name: str
     capacity: int
@@ -52,6 +71,7 @@ class EnginePool:
         scheduler: Scheduler,
         replicas: dict[str, int],
         clock: Callable[[], float] = time.monotonic,
+        headroom: float = 0.0,
     ) -> None:
         self.name = name
         self.scheduler = scheduler
@@ -60,7 +80,11 @@ class EnginePool:
         self.requests = 0  # routed here so far: the supervisor's eviction value
         self.last_request = 0.0  # wall-clock time of the latest
         self._clock = clock
+        self.headroom = headroom  # fraction of capacity kept for under-share tenants
+        self.headroom_admissions = 0  # admitted into the reserved slots so far
         self._waiting: dict[QueuedRequest, asyncio.Future[str]] = {}
+        self._holdings: dict[str, _Holding] = {}  # only tenants in flight or waiting
+        self._active_weight = 0.0
 
     # -- state ----------------------------------------------------------------------
 
@@ -83,6 +107,17 @@ class EnginePool:
     def queued(self) -> int:
         return len(self._waiting)
 
+    @property
+    def active_tenants(self) -> int:
+        """Tenants with a request in flight or waiting."""
+        return len(self._holdings)
+
+    @property
+    def reserved(self) -> int:
+        """Slots only tenants under their share may take (never all of them)."""
+        capacity = self.capacity
+        return min(int(capacity * self.headroom), max(0, capacity - 1))
+
     def set_capacity(self, replica: str, capacity: int) -> None:
         self.replicas[replica].capacity = max(1, capacity)
         self._dispatch()
@@ -94,6 +129,7 @@ class EnginePool:
             # sitting out their timeout.
             for request, future in list(self._waiting.items()):
                 self.scheduler.remove(request)
+                self._unhold(request.tenant, waiting=1)
                 if not future.done():
                     future.set_exception(EngineUnavailable(self.name))
             self._waiting.clear()
@@ -108,13 +144,19 @@ class EnginePool:
         """
         if self.state is EngineState.DOWN:
             raise EngineUnavailable(self.name)
-        if self._waiting:
-            return None
         replica = self._roomiest()
         if replica is None:
             return None
+        if self._waiting or self.inflight >= self.capacity - self.reserved:
+            # Others wait, or only reserved slots are left: both are for a tenant under
+            # its share, and one with nothing of its own queued (its order holds).
+            holding = self._holdings.get(request.tenant)
+            if (holding is not None and holding.waiting) or not self._under_share(request):
+                return None
+            self.headroom_admissions += 1
         self.scheduler.admit_direct(request, self._clock())
         replica.inflight += 1
+        self._hold(request, inflight=1)
         return replica.name
 
     def enqueue(self, request: QueuedRequest) -> asyncio.Future[str]:
@@ -124,6 +166,7 @@ class EnginePool:
         self.scheduler.push(request, now)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiting[request] = future
+        self._hold(request, waiting=1)
         return future
 
     async def wait(
@@ -152,6 +195,7 @@ class EnginePool:
         slot = self.replicas.get(replica)
         if slot is not None:
             slot.inflight = max(0, slot.inflight - 1)
+        self._unhold(request.tenant, inflight=1)
         self.scheduler.complete(request, actual_cost, self._clock())
         self._dispatch()
 
@@ -163,6 +207,7 @@ class EnginePool:
         """Take a request that gave up out of the queue (if dispatch has not already)."""
         if self._waiting.pop(request, None) is not None:
             self.scheduler.remove(request)
+            self._unhold(request.tenant, waiting=1)
 
     def _dispatch(self) -> None:
         now = self._clock()
@@ -170,16 +215,52 @@ class EnginePool:
             replica = self._roomiest()
             if replica is None:
                 return
+            if self.inflight >= self.capacity - self.reserved:
+                head = self.scheduler.peek()
+                if head is None or not self._under_share(head):
+                    return  # the reserved slots are not for the tenant next in line
+                self.headroom_admissions += 1
             request = self.scheduler.pop(now)
             if request is None:
                 return
             future = self._waiting.pop(request, None)
+            self._unhold(request.tenant, waiting=1)
             if future is None or future.done():
                 # Its waiter gave up this very tick: undo the charge pop() made.
                 self.scheduler.complete(request, 0.0, now)
                 continue
             replica.inflight += 1
+            self._hold(request, inflight=1)
             future.set_result(replica.name)
+
+    # -- shares -------------------------------------------------------------------------
+
+    def _under_share(self, request: QueuedRequest) -> bool:
+        """Does the request's tenant hold fewer slots than its weighted share?"""
+        holding = self._holdings.get(request.tenant)
+        if holding is None:
+            return True  # holds nothing; any share is more than that
+        return holding.inflight * self._active_weight < self.capacity * holding.weight
+
+    def _hold(self, request: QueuedRequest, inflight: int = 0, waiting: int = 0) -> None:
+        holding = self._holdings.get(request.tenant)
+        if holding is None:
+            holding = self._holdings[request.tenant] = _Holding(request.weight)
+            self._active_weight += request.weight
+        holding.inflight += inflight
+        holding.waiting += waiting
+
+    def _unhold(self, tenant: str, inflight: int = 0, waiting: int = 0) -> None:
+        holding = self._holdings.get(tenant)
+        if holding is None:
+            return
+        holding.inflight = max(0, holding.inflight - inflight)
+        holding.waiting = max(0, holding.waiting - waiting)
+        if not holding.inflight and not holding.waiting:
+            del self._holdings[tenant]
+            self._active_weight -= holding.weight
+            if not self._holdings:
+                self._active_weight = 0.0  # no float residue once nobody is active
 
 
 def _admitted(future: asyncio.Future[str]) -> bool:

@@ -84,6 +84,8 @@ class Gateway:
                 else:
                     pool.scheduler = scheduler
                 pool.scheduler_kind = config.scheduler
+            # FIFO means arrival order for everyone: no slots held back for anyone.
+            pool.headroom = config.headroom if config.scheduler == "fair" else 0.0
             for replica in replicas:
                 if policy.engines[replica].adaptive is None:
                     pool.set_capacity(replica, policy.engines[replica].max_inflight)

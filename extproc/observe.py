@@ -43,7 +43,19 @@ class GatewayCollector(Collector):
         depth = GaugeMetricFamily(
             "fairlane_queue_depth", "Requests waiting", labels=["engine", "tenant"]
         )
+        reserved = GaugeMetricFamily(
+            "fairlane_reserved_slots",
+            "Slots kept for tenants under their share (headroom), per pool",
+            labels=["engine"],
+        )
+        headroom = CounterMetricFamily(
+            "fairlane_headroom_admissions",
+            "Requests admitted into reserved slots, per pool",
+            labels=["engine"],
+        )
         for name, pool in g.pools.items():
+            reserved.add_metric([name], pool.reserved)
+            headroom.add_metric([name], pool.headroom_admissions)
             for replica in pool.replicas.values():
                 inflight.add_metric([replica.name], replica.inflight)
                 capacity.add_metric([replica.name], replica.capacity)
@@ -51,7 +63,7 @@ class GatewayCollector(Collector):
             # The queue is per pool: one fair queue feeds all replicas of a model.
             for tenant, n in _by_label(g, pool.scheduler.depths()).items():
                 depth.add_metric([name, tenant], n)
-        yield from (inflight, capacity, up, depth)
+        yield from (inflight, capacity, up, depth, reserved, headroom)
         yield from self._supervisor_metrics()
         yield from self._shared_state_metrics()
 
@@ -136,6 +148,7 @@ def snapshot(gateway: Gateway) -> dict[str, Any]:
                 "inflight": replica.inflight,
                 "capacity": replica.capacity,
                 "queued": pool.queued,
+                "reserved": pool.reserved,
                 "scheduler": pool.scheduler_kind,
                 "pool": name,
             }

@@ -115,6 +115,8 @@ class EngineConfig(Strict):
     max_inflight: int = Field(64, ge=1)
     adaptive: AdaptiveConfig | None = None
     scheduler: Literal["fair", "fifo"] = "fair"
+    # Fraction of the in-flight limit kept for tenants under their share (fair only).
+    headroom: float = Field(0.125, ge=0, lt=1)
     queue: QueueConfig = QueueConfig()
     inject_priority: bool = False
     startup_timeout_s: float = Field(600.0, gt=0)
@@ -223,9 +225,16 @@ def _engine_problems(policy: Policy) -> list[Problem]:
                     )
                 )
             first = policy.engines[other]
-            if other != name and (first.scheduler, first.queue) != (engine.scheduler, engine.queue):
+            if other != name and (first.scheduler, first.queue, first.headroom) != (
+                engine.scheduler,
+                engine.queue,
+                engine.headroom,
+            ):
                 problems.append(
-                    (("engines", name), f"replicas of {other} need the same scheduler and queue")
+                    (
+                        ("engines", name),
+                        f"replicas of {other} need the same scheduler, queue and headroom",
+                    )
                 )
         if engine.queue.timeout_s >= idle:
             # A queued request is an idle stream to Envoy: it would end in a 504 first.

@@ -52,6 +52,11 @@ class Scheduler(Protocol):
     def pop(self, now: float) -> QueuedRequest | None:
         """Remove and return the request to admit next, charging it; None when empty."""
 
+    def peek(self) -> QueuedRequest | None:
+        """The request ``pop`` would return next, left queued and uncharged; None when
+        empty. The admission controller looks before it decides whether that request
+        may take a reserved slot."""
+
     def remove(self, request: QueuedRequest) -> bool:
         """Drop a queued request (timeout, client gone); False if it was not queued."""
 

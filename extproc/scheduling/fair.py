@@ -88,12 +88,17 @@ class FairScheduler:
         elif request.priority != tenant.priority:
             self._move(request.tenant, tenant, request.priority)
 
+    def peek(self) -> QueuedRequest | None:
+        cls = self._first_class()
+        if cls is None:
+            return None
+        return self._tenants[self._head(cls)[3]].queue.peek()
+
     def pop(self, now: float) -> QueuedRequest | None:
         self._tick(now)
-        backlogged = [p for p, c in self._classes.items() if c.backlogged]  # a few classes
-        if not backlogged:
+        cls = self._first_class()
+        if cls is None:
             return None
-        cls = self._classes[min(backlogged)]
         name = self._head(cls)[3]
         heapq.heappop(cls.heap)
         tenant = self._tenants[name]
@@ -286,6 +291,11 @@ class FairScheduler:
     def _live(self, entry: _Entry) -> bool:
         tenant = self._tenants.get(entry[3])
         return tenant is not None and tenant.key == entry[2]
+
+    def _first_class(self) -> _Class | None:
+        """The class served next: the lowest priority number with backlog."""
+        backlogged = [p for p, c in self._classes.items() if c.backlogged]  # a few classes
+        return self._classes[min(backlogged)] if backlogged else None
 
     def _head(self, cls: _Class) -> _Entry:
         """The live entry with the smallest counter of a class with backlog."""

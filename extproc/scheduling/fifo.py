@@ -48,6 +48,15 @@ class RemovableQueue:
             self._entries = deque(e for e in self._entries if self._live.get(e[1]) == e[0])
         return True
 
+    def peek(self) -> QueuedRequest | None:
+        """The head without removing it (drops dead entries found on the way)."""
+        while self._entries:
+            ticket, request = self._entries[0]
+            if self._live.get(request) == ticket:
+                return request
+            self._entries.popleft()
+        return None
+
     def popleft(self) -> QueuedRequest | None:
         while self._entries:
             ticket, request = self._entries.popleft()
@@ -80,6 +89,9 @@ class FifoScheduler:
         if request is not None:
             self._forget(request.tenant)
         return request
+
+    def peek(self) -> QueuedRequest | None:
+        return self._queue.peek()
 
     def remove(self, request: QueuedRequest) -> bool:
         if not self._queue.discard(request):

@@ -234,12 +234,19 @@ async def test_engine_killed_gives_503_then_restarts(
             killed["pgid"] = os.getpgid(pid)
             os.kill(pid, signal.SIGKILL)
             killed_at = time.monotonic()
-            finished = False
+            finished, lines = False, 0
             with contextlib.suppress(aiohttp.ClientPayloadError):
                 async with asyncio.timeout(30):  # TimeoutError here: the stream hung
                     async for line in resp.content:
+                        lines += 1
                         finished |= line.startswith(b"data: [DONE]")
-            assert not finished, "the stream completed although its engine was killed"
+            # It ended (cut short, normally). Whether a stream can be cut depends on how
+            # much vLLM had written before the kill, so the outcome is reported, not
+            # asserted; what must never happen is the hang the timeout above catches.
+            print(
+                f"\nstream after the kill: {lines} more lines in "
+                f"{time.monotonic() - killed_at:.2f}s, {'completed' if finished else 'cut'}"
+            )
     # While it is down: prompt 503s in OpenAI's error shape, never a hang.
     codes: list[str] = []
     recovered_at, slowest = None, 0.0

@@ -1,0 +1,111 @@
+"""Headroom: the reserved slots a tenant under its share may take while a flooder waits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fairlane.extproc.admission import EnginePool, EngineState
+from fairlane.extproc.scheduling import QueuedRequest, make_scheduler
+
+
+def pool(kind: str = "fair", capacity: int = 8, headroom: float = 0.25) -> EnginePool:
+    scheduler = make_scheduler(kind, max_queue_per_tenant=100, max_queue_total=1000)
+    p = EnginePool("e", scheduler, {"e": capacity}, clock=lambda: 0.0, headroom=headroom)
+    p.set_state("e", EngineState.UP)
+    return p
+
+
+def req(tenant: str, weight: float = 1.0) -> QueuedRequest:
+    return QueuedRequest(tenant=tenant, cost=100.0, weight=weight)
+
+
+def fill(p: EnginePool, tenant: str, count: int) -> list[QueuedRequest]:
+    """Admit `count` requests of tenant directly; all must fit."""
+    held = []
+    for _ in range(count):
+        r = req(tenant)
+        assert p.try_admit(r) == "e"
+        held.append(r)
+    return held
+
+
+def test_reserved_is_a_fraction_of_capacity_and_never_all_of_it() -> None:
+    assert pool(capacity=8, headroom=0.25).reserved == 2
+    assert pool(capacity=256, headroom=0.125).reserved == 32
+    assert pool(capacity=1, headroom=0.5).reserved == 0
+    assert pool(capacity=2, headroom=0.9).reserved == 1
+    assert pool(capacity=8, headroom=0.0).reserved == 0
+
+
+def test_a_lone_tenant_gets_every_slot() -> None:
+    p = pool()
+    fill(p, "flood", 8)  # its share is the whole pool
+    assert p.inflight == 8 and p.headroom_admissions == 2
+
+
+async def test_light_tenant_takes_reserved_slots_while_the_flooder_waits() -> None:
+    p = pool()
+    fill(p, "quiet", 1)
+    flood = fill(p, "flood", 5)  # up to capacity - reserved = 6
+    blocked = req("flood")
+    assert p.try_admit(blocked) is None  # 5 of 8 slots > its half share
+    waiting = p.enqueue(blocked)
+    # The quiet tenant holds 1 < its share of 4: admitted at once, ahead of the queue.
+    assert p.try_admit(req("quiet")) == "e"
+    assert p.try_admit(req("quiet")) == "e"
+    assert p.inflight == 8 and not waiting.done()
+    # Releasing a flooder slot leaves 7 in flight: a reserved slot, not the flooder's.
+    p.release(flood[0], "e", 100.0)
+    assert not waiting.done() and p.inflight == 7
+    # Down to capacity - reserved: the flooder's request goes in.
+    p.release(flood[1], "e", 100.0)
+    assert waiting.done() and waiting.result() == "e" and p.inflight == 7
+
+
+async def test_queued_light_tenant_is_dispatched_into_the_reserve() -> None:
+    p = pool()
+    fill(p, "quiet", 1)
+    flood = fill(p, "flood", 5)
+    late_flood = p.enqueue(req("flood"))
+    fill(p, "quiet", 2)  # into the reserve: the pool is full
+    late_quiet = p.enqueue(req("quiet"))  # no slot at all: it queues
+    # A flooder slot frees: 7 in flight, so only a reserved slot is free. The head of
+    # the fair queue is the quiet tenant (lower counter), holding 3 < its share of 4.
+    p.release(flood[0], "e", 100.0)
+    assert late_quiet.done() and not late_flood.done()
+    assert p.headroom_admissions == 3
+
+
+async def test_fifo_holds_nothing_back() -> None:
+    p = pool(kind="fifo", headroom=0.0)
+    fill(p, "quiet", 1)
+    fill(p, "flood", 7)
+    blocked = p.enqueue(req("flood"))
+    assert p.try_admit(req("quiet")) is None  # full: the quiet tenant queues too
+    assert not blocked.done()
+
+
+@pytest.mark.parametrize(("weight", "slots"), [(3.0, 9), (1.0, 6)])
+def test_weights_set_the_share(weight: float, slots: int) -> None:
+    p = pool(capacity=12, headroom=0.5)  # 6 reserved
+    assert p.try_admit(req("light")) == "e"
+    taken = 0
+    while p.try_admit(req("heavy", weight)) == "e":
+        taken += 1
+    assert taken == slots  # 12 x weight / (weight + 1)
+    assert p.try_admit(req("light")) == "e"  # 1 of its share of 3 (or 6)
+
+
+async def test_holdings_are_forgotten_when_a_tenant_leaves() -> None:
+    p = pool()
+    held = fill(p, "a", 2) + fill(p, "b", 2)
+    queued = req("a")
+    future = p.enqueue(queued)
+    p.set_state("e", EngineState.DOWN)  # flushes the queue
+    with pytest.raises(Exception, match="e"):
+        await asyncio.wait_for(future, 1)
+    for r in held:
+        p.release(r, "e", 100.0)
+    assert p.active_tenants == 0
