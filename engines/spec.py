@@ -50,6 +50,8 @@ def build_argv(config: EngineConfig, host: str, port: int) -> list[str]:
         argv += ["--host", host, "--port", str(port)]
         for model in config.models:
             argv += ["--model", model]
+        if config.inject_priority:
+            argv += ["--scheduling-policy", "priority"]
         return argv + list(config.args)
     # -P: the working directory (a checkout with an envoy/ folder, say) must not shadow
     # the engine's imports. Python passes the flag on to multiprocessing children.

@@ -242,6 +242,13 @@ class EnginePool:
             return True  # holds nothing; any share is more than that
         return holding.inflight * self._active_weight < self.capacity * holding.weight
 
+    def over_share(self, tenant: str) -> bool:
+        """Does the tenant hold more slots than its weighted share of the pool?"""
+        holding = self._holdings.get(tenant)
+        if holding is None:
+            return False
+        return holding.inflight * self._active_weight > self.capacity * holding.weight
+
     def _hold(self, request: QueuedRequest, inflight: int = 0, waiting: int = 0) -> None:
         holding = self._holdings.get(request.tenant)
         if holding is None:

@@ -217,7 +217,8 @@ class Gateway:
             self.metrics.child(self.metrics.queue_wait, label).observe(now - queued.enqueued_at)
         else:
             self.metrics.child(self.metrics.queue_wait, label).observe(0.0)
-        return Admitted(lease_id, ticket, replica)
+        over = pool.over_share(queued.tenant)
+        return Admitted(lease_id, ticket, replica, 2 * ticket.tenant.priority + over)
 
     def refuse_admitted(
         self, ticket: Ticket, shared_limits: bool, rejection: Rejection

@@ -38,6 +38,10 @@ class Admitted:
     lease_id: str
     ticket: Ticket
     replica: str  # the engine it goes to
+    # For engines that schedule by priority (lower first): the tenant's class rank
+    # twice, plus 1 while the tenant holds more than its share of the pool, so in the
+    # engine's own waiting queue a light tenant's prompt goes before a flooder's.
+    engine_priority: int = 0
 
 
 class Pending:

@@ -36,12 +36,17 @@ from fairlane.extproc.outcomes import Admitted, Pending, SharedLimitCheck
 from fairlane.extproc.request import REQUEST_NAMESPACE, RequestInfo, request_info
 
 BUFFERED = processing_mode_pb2.ProcessingMode.BUFFERED
+# vLLM (which reads this header before the body's `priority`) and the simulator take the
+# priority in a header set with the routing decision: no second round trip for the body.
+PRIORITY_HEADER = "x-vllm-priority"
 
 
 class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
-        self._cluster_mutations: dict[tuple[str, bool, str | None, bool], ep.HeaderMutation] = {}
+        self._cluster_mutations: dict[
+            tuple[str, bool, str | None, bool, int | None], ep.HeaderMutation
+        ] = {}
 
     async def Process(
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: Any
@@ -67,14 +72,18 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             if isinstance(outcome, Rejection):
                 yield _immediate(outcome)
                 continue
-            response = self._admit(outcome, info)
-            if self._gateway.runtime.engine(outcome.replica).inject_priority:
-                # Only engines that schedule by priority pay a second round trip for the body.
-                priority = outcome.ticket.tenant.priority
+            transport = self._gateway.runtime.engine(outcome.replica).priority_transport
+            response = self._admit(outcome, info, transport == "header")
+            if transport == "body":
+                # Engines that read the priority from the body only (SGLang, and an
+                # external server of unknown version) pay a second round trip for it.
+                priority = outcome.engine_priority
                 response.mode_override.request_body_mode = BUFFERED
             yield response
 
-    def _admit(self, admitted: Admitted, info: RequestInfo) -> ep.ProcessingResponse:
+    def _admit(
+        self, admitted: Admitted, info: RequestInfo, priority_header: bool
+    ) -> ep.ProcessingResponse:
         ticket = admitted.ticket
         metadata = struct_pb2.Struct()
         # Field by field: several times cheaper than Struct.update() on a nested dict.
@@ -86,20 +95,29 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         return ep.ProcessingResponse(
             request_headers=ep.HeadersResponse(
                 response=ep.CommonResponse(
-                    header_mutation=self._mutation(admitted.replica, ticket.tenant_id, info),
+                    header_mutation=self._mutation(
+                        admitted.replica,
+                        ticket.tenant_id,
+                        info,
+                        admitted.engine_priority if priority_header else None,
+                    ),
                     clear_route_cache=True,
                 )
             ),
             dynamic_metadata=metadata,
         )
 
-    def _mutation(self, engine: str, tenant_id: str, info: RequestInfo) -> ep.HeaderMutation:
+    def _mutation(
+        self, engine: str, tenant_id: str, info: RequestInfo, priority: int | None
+    ) -> ep.HeaderMutation:
         """Cached per engine: route header, and with API keys on the tenant header
         rewritten from the key (a client cannot claim another tenant) and the key
         removed before the engine. A body sent as a form (curl -d) is declared JSON,
-        which is what it is (json_to_metadata parsed it), so every engine accepts it."""
+        which is what it is (json_to_metadata parsed it), so every engine accepts it.
+        ``priority`` goes to the engine as vLLM's X-Vllm-Priority header (a client's
+        own is stripped by Envoy before ext_proc)."""
         keyed = self._gateway.runtime.api_keys_enabled
-        key = (engine, keyed, tenant_id if keyed else None, info.declared_json)
+        key = (engine, keyed, tenant_id if keyed else None, info.declared_json, priority)
         cached = self._cluster_mutations.get(key)
         if cached is not None:
             return cached
@@ -107,6 +125,8 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         removed: list[str] = []
         if not info.declared_json:
             headers.append(_header("content-type", "application/json"))
+        if priority is not None:
+            headers.append(_header(PRIORITY_HEADER, str(priority)))
         if keyed:
             headers.append(_header("x-tenant-id", tenant_id))
             removed.append("authorization")

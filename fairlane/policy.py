@@ -118,8 +118,16 @@ class EngineConfig(Strict):
     # Fraction of the in-flight limit kept for tenants under their share (fair only).
     headroom: float = Field(0.125, ge=0, lt=1)
     queue: QueueConfig = QueueConfig()
-    inject_priority: bool = False
+    # true: as the engine reads it best (a header for vllm/sim, the body otherwise).
+    inject_priority: bool | Literal["header", "body"] = False
     startup_timeout_s: float = Field(600.0, gt=0)
+
+    @property
+    def priority_transport(self) -> Literal["header", "body"] | None:
+        """How this engine gets each request's priority; None: it does not."""
+        if self.inject_priority is True:
+            return "header" if self.kind in ("vllm", "sim") else "body"
+        return self.inject_priority or None
 
     @model_validator(mode="after")
     def _url_matches_kind(self) -> EngineConfig:

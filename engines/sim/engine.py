@@ -13,7 +13,10 @@ hold a decode's next token the newest running request is preempted (recompute: i
 dropped and it goes back to the front of the waiting queue, to prefill prompt + output
 again). Waiting requests are admitted strictly FCFS while there is a free sequence slot,
 token budget and room in the KV cache for their whole prompt plus a small reserve; none
-are admitted in a step that preempted.
+are admitted in a step that preempted. With ``scheduling_policy="priority"`` (vLLM's
+``--scheduling-policy priority``) the waiting queue is ordered by (priority, arrival),
+lower first, and the victim of a preemption is the running request with the largest
+(priority, arrival) instead of the newest.
 
 Time is simulated with ``asyncio.sleep``: a step lasts ``preset.step_ms(...)``, measured
 from the previous step's planned end so the loop's own CPU work does not stretch it.
@@ -22,14 +25,18 @@ from the previous step's planned end so the loop's own CPU work does not stretch
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 from collections import deque
+from typing import Literal
 
 from .presets import SimPreset
 from .request import FinishReason, SimRequest
 from .stats import EngineStats
 
-__all__ = ["EngineOverloaded", "FinishReason", "SimEngine", "SimRequest"]
+__all__ = ["EngineOverloaded", "FinishReason", "SchedulingPolicy", "SimEngine", "SimRequest"]
+
+SchedulingPolicy = Literal["fcfs", "priority"]
 
 # The idle loop re-checks this often even without a wakeup; costs nothing measurable.
 _IDLE_RECHECK_S = 30.0
@@ -62,7 +69,11 @@ class SimEngine:
     """
 
     def __init__(
-        self, preset: SimPreset, max_waiting: int | None = None, stall_timeout_s: float = 600.0
+        self,
+        preset: SimPreset,
+        max_waiting: int | None = None,
+        stall_timeout_s: float = 600.0,
+        scheduling_policy: SchedulingPolicy = "fcfs",
     ) -> None:
         if preset.kv_cache_tokens < preset.max_model_len:
             # vLLM refuses to start in this case too: a max-length request could never run.
@@ -72,6 +83,8 @@ class SimEngine:
             )
         self.preset = preset
         self.max_waiting = max_waiting if max_waiting is not None else 10 * preset.max_num_seqs
+        self.scheduling_policy = scheduling_policy
+        self._arrivals = 0  # ticket of the latest submission: the FCFS tie-break
         self.stats = EngineStats()
         self._stall_timeout_s = stall_timeout_s
         self._running: list[SimRequest] = []
@@ -115,8 +128,9 @@ class SimEngine:
         self._waiting.clear()
         self._kv_used = 0
 
-    def submit(self, prompt_tokens: int, max_tokens: int) -> SimRequest:
-        """Queue a generation of exactly ``max_tokens`` tokens after a prompt.
+    def submit(self, prompt_tokens: int, max_tokens: int, priority: int = 0) -> SimRequest:
+        """Queue a generation of exactly ``max_tokens`` tokens after a prompt;
+        ``priority`` orders the waiting queue under the priority policy (lower first).
 
         Raises ValueError for an invalid or too long request, EngineOverloaded when the
         queue is full and RuntimeError when the engine is not running.
@@ -142,6 +156,8 @@ class SimEngine:
         req = SimRequest(
             prompt_tokens, max_tokens, loop, self._abort_requested, self._stall_timeout_s
         )
+        self._arrivals += 1
+        req.order = (priority if self.scheduling_policy == "priority" else 0, self._arrivals)
         self._arriving += 1
         delay = self.preset.api_overhead_ms / 1000.0 - self._timer_lag
         loop.call_later(max(0.0, delay), self._enqueue, req)
@@ -156,8 +172,17 @@ class SimEngine:
             req._close("abort")
             self.stats.requests_aborted += 1
             return
-        self._waiting.append(req)
+        self._wait(req)
         self._wakeup.set()
+
+    def _wait(self, req: SimRequest) -> None:
+        """Into the waiting queue at its place: by (priority, arrival), which under FCFS
+        is the end (a preempted request keeps its arrival ticket)."""
+        waiting = self._waiting
+        if not waiting or waiting[-1].order < req.order:
+            waiting.append(req)  # the common case, O(1)
+        else:
+            waiting.insert(bisect.bisect(waiting, req.order, key=_order), req)
 
     def _drop_aborted(self) -> None:
         self._abort_pending = False
@@ -246,11 +271,19 @@ class SimEngine:
         """Preempt newest running requests until ``tokens`` more fit in the KV cache;
         False when ``req`` itself had to be preempted."""
         while self._kv_used + tokens > self.preset.kv_cache_tokens:
-            victim = self._running.pop()
+            priority = self.scheduling_policy == "priority"
+            if priority:
+                victim = max(self._running, key=_order)
+                self._running.remove(victim)
+            else:
+                victim = self._running.pop()
             self._kv_used -= victim._kv
             victim._kv = 0
             victim._computed = 0
-            self._waiting.appendleft(victim)
+            if priority:
+                self._wait(victim)
+            else:
+                self._waiting.appendleft(victim)  # vLLM's FCFS: back to the front
             self.stats.preemptions += 1
             if victim is req:
                 return False
@@ -284,3 +317,7 @@ class SimEngine:
         stats.generation_tokens += generated
         stats.steps += 1
         stats.step_seconds += step_s
+
+
+def _order(req: SimRequest) -> tuple[int, int]:
+    return req.order

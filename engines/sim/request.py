@@ -38,6 +38,7 @@ class SimRequest:
         "first_token_at",
         "generated",
         "max_tokens",
+        "order",
         "prompt_tokens",
     )
 
@@ -52,6 +53,7 @@ class SimRequest:
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.arrival = loop.time()
+        self.order = (0, 0)  # (priority, arrival ticket): the engine's waiting-queue key
         self.generated = 0
         self.first_token_at: float | None = None
         self.finish_reason: FinishReason | None = None

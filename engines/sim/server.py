@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 import uuid
+from dataclasses import replace
 
 from aiohttp import web
 from prometheus_client import generate_latest
@@ -34,6 +35,7 @@ _METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _MAX_BODY_BYTES = 32 * 1024 * 1024
 _SHUTDOWN_TIMEOUT_S = 5.0
 _SIGNAL_RECHECK_S = 3600.0
+PRIORITY_HEADER = "X-Vllm-Priority"
 
 
 def _engine_gone() -> ApiError:
@@ -85,6 +87,9 @@ class _Api:
         try:
             body = parse_body(await request.read())
             gen = parse_generation(kind, body, self._models, self._preset.chars_per_token)
+            from_header = _header_priority(request)
+            if from_header is not None:
+                gen = replace(gen, priority=from_header)
             reqs = self._submit(gen)
         except ApiError as exc:
             return web.json_response(exc.body(), status=exc.status)
@@ -92,6 +97,7 @@ class _Api:
         if gen.priority is not None:
             self._priority_requests.inc()
             headers["x-sim-priority"] = str(gen.priority)
+            headers["x-sim-priority-from"] = "body" if from_header is None else "header"
         request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         try:
             if gen.stream:
@@ -107,7 +113,7 @@ class _Api:
         reqs: list[SimRequest] = []
         try:
             for prompt_tokens in gen.prompt_tokens:
-                reqs.append(self._engine.submit(prompt_tokens, gen.max_tokens))
+                reqs.append(self._engine.submit(prompt_tokens, gen.max_tokens, gen.priority or 0))
         except (ValueError, EngineOverloaded) as exc:
             for req in reqs:
                 req.abort()
@@ -196,6 +202,14 @@ def build_app(engine: SimEngine, models: list[str], preset: SimPreset) -> web.Ap
     return app
 
 
+def _header_priority(request: web.Request) -> int | None:
+    """vLLM's rule: an integer ``X-Vllm-Priority`` header wins over the body's field."""
+    try:
+        return int(request.headers[PRIORITY_HEADER])
+    except (KeyError, ValueError):
+        return None
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="fairlane sim", description="A model-less, vLLM-like OpenAI server."
@@ -211,6 +225,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="requests accepted beyond a full batch before 503s (default: 10 x max_num_seqs)",
     )
+    parser.add_argument(
+        "--scheduling-policy",
+        choices=["fcfs", "priority"],
+        default="fcfs",
+        help="order of the waiting queue, as vLLM's flag (priority: lower first)",
+    )
     args = parser.parse_args(argv)
     if args.max_queue is not None and args.max_queue < 1:
         parser.error("--max-queue must be at least 1")
@@ -219,7 +239,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def _serve(args: argparse.Namespace) -> int:
     preset = PRESETS[args.preset]
-    engine = SimEngine(preset, max_waiting=args.max_queue)
+    engine = SimEngine(preset, max_waiting=args.max_queue, scheduling_policy=args.scheduling_policy)
     app = build_app(engine, args.model or ["sim-model"], preset)
     # handler_cancellation: a client that disconnects while its request is still queued
     # cancels the handler, which aborts the request (vLLM also aborts on disconnect).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from typing import Any
 
@@ -14,6 +15,15 @@ pytestmark = pytest.mark.integration
 
 MAX_BODY = 64 * 1024
 CHAT = "/v1/chat/completions"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+PRIO_PORT = _free_port()
 
 
 def _policy() -> dict[str, Any]:
@@ -28,6 +38,15 @@ def _policy() -> dict[str, Any]:
                 "kind": "sim",
                 "preset": "h100-8b",
                 "models": ["model-p"],
+                "port": PRIO_PORT,
+                "args": ["--model", "model-q"],  # for prio-external, below
+                "inject_priority": True,
+            },
+            # The same simulator as an external engine: it gets the priority in the body.
+            "prio-external": {
+                "kind": "external",
+                "url": f"http://127.0.0.1:{PRIO_PORT}",
+                "models": ["model-q"],
                 "inject_priority": True,
             },
             "one": {
@@ -57,9 +76,14 @@ def chat(model: str, max_tokens: int = 8, stream: bool = False, **extra: Any) ->
 
 
 async def post(
-    stack: Any, body: Any, tenant: str | None = "alice", path: str = CHAT, raw: bytes | None = None
+    stack: Any,
+    body: Any,
+    tenant: str | None = "alice",
+    path: str = CHAT,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **(headers or {})}
     if tenant is not None:
         headers["x-tenant-id"] = tenant
     data = raw if raw is not None else json.dumps(body).encode()
@@ -216,7 +240,7 @@ async def test_health_and_models(stack: Any) -> None:
             assert (await resp.json())["missing_models"] == []
         async with session.get(stack.url + "/v1/models") as resp:
             ids = {m["id"] for m in (await resp.json())["data"]}
-    assert ids == {"model-a", "model-b", "model-one", "model-p"}
+    assert ids == {"model-a", "model-b", "model-one", "model-p", "model-q"}
 
 
 async def test_queue_timeout_is_503_with_retry_after(stack: Any) -> None:
@@ -310,15 +334,20 @@ def test_openai_sdk_streams_through_fairlane(stack: Any) -> None:
     assert "does not exist" in str(info.value)
 
 
-@pytest.mark.parametrize(("tenant", "priority"), [("alice", "0"), ("bob", "1")])
+@pytest.mark.parametrize(("model", "how"), [("model-p", "header"), ("model-q", "body")])
+@pytest.mark.parametrize(("tenant", "priority"), [("alice", "0"), ("bob", "2")])
 async def test_priority_injected_for_priority_engines(
-    stack: Any, tenant: str, priority: str
+    stack: Any, model: str, how: str, tenant: str, priority: str
 ) -> None:
-    body = chat("model-p", max_tokens=2)
+    """Class rank x 2 (+1 while over its share): interactive 0, batch 2. Managed vLLM
+    and sim engines get it as X-Vllm-Priority, others in the body (a second round trip)."""
+    body = chat(model, max_tokens=2, priority=-50)  # a client's own priority never counts
     body["messages"][0]["content"] = "long " * 3000  # the body mutation must fix the length
-    status, headers, reply = await post(stack, body, tenant=tenant)
+    forged = {"x-vllm-priority": "-100"}
+    status, headers, reply = await post(stack, body, tenant=tenant, headers=forged)
     assert status == 200, reply
     assert headers["x-sim-priority"] == priority
+    assert headers["x-sim-priority-from"] == how
     # Engines without inject_priority get the body untouched.
     status, headers, _ = await post(stack, chat("model-b", max_tokens=2), tenant=tenant)
     assert status == 200

@@ -109,3 +109,15 @@ async def test_holdings_are_forgotten_when_a_tenant_leaves() -> None:
     for r in held:
         p.release(r, "e", 100.0)
     assert p.active_tenants == 0
+
+
+def test_over_share_names_the_tenant_holding_more_than_its_share() -> None:
+    p = pool()
+    fill(p, "quiet", 1)
+    fill(p, "flood", 5)
+    assert p.over_share("flood")  # 5 of 8 slots, its share is 4
+    assert not p.over_share("quiet")
+    assert not p.over_share("nobody")
+    alone = pool()
+    fill(alone, "flood", 8)
+    assert not alone.over_share("flood")  # alone, the whole pool is its share

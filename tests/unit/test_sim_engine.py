@@ -113,6 +113,30 @@ async def test_continuous_batching_up_to_max_num_seqs_then_fcfs(make_engine: Mak
     assert engine.stats.requests_finished == 12
 
 
+async def test_priority_policy_orders_the_waiting_queue(make_engine: MakeEngine) -> None:
+    engine = await make_engine(TINY, scheduling_policy="priority")
+    # 8 fill the batch (max_num_seqs 8); then 3 low-priority and 2 high-priority wait.
+    batch = [engine.submit(prompt_tokens=50, max_tokens=20, priority=1) for _ in range(8)]
+    low = [engine.submit(prompt_tokens=50, max_tokens=20, priority=1) for _ in range(3)]
+    high = [engine.submit(prompt_tokens=50, max_tokens=20, priority=0) for _ in range(2)]
+    results = await asyncio.gather(*(drain(r) for r in batch + low + high))
+    assert [n for n, _ in results] == [20] * 13
+    started = {id(r): r.first_token_at or 0.0 for r in low + high}
+    # The later, higher-priority requests start before every waiting low-priority one,
+    # and each group keeps its arrival order.
+    assert max(started[id(r)] for r in high) <= min(started[id(r)] for r in low)
+    assert [started[id(r)] for r in low] == sorted(started[id(r)] for r in low)
+
+
+async def test_fcfs_ignores_priority(make_engine: MakeEngine) -> None:
+    engine = await make_engine(TINY)
+    batch = [engine.submit(prompt_tokens=50, max_tokens=20) for _ in range(8)]
+    low = engine.submit(prompt_tokens=50, max_tokens=20, priority=1)
+    high = engine.submit(prompt_tokens=50, max_tokens=20, priority=0)
+    await asyncio.gather(*(drain(r) for r in [*batch, low, high]))
+    assert (low.first_token_at or 0.0) <= (high.first_token_at or 0.0)
+
+
 async def test_kv_capacity_limits_admission(make_engine: MakeEngine) -> None:
     preset = dataclasses.replace(FAST, kv_cache_tokens=1000, max_model_len=1000)
     engine = await make_engine(preset)
