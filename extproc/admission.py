@@ -100,6 +100,11 @@ class EnginePool:
         return sum(r.inflight for r in self.replicas.values())
 
     @property
+    def _busy(self) -> int:
+        """Slots held on healthy replicas: what ``capacity`` is compared with."""
+        return sum(r.inflight for r in self.replicas.values() if r.state is EngineState.UP)
+
+    @property
     def capacity(self) -> int:
         return sum(r.capacity for r in self.replicas.values() if r.state is EngineState.UP)
 
@@ -147,7 +152,7 @@ class EnginePool:
         replica = self._roomiest()
         if replica is None:
             return None
-        if self._waiting or self.inflight >= self.capacity - self.reserved:
+        if self._waiting or self._busy >= self.capacity - self.reserved:
             # Others wait, or only reserved slots are left: both are for a tenant under
             # its share, and one with nothing of its own queued (its order holds).
             holding = self._holdings.get(request.tenant)
@@ -215,7 +220,7 @@ class EnginePool:
             replica = self._roomiest()
             if replica is None:
                 return
-            if self.inflight >= self.capacity - self.reserved:
+            if self._busy >= self.capacity - self.reserved:
                 head = self.scheduler.peek()
                 if head is None or not self._under_share(head):
                     return  # the reserved slots are not for the tenant next in line
@@ -238,14 +243,14 @@ class EnginePool:
     def _under_share(self, request: QueuedRequest) -> bool:
         """Does the request's tenant hold fewer slots than its weighted share?"""
         holding = self._holdings.get(request.tenant)
-        if holding is None:
-            return True  # holds nothing; any share is more than that
+        if holding is None or len(self._holdings) == 1:
+            return True  # holds nothing, or alone: its share is the whole pool
         return holding.inflight * self._active_weight < self.capacity * holding.weight
 
     def over_share(self, tenant: str) -> bool:
         """Does the tenant hold more slots than its weighted share of the pool?"""
         holding = self._holdings.get(tenant)
-        if holding is None:
+        if holding is None or len(self._holdings) == 1:
             return False
         return holding.inflight * self._active_weight > self.capacity * holding.weight
 
