@@ -217,7 +217,10 @@ def _http_filters(queue_timeout: float) -> list[dict[str, Any]]:
                 },
                 # Decisions normally take well under a millisecond; queued requests
                 # extend this with override_message_timeout up to the queue timeout.
-                "message_timeout": "2s",
+                # Generous: on an overcommitted VM (CPU steal) or a CPU saturated by an
+                # engine on the same cores, the worker can stall for a second or two,
+                # and a refusal then would be Fairlane's fault, not the request's.
+                "message_timeout": "5s",
                 "max_message_timeout": _seconds(queue_timeout + 5),
                 "forward_rules": {
                     "allowed_headers": {"patterns": [{"exact": h} for h in FORWARDED_HEADERS]}
