@@ -26,17 +26,26 @@ from fairlane.bench.stats import poisson_arrivals, tenant_rng
 
 LAG_INTERVAL_S = 0.010
 ERROR_BACKOFF_S = 0.1  # a closed-loop worker whose request failed at once waits this long
+CHAT_PATH = "/v1/chat/completions"
 
 
 @dataclass(frozen=True)
 class Workload:
-    base_url: str  # http://127.0.0.1:PORT
+    base_url: str  # http://127.0.0.1:PORT (the first gateway when there are several)
     model: str
     prompt_words: int
     max_tokens: int
     request_timeout_s: float = 120.0
     max_tokens_spread: float = 0.0  # > 0: max_tokens varies +-this fraction, same mean
     seed: int = 0
+    more_urls: tuple[str, ...] = ()  # further gateways: tenants go round-robin over all
+    pinned: frozenset[str] = frozenset()  # tenants that only ever use base_url
+
+    def urls(self, tenant: str) -> tuple[str, ...]:
+        """The base URLs ``tenant``'s requests take turns over."""
+        if tenant in self.pinned:
+            return (self.base_url,)
+        return (self.base_url, *self.more_urls)
 
     def lengths(self) -> list[int]:
         """The max_tokens values requests draw from (uniformly): 9 evenly spaced ones
@@ -109,8 +118,16 @@ class RunResult:
         ]
 
 
+def round_robin(urls: tuple[str, ...], turn: int) -> str:
+    """The URL a tenant's ``turn``-th request (0, 1, ...) goes to."""
+    return urls[turn % len(urls)]
+
+
 class Client:
     """Issues requests for one workload over one connection pool; async context manager.
+
+    With several gateways (``Workload.more_urls``) each tenant's requests take turns over
+    them, like a round-robin load balancer in front of them would send them.
 
     aiohttp, reading the body with ``iter_any`` and splitting SSE events itself: ~60 µs
     of CPU per streamed token here, against ~100 µs iterating lines and ~46 µs for a
@@ -119,10 +136,19 @@ class Client:
 
     def __init__(self, workload: Workload) -> None:
         self.workload = workload
-        self._url = workload.base_url + "/v1/chat/completions"
+        self._url = workload.base_url + CHAT_PATH
         self._bodies = [workload.body(n) for n in workload.lengths()]
         self._rng = random.Random(workload.seed)
+        self._turns: dict[str, int] = {}
         self._session: aiohttp.ClientSession | None = None
+
+    def url_for(self, tenant: str) -> str:
+        """Where ``tenant``'s next request goes (and count the turn)."""
+        if not self.workload.more_urls:
+            return self._url
+        turn = self._turns.get(tenant, 0)
+        self._turns[tenant] = turn + 1
+        return round_robin(self.workload.urls(tenant), turn) + CHAT_PATH
 
     async def __aenter__(self) -> Client:
         timeout = aiohttp.ClientTimeout(total=self.workload.request_timeout_s, sock_connect=5)
@@ -142,7 +168,8 @@ class Client:
         headers = {"content-type": "application/json", "x-tenant-id": tenant}
         try:
             body = self._rng.choice(self._bodies)
-            async with self._session.post(self._url, data=body, headers=headers) as resp:
+            url = self.url_for(tenant)
+            async with self._session.post(url, data=body, headers=headers) as resp:
                 record.status = resp.status
                 if resp.status != 200:
                     text = await resp.read()

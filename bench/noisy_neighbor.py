@@ -10,6 +10,14 @@ same seeded open-loop (Poisson) arrivals:
   published middleware's fix);
 - ``fair``: plus the flooder, Fairlane's fair scheduler.
 
+With ``--gateways N`` (N > 1) every arm runs N ``fairlane serve`` in front of one shared
+simulator (an ``external`` engine, ``max_inflight`` divided by N) sharing tenant state
+through a Redis of its own (``state: redis``; ``--local-state``: each gateway alone), and
+each tenant's requests go round-robin over the gateways. One more arm, on by default:
+
+- ``spread``: two flooders of equal weight, ``flooder-pinned`` sending only to the first
+  gateway and ``flooder-spread`` to all of them in turn; reported: their goodput ratio.
+
 Reported per arm: quiet TTFT p50/p99 (each quiet tenant and pooled), the flooder's
 goodput (content tokens received inside the window per second), its 429s and 503s,
 and the load generator's event-loop lag; ratios against ``solo`` and ``fifo``.
@@ -22,15 +30,35 @@ import asyncio
 import contextlib
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from fairlane.bench.loadgen import Client, RunResult, Workload, open_loop, realtime
-from fairlane.bench.noisy_report import ARMS, FLOODER, ratios, render, summarize_arm
+from fairlane.bench.noisy_report import (
+    ARMS,
+    DEFAULT_HEADROOM,
+    FLOODER,
+    PINNED,
+    SPREAD,
+    ratios,
+    render,
+    summarize_arm,
+    summarize_spread,
+)
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, write_json
-from fairlane.bench.stack import CpuSnapshot, FairlaneStack, free_ports, write_policy
+from fairlane.bench.stack import (
+    CpuSnapshot,
+    FairlaneStack,
+    Server,
+    free_ports,
+    start_redis,
+    start_sim,
+    write_policy,
+)
 from fairlane.engines.sim.openai_api import count_tokens
 from fairlane.engines.sim.presets import PRESETS
 
@@ -38,6 +66,8 @@ MODEL = "bench-model"
 _TIMEOUT = aiohttp.ClientTimeout(total=2)
 CHAT_TEMPLATE_TOKENS = 8  # the simulator adds 4 per message and 4 per conversation
 KV_HEADROOM = 0.9
+ALL_ARMS = (*ARMS, "spread")
+SYNC_INTERVAL_S = 0.1  # fair-counter sync between gateways (docs/scaling.md)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +99,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="token-bucket arm: the flooder's requests/min (default: 60 x the requests/s "
         "completed in the fifo arm / --tenants)",
     )
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=ALL_ARMS,
+        help=f"default: {' '.join(ARMS)}, and spread with --gateways > 1",
+    )
+    parser.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        help="N > 1: N `fairlane serve` in front of one shared simulator, each with "
+        "max_inflight / N, sharing tenant state through Redis; requests round-robin",
+    )
+    parser.add_argument(
+        "--local-state",
+        action="store_true",
+        help="with --gateways > 1: `state: local` (no Redis), each gateway fair on its own",
+    )
     parser.add_argument(
         "--adaptive",
         action="store_true",
@@ -83,7 +130,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="run the load generator under SCHED_FIFO 10 (chrt -f 10) when permitted",
     )
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "noisy-neighbor.json")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="default: bench/results/noisy-neighbor.json, or noisy-neighbor-gateways-N"
+        "[-local].json with --gateways N > 1",
+    )
+
+
+def default_output(gateways: int, local_state: bool) -> Path:
+    if gateways == 1:
+        return RESULTS_DIR / "noisy-neighbor.json"
+    return RESULTS_DIR / f"noisy-neighbor-gateways-{gateways}{'-local' if local_state else ''}.json"
+
+
+def gateway_max_inflight(total: int, gateways: int) -> int:
+    """Each gateway's share of what the engine batches (docs/scaling.md, "Engine capacity
+    with several gateways"): a gateway only counts its own requests."""
+    return max(1, total // gateways)
+
+
+def state_mode(gateways: int, local_state: bool) -> str:
+    return "redis" if gateways > 1 and not local_state else "local"
 
 
 def default_max_inflight(preset_name: str, prompt_tokens: int, max_tokens: int) -> int:
@@ -97,8 +165,15 @@ def default_max_inflight(preset_name: str, prompt_tokens: int, max_tokens: int) 
 def run(args: argparse.Namespace) -> int:
     if args.tenants < 2:
         raise SystemExit("--tenants must be at least 2 (one quiet tenant and the flooder)")
+    if args.gateways < 1:
+        raise SystemExit("--gateways must be at least 1")
+    if args.arms is None:
+        args.arms = list(ALL_ARMS if args.gateways > 1 else ARMS)
+    if args.gateways == 1 and ("spread" in args.arms or args.local_state):
+        raise SystemExit("the spread arm and --local-state need --gateways > 1")
     if "token-bucket" in args.arms and "fifo" not in args.arms and args.bucket_rpm is None:
         raise SystemExit("the token-bucket arm needs the fifo arm or --bucket-rpm")
+    args.output = args.output or default_output(args.gateways, args.local_state)
     return asyncio.run(_run(args))
 
 
@@ -113,20 +188,30 @@ async def _run(args: argparse.Namespace) -> int:
     )
     quiet = [f"quiet-{i}" for i in range(1, args.tenants)]
     arms: dict[str, dict[str, Any]] = {}
+    spread: dict[str, Any] | None = None
     bucket_rpm = args.bucket_rpm
     with tempfile.TemporaryDirectory(prefix="fairlane-bench-") as tmp:
-        for arm in [a for a in ARMS if a in args.arms]:
+        for arm in [a for a in ALL_ARMS if a in args.arms]:
             rates = {q: args.quiet_rps for q in quiet}
-            if arm != "solo":
+            if arm == "spread":
+                rates = {PINNED: args.flood_rps, SPREAD: args.flood_rps}
+            elif arm != "solo":
                 rates[FLOODER] = args.flood_rps
             if arm == "token-bucket" and bucket_rpm is None:
                 bucket_rpm = 60.0 * arms["fifo"]["completed_rps"] / args.tenants
                 if bucket_rpm <= 0:
                     print("token-bucket: skipped, fifo completed nothing in its window")
                     continue
-            policy = _policy(args, arm, quiet, max_inflight, bucket_rpm)
+            tenants = [PINNED, SPREAD] if arm == "spread" else [*quiet, FLOODER]
+            policy = _policy(args, arm, tenants, max_inflight, bucket_rpm)
             result, observed = await _arm(arm, policy, rates, args, Path(tmp))
-            arms[arm] = summarize_arm(arm, result, quiet, arms.get("solo")) | observed
+            if arm == "spread":
+                spread = summarize_spread(
+                    result, args.gateways, not args.local_state, DEFAULT_HEADROOM
+                )
+                spread |= observed
+            else:
+                arms[arm] = summarize_arm(arm, result, quiet, arms.get("solo")) | observed
             print(f"{arm}: done ({len(result.records)} requests)", flush=True)
     for summary in arms.values():
         summary["ratios"] = ratios(summary, arms)
@@ -134,15 +219,20 @@ async def _run(args: argparse.Namespace) -> int:
         "benchmark": "noisy-neighbor",
         "machine": info,
         "config": config_of(args),
+        "gateways": args.gateways,
+        "state": state_mode(args.gateways, args.local_state),
         "prompt_tokens": prompt_tokens,
         "max_inflight": max_inflight,
+        "max_inflight_per_gateway": gateway_max_inflight(max_inflight, args.gateways),
         "bucket_rpm": bucket_rpm,
         "arms": arms,
+        **({"spread": spread} if spread else {}),
     }
     write_json(args.output, document)
     text, valid = render(document, args.output.with_suffix(".png"))
     print(text)
-    print(f"results: {args.output} and {args.output.with_suffix('.png')}")
+    chart = f" and {args.output.with_suffix('.png')}" if arms else ""
+    print(f"results: {args.output}{chart}")
     return 0 if valid else 3
 
 
@@ -153,37 +243,34 @@ async def _arm(
     args: argparse.Namespace,
     work: Path,
 ) -> tuple[RunResult, dict[str, Any]]:
-    listener = policy["listener"]
-    stack = FairlaneStack(write_policy(work, policy, f"{arm}.yaml"), work / arm, listener["port"])
-    workload = Workload(
-        f"http://127.0.0.1:{listener['port']}",
-        MODEL,
-        args.prompt_words,
-        args.max_tokens,
-        max_tokens_spread=args.max_tokens_spread,
-        seed=args.seed,
-    )
-    try:
-        await stack.start()
-        pids = stack.pids()
+    async with _deploy(arm, policy, args.gateways, work) as deployment:
+        urls = deployment.urls
+        workload = Workload(
+            urls[0],
+            MODEL,
+            args.prompt_words,
+            args.max_tokens,
+            max_tokens_spread=args.max_tokens_spread,
+            seed=args.seed,
+            more_urls=tuple(urls[1:]),
+            pinned=frozenset({PINNED}),
+        )
         async with aiohttp.ClientSession() as session:
-            watcher = _EngineWatcher(session, policy["engines"]["sim"]["port"])
+            watcher = _EngineWatcher(session, deployment.engine_port)
             sampler = asyncio.create_task(watcher.run())
             try:
-                before = CpuSnapshot.take(pids)
+                before = CpuSnapshot.take(deployment.pids)
                 async with Client(workload) as client:
                     with realtime(args.realtime) as used:
                         watcher.t0 = time.perf_counter()
                         result = await open_loop(
                             client, rates, args.seed, args.warmup, args.duration, 120.0
                         )
-                cpu = CpuSnapshot.take(pids).since(before)
+                cpu = CpuSnapshot.take(deployment.pids).since(before)
             finally:
                 sampler.cancel()
                 await asyncio.gather(sampler, return_exceptions=True)
-            waits = await _queue_waits(session, listener["control_port"])
-    finally:
-        await stack.stop()
+            waits = await _queue_waits(session, deployment.control_ports)
     wall = cpu.pop("wall")
     return result, {
         "engine": watcher.summary(*result.window),
@@ -191,6 +278,97 @@ async def _arm(
         "queue_wait_ms_mean": waits,
         "realtime": used,
     }
+
+
+@dataclass
+class _Deployment:
+    urls: list[str]  # each gateway's listener
+    control_ports: list[int]
+    engine_port: int  # the (one) simulator's
+    pids: dict[str, int]  # by role, for CPU accounting
+
+
+@contextlib.asynccontextmanager
+async def _deploy(
+    arm: str, policy: dict[str, Any], gateways: int, work: Path
+) -> AsyncIterator[_Deployment]:
+    """One ``fairlane serve`` that runs the simulator itself, or, for ``gateways`` > 1,
+    the simulator and Redis (with ``state: redis``) started here and N gateways sharing
+    them; everything is stopped on the way out."""
+    engine_port = policy["engines"]["sim"]["port"]
+    servers: list[Server] = []
+    stacks: list[FairlaneStack] = []
+    try:
+        policies = [policy]
+        if gateways > 1:
+            engine = policy["engines"]["sim"]
+            # As `fairlane serve` starts a managed sim that gets priorities (engines/spec.py).
+            extra = ("--scheduling-policy", "priority") if engine.get("inject_priority") else ()
+            servers.append(await start_sim(engine["preset"], engine_port, MODEL, work, extra))
+            # All at once: ports chosen one call at a time could repeat.
+            *ports, redis_port = free_ports(3 * gateways + 1)
+            state: dict[str, Any] = {"kind": "local"}
+            if "state" in policy:
+                servers.append(await start_redis(redis_port, work))
+                state = policy["state"] | {"url": f"redis://127.0.0.1:{redis_port}/0"}
+            url = f"http://127.0.0.1:{engine_port}"
+            policies = [
+                gateway_policy(policy, ports[3 * i : 3 * i + 3], url, gateways, state)
+                for i in range(gateways)
+            ]
+        for index, document in enumerate(policies, 1):
+            port = document["listener"]["port"]
+            path = write_policy(work, document, f"{arm}-{index}.yaml")
+            stacks.append(FairlaneStack(path, work / f"{arm}-{index}", port))
+            await stacks[-1].start()
+        yield _Deployment(
+            urls=[f"http://127.0.0.1:{d['listener']['port']}" for d in policies],
+            control_ports=[d["listener"]["control_port"] for d in policies],
+            engine_port=engine_port,
+            pids=_roles(stacks, servers),
+        )
+    finally:
+        for stack in stacks:
+            await stack.stop()
+        for server in reversed(servers):
+            await server.stop()
+
+
+def _roles(stacks: list[FairlaneStack], servers: list[Server]) -> dict[str, int]:
+    """One stack: its roles as before. Several: ``envoy-2`` etc., and the shared servers."""
+    if len(stacks) == 1:
+        return stacks[0].pids()
+    roles = {"engine" if s.name.startswith("sim") else s.name: s.pid for s in servers}
+    for index, stack in enumerate(stacks, 1):
+        roles |= {f"{role}-{index}": pid for role, pid in stack.pids().items()}
+    return roles
+
+
+def gateway_policy(
+    policy: dict[str, Any],
+    ports: list[int],
+    engine_url: str,
+    gateways: int,
+    state: dict[str, Any],
+) -> dict[str, Any]:
+    """One of ``gateways`` gateways' policy: ``policy`` on listener ``ports`` (port, admin,
+    control), its simulator turned into the shared ``external`` engine at ``engine_url``
+    with its share of ``max_inflight``, and tenant state as ``state`` says."""
+    port, admin, control = ports
+    engine = {
+        key: value
+        for key, value in policy["engines"]["sim"].items()
+        if key not in ("kind", "preset", "port")
+    }
+    engine |= {
+        "kind": "external",
+        "url": engine_url,
+        "max_inflight": gateway_max_inflight(engine["max_inflight"], gateways),
+    }
+    if engine.get("inject_priority"):
+        engine["inject_priority"] = "header"  # how a managed sim gets it; external: the body
+    listener = policy["listener"] | {"port": port, "admin_port": admin, "control_port": control}
+    return policy | {"listener": listener, "engines": {"sim": engine}, "state": state}
 
 
 class _EngineWatcher:
@@ -222,23 +400,32 @@ class _EngineWatcher:
         }
 
 
-async def _queue_waits(session: aiohttp.ClientSession, control_port: int) -> dict[str, float]:
-    """Mean time each tenant's admitted requests waited in Fairlane's queue (whole run,
-    warm-up included), from the worker's fairlane_queue_wait_seconds histogram."""
-    url = f"http://127.0.0.1:{control_port}/metrics"
-    try:
-        async with session.get(url, timeout=_TIMEOUT) as resp:
-            text = await resp.text()
-    except (aiohttp.ClientError, OSError, TimeoutError):
-        return {}
+async def _queue_waits(
+    session: aiohttp.ClientSession, control_ports: list[int]
+) -> dict[str, float]:
+    """Mean time each tenant's admitted requests waited in Fairlane's queues (whole run,
+    warm-up included), from the workers' fairlane_queue_wait_seconds histograms, pooled
+    over the gateways."""
+    texts: list[str] = []
+    for port in control_ports:
+        url = f"http://127.0.0.1:{port}/metrics"
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            async with session.get(url, timeout=_TIMEOUT) as resp:
+                texts.append(await resp.text())
+    return pooled_queue_waits(texts)
+
+
+def pooled_queue_waits(texts: list[str]) -> dict[str, float]:
+    """Per tenant: the sum of its queue-wait histogram sums over the counts, in ms, across
+    the /metrics texts of every gateway."""
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
-    for line in text.splitlines():
+    for line in (line for text in texts for line in text.splitlines()):
         for suffix, into in (("_sum", sums), ("_count", counts)):
             prefix = f"fairlane_queue_wait_seconds{suffix}{{"
             if line.startswith(prefix):
                 tenant = line.split('tenant="', 1)[1].split('"', 1)[0]
-                into[tenant] = float(line.rsplit(" ", 1)[1])
+                into[tenant] = into.get(tenant, 0.0) + float(line.rsplit(" ", 1)[1])
     return {t: 1000.0 * sums[t] / n for t, n in counts.items() if n and t in sums}
 
 
@@ -254,16 +441,18 @@ def _metric_sums(text: str, names: tuple[str, ...]) -> dict[str, float]:
 def _policy(
     args: argparse.Namespace,
     arm: str,
-    quiet: list[str],
+    tenant_names: list[str],
     max_inflight: int,
     bucket_rpm: float | None,
 ) -> dict[str, Any]:
     port, admin, control, sim_port = free_ports(4)
-    tenants: dict[str, Any] = {q: {} for q in quiet}
-    tenants[FLOODER] = {}
+    tenants: dict[str, Any] = {name: {} for name in tenant_names}
     if arm == "token-bucket":
-        tenants[FLOODER] = {"limits": {"requests_per_minute": bucket_rpm}}
-    return {
+        # Shared buckets are exact across gateways; local ones each get their share.
+        shared = state_mode(args.gateways, args.local_state) == "redis"
+        rpm = bucket_rpm if shared or bucket_rpm is None else bucket_rpm / args.gateways
+        tenants[FLOODER] = {"limits": {"requests_per_minute": rpm}}
+    document: dict[str, Any] = {
         "version": 1,
         "listener": {
             "port": port,
@@ -285,3 +474,6 @@ def _policy(
             }
         },
     }
+    if state_mode(args.gateways, args.local_state) == "redis":
+        document["state"] = {"kind": "redis", "sync_interval_s": SYNC_INTERVAL_S}
+    return document

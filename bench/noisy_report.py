@@ -8,11 +8,15 @@ from typing import Any
 from fairlane.bench.loadgen import RequestRecord, RunResult
 from fairlane.bench.report import table
 from fairlane.bench.stats import fmt, goodput, lag_ok, ratio, summarize
+from fairlane.policy import EngineConfig
 
 ARMS = ("solo", "fifo", "token-bucket", "fair")
 FLOODER = "flooder"
+PINNED = "flooder-pinned"  # spread arm: sends to the first gateway only
+SPREAD = "flooder-spread"  # spread arm: sends to every gateway in turn
 QUIET_P99_TARGET = 1.10  # fair: quiet p99 at most this times solo
 GOODPUT_TARGET = 0.95  # fair: flooder goodput at least this times fifo
+DEFAULT_HEADROOM: float = EngineConfig.model_fields["headroom"].default  # the bench sets none
 
 
 def _ttft_ms(records: list[RequestRecord]) -> dict[str, float | int | None]:
@@ -38,18 +42,7 @@ def summarize_arm(
             "p99_vs_solo": ratio(ttft["p99"], base),
         }
     pooled = _ttft_ms(quiet_records)
-    flood = [r for r in measured if r.tenant == FLOODER]
-    flooder = None
-    if arm != "solo":
-        flooder = {
-            "requests": len(flood),
-            "goodput_tok_s": goodput(result.window_tokens.get(FLOODER, 0), result.seconds),
-            "completed_rps": len(result.completed(FLOODER)) / result.seconds,
-            "status_429": sum(r.status == 429 for r in flood),
-            "status_503": sum(r.status == 503 for r in flood),
-            "other_errors": sum(not r.ok and r.status not in (429, 503) for r in flood),
-            "ttft_ms": _ttft_ms(flood),
-        }
+    flooder = _flood(result, FLOODER) if arm != "solo" else None
     lag = summarize(result.lag_s, 1000.0)
     reference = solo["quiet"]["ttft_ms"]["p50"] if solo else pooled["p50"]
     return {
@@ -64,6 +57,51 @@ def summarize_arm(
         "loadgen_lag_ms": lag,
         "send_lag_ms": summarize(result.send_lag_s, 1000.0),
         "lag_ok": lag_ok(lag["p99"], reference),
+        "unfinished": result.unfinished,
+    }
+
+
+def _flood(result: RunResult, tenant: str) -> dict[str, Any]:
+    """A flooding tenant's goodput, completions and refusals inside the window."""
+    mine = result.measured(tenant)
+    return {
+        "requests": len(mine),
+        "goodput_tok_s": goodput(result.window_tokens.get(tenant, 0), result.seconds),
+        "completed_rps": len(result.completed(tenant)) / result.seconds,
+        "status_429": sum(r.status == 429 for r in mine),
+        "status_503": sum(r.status == 503 for r in mine),
+        "other_errors": sum(not r.ok and r.status not in (429, 503) for r in mine),
+        "ttft_ms": _ttft_ms(mine),
+    }
+
+
+def expected_spread_ratio(gateways: int, shared: bool, headroom: float) -> float:
+    """spread / pinned goodput when both flood every gateway they use and each gateway
+    has 1/N of the engine's slots.
+
+    Local state: gateway 1 splits its slots evenly, the spreader also has all of the
+    N-1 others: (N - 1/2) / (1/2) = 2N - 1. Shared counters: gateway 1 gives its ordinary
+    slots to the pinned flooder (the spreader's global service is larger), but its
+    ``headroom`` fraction goes to a tenant holding less than its share *of gateway 1*,
+    which the spreader is there; the N-1 other gateways serve only the spreader (work
+    conservation): (N - 1 + h) / (1 - h), 1.0 for N = 2 without headroom."""
+    if not shared:
+        return 2.0 * gateways - 1.0
+    return (gateways - 1.0 + headroom) / (1.0 - headroom)
+
+
+def summarize_spread(
+    result: RunResult, gateways: int, shared: bool, headroom: float
+) -> dict[str, Any]:
+    """The spread arm: both flooders, and the spreader's goodput over the pinned one's."""
+    tenants = {name: _flood(result, name) for name in (PINNED, SPREAD)}
+    return {
+        "state": "redis" if shared else "local",
+        "gateways": gateways,
+        "headroom": headroom,
+        "tenants": tenants,
+        "goodput_ratio": ratio(tenants[SPREAD]["goodput_tok_s"], tenants[PINNED]["goodput_tok_s"]),
+        "loadgen_lag_ms": summarize(result.lag_s, 1000.0),
         "unfinished": result.unfinished,
     }
 
@@ -93,12 +131,14 @@ def render(document: dict[str, Any], png: Path) -> tuple[str, bool]:
     """The tables, the verdict on the targets, and the chart; also whether every arm's
     load-generator lag was small enough for its numbers to count."""
     arms: dict[str, dict[str, Any]] = document["arms"]
+    gateways = gateways_label(document)
     rows = []
     for arm, s in arms.items():
         f = s["flooder"] or {}
         rows.append(
             [
                 arm,
+                gateways,
                 fmt(s["ratios"]["quiet_p99_vs_solo"], 2),
                 fmt(s["ratios"]["worst_quiet_p99_vs_solo"], 2),
                 fmt(s["ratios"]["flooder_goodput_vs_fifo"], 3),
@@ -114,17 +154,56 @@ def render(document: dict[str, Any], png: Path) -> tuple[str, bool]:
             ]
         )
     headers = [
-        "arm", "quiet p99 x solo", "worst quiet p99 x solo", "flooder goodput x fifo",
-        "quiet TTFT p50 ms", "quiet TTFT p99 ms", "quiet failed", "flooder tok/s",
-        "flooder 429", "flooder 503", "engine max waiting", "lag p99 ms", "bg cores",
+        "arm", "gateways", "quiet p99 x solo", "worst quiet p99 x solo",
+        "flooder goodput x fifo", "quiet TTFT p50 ms", "quiet TTFT p99 ms", "quiet failed",
+        "flooder tok/s", "flooder 429", "flooder 503", "engine max waiting", "lag p99 ms",
+        "bg cores",
     ]  # fmt: skip
-    parts = [table(headers, rows), _tenant_table(arms)]
+    parts = [table(headers, rows), _tenant_table(arms)] if arms else []
     parts += _verdicts(arms)
-    _chart(arms, png)
+    if "spread" in document:
+        parts.append(_spread_table(document["spread"]))
+    if arms:  # a spread-only run has nothing to chart
+        _chart(arms, png)
     valid = all(s["lag_ok"] for s in arms.values())
     if not valid:
         parts.append("WARNING: load-generator lag p99 above 10% of solo TTFT p50 (LAG!)")
     return "\n\n".join(parts), valid
+
+
+def gateways_label(document: dict[str, Any]) -> str:
+    """``1``, or ``N redis`` / ``N local`` (where tenant state lived); files from before
+    --gateways existed were one gateway."""
+    gateways = document.get("gateways", 1)
+    return str(gateways) if gateways == 1 else f"{gateways} {document['state']}"
+
+
+def _spread_table(spread: dict[str, Any]) -> str:
+    pinned, spreader = (spread["tenants"][name] for name in (PINNED, SPREAD))
+    waits = spread["queue_wait_ms_mean"]
+    headroom = spread.get("headroom", DEFAULT_HEADROOM)  # not recorded by the first runs
+    expected = expected_spread_ratio(spread["gateways"], spread["state"] == "redis", headroom)
+    row = [
+        f"{spread['gateways']} {spread['state']}",
+        fmt(spread["goodput_ratio"], 2),
+        fmt(expected, 2),
+        fmt(pinned["goodput_tok_s"], 0),
+        fmt(spreader["goodput_tok_s"], 0),
+        f"{pinned['status_429']}/{pinned['status_503']}",
+        f"{spreader['status_429']}/{spreader['status_503']}",
+        fmt(waits.get(PINNED), 0),
+        fmt(waits.get(SPREAD), 0),
+        fmt(spread["engine"]["mean_running"], 0),
+        fmt(spread["engine"]["max_waiting"], 0),
+        fmt(spread["loadgen_lag_ms"]["p99"], 1),
+        fmt(spread["cpu_cores"]["background"], 2),
+    ]
+    headers = [
+        "spread arm", "goodput spread / pinned", "expected", "pinned tok/s", "spread tok/s",
+        "pinned 429/503", "spread 429/503", "pinned queue wait ms", "spread queue wait ms",
+        "engine mean running", "engine max waiting", "lag p99 ms", "bg cores",
+    ]  # fmt: skip
+    return table(headers, [row])
 
 
 def _tenant_table(arms: dict[str, dict[str, Any]]) -> str:

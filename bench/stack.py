@@ -1,5 +1,6 @@
 """Start and stop what a benchmark measures: a bare simulator, a plain Envoy proxy, a
-whole ``fairlane serve``; read the CPU time of their processes from /proc.
+whole ``fairlane serve``, the Redis several of them share; read the CPU time of their
+processes from /proc.
 
 Every server runs in its own process group (``start_new_session``) on free ports, so a
 benchmark never collides with a running ``make serve``; it is stopped by PID (SIGTERM,
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -188,18 +190,52 @@ def _append(path: Path) -> BinaryIO:
     return path.open("ab")
 
 
-def sim_argv(preset: str, port: int, model: str) -> list[str]:
+def sim_argv(preset: str, port: int, model: str, extra: tuple[str, ...] = ()) -> list[str]:
     return [
         sys.executable, "-P", "-m", "fairlane.engines.sim",
-        "--preset", preset, "--port", str(port), "--model", model,
+        "--preset", preset, "--port", str(port), "--model", model, *extra,
     ]  # fmt: skip
 
 
-async def start_sim(preset: str, port: int, model: str, log_dir: Path) -> Server:
-    server = Server(f"sim-{preset}", sim_argv(preset, port, model), log_dir / f"sim-{port}.log")
+async def start_sim(
+    preset: str, port: int, model: str, log_dir: Path, extra: tuple[str, ...] = ()
+) -> Server:
+    """The simulator on ``port``, once healthy; ``extra``: more of its flags."""
+    argv = sim_argv(preset, port, model, extra)
+    server = Server(f"sim-{preset}", argv, log_dir / f"sim-{port}.log")
     await server.start()
     await server.wait_healthy(f"http://127.0.0.1:{port}/health", 30)
     return server
+
+
+def redis_argv(port: int) -> list[str]:
+    """A loopback redis-server without persistence (tenant state is soft)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    return [
+        binary, "--port", str(port), "--bind", "127.0.0.1",
+        "--save", "", "--appendonly", "no",
+    ]  # fmt: skip
+
+
+async def start_redis(port: int, log_dir: Path, timeout_s: float = 10.0) -> Server:
+    """redis-server on ``port``, once it accepts connections; stop it with ``stop()``."""
+    server = Server("redis-server", redis_argv(port), log_dir / f"redis-{port}.log")
+    await server.start()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.process is not None
+        if server.process.returncode is not None:
+            break
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return server
+        await asyncio.sleep(0.05)
+    await server.stop()
+    raise RuntimeError(f"redis-server not listening on {port}:\n{server.log_tail()}")
 
 
 def plain_envoy_bootstrap(port: int, admin_port: int, upstream_port: int) -> dict[str, Any]:

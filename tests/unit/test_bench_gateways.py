@@ -1,0 +1,185 @@
+"""The noisy-neighbour benchmark with several gateways: routing, policies, pooled metrics,
+the spread arm's arithmetic and its report."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fairlane.bench.loadgen import Client, RequestRecord, RunResult, Workload, round_robin
+from fairlane.bench.noisy_neighbor import (
+    _policy,
+    add_arguments,
+    default_output,
+    gateway_max_inflight,
+    gateway_policy,
+    pooled_queue_waits,
+)
+from fairlane.bench.noisy_report import (
+    FLOODER,
+    PINNED,
+    SPREAD,
+    expected_spread_ratio,
+    gateways_label,
+    summarize_spread,
+)
+from fairlane.bench.report import RESULTS_DIR
+from fairlane.bench.stack import write_policy
+from fairlane.policy import parse_policy
+
+A, B, C = "http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"
+CHAT = "/v1/chat/completions"
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+# -- routing ---------------------------------------------------------------------------
+
+
+def test_round_robin_cycles_through_the_urls() -> None:
+    assert [round_robin((A, B, C), turn) for turn in range(5)] == [A, B, C, A, B]
+    assert round_robin((A,), 7) == A
+
+
+def test_each_tenant_takes_turns_over_all_gateways_unless_pinned() -> None:
+    workload = Workload(A, "m", 1, 1, more_urls=(B, C), pinned=frozenset({PINNED}))
+    client = Client(workload)
+    spread = [client.url_for(SPREAD) for _ in range(6)]
+    assert spread == [A + CHAT, B + CHAT, C + CHAT] * 2
+    assert {client.url_for(PINNED) for _ in range(6)} == {A + CHAT}
+    # Turns are per tenant: another tenant starts at the first gateway, whatever came before.
+    assert [client.url_for("quiet-1") for _ in range(2)] == [A + CHAT, B + CHAT]
+
+
+def test_one_gateway_always_uses_the_base_url() -> None:
+    client = Client(Workload(A, "m", 1, 1))
+    assert {client.url_for(t) for t in ("quiet-1", FLOODER, PINNED)} == {A + CHAT}
+
+
+# -- policies --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("total", "gateways", "each"), [(256, 1, 256), (256, 2, 128), (256, 3, 85), (2, 3, 1)]
+)
+def test_max_inflight_is_divided_between_gateways(total: int, gateways: int, each: int) -> None:
+    assert gateway_max_inflight(total, gateways) == each
+
+
+def test_one_gateway_policy_is_unchanged_by_the_new_options() -> None:
+    policy = _policy(_args(), "fair", ["quiet-1", FLOODER], 256, None)
+    assert "state" not in policy
+    assert policy["engines"]["sim"]["kind"] == "sim"
+    assert policy["engines"]["sim"]["max_inflight"] == 256
+
+
+def test_gateway_policy_shares_an_external_engine_and_redis(tmp_path: Path) -> None:
+    base = _policy(_args("--gateways", "2", "--adaptive"), "fair", ["q", FLOODER], 256, None)
+    base["engines"]["sim"]["inject_priority"] = True
+    original = copy.deepcopy(base)
+    state = base["state"] | {"url": "redis://127.0.0.1:6400/0"}
+    document = gateway_policy(base, [11, 12, 13], "http://127.0.0.1:9000", 2, state)
+    assert base == original  # the template is reused for every gateway
+    engine = document["engines"]["sim"]
+    assert engine == {
+        "models": base["engines"]["sim"]["models"],
+        "max_inflight": 128,
+        "scheduler": "fair",
+        "inject_priority": "header",  # as the managed sim gets it; external means the body
+        "adaptive": {},
+        "kind": "external",
+        "url": "http://127.0.0.1:9000",
+    }
+    assert document["state"] == {
+        "kind": "redis",
+        "sync_interval_s": 0.1,
+        "url": "redis://127.0.0.1:6400/0",
+    }
+    listener = document["listener"]
+    assert (listener["port"], listener["admin_port"], listener["control_port"]) == (11, 12, 13)
+    parsed = parse_policy((write_policy(tmp_path, document)).read_text(), "p.yaml")
+    assert parsed.state.kind == "redis"
+    assert parsed.engines["sim"].max_inflight == 128
+
+
+def test_local_state_has_no_redis_and_divides_the_token_bucket() -> None:
+    args = _args("--gateways", "2", "--local-state")
+    policy = _policy(args, "token-bucket", ["q", FLOODER], 256, 120.0)
+    assert "state" not in policy
+    assert policy["tenants"][FLOODER]["limits"]["requests_per_minute"] == 60.0
+    shared = _policy(_args("--gateways", "2"), "token-bucket", ["q", FLOODER], 256, 120.0)
+    assert shared["tenants"][FLOODER]["limits"]["requests_per_minute"] == 120.0
+
+
+def test_default_output_names_the_gateways() -> None:
+    assert default_output(1, False) == RESULTS_DIR / "noisy-neighbor.json"
+    assert default_output(2, False) == RESULTS_DIR / "noisy-neighbor-gateways-2.json"
+    assert default_output(2, True) == RESULTS_DIR / "noisy-neighbor-gateways-2-local.json"
+
+
+# -- metrics and the spread arm --------------------------------------------------------
+
+
+def _metrics(tenant_sums: dict[str, tuple[float, int]]) -> str:
+    lines = ["# TYPE fairlane_queue_wait_seconds histogram"]
+    for tenant, (total, count) in tenant_sums.items():
+        labels = f'{{engine="sim",tenant="{tenant}"}}'
+        lines.append(f'fairlane_queue_wait_seconds_bucket{{le="+Inf",tenant="{tenant}"}} {count}')
+        lines.append(f"fairlane_queue_wait_seconds_sum{labels} {total}")
+        lines.append(f"fairlane_queue_wait_seconds_count{labels} {count}")
+    return "\n".join(lines)
+
+
+def test_queue_waits_are_pooled_over_gateways_not_averaged_per_gateway() -> None:
+    one = _metrics({"a": (1.0, 1), "b": (2.0, 4)})
+    two = _metrics({"a": (9.0, 3)})
+    waits = pooled_queue_waits([one, two])
+    assert waits == pytest.approx({"a": 2500.0, "b": 500.0})  # a: 10 s over 4, not (1+3)/2
+    assert pooled_queue_waits([]) == {}
+
+
+@pytest.mark.parametrize(
+    ("gateways", "shared", "headroom", "expected"),
+    [
+        (2, True, 0.0, 1.0),  # shared counters: no extra share
+        (2, True, 0.125, 1.125 / 0.875),  # but gateway 1's headroom is local
+        (3, True, 0.0, 2.0),  # the pinned flooder can have gateway 1 only
+        (2, False, 0.0, 3.0),  # local: half of gateway 1 and all of gateway 2
+        (3, False, 0.125, 5.0),
+    ],
+)
+def test_expected_spread_ratio(
+    gateways: int, shared: bool, headroom: float, expected: float
+) -> None:
+    assert expected_spread_ratio(gateways, shared, headroom) == pytest.approx(expected)
+
+
+def test_spread_summary_reports_spreader_over_pinned_goodput() -> None:
+    records = [
+        RequestRecord(PINNED, 5.0, ttft=0.1, end=6.0, tokens=10, status=200),
+        RequestRecord(PINNED, 5.5, end=5.5, status=429, error="queue full"),
+        RequestRecord(SPREAD, 5.0, ttft=0.2, end=6.0, tokens=10, status=200),
+        RequestRecord(SPREAD, 1.0, ttft=0.2, end=2.0, tokens=10, status=200),  # warm-up
+    ]
+    result = RunResult(records, (2.0, 12.0), {PINNED: 100, SPREAD: 300}, [0.001], [], 0)
+    summary = summarize_spread(result, 2, shared=True, headroom=0.125)
+    assert summary["goodput_ratio"] == pytest.approx(3.0)
+    assert (summary["state"], summary["headroom"]) == ("redis", 0.125)
+    pinned = summary["tenants"][PINNED]
+    assert (pinned["requests"], pinned["status_429"], pinned["goodput_tok_s"]) == (2, 1, 10.0)
+    assert summary["tenants"][SPREAD]["requests"] == 1
+
+
+def test_gateways_label_reads_old_and_new_result_files() -> None:
+    old: dict[str, Any] = {"arms": {}}
+    assert gateways_label(old) == "1"
+    assert gateways_label({"gateways": 3, "state": "redis"}) == "3 redis"
+    assert gateways_label({"gateways": 2, "state": "local"}) == "2 local"
