@@ -123,6 +123,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="all arms: let Fairlane adapt the in-flight limit to the engine's /metrics "
         "(policy `adaptive: {}`), with --max-inflight as the ceiling",
     )
+    parser.add_argument(
+        "--headroom",
+        type=float,
+        help="fair arm: the policy's `headroom` (default: the policy default)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--realtime",
@@ -470,6 +475,9 @@ def _policy(
                 "models": [MODEL],
                 "max_inflight": max_inflight,
                 "scheduler": "fifo" if arm in ("fifo", "token-bucket") else "fair",
+                # Fair: the engine's own waiting queue also puts light tenants first.
+                "inject_priority": arm == "fair",
+                **({"headroom": args.headroom} if args.headroom is not None else {}),
                 **({"adaptive": {}} if args.adaptive else {}),
             }
         },
