@@ -59,6 +59,7 @@ from fairlane.bench.stack import (
     start_sim,
     write_policy,
 )
+from fairlane.bench.vllm_cpu import start_vllm_cpu
 from fairlane.engines.sim.openai_api import count_tokens
 from fairlane.engines.sim.presets import PRESETS
 
@@ -68,12 +69,20 @@ CHAT_TEMPLATE_TOKENS = 8  # the simulator adds 4 per message and 4 per conversat
 KV_HEADROOM = 0.9
 ALL_ARMS = (*ARMS, "spread")
 SYNC_INTERVAL_S = 0.1  # fair-counter sync between gateways (docs/scaling.md)
+VLLM_CPU_MAX_INFLIGHT = 16  # the tiny model's batch on two cores, --max-num-seqs too
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=120.0, help="measured s per arm")
     parser.add_argument("--warmup", type=float, default=20.0, help="unmeasured s per arm")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="a100-8b")
+    parser.add_argument(
+        "--engine",
+        choices=["sim", "vllm-cpu"],
+        default="sim",
+        help="vllm-cpu: a real vLLM on CPU serving the tiny generated Llama, an external "
+        "engine with --max-num-seqs = --max-inflight (needs vllm: run from .venv-e2e)",
+    )
     parser.add_argument("--prompt-words", type=int, default=400, help="~1.25 tokens each")
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument(
@@ -188,9 +197,12 @@ async def _run(args: argparse.Namespace) -> int:
     prompt_tokens = (
         count_tokens(workload.prompt(), PRESETS[args.preset].chars_per_token) + CHAT_TEMPLATE_TOKENS
     )
-    max_inflight = args.max_inflight or default_max_inflight(
-        args.preset, prompt_tokens, args.max_tokens
-    )
+    if args.engine == "vllm-cpu":
+        max_inflight = args.max_inflight or VLLM_CPU_MAX_INFLIGHT
+    else:
+        max_inflight = args.max_inflight or default_max_inflight(
+            args.preset, prompt_tokens, args.max_tokens
+        )
     quiet = [f"quiet-{i}" for i in range(1, args.tenants)]
     arms: dict[str, dict[str, Any]] = {}
     spread: dict[str, Any] | None = None
@@ -248,7 +260,7 @@ async def _arm(
     args: argparse.Namespace,
     work: Path,
 ) -> tuple[RunResult, dict[str, Any]]:
-    async with _deploy(arm, policy, args.gateways, work) as deployment:
+    async with _deploy(arm, policy, args.gateways, args.engine, work) as deployment:
         urls = deployment.urls
         workload = Workload(
             urls[0],
@@ -295,21 +307,18 @@ class _Deployment:
 
 @contextlib.asynccontextmanager
 async def _deploy(
-    arm: str, policy: dict[str, Any], gateways: int, work: Path
+    arm: str, policy: dict[str, Any], gateways: int, engine_kind: str, work: Path
 ) -> AsyncIterator[_Deployment]:
-    """One ``fairlane serve`` that runs the simulator itself, or, for ``gateways`` > 1,
-    the simulator and Redis (with ``state: redis``) started here and N gateways sharing
-    them; everything is stopped on the way out."""
+    """One ``fairlane serve`` that runs the simulator itself, or, for ``gateways`` > 1 or
+    a real vLLM, the engine (and Redis, with ``state: redis``) started here and N
+    gateways sharing them; everything is stopped on the way out."""
     engine_port = policy["engines"]["sim"]["port"]
     servers: list[Server] = []
     stacks: list[FairlaneStack] = []
     try:
         policies = [policy]
-        if gateways > 1:
-            engine = policy["engines"]["sim"]
-            # As `fairlane serve` starts a managed sim that gets priorities (engines/spec.py).
-            extra = ("--scheduling-policy", "priority") if engine.get("inject_priority") else ()
-            servers.append(await start_sim(engine["preset"], engine_port, MODEL, work, extra))
+        if gateways > 1 or engine_kind == "vllm-cpu":
+            servers.append(await _start_engine(policy["engines"]["sim"], engine_kind, work))
             # All at once: ports chosen one call at a time could repeat.
             *ports, redis_port = free_ports(3 * gateways + 1)
             state: dict[str, Any] = {"kind": "local"}
@@ -339,11 +348,22 @@ async def _deploy(
             await server.stop()
 
 
+async def _start_engine(engine: dict[str, Any], kind: str, work: Path) -> Server:
+    """The shared engine, started as ``fairlane serve`` would start a managed one."""
+    if kind == "vllm-cpu":
+        # vLLM's priority policy changes nothing for requests without a priority.
+        return await start_vllm_cpu(MODEL, engine["port"], engine["max_inflight"], work)
+    # As `fairlane serve` starts a managed sim that gets priorities (engines/spec.py).
+    extra = ("--scheduling-policy", "priority") if engine.get("inject_priority") else ()
+    return await start_sim(engine["preset"], engine["port"], MODEL, work, extra)
+
+
 def _roles(stacks: list[FairlaneStack], servers: list[Server]) -> dict[str, int]:
-    """One stack: its roles as before. Several: ``envoy-2`` etc., and the shared servers."""
+    """One stack: its roles (and an engine started beside it). Several: ``envoy-2`` etc.,
+    and the shared servers."""
+    roles = {"engine" if s.name.startswith(("sim", "vllm")) else s.name: s.pid for s in servers}
     if len(stacks) == 1:
-        return stacks[0].pids()
-    roles = {"engine" if s.name.startswith("sim") else s.name: s.pid for s in servers}
+        return stacks[0].pids() | roles
     for index, stack in enumerate(stacks, 1):
         roles |= {f"{role}-{index}": pid for role, pid in stack.pids().items()}
     return roles

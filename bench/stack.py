@@ -125,10 +125,13 @@ def cmdline(pid: int) -> list[str]:
 class Server:
     """One server process in its own session, its output in a log file."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_path
+        self.env = env  # added to this process's environment
         self.process: asyncio.subprocess.Process | None = None
 
     @property
@@ -144,6 +147,7 @@ class Server:
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **self.env} if self.env else None,
             )
 
     def log_tail(self, lines: int = 20) -> str:
@@ -175,6 +179,9 @@ class Server:
             process.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(process.wait(), timeout_s)
+            # Children it left behind (vLLM's EngineCore, say) are still in its group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)

@@ -156,7 +156,7 @@ class EnginePool:
             # Others wait, or only reserved slots are left: both are for a tenant under
             # its share, and one with nothing of its own queued (its order holds).
             holding = self._holdings.get(request.tenant)
-            if (holding is not None and holding.waiting) or not self._under_share(request):
+            if (holding is not None and holding.waiting) or not self._may_take_reserved(request):
                 return None
             self.headroom_admissions += 1
         self.scheduler.admit_direct(request, self._clock())
@@ -222,7 +222,7 @@ class EnginePool:
                 return
             if self._busy >= self.capacity - self.reserved:
                 head = self.scheduler.peek()
-                if head is None or not self._under_share(head):
+                if head is None or not self._may_take_reserved(head):
                     return  # the reserved slots are not for the tenant next in line
                 self.headroom_admissions += 1
             request = self.scheduler.pop(now)
@@ -239,6 +239,12 @@ class EnginePool:
             future.set_result(replica.name)
 
     # -- shares -------------------------------------------------------------------------
+
+    def _may_take_reserved(self, request: QueuedRequest) -> bool:
+        """Under its weighted share of the slots, and first in the scheduler's order:
+        a tenant holding few slots here but served a lot (on other gateways, with
+        shared counters) ranks behind the others and does not get the reserve."""
+        return self._under_share(request) and self.scheduler.goes_first(request)
 
     def _under_share(self, request: QueuedRequest) -> bool:
         """Does the request's tenant hold fewer slots than its weighted share?"""

@@ -57,6 +57,12 @@ class Scheduler(Protocol):
         empty. The admission controller looks before it decides whether that request
         may take a reserved slot."""
 
+    def goes_first(self, request: QueuedRequest) -> bool:
+        """Would ``request`` be served before every request waiting now? The admission
+        controller lets only such a request into the slots it reserves (headroom), so a
+        tenant the policy ranks behind others (served more, here or on another gateway)
+        cannot use them."""
+
     def remove(self, request: QueuedRequest) -> bool:
         """Drop a queued request (timeout, client gone); False if it was not queued."""
 

@@ -94,6 +94,19 @@ class FairScheduler:
             return None
         return self._tenants[self._head(cls)[3]].queue.peek()
 
+    def goes_first(self, request: QueuedRequest) -> bool:
+        """Its class outranks every class with backlog, or it is that class and its
+        tenant's counter is no larger than the head's (a tenant without state would be
+        lifted to the head's: a tie)."""
+        backlogged = [p for p, c in self._classes.items() if c.backlogged]  # a few classes
+        if not backlogged:
+            return True
+        top = min(backlogged)
+        if request.priority != top:
+            return request.priority < top
+        state = self._tenants.get(request.tenant)
+        return state is None or state.counter <= self._head(self._classes[top])[0]
+
     def pop(self, now: float) -> QueuedRequest | None:
         self._tick(now)
         cls = self._first_class()

@@ -93,6 +93,9 @@ class FifoScheduler:
     def peek(self) -> QueuedRequest | None:
         return self._queue.peek()
 
+    def goes_first(self, request: QueuedRequest) -> bool:
+        return not self._queue  # arrival order: only when nobody waits
+
     def remove(self, request: QueuedRequest) -> bool:
         if not self._queue.discard(request):
             return False

@@ -131,3 +131,31 @@ def test_slots_draining_on_a_down_replica_do_not_count_against_the_healthy_one()
     fill(p, "flood", 6)  # 3 on each
     p.set_state("a", EngineState.DOWN)  # its 3 drain; b alone has capacity 4, 1 free
     assert p.try_admit(req("flood")) == "b"
+
+
+async def test_a_tenant_served_elsewhere_does_not_get_the_reserve() -> None:
+    """Shared counters (another gateway) make a tenant rank behind: few slots here are
+    not enough to take reserved ones."""
+    p = pool()
+    fill(p, "spreader", 1)
+    fill(p, "pinned", 5)
+    p.enqueue(req("pinned"))  # 5 of 8 > its share: waits
+    p.scheduler.charge_external("spreader", 10_000.0, 0.0)  # served a lot elsewhere
+    assert p.try_admit(req("spreader")) is None  # 1 < its share of 4, but ranks behind
+    p.scheduler.charge_external("spreader", -10_000.0, 0.0)
+    assert p.try_admit(req("spreader")) is not None
+
+
+def test_goes_first_follows_classes_and_counters() -> None:
+    fair = make_scheduler("fair", max_queue_per_tenant=10, max_queue_total=100)
+    assert fair.goes_first(req("a"))  # nothing waits
+    fair.admit_direct(req("a"), 0.0)  # a: counter 100
+    fair.push(QueuedRequest(tenant="b", cost=100.0), 0.0)  # b lifted to 0, waits
+    assert not fair.goes_first(req("a"))  # 100 > b's 0
+    assert fair.goes_first(req("new"))  # a newcomer is lifted to the head: a tie
+    assert fair.goes_first(QueuedRequest(tenant="a", cost=1.0, priority=-1))  # higher class
+    assert not fair.goes_first(QueuedRequest(tenant="new", cost=1.0, priority=1))
+    fifo = make_scheduler("fifo", max_queue_per_tenant=10, max_queue_total=100)
+    assert fifo.goes_first(req("a"))
+    fifo.push(req("b"), 0.0)
+    assert not fifo.goes_first(req("a"))
