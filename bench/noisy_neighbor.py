@@ -223,9 +223,8 @@ async def _run(args: argparse.Namespace) -> int:
             policy = _policy(args, arm, tenants, max_inflight, bucket_rpm)
             result, observed = await _arm(arm, policy, rates, args, Path(tmp))
             if arm == "spread":
-                spread = summarize_spread(
-                    result, args.gateways, not args.local_state, DEFAULT_HEADROOM
-                )
+                headroom = DEFAULT_HEADROOM if args.headroom is None else args.headroom
+                spread = summarize_spread(result, args.gateways, not args.local_state, headroom)
                 spread |= observed
             else:
                 arms[arm] = summarize_arm(arm, result, quiet, arms.get("solo")) | observed

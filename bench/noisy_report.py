@@ -80,14 +80,15 @@ def expected_spread_ratio(gateways: int, shared: bool, headroom: float) -> float
     has 1/N of the engine's slots.
 
     Local state: gateway 1 splits its slots evenly, the spreader also has all of the
-    N-1 others: (N - 1/2) / (1/2) = 2N - 1. Shared counters: gateway 1 gives its ordinary
-    slots to the pinned flooder (the spreader's global service is larger), but its
-    ``headroom`` fraction goes to a tenant holding less than its share *of gateway 1*,
-    which the spreader is there; the N-1 other gateways serve only the spreader (work
-    conservation): (N - 1 + h) / (1 - h), 1.0 for N = 2 without headroom."""
+    N-1 others: (N - 1/2) / (1/2) = 2N - 1. Shared counters: gateway 1 gives its slots
+    to the pinned flooder (the spreader's global service is larger, so it never ranks
+    first there), except its ``headroom`` fraction, which neither may take: the pinned
+    flooder holds more than its share of gateway 1's slots and the spreader is not
+    first; the N-1 other gateways serve only the spreader (alone there, it gets all of
+    them): (N - 1) / (1 - h), 1.0 for N = 2 without headroom."""
     if not shared:
         return 2.0 * gateways - 1.0
-    return (gateways - 1.0 + headroom) / (1.0 - headroom)
+    return (gateways - 1.0) / (1.0 - headroom)
 
 
 def summarize_spread(

@@ -150,7 +150,7 @@ def test_queue_waits_are_pooled_over_gateways_not_averaged_per_gateway() -> None
     ("gateways", "shared", "headroom", "expected"),
     [
         (2, True, 0.0, 1.0),  # shared counters: no extra share
-        (2, True, 0.125, 1.125 / 0.875),  # but gateway 1's headroom is local
+        (2, True, 0.125, 1 / 0.875),  # gateway 1's reserve idles: neither may take it
         (3, True, 0.0, 2.0),  # the pinned flooder can have gateway 1 only
         (2, False, 0.0, 3.0),  # local: half of gateway 1 and all of gateway 2
         (3, False, 0.125, 5.0),
