@@ -175,9 +175,16 @@ def _http_filters(queue_timeout: float) -> list[dict[str, Any]]:
             "name": "envoy.filters.http.header_mutation",
             "typed_config": {
                 "@type": T + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-                # vLLM also takes a priority from this header, over the body's.
                 "mutations": {
-                    "request_mutations": [{"remove": CLUSTER_HEADER}, {"remove": "x-vllm-priority"}]
+                    "request_mutations": [
+                        {"remove": CLUSTER_HEADER},
+                        # vLLM also takes a priority from this header, over the body's.
+                        {"remove": "x-vllm-priority"},
+                        # Envoy answers a plain `Expect: 100-continue` itself; anything
+                        # else (a repeated one, say) would reach the engine, whose 417
+                        # is plain text. The body arrives anyway, so drop the header.
+                        {"remove": "expect"},
+                    ]
                 },
             },
         },

@@ -410,6 +410,20 @@ def test_header_beyond_envoy_limit_gets_an_answer(stack: Any) -> None:
     assert openai_error(answer) is None, answer
 
 
+@pytest.mark.parametrize(
+    "expect", [[b"100-continue"], [b"100-continue", b"100-continue"], [b"something-else"]]
+)
+def test_expect_headers_never_reach_the_engine(stack: Any, expect: list[bytes]) -> None:
+    """Envoy answers a single `Expect: 100-continue` itself; others (found by the fuzz
+    test: a repeated one) used to reach the engine, whose 417 was plain text."""
+    message = {"role": "user", "content": "hi"}
+    body = json.dumps({"model": "model-a", "max_tokens": 2, "messages": [message]}).encode()
+    headers = [(b"X-Tenant-ID", b"alice")] + [(b"Expect", value) for value in expect]
+    answer = exchange(stack.port, build(b"POST", CHAT.encode(), headers, body), "POST")
+    assert answer.status == 200, answer
+    assert json.loads(answer.body)["object"] == "chat.completion"
+
+
 # -- tenant-id storm -----------------------------------------------------------------------
 
 RPM = 60.0
