@@ -75,6 +75,43 @@ async def test_quiet_tenant_jumps_the_flooders_queue(
         assert position == worst_position, order  # FIFO: behind every queued flood request
 
 
+async def _metric(url: str, name: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
+        text = await resp.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.mark.parametrize(("headroom", "first"), [(0.25, True), (0.0, False)])
+async def test_headroom_admits_a_light_tenant_while_the_flooder_waits(
+    stack_factory: Any, headroom: float, first: bool
+) -> None:
+    """8 slots, 2 reserved. With the quiet tenant active (one long request in flight),
+    the flooder fills only 6 and queues the rest; the quiet tenant's next request takes
+    a reserved slot at once and finishes before every flood request. Without headroom
+    it waits for the flooder's slots to free. (A lone tenant may fill every slot: the
+    reserve is held back only while another tenant is active.)"""
+    policy = _policy("fair")
+    policy["engines"]["e"] |= {"max_inflight": 8, "headroom": headroom}
+    stack = stack_factory(policy)
+    order: list[str] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def run(name: str, tenant: str, max_tokens: int) -> None:
+            status, _, body = await _chat(session, stack.url, tenant, max_tokens)
+            assert status == 200, body
+            order.append(name)
+
+        tasks = [asyncio.create_task(run("quiet-long", "quiet", 200))]
+        await asyncio.sleep(0.1)
+        tasks += [asyncio.create_task(run("flooder", "flooder", 200)) for _ in range(12)]
+        await asyncio.sleep(0.3)
+        tasks.append(asyncio.create_task(run("quiet-short", "quiet", 20)))
+        await asyncio.gather(*tasks)
+    assert (order.index("quiet-short") == 0) is first, order
+    admitted = await _metric(stack.url, "fairlane_headroom_admissions_total")
+    assert (admitted >= 1) is first, admitted
+
+
 async def test_rate_limit_is_429_with_retry_after_and_reload_lifts_it(stack_factory: Any) -> None:
     policy = _policy("fair")
     stack = stack_factory(policy)
