@@ -18,11 +18,11 @@ def fetch(port: int) -> dict[str, Any]:
 
 
 def render(now: dict[str, Any], before: dict[str, Any] | None, dt: float) -> str:
-    lines = ["ENGINE            STATE     IN-FLIGHT  CAPACITY  QUEUED  SCHEDULER"]
+    lines = ["ENGINE            STATE     IN-FLIGHT  CAPACITY  RESERVED  QUEUED  SCHEDULER"]
     for name, e in sorted(now["engines"].items()):
         lines.append(
             f"{name:<17} {e['state']:<9} {e['inflight']:>9}  {e['capacity']:>8}  "
-            f"{e['queued']:>6}  {e['scheduler']}"
+            f"{e.get('reserved', 0):>8}  {e['queued']:>6}  {e['scheduler']}"
         )
     lines.append("")
     lines.append("TENANT            IN-FLIGHT  QUEUED  TOKENS/S  REQUESTS  REJECTED")
