@@ -28,7 +28,7 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
-from fairlane.bench.loadgen import realtime
+from fairlane.bench.loadgen import add_realtime_argument, realtime
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, table, write_json
 from fairlane.bench.stack import CpuSnapshot, Server, cpu_seconds, free_ports, write_policy
 from fairlane.bench.stats import fmt, per_unit, summarize
@@ -52,12 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="also measure a do-nothing grpc.aio ext_proc server (bench/null_worker.py)",
     )
-    parser.add_argument(
-        "--realtime",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run the client under SCHED_FIFO 10 (chrt -f 10) when permitted",
-    )
+    add_realtime_argument(parser, "the client")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "decisions.json")
 
 

@@ -34,12 +34,19 @@ from fairlane.bench.loadgen import (
     RequestRecord,
     Workload,
     _read_events,
+    add_realtime_argument,
     closed_loop,
     realtime,
 )
 from fairlane.bench.procwatch import loadavg, worker_gauges
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, write_json
-from fairlane.bench.stack import CpuSnapshot, FairlaneStack, free_ports, write_policy
+from fairlane.bench.stack import (
+    CpuSnapshot,
+    FairlaneStack,
+    bench_policy,
+    free_ports,
+    write_policy,
+)
 from fairlane.engines.sim.presets import PRESETS
 
 MODEL = "bench-model"
@@ -60,12 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-words", type=int, default=64, help="~1.25 tokens each")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=120.0, help="client timeout, s")
-    parser.add_argument(
-        "--realtime",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run the load generator under SCHED_FIFO 10 (chrt -f 10) when permitted",
-    )
+    add_realtime_argument(parser)
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "load.json")
 
 
@@ -219,23 +221,16 @@ def _policy(
     control: int,
     sim_port: int,
 ) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "listener": {
-            "port": port,
-            "admin_port": admin,
-            "control_port": control,
-            "drain_grace_s": 0,
-        },
-        "tenants": {t: {} for t in tenants},
-        "unknown_tenants": {"mode": "reject"},
-        "engines": {
-            "sim": {
-                "kind": "sim",
-                "preset": args.preset,
-                "port": sim_port,
-                "models": [MODEL],
-                "max_inflight": args.max_inflight,
-            }
-        },
+    engine = {
+        "kind": "sim",
+        "preset": args.preset,
+        "port": sim_port,
+        "models": [MODEL],
+        "max_inflight": args.max_inflight,
     }
+    return bench_policy(
+        (port, admin, control),
+        {t: {} for t in tenants},
+        engine,
+        unknown_tenants={"mode": "reject"},
+    )

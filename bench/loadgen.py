@@ -11,6 +11,7 @@ generator's own stalls are the first suspect for a bad tail, so every run report
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -333,6 +334,16 @@ async def _cancel_all(tasks: set[asyncio.Task[RequestRecord]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def add_realtime_argument(parser: argparse.ArgumentParser, who: str = "the load generator") -> None:
+    """``--realtime/--no-realtime``, the switch for ``realtime()`` every benchmark has."""
+    parser.add_argument(
+        "--realtime",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"run {who} under SCHED_FIFO 10 (chrt -f 10) when permitted",
+    )
 
 
 @contextlib.contextmanager

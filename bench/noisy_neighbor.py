@@ -37,7 +37,14 @@ from typing import Any
 
 import aiohttp
 
-from fairlane.bench.loadgen import Client, RunResult, Workload, open_loop, realtime
+from fairlane.bench.loadgen import (
+    Client,
+    RunResult,
+    Workload,
+    add_realtime_argument,
+    open_loop,
+    realtime,
+)
 from fairlane.bench.noisy_report import (
     ARMS,
     DEFAULT_HEADROOM,
@@ -49,11 +56,13 @@ from fairlane.bench.noisy_report import (
     summarize_arm,
     summarize_spread,
 )
+from fairlane.bench.procwatch import metric_sums
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, write_json
 from fairlane.bench.stack import (
     CpuSnapshot,
     FairlaneStack,
     Server,
+    bench_policy,
     free_ports,
     start_redis,
     start_sim,
@@ -138,12 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fair arm: the policy's `headroom` (default: the policy default)",
     )
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--realtime",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run the load generator under SCHED_FIFO 10 (chrt -f 10) when permitted",
-    )
+    add_realtime_argument(parser)
     parser.add_argument(
         "--output",
         type=Path,
@@ -409,7 +413,7 @@ class _EngineWatcher:
         while True:
             with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                 async with self.session.get(self.url, timeout=_TIMEOUT) as resp:
-                    values = _metric_sums(await resp.text(), names)
+                    values = metric_sums(await resp.text(), names)
                     waiting, running = (values[name] for name in names)
                     self.samples.append((time.perf_counter() - self.t0, waiting, running))
             await asyncio.sleep(1.0)
@@ -453,15 +457,6 @@ def pooled_queue_waits(texts: list[str]) -> dict[str, float]:
     return {t: 1000.0 * sums[t] / n for t, n in counts.items() if n and t in sums}
 
 
-def _metric_sums(text: str, names: tuple[str, ...]) -> dict[str, float]:
-    values = dict.fromkeys(names, 0.0)
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in values:
-            values[name] += float(line.rsplit(" ", 1)[1])
-    return values
-
-
 def _policy(
     args: argparse.Namespace,
     arm: str,
@@ -476,31 +471,21 @@ def _policy(
         shared = state_mode(args.gateways, args.local_state) == "redis"
         rpm = bucket_rpm if shared or bucket_rpm is None else bucket_rpm / args.gateways
         tenants[FLOODER] = {"limits": {"requests_per_minute": rpm}}
-    document: dict[str, Any] = {
-        "version": 1,
-        "listener": {
-            "port": port,
-            "admin_port": admin,
-            "control_port": control,
-            "drain_grace_s": 0,
-        },
-        "tenants": tenants,
-        "unknown_tenants": {"mode": "reject"},
-        "engines": {
-            "sim": {
-                "kind": "sim",
-                "preset": args.preset,
-                "port": sim_port,
-                "models": [MODEL],
-                "max_inflight": max_inflight,
-                "scheduler": "fifo" if arm in ("fifo", "token-bucket") else "fair",
-                # Fair: the engine's own waiting queue also puts light tenants first.
-                "inject_priority": arm == "fair",
-                **({"headroom": args.headroom} if args.headroom is not None else {}),
-                **({"adaptive": {}} if args.adaptive else {}),
-            }
-        },
+    engine = {
+        "kind": "sim",
+        "preset": args.preset,
+        "port": sim_port,
+        "models": [MODEL],
+        "max_inflight": max_inflight,
+        "scheduler": "fifo" if arm in ("fifo", "token-bucket") else "fair",
+        # Fair: the engine's own waiting queue also puts light tenants first.
+        "inject_priority": arm == "fair",
+        **({"headroom": args.headroom} if args.headroom is not None else {}),
+        **({"adaptive": {}} if args.adaptive else {}),
     }
+    document = bench_policy(
+        (port, admin, control), tenants, engine, unknown_tenants={"mode": "reject"}
+    )
     if state_mode(args.gateways, args.local_state) == "redis":
         document["state"] = {"kind": "redis", "sync_interval_s": SYNC_INTERVAL_S}
     return document

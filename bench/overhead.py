@@ -18,12 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fairlane.bench.loadgen import Client, RequestRecord, Workload, closed_loop, realtime
+from fairlane.bench.loadgen import (
+    Client,
+    RequestRecord,
+    Workload,
+    add_realtime_argument,
+    closed_loop,
+    realtime,
+)
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, table, write_json
 from fairlane.bench.stack import (
     CpuSnapshot,
     FairlaneStack,
     Server,
+    bench_policy,
     free_ports,
     start_plain_envoy,
     start_sim,
@@ -52,12 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured s per slice")
     parser.add_argument("--prompt-words", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument(
-        "--realtime",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run the load generator under SCHED_FIFO 10 (chrt -f 10) when permitted",
-    )
+    add_realtime_argument(parser)
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "overhead.json")
 
 
@@ -266,21 +269,10 @@ def _verdicts(rows: list[dict[str, Any]], throughput_preset: str) -> list[str]:
 
 
 def _policy(port: int, admin: int, control: int, sim_port: int) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "listener": {
-            "port": port,
-            "admin_port": admin,
-            "control_port": control,
-            "drain_grace_s": 0,
-        },
-        "tenants": {TENANT: {}},
-        "engines": {
-            "sim": {
-                "kind": "external",
-                "url": f"http://127.0.0.1:{sim_port}",
-                "models": [MODEL],
-                "max_inflight": 1024,
-            }
-        },
+    engine = {
+        "kind": "external",
+        "url": f"http://127.0.0.1:{sim_port}",
+        "models": [MODEL],
+        "max_inflight": 1024,
     }
+    return bench_policy((port, admin, control), {TENANT: {}}, engine)

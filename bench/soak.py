@@ -36,7 +36,7 @@ from fairlane.bench.loadgen import RequestRecord, _read_events
 from fairlane.bench.procwatch import Sampler, loadavg, metric_values, settle_gauges, worker_gauges
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, write_json
 from fairlane.bench.soak_report import ROLES, assess, render
-from fairlane.bench.stack import FairlaneStack, free_ports, write_policy
+from fairlane.bench.stack import FairlaneStack, bench_policy, free_ports, write_policy
 from fairlane.engines.sim.presets import PRESETS
 
 MODEL = "bench-model"
@@ -283,16 +283,5 @@ def _expected_error(status: int, body: bytes, expected: int) -> str:
 def _policy(
     config: SoakConfig, tenants: list[str], port: int, admin: int, control: int, sim_port: int
 ) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "listener": {
-            "port": port,
-            "admin_port": admin,
-            "control_port": control,
-            "drain_grace_s": 0,
-        },
-        "tenants": {t: {} for t in tenants},
-        "engines": {
-            "sim": {"kind": "sim", "preset": config.preset, "port": sim_port, "models": [MODEL]}
-        },
-    }
+    engine = {"kind": "sim", "preset": config.preset, "port": sim_port, "models": [MODEL]}
+    return bench_policy((port, admin, control), {t: {} for t in tenants}, engine)

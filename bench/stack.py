@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -51,6 +52,19 @@ def write_policy(directory: Path, document: dict[str, Any], name: str = "policy.
     path = directory / name
     path.write_text(text)
     return path
+
+
+def bench_policy(
+    ports: Sequence[int], tenants: dict[str, Any], engine: dict[str, Any], **sections: Any
+) -> dict[str, Any]:
+    """A benchmark stack's policy: the listener on ``ports`` (port, admin, control) with
+    no drain grace (a benchmark stops at once), ``tenants``, the one engine ``sim``, and
+    any other top-level ``sections`` (unknown_tenants, state)."""
+    port, admin, control = ports
+    listener = {"port": port, "admin_port": admin, "control_port": control, "drain_grace_s": 0}
+    return {"version": 1, "listener": listener, "tenants": tenants, "engines": {"sim": engine}} | (
+        sections
+    )
 
 
 # -- /proc --------------------------------------------------------------------------------
