@@ -152,7 +152,7 @@ class EnginePool:
         replica = self._roomiest()
         if replica is None:
             return None
-        if self._waiting or self._busy >= self.capacity - self.reserved:
+        if self._waiting or self._only_reserved_left():
             # Others wait, or only reserved slots are left: both are for a tenant under
             # its share, and one with nothing of its own queued (its order holds).
             holding = self._holdings.get(request.tenant)
@@ -220,7 +220,7 @@ class EnginePool:
             replica = self._roomiest()
             if replica is None:
                 return
-            if self._busy >= self.capacity - self.reserved:
+            if self._only_reserved_left():
                 head = self.scheduler.peek()
                 if head is None or not self._may_take_reserved(head):
                     return  # the reserved slots are not for the tenant next in line
@@ -246,19 +246,27 @@ class EnginePool:
         shared counters) ranks behind the others and does not get the reserve."""
         return self._under_share(request) and self.scheduler.goes_first(request)
 
+    def _only_reserved_left(self) -> bool:
+        return self._busy >= self.capacity - self.reserved
+
     def _under_share(self, request: QueuedRequest) -> bool:
         """Does the request's tenant hold fewer slots than its weighted share?"""
-        holding = self._holdings.get(request.tenant)
-        if holding is None or len(self._holdings) == 1:
-            return True  # holds nothing, or alone: its share is the whole pool
-        return holding.inflight * self._active_weight < self.capacity * holding.weight
+        excess = self._excess(request.tenant)
+        return excess is None or excess < 0
 
     def over_share(self, tenant: str) -> bool:
         """Does the tenant hold more slots than its weighted share of the pool?"""
+        excess = self._excess(tenant)
+        return excess is not None and excess > 0
+
+    def _excess(self, tenant: str) -> float | None:
+        """Slots held minus the weighted share, scaled by the active weight (only the
+        sign matters); None when it holds nothing or is alone (its share is the whole
+        pool, so it is neither over nor short of it)."""
         holding = self._holdings.get(tenant)
         if holding is None or len(self._holdings) == 1:
-            return False
-        return holding.inflight * self._active_weight > self.capacity * holding.weight
+            return None
+        return holding.inflight * self._active_weight - self.capacity * holding.weight
 
     def _hold(self, request: QueuedRequest, inflight: int = 0, waiting: int = 0) -> None:
         holding = self._holdings.get(request.tenant)

@@ -98,10 +98,9 @@ class FairScheduler:
         """Its class outranks every class with backlog, or it is that class and its
         tenant's counter is no larger than the head's (a tenant without state would be
         lifted to the head's: a tie)."""
-        backlogged = [p for p, c in self._classes.items() if c.backlogged]  # a few classes
-        if not backlogged:
+        top = self._top_priority()
+        if top is None:
             return True
-        top = min(backlogged)
         if request.priority != top:
             return request.priority < top
         state = self._tenants.get(request.tenant)
@@ -305,10 +304,14 @@ class FairScheduler:
         tenant = self._tenants.get(entry[3])
         return tenant is not None and tenant.key == entry[2]
 
-    def _first_class(self) -> _Class | None:
-        """The class served next: the lowest priority number with backlog."""
+    def _top_priority(self) -> int | None:
+        """The lowest priority number with backlog: the class served next."""
         backlogged = [p for p, c in self._classes.items() if c.backlogged]  # a few classes
-        return self._classes[min(backlogged)] if backlogged else None
+        return min(backlogged) if backlogged else None
+
+    def _first_class(self) -> _Class | None:
+        top = self._top_priority()
+        return None if top is None else self._classes[top]
 
     def _head(self, cls: _Class) -> _Entry:
         """The live entry with the smallest counter of a class with backlog."""
