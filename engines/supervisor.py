@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from fairlane.engines.health import probe
+from fairlane.engines.health import Health, probe
 from fairlane.engines.models import Resident, choose_evictions
 from fairlane.engines.process import ManagedProcess
 from fairlane.engines.spec import EngineSpec, engine_spec
@@ -39,7 +39,9 @@ class EngineRun:
     # idle (lazy, not loaded) | starting | up | restarting (after a crash) | down
     state: str = "starting"
     started_at: float = 0.0
-    failures: int = 0
+    failures: int = 0  # clear probe failures in a row (error status, refused)
+    silent_since: float | None = None  # first of the unanswered probes in a row
+    probe: asyncio.Task[Health] | None = None  # out, not answered yet
     loads: int = 0
     evictions: int = 0
     load_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=64))
@@ -134,14 +136,47 @@ class EngineSupervisor:
 
     async def run(self) -> None:
         async with aiohttp.ClientSession() as session:
-            while True:
-                self._read_demand()
-                changed = False
-                for run in list(self.engines.values()):
-                    changed |= await self._check(session, run)
-                if changed:
-                    self.publish()
-                await asyncio.sleep(self.interval_s)
+            try:
+                while True:
+                    self._read_demand()
+                    await self._probe_all(session)
+                    changed = False
+                    for run in list(self.engines.values()):
+                        changed |= await self._check(run, self._probe_result(run))
+                    if changed:
+                        self.publish()
+                    await asyncio.sleep(self.interval_s)
+            finally:
+                for run in self.engines.values():
+                    if run.probe is not None:
+                        run.probe.cancel()
+
+    async def _probe_all(self, session: aiohttp.ClientSession) -> None:
+        """Probe every engine at once and wait up to a tick: an engine slow to answer
+        keeps its probe out across ticks and delays neither the others nor the loop."""
+        for run in self.engines.values():
+            if run.probe is None and run.state != "idle":
+                spec = run.spec
+                run.probe = asyncio.create_task(
+                    probe(
+                        session,
+                        spec.host,
+                        spec.port,
+                        spec.health_path,
+                        spec.config.health.timeout_s,
+                    )
+                )
+        out = [run.probe for run in self.engines.values() if run.probe is not None]
+        if out:
+            await asyncio.wait(out, timeout=self.interval_s)
+
+    @staticmethod
+    def _probe_result(run: EngineRun) -> Health | None:
+        """The answer of the engine's probe if it is back (None: none to act on yet)."""
+        if run.probe is None or not run.probe.done():
+            return None
+        health, run.probe = run.probe.result(), None
+        return health
 
     async def _drain(self, names: list[str], grace_s: float) -> None:
         """Wait until the worker reports nothing in flight on these engines (bounded)."""
@@ -155,30 +190,38 @@ class EngineSupervisor:
     async def _launch(self, run: EngineRun) -> None:
         if run.process is not None:
             await run.process.start()
-        run.started_at = time.monotonic()
-        run.failures = 0
+        self._restarted(run)
 
-    async def _check(self, session: aiohttp.ClientSession, run: EngineRun) -> bool:
+    @staticmethod
+    def _restarted(run: EngineRun) -> None:
+        run.started_at = time.monotonic()
+        run.failures, run.silent_since = 0, None
+
+    async def _check(self, run: EngineRun, health: Health | None) -> bool:
         process, spec = run.process, run.spec
         if run.state == "idle":
             return await self._load_if_wanted(run)
         if process is not None and not process.running:
             await process.tend()
             if process.running:
-                run.started_at = time.monotonic()
-                run.failures = 0
+                self._restarted(run)
                 # Back after a crash: clients get a prompt 503 + Retry-After while it
                 # loads, rather than queueing for minutes behind a cold start.
                 return self._set(run, "restarting")
             return self._set(run, "down")
-        if await probe(session, spec.host, spec.port, spec.health_path):
-            run.failures = 0
+        if health is None:
+            return False
+        if health is Health.OK:
+            run.failures, run.silent_since = 0, None
             if run.loading_since is not None and run.state != "up":
                 run.load_seconds.append(time.monotonic() - run.loading_since)
                 run.loading_since = None
             return self._set(run, "up")
-        run.failures += 1
-        if run.state == "up" and run.failures >= 2:
+        if health is Health.SILENT:
+            run.silent_since = run.silent_since or time.monotonic()
+        else:
+            run.failures += 1
+        if run.state == "up" and (run.failures >= 2 or self._silent_too_long(run)):
             return self._set(run, "down")
         starting_for = time.monotonic() - run.started_at
         if run.state in ("starting", "restarting") and process is not None:
@@ -190,9 +233,15 @@ class EngineSupervisor:
                 )
                 await process.stop()
             return False
-        if run.state == "starting" and run.failures >= 3:
+        if run.state == "starting" and (run.failures >= 3 or self._silent_too_long(run)):
             return self._set(run, "down")  # an external engine that does not answer
         return False
+
+    @staticmethod
+    def _silent_too_long(run: EngineRun) -> bool:
+        if run.silent_since is None:
+            return False
+        return time.monotonic() - run.silent_since >= run.spec.config.health.unhealthy_after_s
 
     async def _load_if_wanted(self, run: EngineRun) -> bool:
         name = run.spec.name

@@ -90,6 +90,16 @@ class QueueConfig(Strict):
     timeout_s: float = Field(30.0, gt=0)
 
 
+class HealthConfig(Strict):
+    """The supervisor's ``GET /health`` probe of an engine (every 0.5 s)."""
+
+    timeout_s: float = Field(5.0, gt=0)
+    # A running engine leaves routing only after failing this long: a busy engine can
+    # answer late (vLLM's /health waits on its engine core's loop), and one that died
+    # is seen at once from its process (managed) or refused connections (external).
+    unhealthy_after_s: float = Field(10.0, gt=0)
+
+
 class AdaptiveConfig(Strict):
     """Adjust the in-flight limit from the engine's own /metrics."""
 
@@ -121,6 +131,7 @@ class EngineConfig(Strict):
     # true: as the engine reads it best (a header for vllm/sim, the body otherwise).
     inject_priority: bool | Literal["header", "body"] = False
     startup_timeout_s: float = Field(600.0, gt=0)
+    health: HealthConfig = HealthConfig()
 
     @property
     def priority_transport(self) -> Literal["header", "body"] | None:
