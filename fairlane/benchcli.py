@@ -6,7 +6,7 @@ import argparse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fairlane.bench import decisions, noisy_neighbor, overhead
+    from fairlane.bench import decisions, engine_floor, noisy_neighbor, overhead
     from fairlane.bench import load as load_bench
     from fairlane.bench import soak as soak_bench
 
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("overhead", overhead, "latency, throughput and CPU added by Envoy and Fairlane"),
         ("decisions", decisions, "decisions/s and CPU per decision of the worker alone"),
         ("noisy-neighbor", noisy_neighbor, "quiet tenants' TTFT next to a flooding tenant"),
+        ("engine-floor", engine_floor, "the quiet TTFT the engine alone allows under a flooder"),
         ("load", load_bench, "throughput, TTFT and errors at rising concurrency"),
         ("soak", soak_bench, "memory, fds, threads and lost requests over a long run"),
     ):

@@ -1,0 +1,189 @@
+"""`fairlane bench engine-floor`: the quiet tenant's TTFT the engine itself allows while
+a flooder keeps it full: no Envoy, no Fairlane, no HTTP.
+
+The simulator's engine core runs in this process, scheduling by priority as the fair
+arm of ``noisy-neighbor`` has it. A quiet tenant sends Poisson arrivals at priority 0;
+a flooder holds ``max_num_seqs - reserved`` requests in the engine at priority 3, as
+Fairlane's fair scheduler with headroom holds it, so every quiet request is admitted at
+once and jumps the engine's waiting queue. Whatever the quiet tenant still loses here
+is the engine's own: its prefill shares a step with a full batch of decodes and with
+the prefills that keep the flooder's batch full. Arms:
+
+- ``solo``: the quiet tenant alone;
+- ``held``: plus the flooder, each freed slot refilled at once (Fairlane's fair arm);
+- ``paced-F``: plus the flooder, its admissions spaced to F x the rate at which the held
+  arm completed requests (its tokens/s over ``max_tokens``), so fewer of its prefills
+  land in one step.
+
+The ratios are the bound: no admission policy in front of this engine brings the quiet
+p99 closer to solo while the flooder keeps ``held``'s throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fairlane.bench.report import RESULTS_DIR, config_of, machine, table, write_json
+from fairlane.bench.stats import fmt, poisson_arrivals, ratio, summarize, tenant_rng
+from fairlane.engines.sim.engine import SimEngine, SimRequest
+from fairlane.engines.sim.presets import PRESETS
+
+QUIET_PRIORITY, FLOODER_PRIORITY = 0, 3  # interactive under share; batch over share
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="a100-8b", choices=sorted(PRESETS))
+    parser.add_argument("--prompt-tokens", type=int, default=508, help="noisy-neighbor's 400 words")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--quiet-rps", type=float, default=1.0)
+    parser.add_argument("--headroom", type=float, default=0.125, help="slots the flooder leaves")
+    parser.add_argument("--pace", type=float, nargs="*", default=[1.0, 0.9])
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--warmup", type=float, default=15.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "engine-floor.json")
+
+
+@dataclass
+class Arm:
+    name: str
+    flooder_slots: int  # 0: no flooder
+    pace_s: float = 0.0  # seconds between the flooder's admissions; 0: at once
+    ttfts: list[float] = field(default_factory=list)
+    flooder_tokens: int = 0
+
+    def result(self, duration_s: float, solo_p99: float | None, held: Arm | None) -> dict[str, Any]:
+        quiet = summarize(self.ttfts, scale=1000)
+        tok_s = self.flooder_tokens / duration_s
+        return {
+            "arm": self.name,
+            "pace_ms": self.pace_s * 1000 or None,
+            "quiet_ttft_ms": quiet,
+            "quiet_p99_x_solo": ratio(quiet["p99"], solo_p99),
+            "flooder_tokens_per_s": tok_s if self.flooder_slots else None,
+            "flooder_x_held": (
+                ratio(tok_s, held.flooder_tokens / duration_s)
+                if self.flooder_slots and held
+                else None
+            ),
+        }
+
+
+async def measure(arm: Arm, args: argparse.Namespace) -> None:
+    """Run one arm on a fresh engine; TTFTs and flooder tokens inside the window only."""
+    engine = SimEngine(PRESETS[args.preset], scheduling_policy="priority")
+    await engine.start()
+    window_start: float = time.monotonic() + args.warmup
+    window_end: float = window_start + args.duration
+    slot_freed = asyncio.Event()
+    holding = 0
+    tasks: set[asyncio.Task[None]] = set()
+
+    def in_window() -> bool:
+        return window_start <= time.monotonic() < window_end
+
+    async def stream(request: SimRequest, quiet: bool) -> None:
+        nonlocal holding
+        sent, first = time.monotonic(), True
+        sent_in_window = in_window()
+        async for _ in request:
+            if quiet and first and sent_in_window:
+                arm.ttfts.append(time.monotonic() - sent)
+            elif not quiet and in_window():
+                arm.flooder_tokens += 1
+            first = False
+        if not quiet:
+            holding -= 1
+            slot_freed.set()
+
+    def spawn(request: SimRequest, quiet: bool) -> None:
+        task = asyncio.create_task(stream(request, quiet))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def quiet() -> None:
+        start = time.monotonic()
+        for at in poisson_arrivals(
+            args.quiet_rps, args.warmup + args.duration, tenant_rng(args.seed, 0)
+        ):
+            await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+            spawn(engine.submit(args.prompt_tokens, args.max_tokens, QUIET_PRIORITY), True)
+
+    async def flooder() -> None:
+        nonlocal holding
+        while True:
+            while holding >= arm.flooder_slots:
+                slot_freed.clear()
+                await slot_freed.wait()
+            holding += 1
+            spawn(engine.submit(args.prompt_tokens, args.max_tokens, FLOODER_PRIORITY), False)
+            if arm.pace_s:
+                await asyncio.sleep(arm.pace_s)
+
+    flooding = asyncio.create_task(flooder()) if arm.flooder_slots else None
+    await quiet()
+    await asyncio.sleep(max(0.0, window_end - time.monotonic()))
+    if flooding is not None:
+        flooding.cancel()
+    for task in list(tasks):
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await engine.stop()
+
+
+def arms(args: argparse.Namespace) -> Iterator[Arm]:
+    """solo, held, then the paced arms (their pace needs held's completion rate)."""
+    preset = PRESETS[args.preset]
+    slots = preset.max_num_seqs - min(
+        int(preset.max_num_seqs * args.headroom), preset.max_num_seqs - 1
+    )
+    yield Arm("solo", 0)
+    held = Arm("held", slots)
+    yield held
+    for factor in args.pace:
+        rate = held.flooder_tokens / args.duration / args.max_tokens  # requests/s
+        yield Arm(f"paced-{factor:g}", slots, pace_s=1.0 / (factor * rate) if rate else 0.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    done: list[Arm] = []
+    for arm in arms(args):
+        print(f"arm {arm.name}: {args.warmup:.0f}s warm-up + {args.duration:.0f}s", flush=True)
+        asyncio.run(measure(arm, args))
+        done.append(arm)
+    solo, held = done[0], done[1]
+    solo_p99 = summarize(solo.ttfts, scale=1000)["p99"]
+    results = [arm.result(args.duration, solo_p99, held) for arm in done]
+    rows = [
+        [
+            r["arm"],
+            fmt(r["pace_ms"], 0),
+            fmt(r["quiet_ttft_ms"]["p50"], 0),
+            fmt(r["quiet_ttft_ms"]["p99"], 0),
+            fmt(r["quiet_p99_x_solo"], 2),
+            fmt(r["flooder_tokens_per_s"], 0),
+            fmt(r["flooder_x_held"], 3),
+            str(r["quiet_ttft_ms"]["count"]),
+        ]
+        for r in results
+    ]
+    headers = ["arm", "pace ms", "quiet TTFT p50 ms", "quiet TTFT p99 ms", "quiet p99 x solo"]
+    headers += ["flooder tok/s", "flooder x held", "quiet requests"]
+    print(table(headers, rows))
+    path = write_json(
+        args.output,
+        {
+            "benchmark": "engine-floor",
+            "machine": machine(),
+            "config": config_of(args),
+            "arms": results,
+        },
+    )
+    print(f"wrote {path}")
+    return 0

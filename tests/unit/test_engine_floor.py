@@ -1,0 +1,27 @@
+"""`fairlane bench engine-floor` end to end on the tiny simulator preset, seconds long."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fairlane.benchcli import build_parser
+
+
+def test_engine_floor_writes_every_arm(tmp_path: Path) -> None:
+    output = tmp_path / "floor.json"
+    argv = ["engine-floor", "--preset", "tiny", "--prompt-tokens", "64", "--max-tokens", "16"]
+    argv += ["--quiet-rps", "20", "--duration", "2", "--warmup", "0.5", "--pace", "1.0"]
+    args = build_parser().parse_args([*argv, "--output", str(output)])
+    assert args.run(args) == 0
+    arms = {arm["arm"]: arm for arm in json.loads(output.read_text())["arms"]}
+    assert list(arms) == ["solo", "held", "paced-1"]
+    assert arms["solo"]["quiet_p99_x_solo"] == 1.0
+    assert arms["solo"]["flooder_tokens_per_s"] is None
+    assert arms["held"]["flooder_x_held"] == 1.0
+    assert arms["held"]["flooder_tokens_per_s"] > 0
+    # The pace comes from held's completion rate: 16-token answers on 7 slots.
+    assert arms["paced-1"]["pace_ms"] > 0
+    assert 0 < arms["paced-1"]["flooder_x_held"] < 1.5
+    for arm in arms.values():
+        assert arm["quiet_ttft_ms"]["count"] > 10
