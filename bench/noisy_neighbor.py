@@ -146,6 +146,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="fair arm: the policy's `headroom` (default: the policy default)",
     )
+    parser.add_argument(
+        "--pacing",
+        type=float,
+        help="fair arm: the policy's `pacing` (default: the policy default)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     add_realtime_argument(parser)
     parser.add_argument(
@@ -481,6 +486,7 @@ def _policy(
         # Fair: the engine's own waiting queue also puts light tenants first.
         "inject_priority": arm == "fair",
         **({"headroom": args.headroom} if args.headroom is not None else {}),
+        **({"pacing": args.pacing} if args.pacing is not None else {}),
         **({"adaptive": {}} if args.adaptive else {}),
     }
     document = bench_policy(

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from fairlane.extproc.pacing import AdmissionPacer
 from fairlane.extproc.scheduling import QueuedRequest, Scheduler
 
 
@@ -85,6 +86,8 @@ class EnginePool:
         self._waiting: dict[QueuedRequest, asyncio.Future[str]] = {}
         self._holdings: dict[str, _Holding] = {}  # only tenants in flight or waiting
         self._active_weight = 0.0
+        self.pacer: AdmissionPacer | None = None  # spaces over-share admissions out
+        self._pacing_timer: asyncio.TimerHandle | None = None
 
     # -- state ----------------------------------------------------------------------
 
@@ -152,6 +155,8 @@ class EnginePool:
         replica = self._roomiest()
         if replica is None:
             return None
+        if self._paced(request, self._clock()):
+            return None  # queued; the pacing timer dispatches it
         if self._waiting or self._only_reserved_left():
             # Others wait, or only reserved slots are left: both are for a tenant under
             # its share, and one with nothing of its own queued (its order holds).
@@ -160,6 +165,7 @@ class EnginePool:
                 return None
             self.headroom_admissions += 1
         self.scheduler.admit_direct(request, self._clock())
+        self._note_paced(request)
         replica.inflight += 1
         self._hold(request, inflight=1)
         return replica.name
@@ -201,7 +207,10 @@ class EnginePool:
         if slot is not None:
             slot.inflight = max(0, slot.inflight - 1)
         self._unhold(request.tenant, inflight=1)
-        self.scheduler.complete(request, actual_cost, self._clock())
+        now = self._clock()
+        self.scheduler.complete(request, actual_cost, now)
+        if self.pacer is not None:
+            self.pacer.completed(now)
         self._dispatch()
 
     def _roomiest(self) -> Replica | None:
@@ -225,9 +234,14 @@ class EnginePool:
                 if head is None or not self._may_take_reserved(head):
                     return  # the reserved slots are not for the tenant next in line
                 self.headroom_admissions += 1
+            else:
+                head = self.scheduler.peek()
+                if head is not None and self._paced(head, now):
+                    return
             request = self.scheduler.pop(now)
             if request is None:
                 return
+            self._note_paced(request)
             future = self._waiting.pop(request, None)
             self._unhold(request.tenant, waiting=1)
             if future is None or future.done():
@@ -237,6 +251,28 @@ class EnginePool:
             replica.inflight += 1
             self._hold(request, inflight=1)
             future.set_result(replica.name)
+
+    # -- pacing -------------------------------------------------------------------------
+
+    def _paced(self, request: QueuedRequest, now: float) -> bool:
+        """Must this over-share request wait for the pacer? Then a timer is set to
+        dispatch when it may go."""
+        if self.pacer is None or self._under_share(request):
+            return False
+        delay = self.pacer.delay(now)
+        if delay <= 0:
+            return False
+        if self._pacing_timer is None:
+            self._pacing_timer = asyncio.get_running_loop().call_later(delay, self._paced_turn)
+        return True
+
+    def _paced_turn(self) -> None:
+        self._pacing_timer = None
+        self._dispatch()
+
+    def _note_paced(self, request: QueuedRequest) -> None:
+        if self.pacer is not None and not self._under_share(request):
+            self.pacer.admitted(self._clock())
 
     # -- shares -------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from fairlane.extproc.errors import Reason, Rejection, engine_down
 from fairlane.extproc.limits import RateLimiter, Verdict
 from fairlane.extproc.metrics import Metrics
 from fairlane.extproc.outcomes import Admitted, Lease, Pending, SharedLimitCheck
+from fairlane.extproc.pacing import AdmissionPacer
 from fairlane.extproc.pipeline import Ticket, evaluate
 from fairlane.extproc.request import RequestInfo
 from fairlane.extproc.runtime import UNKNOWN_TENANT, Runtime
@@ -86,6 +87,11 @@ class Gateway:
                 pool.scheduler_kind = config.scheduler
             # FIFO means arrival order for everyone: no slots held back for anyone.
             pool.headroom = config.headroom if config.scheduler == "fair" else 0.0
+            pacing = config.pacing if config.scheduler == "fair" else 0.0
+            if not pacing:
+                pool.pacer = None
+            elif pool.pacer is None or pool.pacer.factor != pacing:
+                pool.pacer = AdmissionPacer(pacing, self._clock())
             for replica in replicas:
                 if policy.engines[replica].adaptive is None:
                     pool.set_capacity(replica, policy.engines[replica].max_inflight)

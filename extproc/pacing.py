@@ -1,0 +1,57 @@
+"""Spacing out the admissions of tenants over their share.
+
+When many of a flooder's requests finish in the same engine step (answers of one
+length, started together), refilling every freed slot at once puts all their prefills
+into the next few steps, and a light tenant's request that arrives then shares its
+prefill step with them: its time to first token doubles or triples. Admitting the
+flooder's requests one at a time, at a little over the rate at which the pool completes
+requests, keeps the flooder's long-run throughput (it cannot be served faster than that
+rate anyway) while its prefills spread over many steps and its completions drift apart.
+
+The rate is measured: completions over the last ``window_s`` seconds. Until enough have
+been seen there is no estimate and nothing is paced.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+MIN_SAMPLES = 16  # completions in the window before the rate is trusted
+
+
+class AdmissionPacer:
+    def __init__(
+        self, factor: float, now: float, window_s: float = 30.0, max_samples: int = 8192
+    ) -> None:
+        if factor <= 0:
+            raise ValueError("factor must be > 0")
+        self.factor = factor  # paced admissions per completion (> 1: room to grow)
+        self.window_s = window_s
+        self._since = now
+        self._completions: deque[float] = deque(maxlen=max_samples)
+        self._next_at = 0.0
+
+    def completed(self, now: float) -> None:
+        self._completions.append(now)
+
+    def rate(self, now: float) -> float | None:
+        """Completions per second over the window; None until MIN_SAMPLES were seen."""
+        completions = self._completions
+        while completions and completions[0] < now - self.window_s:
+            completions.popleft()
+        if len(completions) < MIN_SAMPLES:
+            return None
+        # Over the whole window (or all the time there is): the first completions of a
+        # burst, counted over their own short span, would read as a huge rate.
+        span = max(min(self.window_s, now - self._since), 1e-3)
+        return len(completions) / span
+
+    def delay(self, now: float) -> float:
+        """Seconds until the next paced admission may go (0: now)."""
+        return max(0.0, self._next_at - now) if self.rate(now) is not None else 0.0
+
+    def admitted(self, now: float) -> None:
+        """A paced admission went: the next one waits one interval."""
+        rate = self.rate(now)
+        if rate is not None:
+            self._next_at = max(now, self._next_at) + 1.0 / (self.factor * rate)
