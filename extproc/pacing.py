@@ -9,7 +9,10 @@ requests, keeps the flooder's long-run throughput (it cannot be served faster th
 rate anyway) while its prefills spread over many steps and its completions drift apart.
 
 The rate is measured: completions over the last ``window_s`` seconds. Until enough have
-been seen there is no estimate and nothing is paced.
+been seen, ``slow_start_rate`` stands in for it (the gateway passes capacity / window: as
+if the pool turned over once per window), so a flood that begins while light tenants
+are still arriving does not take every slot in its first seconds and hold them for one
+answer's length; without it nothing is paced until then.
 """
 
 from __future__ import annotations
@@ -17,16 +20,23 @@ from __future__ import annotations
 from collections import deque
 
 MIN_SAMPLES = 16  # completions in the window before the rate is trusted
+PACING_WINDOW_S = 30.0
 
 
 class AdmissionPacer:
     def __init__(
-        self, factor: float, now: float, window_s: float = 30.0, max_samples: int = 8192
+        self,
+        factor: float,
+        now: float,
+        window_s: float = PACING_WINDOW_S,
+        slow_start_rate: float | None = None,
+        max_samples: int = 8192,
     ) -> None:
-        if factor <= 0:
-            raise ValueError("factor must be > 0")
+        if factor <= 0 or (slow_start_rate is not None and slow_start_rate <= 0):
+            raise ValueError("factor and slow_start_rate must be > 0")
         self.factor = factor  # paced admissions per completion (> 1: room to grow)
         self.window_s = window_s
+        self.slow_start_rate = slow_start_rate
         self._since = now
         self._completions: deque[float] = deque(maxlen=max_samples)
         self._next_at = 0.0
@@ -35,12 +45,13 @@ class AdmissionPacer:
         self._completions.append(now)
 
     def rate(self, now: float) -> float | None:
-        """Completions per second over the window; None until MIN_SAMPLES were seen."""
+        """Completions per second over the window; until MIN_SAMPLES were seen, the
+        slow-start rate (None: none)."""
         completions = self._completions
         while completions and completions[0] < now - self.window_s:
             completions.popleft()
         if len(completions) < MIN_SAMPLES:
-            return None
+            return self.slow_start_rate
         # Over the whole window (or all the time there is): the first completions of a
         # burst, counted over their own short span, would read as a huge rate.
         span = max(min(self.window_s, now - self._since), 1e-3)

@@ -92,3 +92,13 @@ def test_a_lone_tenant_is_never_paced() -> None:
     for _ in range(8):
         assert p.try_admit(req("flood")) == "e"  # its share is the whole pool
     assert p.inflight == 8
+
+
+def test_slow_start_paces_before_any_completion() -> None:
+    pacer = AdmissionPacer(1.0, now=0.0, window_s=30.0, slow_start_rate=256 / 30.0)
+    assert pacer.rate(1.0) == pytest.approx(256 / 30.0)
+    pacer.admitted(1.0)
+    assert pacer.delay(1.0) == pytest.approx(30.0 / 256)
+    for i in range(MIN_SAMPLES):  # measured from here on: 16 in 2 s over the 10 s since
+        pacer.completed(8.0 + i / 8)
+    assert pacer.rate(10.0) == pytest.approx(MIN_SAMPLES / 10.0)
