@@ -7,8 +7,12 @@ import asyncio
 import pytest
 
 from fairlane.extproc.admission import EnginePool, EngineState
+from fairlane.extproc.gateway import Gateway
+from fairlane.extproc.metrics import Metrics
 from fairlane.extproc.pacing import MIN_SAMPLES, AdmissionPacer
+from fairlane.extproc.runtime import compile_policy
 from fairlane.extproc.scheduling import QueuedRequest, make_scheduler
+from fairlane.policy import parse_policy
 
 
 def test_no_rate_and_no_pacing_until_enough_completions() -> None:
@@ -102,3 +106,26 @@ def test_slow_start_paces_before_any_completion() -> None:
     for i in range(MIN_SAMPLES):  # measured from here on: 16 in 2 s over the 10 s since
         pacer.completed(8.0 + i / 8)
     assert pacer.rate(10.0) == pytest.approx(MIN_SAMPLES / 10.0)
+
+
+def test_the_policy_turns_pacing_on_fair_pools_only_and_a_reload_keeps_its_rate() -> None:
+    def policy(pacing: float, scheduler: str = "fair") -> str:
+        return f"""
+version: 1
+engines:
+  e: {{kind: sim, models: [m], max_inflight: 60, scheduler: {scheduler}, pacing: {pacing}}}
+"""
+
+    g = Gateway(compile_policy(parse_policy(policy(1.1)), 1), Metrics())
+    pool = g.pools["e"]
+    pacer = pool.pacer
+    assert pacer is not None and pacer.factor == 1.1
+    assert pacer.slow_start_rate == pytest.approx(60 / 30.0)
+    g.apply(compile_policy(parse_policy(policy(1.1)), 2))
+    assert pool.pacer is pacer  # unchanged: its measured rate survives the reload
+    g.apply(compile_policy(parse_policy(policy(1.5)), 3))
+    assert pool.pacer is not None and pool.pacer.factor == 1.5
+    g.apply(compile_policy(parse_policy(policy(0)), 4))
+    assert pool.pacer is None
+    g.apply(compile_policy(parse_policy(policy(1.1, "fifo")), 5))
+    assert g.pools["e"].pacer is None  # arrival order for everyone: nobody is paced
