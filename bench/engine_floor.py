@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fairlane.bench.noisy_report import DEFAULT_HEADROOM
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, table, write_json
 from fairlane.bench.stats import fmt, poisson_arrivals, ratio, summarize, tenant_rng
 from fairlane.engines.sim.engine import SimEngine, SimRequest
 from fairlane.engines.sim.presets import PRESETS
+from fairlane.extproc.admission import reserved_slots
 
 QUIET_PRIORITY, FLOODER_PRIORITY = 0, 3  # interactive under share; batch over share
 
@@ -42,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=508, help="noisy-neighbor's 400 words")
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--quiet-rps", type=float, default=1.0)
-    parser.add_argument("--headroom", type=float, default=0.125, help="slots the flooder leaves")
+    parser.add_argument(
+        "--headroom", type=float, default=DEFAULT_HEADROOM, help="slots the flooder leaves"
+    )
     parser.add_argument("--pace", type=float, nargs="*", default=[1.0, 0.9])
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=15.0)
@@ -140,9 +144,7 @@ async def measure(arm: Arm, args: argparse.Namespace) -> None:
 def arms(args: argparse.Namespace) -> Iterator[Arm]:
     """solo, held, then the paced arms (their pace needs held's completion rate)."""
     preset = PRESETS[args.preset]
-    slots = preset.max_num_seqs - min(
-        int(preset.max_num_seqs * args.headroom), preset.max_num_seqs - 1
-    )
+    slots = preset.max_num_seqs - reserved_slots(preset.max_num_seqs, args.headroom)
     yield Arm("solo", 0)
     held = Arm("held", slots)
     yield held

@@ -65,6 +65,11 @@ class Replica:
         return self.capacity - self.inflight if self.state is EngineState.UP else 0
 
 
+def reserved_slots(capacity: int, headroom: float) -> int:
+    """The ``headroom`` fraction of ``capacity`` slots, never all of them."""
+    return min(int(capacity * headroom), max(0, capacity - 1))
+
+
 class EnginePool:
     def __init__(
         self,
@@ -123,8 +128,7 @@ class EnginePool:
     @property
     def reserved(self) -> int:
         """Slots only tenants under their share may take (never all of them)."""
-        capacity = self.capacity
-        return min(int(capacity * self.headroom), max(0, capacity - 1))
+        return reserved_slots(self.capacity, self.headroom)
 
     def set_capacity(self, replica: str, capacity: int) -> None:
         self.replicas[replica].capacity = max(1, capacity)
