@@ -110,7 +110,10 @@ def render_cds(endpoints: dict[str, tuple[str, int] | None], version: int) -> di
                 "typed_extension_protocol_options": {
                     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                         "@type": T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "common_http_protocol_options": {"idle_timeout": "60s"},
+                        # Below uvicorn's 5 s keep-alive (vLLM, SGLang): a pooled
+                        # connection the engine is closing would otherwise be reused,
+                        # and the request reset (503 + quarantine) before it started.
+                        "common_http_protocol_options": {"idle_timeout": "4s"},
                         "explicit_http_config": {"http_protocol_options": {}},
                     }
                 },

@@ -36,6 +36,7 @@ MODEL = "tiny-llama"
 CHAT = "/v1/chat/completions"
 TIMEOUT = aiohttp.ClientTimeout(total=60)
 QUEUE_TIMEOUT_S = 5
+RACE_ATTEMPTS = 3  # a race in which vLLM formed no queue is run again
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +192,13 @@ class Race:
     def typical_service_s(self) -> float:
         return statistics.median(t.served_s for t in self.early)
 
+    @property
+    def queue_formed(self) -> bool:
+        """Did at least 3 early requests wait in vLLM's scheduler longer than one takes?
+        On a starved machine vLLM's engine can take its inputs in one at a time, and
+        then no queue forms and the race proves nothing either way."""
+        return sum(t.queued_s > self.typical_service_s for t in self.early) >= 3
+
 
 async def race(
     stack: Any,
@@ -200,7 +208,8 @@ async def race(
     early: int = 7,
 ) -> Race:
     """`early` requests from tenant bulk (class batch), then, a second later (vLLM
-    serves one a second: at least 5 are still queued), one request from late_tenant.
+    serves one a second: at least 5 are still queued), one request from late_tenant;
+    again (up to RACE_ATTEMPTS) if vLLM's own timings show that no queue formed.
 
     vLLM runs one request at a time, so the late one waits in vLLM's queue for the
     running one only if vLLM put it first (it saw a better priority), for everything
@@ -214,16 +223,20 @@ async def race(
         assert status == 200, body[:300]
         return Timing.of(json.loads(body))
 
-    async with asyncio.timeout(120):
-        earlies = [asyncio.create_task(one("bulk")) for _ in range(early)]
-        await asyncio.sleep(1.0)
-        late = await one(late_tenant, late_headers, **(late_body or {}))
-        result = Race(await asyncio.gather(*earlies), late)
-    print(
-        f"\n{late_tenant} queued {late.queued_s:.2f}s in vLLM; one request takes "
-        f"{result.typical_service_s:.2f}s (longest {result.longest_service_s:.2f}s)"
-    )
-    return result
+    for _ in range(RACE_ATTEMPTS):
+        async with asyncio.timeout(120):
+            earlies = [asyncio.create_task(one("bulk")) for _ in range(early)]
+            await asyncio.sleep(1.0)
+            late = await one(late_tenant, late_headers, **(late_body or {}))
+            result = Race(await asyncio.gather(*earlies), late)
+        print(
+            f"\n{late_tenant} queued {late.queued_s:.2f}s in vLLM; one request takes "
+            f"{result.typical_service_s:.2f}s (longest {result.longest_service_s:.2f}s); "
+            f"queue formed: {result.queue_formed}"
+        )
+        if result.queue_formed:
+            return result
+    raise AssertionError(f"vLLM never queued the early requests: {result}")
 
 
 async def test_priority_reaches_vllm(stack: Any) -> None:

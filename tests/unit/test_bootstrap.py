@@ -37,6 +37,15 @@ def test_quickstart_bootstrap_validates_with_envoy(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_engine_connections_idle_out_before_the_engine_closes_them() -> None:
+    """vLLM and SGLang (uvicorn) close a keep-alive connection after 5 s idle; Envoy must
+    drop it first, or a request sent on it is reset before it starts (seen in e2e)."""
+    (cluster,) = render_cds({"e": ("127.0.0.1", 8100)}, 1)["resources"]
+    options = cluster["typed_extension_protocol_options"]
+    http = options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert float(http["common_http_protocol_options"]["idle_timeout"].rstrip("s")) < 5
+
+
 def test_cds_has_no_endpoint_for_unhealthy_engines(tmp_path: Path) -> None:
     doc = render_cds({"up": ("127.0.0.1", 8100), "down": None}, 7)
     clusters = {c["name"]: c for c in doc["resources"]}
