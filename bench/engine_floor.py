@@ -11,9 +11,9 @@ the prefills that keep the flooder's batch full. Arms:
 
 - ``solo``: the quiet tenant alone;
 - ``held``: plus the flooder, each freed slot refilled at once (Fairlane's fair arm);
-- ``paced-F``: plus the flooder, its admissions spaced to F x the rate at which the held
-  arm completed requests (its tokens/s over ``max_tokens``), so fewer of its prefills
-  land in one step.
+- ``paced-F``: plus the flooder, its admissions spaced by Fairlane's own pacer
+  (``extproc/pacing.py``, the policy's ``pacing: F``) to F x the completion rate it
+  measures, so fewer of its prefills land in one step.
 
 The ratios are the bound: no admission policy in front of this engine brings the quiet
 p99 closer to solo while the flooder keeps ``held``'s throughput.
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from fairlane.bench.stats import fmt, poisson_arrivals, ratio, summarize, tenant
 from fairlane.engines.sim.engine import SimEngine, SimRequest
 from fairlane.engines.sim.presets import PRESETS
 from fairlane.extproc.admission import reserved_slots
+from fairlane.extproc.pacing import PACING_WINDOW_S, AdmissionPacer
 
 QUIET_PRIORITY, FLOODER_PRIORITY = 0, 3  # interactive under share; batch over share
 
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--headroom", type=float, default=DEFAULT_HEADROOM, help="slots the flooder leaves"
     )
-    parser.add_argument("--pace", type=float, nargs="*", default=[1.0, 0.9])
+    parser.add_argument("--pace", type=float, nargs="*", default=[1.1, 1.5], help="`pacing`s")
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--seed", type=int, default=1)
@@ -58,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Arm:
     name: str
     flooder_slots: int  # 0: no flooder
-    pace_s: float = 0.0  # seconds between the flooder's admissions; 0: at once
+    pacing: float = 0.0  # the policy's `pacing` factor; 0: each freed slot refilled at once
     ttfts: list[float] = field(default_factory=list)
     flooder_tokens: int = 0
 
@@ -67,7 +68,7 @@ class Arm:
         tok_s = self.flooder_tokens / duration_s
         return {
             "arm": self.name,
-            "pace_ms": self.pace_s * 1000 or None,
+            "pacing": self.pacing or None,
             "quiet_ttft_ms": quiet,
             "quiet_p99_x_solo": ratio(quiet["p99"], solo_p99),
             "flooder_tokens_per_s": tok_s if self.flooder_slots else None,
@@ -85,8 +86,15 @@ async def measure(arm: Arm, args: argparse.Namespace) -> None:
     await engine.start()
     window_start: float = time.monotonic() + args.warmup
     window_end: float = window_start + args.duration
-    slot_freed = asyncio.Event()
+    completion = asyncio.Event()  # a slot freed, or the pacer's rate moved
     holding = 0
+    pacer = (
+        AdmissionPacer(
+            arm.pacing, time.monotonic(), slow_start_rate=arm.flooder_slots / PACING_WINDOW_S
+        )
+        if arm.pacing
+        else None
+    )
     tasks: set[asyncio.Task[None]] = set()
 
     def in_window() -> bool:
@@ -102,9 +110,11 @@ async def measure(arm: Arm, args: argparse.Namespace) -> None:
             elif not quiet and in_window():
                 arm.flooder_tokens += 1
             first = False
+        if pacer is not None:
+            pacer.completed(time.monotonic())
         if not quiet:
             holding -= 1
-            slot_freed.set()
+        completion.set()
 
     def spawn(request: SimRequest, quiet: bool) -> None:
         task = asyncio.create_task(stream(request, quiet))
@@ -122,13 +132,20 @@ async def measure(arm: Arm, args: argparse.Namespace) -> None:
     async def flooder() -> None:
         nonlocal holding
         while True:
-            while holding >= arm.flooder_slots:
-                slot_freed.clear()
-                await slot_freed.wait()
+            # As the pool does: a slot must be free and the pacer's turn come; both are
+            # looked at again on every completion.
+            while True:
+                delay = pacer.delay(time.monotonic()) if pacer is not None else 0.0
+                slot_free = holding < arm.flooder_slots
+                if slot_free and delay <= 0:
+                    break
+                completion.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(completion.wait(), delay if slot_free else None)
+            if pacer is not None:
+                pacer.admitted(time.monotonic())
             holding += 1
             spawn(engine.submit(args.prompt_tokens, args.max_tokens, FLOODER_PRIORITY), False)
-            if arm.pace_s:
-                await asyncio.sleep(arm.pace_s)
 
     flooding = asyncio.create_task(flooder()) if arm.flooder_slots else None
     await quiet()
@@ -141,16 +158,12 @@ async def measure(arm: Arm, args: argparse.Namespace) -> None:
     await engine.stop()
 
 
-def arms(args: argparse.Namespace) -> Iterator[Arm]:
-    """solo, held, then the paced arms (their pace needs held's completion rate)."""
+def arms(args: argparse.Namespace) -> list[Arm]:
+    """solo, held, then a paced arm per pacing factor."""
     preset = PRESETS[args.preset]
     slots = preset.max_num_seqs - reserved_slots(preset.max_num_seqs, args.headroom)
-    yield Arm("solo", 0)
-    held = Arm("held", slots)
-    yield held
-    for factor in args.pace:
-        rate = held.flooder_tokens / args.duration / args.max_tokens  # requests/s
-        yield Arm(f"paced-{factor:g}", slots, pace_s=1.0 / (factor * rate) if rate else 0.0)
+    paced = [Arm(f"paced-{factor:g}", slots, pacing=factor) for factor in args.pace]
+    return [Arm("solo", 0), Arm("held", slots), *paced]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [
         [
             r["arm"],
-            fmt(r["pace_ms"], 0),
+            fmt(r["pacing"], 2),
             fmt(r["quiet_ttft_ms"]["p50"], 0),
             fmt(r["quiet_ttft_ms"]["p99"], 0),
             fmt(r["quiet_p99_x_solo"], 2),
@@ -175,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
         ]
         for r in results
     ]
-    headers = ["arm", "pace ms", "quiet TTFT p50 ms", "quiet TTFT p99 ms", "quiet p99 x solo"]
+    headers = ["arm", "pacing", "quiet TTFT p50 ms", "quiet TTFT p99 ms"]
+    headers += ["quiet p99 x solo"]
     headers += ["flooder tok/s", "flooder x held", "quiet requests"]
     print(table(headers, rows))
     path = write_json(

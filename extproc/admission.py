@@ -93,6 +93,7 @@ class EnginePool:
         self._active_weight = 0.0
         self.pacer: AdmissionPacer | None = None  # spaces over-share admissions out
         self._pacing_timer: asyncio.TimerHandle | None = None
+        self._pacing_due = 0.0  # when the pacing timer fires, on self._clock
 
     # -- state ----------------------------------------------------------------------
 
@@ -266,7 +267,11 @@ class EnginePool:
         delay = self.pacer.delay(now)
         if delay <= 0:
             return False
+        if self._pacing_timer is not None and now + delay < self._pacing_due - 0.001:
+            self._pacing_timer.cancel()  # the turn came closer (the measured rate rose)
+            self._pacing_timer = None
         if self._pacing_timer is None:
+            self._pacing_due = now + delay
             self._pacing_timer = asyncio.get_running_loop().call_later(delay, self._paced_turn)
         return True
 

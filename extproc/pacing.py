@@ -39,7 +39,9 @@ class AdmissionPacer:
         self.slow_start_rate = slow_start_rate
         self._since = now
         self._completions: deque[float] = deque(maxlen=max_samples)
-        self._next_at = 0.0
+        # When the latest paced admission was due, not a precomputed next turn: a new rate
+        # (slow start to measured) then applies to the turn pending too.
+        self._last_at: float | None = None
 
     def completed(self, now: float) -> None:
         self._completions.append(now)
@@ -57,12 +59,23 @@ class AdmissionPacer:
         span = max(min(self.window_s, now - self._since), 1e-3)
         return len(completions) / span
 
+    def interval(self, now: float) -> float | None:
+        """Seconds between paced admissions (None: unpaced for now)."""
+        rate = self.rate(now)
+        return None if rate is None else 1.0 / (self.factor * rate)
+
     def delay(self, now: float) -> float:
         """Seconds until the next paced admission may go (0: now)."""
-        return max(0.0, self._next_at - now) if self.rate(now) is not None else 0.0
+        interval = self.interval(now)
+        if interval is None or self._last_at is None:
+            return 0.0
+        return max(0.0, self._last_at + interval - now)
 
     def admitted(self, now: float) -> None:
-        """A paced admission went: the next one waits one interval."""
-        rate = self.rate(now)
-        if rate is not None:
-            self._next_at = max(now, self._next_at) + 1.0 / (self.factor * rate)
+        """A paced admission went: the next one waits one interval from when this one
+        was due (an early one pushes the next back)."""
+        interval = self.interval(now)
+        if interval is None:
+            return
+        due = now if self._last_at is None else self._last_at + interval
+        self._last_at = max(now, due)

@@ -46,6 +46,15 @@ def test_paced_admissions_are_one_interval_apart() -> None:
     assert pacer.delay(now) == pytest.approx(2 * interval, rel=0.05)
 
 
+def test_a_pending_turn_follows_the_rate_from_slow_start_to_measured() -> None:
+    pacer = AdmissionPacer(1.0, now=0.0, window_s=10.0, slow_start_rate=0.1)
+    pacer.admitted(10.0)
+    assert pacer.delay(10.0) == pytest.approx(10.0)  # one per 10 s while in slow start
+    for i in range(20):
+        pacer.completed(i * 0.5)  # measured: 2 completions/s over the 10 s window
+    assert pacer.delay(10.0) == pytest.approx(0.5)  # not the 10 s set in slow start
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -88,6 +97,25 @@ async def test_an_over_share_tenant_is_admitted_one_interval_at_a_time() -> None
     assert p.try_admit(req("quiet")) == "e"  # the light tenant is not held up
     clock.now += 0.6  # the interval passed: the pacing timer admits the queued request
     assert await asyncio.wait_for(future, timeout=2.0) == "e"
+
+
+async def test_a_pending_turn_comes_closer_when_the_measured_rate_rises() -> None:
+    clock = Clock()
+    scheduler = make_scheduler("fair", max_queue_per_tenant=100, max_queue_total=1000)
+    p = EnginePool("e", scheduler, {"e": 8}, clock=clock)
+    p.set_state("e", EngineState.UP)
+    # Slow start: one admission per 10 s.
+    p.pacer = AdmissionPacer(1.0, now=clock.now - 10, window_s=10.0, slow_start_rate=0.1)
+    assert p.try_admit(req("quiet")) == "e"
+    while p.try_admit(req("flood")) is not None:
+        pass  # to its share, then one paced admission: the next turn is 10 s away
+    queued = req("flood")
+    future = p.enqueue(queued)
+    for i in range(20):  # now measured: 2 completions/s, a turn every 0.5 s
+        p.pacer.completed(clock.now - 10 + i * 0.5)
+    assert p.try_admit(req("flood")) is None  # still paced, but the timer is re-armed
+    clock.now += 0.6
+    assert await asyncio.wait_for(future, timeout=2.0) == "e"  # not 10 s
 
 
 def test_a_lone_tenant_is_never_paced() -> None:
