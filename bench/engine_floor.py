@@ -15,8 +15,9 @@ the prefills that keep the flooder's batch full. Arms:
   (``extproc/pacing.py``, the policy's ``pacing: F``) to F x the completion rate it
   measures, so fewer of its prefills land in one step.
 
-The ratios are the bound: no admission policy in front of this engine brings the quiet
-p99 closer to solo while the flooder keeps ``held``'s throughput.
+``held`` is what Fairlane's fair arm feeds the engine and ``paced-F`` what its pacer
+does; whatever the quiet tenant still loses in them is the engine's step, which no
+admission order shortens.
 """
 
 from __future__ import annotations
@@ -188,8 +189,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         for r in results
     ]
-    headers = ["arm", "pacing", "quiet TTFT p50 ms", "quiet TTFT p99 ms"]
-    headers += ["quiet p99 x solo"]
+    headers = ["arm", "pacing", "quiet TTFT p50 ms", "quiet TTFT p99 ms", "quiet p99 x solo"]
     headers += ["flooder tok/s", "flooder x held", "quiet requests"]
     print(table(headers, rows))
     path = write_json(
