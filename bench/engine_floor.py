@@ -36,7 +36,7 @@ from fairlane.bench.stats import fmt, poisson_arrivals, ratio, summarize, tenant
 from fairlane.engines.sim.engine import SimEngine, SimRequest
 from fairlane.engines.sim.presets import PRESETS
 from fairlane.extproc.admission import reserved_slots
-from fairlane.extproc.pacing import PACING_WINDOW_S, AdmissionPacer
+from fairlane.extproc.pacing import AdmissionPacer
 
 QUIET_PRIORITY, FLOODER_PRIORITY = 0, 3  # interactive under share; batch over share
 
@@ -90,9 +90,7 @@ async def measure(arm: Arm, args: argparse.Namespace) -> None:
     completion = asyncio.Event()  # a slot freed, or the pacer's rate moved
     holding = 0
     pacer = (
-        AdmissionPacer(
-            arm.pacing, time.monotonic(), slow_start_rate=arm.flooder_slots / PACING_WINDOW_S
-        )
+        AdmissionPacer.for_pool(arm.pacing, time.monotonic(), arm.flooder_slots)
         if arm.pacing
         else None
     )

@@ -23,7 +23,7 @@ from fairlane.extproc.errors import Reason, Rejection, engine_down
 from fairlane.extproc.limits import RateLimiter, Verdict
 from fairlane.extproc.metrics import Metrics
 from fairlane.extproc.outcomes import Admitted, Lease, Pending, SharedLimitCheck
-from fairlane.extproc.pacing import PACING_WINDOW_S, AdmissionPacer
+from fairlane.extproc.pacing import AdmissionPacer
 from fairlane.extproc.pipeline import Ticket, evaluate
 from fairlane.extproc.request import RequestInfo
 from fairlane.extproc.runtime import UNKNOWN_TENANT, Runtime
@@ -92,9 +92,7 @@ class Gateway:
                 pool.pacer = None
             elif pool.pacer is None or pool.pacer.factor != pacing:
                 slots = sum(policy.engines[r].max_inflight for r in replicas)
-                pool.pacer = AdmissionPacer(
-                    pacing, self._clock(), slow_start_rate=slots / PACING_WINDOW_S
-                )
+                pool.pacer = AdmissionPacer.for_pool(pacing, self._clock(), slots)
             for replica in replicas:
                 if policy.engines[replica].adaptive is None:
                     pool.set_capacity(replica, policy.engines[replica].max_inflight)

@@ -9,8 +9,8 @@ requests, keeps the flooder's long-run throughput (it cannot be served faster th
 rate anyway) while its prefills spread over many steps and its completions drift apart.
 
 The rate is measured: completions over the last ``window_s`` seconds. Until enough have
-been seen, ``slow_start_rate`` stands in for it (the gateway passes capacity / window: as
-if the pool turned over once per window), so a flood that begins while light tenants
+been seen, ``slow_start_rate`` stands in for it (``for_pool``: capacity / window, as if
+the pool turned over once per window), so a flood that begins while light tenants
 are still arriving does not take every slot in its first seconds and hold them for one
 answer's length; without it nothing is paced until then.
 """
@@ -42,6 +42,12 @@ class AdmissionPacer:
         # When the latest paced admission was due, not a precomputed next turn: a new rate
         # (slow start to measured) then applies to the turn pending too.
         self._last_at: float | None = None
+
+    @classmethod
+    def for_pool(cls, factor: float, now: float, slots: int) -> AdmissionPacer:
+        """A pool's pacer: its slow start as if the pool's ``slots`` turned over once
+        per window."""
+        return cls(factor, now, slow_start_rate=slots / PACING_WINDOW_S)
 
     def completed(self, now: float) -> None:
         self._completions.append(now)
