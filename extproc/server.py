@@ -23,7 +23,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2, struct_pb2
 
-from fairlane.envoy.bootstrap import (
+from fairlane.envoy.common import (
     CLUSTER_HEADER,
     DECISION_NAMESPACE,
     USAGE_NAMESPACE,

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from fairlane.envoy.bootstrap import CONTROL_CLUSTER, WORKER_CLUSTER
+from fairlane.envoy.common import CONTROL_CLUSTER, WORKER_CLUSTER
 from fairlane.extproc.errors import Reason
 from fairlane.policy import Policy
 from fairlane.rundir import RunDir

@@ -1,0 +1,53 @@
+"""Names and small builders shared by every part of the rendered Envoy configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+CLUSTER_HEADER = "x-fairlane-cluster"
+WORKER_CLUSTER = "fairlane_worker"
+CONTROL_CLUSTER = "fairlane_control"
+DECISION_NAMESPACE = "fairlane"  # dynamic metadata the worker attaches to an admitted request
+USAGE_NAMESPACE = "fairlane.usage"  # written by usage.lua
+INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions")
+CONTROL_PATHS = ("/health", "/v1/models", "/metrics")
+T = "type.googleapis.com/"
+
+
+def engine_cluster_name(engine: str) -> str:
+    return f"engine_{engine}"
+
+
+def unlimited_breakers() -> dict[str, Any]:
+    # Fairlane's own admission bounds what reaches an engine; Envoy's default of 1024
+    # requests per cluster must not second-guess it.
+    big = 1_000_000
+    return {
+        "thresholds": [
+            {
+                "max_connections": big,
+                "max_pending_requests": big,
+                "max_requests": big,
+                "max_retries": 3,
+            }
+        ]
+    }
+
+
+def load_assignment(cluster: str, addresses: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "cluster_name": cluster,
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": a}} for a in addresses]}],
+    }
+
+
+def socket_address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def header(key: str, value: str) -> dict[str, Any]:
+    return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+
+
+def seconds(value: float) -> str:
+    return f"{value:.3f}s"

@@ -1,0 +1,124 @@
+"""The HTTP filter chain: strip internal headers, lift body fields into metadata, ask the
+worker (ext_proc, headers only), watch usage (Lua), route."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from fairlane.envoy.common import CLUSTER_HEADER, DECISION_NAMESPACE, WORKER_CLUSTER, T, seconds
+from fairlane.extproc.request import JSON_ERROR_KEY, MODEL_MISSING_KEY, REQUEST_NAMESPACE
+
+FORWARDED_HEADERS = ("x-tenant-id", "authorization", "content-length", "content-type")
+
+
+def http_filters(queue_timeout: float) -> list[dict[str, Any]]:
+    lua_source = resources.files("fairlane.envoy").joinpath("usage.lua").read_text()
+    return [
+        {
+            # A client must never pick its own engine cluster or engine priority.
+            "name": "envoy.filters.http.header_mutation",
+            "typed_config": {
+                "@type": T + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                "mutations": {
+                    "request_mutations": [
+                        {"remove": CLUSTER_HEADER},
+                        # vLLM also takes a priority from this header, over the body's.
+                        {"remove": "x-vllm-priority"},
+                        # Envoy answers a plain `Expect: 100-continue` itself; anything
+                        # else (a repeated one, say) would reach the engine, whose 417
+                        # is plain text. The body arrives anyway, so drop the header.
+                        {"remove": "expect"},
+                    ]
+                },
+            },
+        },
+        {
+            "name": "envoy.filters.http.json_to_metadata",
+            "typed_config": {
+                "@type": T + "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
+                "request_rules": {
+                    "allow_empty_content_type": True,
+                    "allow_content_types": [
+                        "application/json",
+                        "application/x-www-form-urlencoded",
+                        "text/plain",
+                    ],
+                    "rules": _body_rules(),
+                },
+            },
+        },
+        {
+            "name": "envoy.filters.http.ext_proc",
+            "typed_config": {
+                "@type": T + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+                "grpc_service": {"envoy_grpc": {"cluster_name": WORKER_CLUSTER}},
+                # Never let a request bypass tenant identification and fairness.
+                "failure_mode_allow": False,
+                # Lets the worker ask for the body of requests bound to engines that
+                # take a vLLM `priority` field (engines.<name>.inject_priority).
+                "allow_mode_override": True,
+                "status_on_error": {"code": 503},
+                "processing_mode": {
+                    "request_header_mode": "SEND",
+                    "response_header_mode": "SKIP",
+                    "request_body_mode": "NONE",
+                    "response_body_mode": "NONE",
+                    "request_trailer_mode": "SKIP",
+                    "response_trailer_mode": "SKIP",
+                },
+                # Decisions normally take well under a millisecond; queued requests
+                # extend this with override_message_timeout up to the queue timeout.
+                # Generous: on an overcommitted VM (CPU steal) or a CPU saturated by an
+                # engine on the same cores, the worker can stall for a second or two,
+                # and a refusal then would be Fairlane's fault, not the request's.
+                "message_timeout": "5s",
+                "max_message_timeout": seconds(queue_timeout + 5),
+                "forward_rules": {
+                    "allowed_headers": {"patterns": [{"exact": h} for h in FORWARDED_HEADERS]}
+                },
+                "metadata_options": {
+                    "forwarding_namespaces": {"untyped": [REQUEST_NAMESPACE]},
+                    "receiving_namespaces": {"untyped": [DECISION_NAMESPACE]},
+                },
+            },
+        },
+        {
+            "name": "envoy.filters.http.lua",
+            "typed_config": {
+                "@type": T + "envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": lua_source},
+            },
+        },
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": T + "envoy.extensions.filters.http.router.v3.Router"},
+        },
+    ]
+
+
+def _body_rules() -> list[dict[str, Any]]:
+    def field(*path: str, key: str) -> dict[str, Any]:
+        return {
+            "selectors": [{"key": p} for p in path],
+            "on_present": {"metadata_namespace": REQUEST_NAMESPACE, "key": key},
+        }
+
+    model = field("model", key="model")
+    model["on_missing"] = {
+        "metadata_namespace": REQUEST_NAMESPACE,
+        "key": MODEL_MISSING_KEY,
+        "value": True,
+    }
+    model["on_error"] = {
+        "metadata_namespace": REQUEST_NAMESPACE,
+        "key": JSON_ERROR_KEY,
+        "value": True,
+    }
+    return [
+        model,
+        field("max_tokens", key="max_tokens"),
+        field("max_completion_tokens", key="max_completion_tokens"),
+        field("stream", key="stream"),
+        field("stream_options", "include_usage", key="include_usage"),
+    ]

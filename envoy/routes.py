@@ -1,0 +1,76 @@
+"""The listener's routes: inference paths to the engine the worker picked, control paths
+to the worker's HTTP side, everything else answered by Envoy in the OpenAI error shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fairlane.envoy.common import (
+    CLUSTER_HEADER,
+    CONTROL_CLUSTER,
+    CONTROL_PATHS,
+    INFERENCE_PATHS,
+    T,
+    header,
+    seconds,
+)
+from fairlane.extproc.errors import Reason, error_body
+from fairlane.policy import Policy
+
+
+def routes(policy: Policy) -> dict[str, Any]:
+    idle = seconds(policy.listener.stream_idle_timeout_s)
+    routes: list[dict[str, Any]] = []
+    for path in INFERENCE_PATHS:
+        routes.append(
+            {
+                "match": {
+                    "path": path,
+                    "headers": [{"name": ":method", "string_match": {"exact": "POST"}}],
+                },
+                "route": {"cluster_header": CLUSTER_HEADER, "timeout": "0s", "idle_timeout": idle},
+            }
+        )
+        routes.append(_direct(path, Reason.METHOD_NOT_ALLOWED, f"use POST for {path}"))
+    control = [p for p in CONTROL_PATHS if p != "/metrics" or policy.listener.expose_metrics]
+    for path in control:
+        routes.append(
+            {
+                "match": {
+                    "path": path,
+                    "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                },
+                "route": {"cluster": CONTROL_CLUSTER, "timeout": "10s"},
+                "typed_per_filter_config": bypass_filters(),
+            }
+        )
+    routes.append({"match": {"prefix": "/"}, **direct_body(Reason.NOT_FOUND, "unknown path")})
+    return {"virtual_hosts": [{"name": "fairlane", "domains": ["*"], "routes": routes}]}
+
+
+def _direct(path: str, reason: Reason, message: str) -> dict[str, Any]:
+    return {"match": {"path": path}, **direct_body(reason, message)}
+
+
+def direct_body(reason: Reason, message: str) -> dict[str, Any]:
+    return {
+        "direct_response": {
+            "status": reason.status,
+            "body": {"inline_string": error_body(reason, message).decode()},
+        },
+        "response_headers_to_add": [header("content-type", "application/json")],
+        "typed_per_filter_config": bypass_filters(),
+    }
+
+
+def bypass_filters() -> dict[str, Any]:
+    return {
+        "envoy.filters.http.ext_proc": {
+            "@type": T + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+            "disabled": True,
+        },
+        "envoy.filters.http.lua": {
+            "@type": T + "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+            "disabled": True,
+        },
+    }
