@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 import aiohttp
 import yaml
 
-from fairlane.policy import parse_policy
+from fairlane.policy_file import parse_policy
 from fairlane.serve import envoy_binary
 
 T = "type.googleapis.com/"

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from fairlane import __version__
-from fairlane.policy import PolicyError, hash_key, load_policy
+from fairlane.policy import hash_key
+from fairlane.policy_file import PolicyError, load_policy
 
 DEFAULT_RUN_ROOT = Path(os.environ.get("FAIRLANE_RUN_DIR", "/tmp/fairlane"))
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fairlane.policy import PolicyError, load_policy
+from fairlane.policy_file import PolicyError, load_policy
 
 OK, MISSING, INFO = "ok", "MISSING", "info"
 

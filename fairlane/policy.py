@@ -1,19 +1,17 @@
 """The policy: one YAML file, validated into frozen pydantic models.
 
 Every part of Fairlane reads the same ``Policy`` object. Unknown keys are rejected so a
-typo never silently falls back to a default, and ``load_policy`` reports every problem
-with the file, line and key path (``configs/x.yaml:12 tenants.alice.weight: ...``).
+typo never silently falls back to a default, and ``policy_file.load_policy`` reports
+every problem with the file, line and key path (``configs/x.yaml:12 tenants.alice.weight: ...``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -199,209 +197,5 @@ class Policy(Strict):
         return any(t.api_keys for t in self.tenants.values())
 
 
-Problem = tuple[tuple[str, ...], str]  # key path, message
-
-
-def cross_reference_problems(policy: Policy) -> list[Problem]:
-    """Every inconsistency between sections, each with the key path it is about."""
-    problems: list[Problem] = []
-    classes = set(policy.priority_classes)
-    served = policy.served_models()
-    for name, tenant in policy.tenants.items():
-        if tenant.priority is not None and tenant.priority not in classes:
-            problems.append(
-                (
-                    ("tenants", name, "priority"),
-                    f"unknown priority class {tenant.priority!r} "
-                    f"(priority_classes: {', '.join(policy.priority_classes)})",
-                )
-            )
-        for model in tenant.models or ():
-            if model not in served:
-                problems.append((("tenants", name, "models"), f"{model!r} is served by no engine"))
-    up = policy.unknown_tenants.priority
-    if up is not None and up not in classes:
-        problems.append((("unknown_tenants", "priority"), f"unknown priority class {up!r}"))
-    if policy.default_tenant is not None and policy.default_tenant not in policy.tenants:
-        problems.append((("default_tenant",), f"{policy.default_tenant!r} is not in tenants"))
-    problems += _engine_problems(policy)
-    problems += _port_problems(policy)
-    return problems
-
-
-def _engine_problems(policy: Policy) -> list[Problem]:
-    problems: list[Problem] = []
-    seen: dict[str, str] = {}
-    idle = policy.listener.stream_idle_timeout_s
-    for name, engine in policy.engines.items():
-        for model in engine.models:
-            other = seen.setdefault(model, name)
-            # Replicas serve the same models and share one fair queue.
-            if other != name and set(policy.engines[other].models) != set(engine.models):
-                problems.append(
-                    (
-                        ("engines", name, "models"),
-                        f"{model!r} is also served by {other}; replicas of a model "
-                        "must serve the same models",
-                    )
-                )
-            first = policy.engines[other]
-            if other != name and (first.scheduler, first.queue, first.headroom) != (
-                engine.scheduler,
-                engine.queue,
-                engine.headroom,
-            ):
-                problems.append(
-                    (
-                        ("engines", name),
-                        f"replicas of {other} need the same scheduler, queue and headroom",
-                    )
-                )
-        if engine.queue.timeout_s >= idle:
-            # A queued request is an idle stream to Envoy: it would end in a 504 first.
-            problems.append(
-                (
-                    ("engines", name, "queue", "timeout_s"),
-                    f"must be below listener.stream_idle_timeout_s ({idle:g})",
-                )
-            )
-    budget = policy.gpu_memory_budget_gb
-    if budget is not None:
-        for name, engine in policy.engines.items():
-            if engine.gpu_memory_gb > budget:
-                problems.append(
-                    (
-                        ("engines", name, "gpu_memory_gb"),
-                        f"{engine.gpu_memory_gb:g} exceeds gpu_memory_budget_gb ({budget:g})",
-                    )
-                )
-        at_boot = sum(e.gpu_memory_gb for e in policy.engines.values() if not e.lazy)
-        if at_boot > budget:
-            problems.append(
-                (
-                    ("gpu_memory_budget_gb",),
-                    f"the engines started at boot (not lazy) need {at_boot:g} GB",
-                )
-            )
-    return problems
-
-
-def _port_problems(policy: Policy) -> list[Problem]:
-    problems: list[Problem] = []
-    owners: dict[int, str] = {}
-    listener = policy.listener
-    ports: list[tuple[tuple[str, ...], int]] = [
-        (("listener", "port"), listener.port),
-        (("listener", "admin_port"), listener.admin_port),
-        (("listener", "control_port"), listener.control_port),
-    ]
-    ports += [(("engines", n, "port"), e.port) for n, e in policy.engines.items() if e.port]
-    for path, port in ports:
-        key = ".".join(path)
-        if port in owners:
-            problems.append((path, f"{port} is also {owners[port]}"))
-        else:
-            owners[port] = key
-    return problems
-
-
-class PolicyError(Exception):
-    """A policy file that cannot be used; ``problems`` are ``file:line key: message``."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file; raises PolicyError naming file, line and key."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise PolicyError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
-    return parse_policy(text, str(path))
-
-
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        # An unclosed bracket is reported where it opened, not at the end of the file.
-        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or exc
-        context = getattr(exc, "context", None)
-        raise PolicyError(
-            [f"{where}: invalid YAML: {context + ', ' if context else ''}{problem}"]
-        ) from exc
-    if not isinstance(data, dict):
-        raise PolicyError([f"{source}:1: the policy must be a YAML mapping"])
-    try:
-        policy = Policy.model_validate(data)
-    except ValidationError as exc:
-        raise PolicyError([_describe(err, node, source) for err in exc.errors()]) from exc
-    problems = cross_reference_problems(policy)
-    if problems:
-        raise PolicyError(
-            [
-                f"{source}:{_line_of(node, list(path))} {'.'.join(path)}: {message}"
-                for path, message in problems
-            ]
-        )
-    return policy
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _describe(err: Any, root: yaml.Node | None, source: str) -> str:
-    loc = [str(p) for p in err["loc"]]
-    message = str(err["msg"]).removeprefix("Value error, ")
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        message = "unknown key"
-    elif kind == "missing":
-        message = "required key is missing"
-    elif loc == ["version"] and kind == "literal_error":
-        message = f"only version 1 is supported (got {err.get('input')!r})"
-    elif kind == "too_short" and loc == ["engines"]:
-        message = "at least one engine is required"
-    key = ".".join(loc) if loc else "(top level)"
-    return f"{source}:{_line_of(root, loc)} {key}: {message}"
-
-
-def _line_of(node: yaml.Node | None, loc: list[str]) -> int:
-    """1-based line of the deepest YAML node that ``loc`` reaches."""
-    line = node.start_mark.line + 1 if node is not None else 1
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if str(k.value) == part), None)
-            key = next((k for k, _ in node.value if str(k.value) == part), None)
-            if match is None:
-                return line
-            line = (key or match).start_mark.line + 1
-            node = match
-        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
-            node = node.value[int(part)]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line

@@ -9,7 +9,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from fairlane.policy import Policy, PolicyError, load_policy
+from fairlane.policy import Policy
+from fairlane.policy_file import PolicyError, load_policy
 
 log = logging.getLogger(__name__)
 

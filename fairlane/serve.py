@@ -23,7 +23,8 @@ import aiohttp
 from fairlane.engines.process import ManagedProcess
 from fairlane.engines.supervisor import EngineSupervisor
 from fairlane.envoy.bootstrap import render_bootstrap, write_json_atomically
-from fairlane.policy import Policy, PolicyError, load_policy
+from fairlane.policy import Policy
+from fairlane.policy_file import PolicyError, load_policy
 from fairlane.reload import PolicyWatcher
 from fairlane.rundir import RunDir
 

@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from fairlane.policy import PolicyError, load_policy
+from fairlane.policy_file import PolicyError, load_policy
 
 
 def fetch(port: int) -> dict[str, Any]:

@@ -33,7 +33,8 @@ from fairlane.extproc.server import add_servicers
 from fairlane.extproc.shared import redacted
 from fairlane.extproc.shared.counter_sync import CounterSync
 from fairlane.extproc.shared.redis_limits import RedisRateLimiter
-from fairlane.policy import Policy, PolicyError, load_policy
+from fairlane.policy import Policy
+from fairlane.policy_file import PolicyError, load_policy
 from fairlane.reload import PolicyWatcher, file_signature
 from fairlane.rundir import RunDir
 

@@ -29,7 +29,7 @@ from fairlane.bench.noisy_report import (
 )
 from fairlane.bench.report import RESULTS_DIR
 from fairlane.bench.stack import write_policy
-from fairlane.policy import parse_policy
+from fairlane.policy_file import parse_policy
 
 A, B, C = "http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"
 CHAT = "/v1/chat/completions"

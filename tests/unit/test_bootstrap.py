@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from fairlane.envoy.bootstrap import render_bootstrap, render_cds, write_json_atomically
-from fairlane.policy import load_policy
+from fairlane.policy_file import load_policy
 from fairlane.rundir import RunDir
 from fairlane.serve import envoy_binary
 

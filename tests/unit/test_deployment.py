@@ -21,7 +21,8 @@ import yaml
 
 from fairlane.envoy.bootstrap import render_bootstrap
 from fairlane.extproc.metrics import Metrics
-from fairlane.policy import Policy, load_policy
+from fairlane.policy import Policy
+from fairlane.policy_file import load_policy
 from fairlane.rundir import RunDir
 from fairlane.worker import Worker
 

@@ -14,7 +14,7 @@ from fairlane.extproc.metrics import Metrics
 from fairlane.extproc.outcomes import Admitted, Pending
 from fairlane.extproc.request import request_info
 from fairlane.extproc.runtime import compile_policy
-from fairlane.policy import parse_policy
+from fairlane.policy_file import parse_policy
 
 POLICY = """
 version: 1

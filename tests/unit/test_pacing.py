@@ -12,7 +12,7 @@ from fairlane.extproc.metrics import Metrics
 from fairlane.extproc.pacing import MIN_SAMPLES, AdmissionPacer
 from fairlane.extproc.runtime import compile_policy
 from fairlane.extproc.scheduling import QueuedRequest, make_scheduler
-from fairlane.policy import parse_policy
+from fairlane.policy_file import parse_policy
 
 
 def test_no_rate_and_no_pacing_until_enough_completions() -> None:

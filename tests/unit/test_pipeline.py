@@ -10,7 +10,8 @@ from fairlane.extproc.errors import Reason, Rejection
 from fairlane.extproc.pipeline import Ticket, evaluate, identify
 from fairlane.extproc.request import request_info
 from fairlane.extproc.runtime import Runtime, compile_policy
-from fairlane.policy import hash_key, parse_policy
+from fairlane.policy import hash_key
+from fairlane.policy_file import parse_policy
 
 BASE = """
 version: 1

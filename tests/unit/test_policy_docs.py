@@ -125,7 +125,7 @@ def test_every_row_has_a_type() -> None:
 
 
 def test_the_full_example_is_a_valid_policy() -> None:
-    from fairlane.policy import parse_policy
+    from fairlane.policy_file import parse_policy
 
     text = (DOCS / "policy.md").read_text()
     example = re.search(r"## Full example\n.*?```yaml\n(.*?)```", text, re.DOTALL)

@@ -1,0 +1,111 @@
+"""Checks across policy sections that pydantic's per-field validation cannot see:
+unknown priority classes and models, clashing engines, ports used twice."""
+
+from __future__ import annotations
+
+from fairlane.policy import Policy
+
+Problem = tuple[tuple[str, ...], str]  # key path, message
+
+
+def cross_reference_problems(policy: Policy) -> list[Problem]:
+    """Every inconsistency between sections, each with the key path it is about."""
+    problems: list[Problem] = []
+    classes = set(policy.priority_classes)
+    served = policy.served_models()
+    for name, tenant in policy.tenants.items():
+        if tenant.priority is not None and tenant.priority not in classes:
+            problems.append(
+                (
+                    ("tenants", name, "priority"),
+                    f"unknown priority class {tenant.priority!r} "
+                    f"(priority_classes: {', '.join(policy.priority_classes)})",
+                )
+            )
+        for model in tenant.models or ():
+            if model not in served:
+                problems.append((("tenants", name, "models"), f"{model!r} is served by no engine"))
+    up = policy.unknown_tenants.priority
+    if up is not None and up not in classes:
+        problems.append((("unknown_tenants", "priority"), f"unknown priority class {up!r}"))
+    if policy.default_tenant is not None and policy.default_tenant not in policy.tenants:
+        problems.append((("default_tenant",), f"{policy.default_tenant!r} is not in tenants"))
+    problems += _engine_problems(policy)
+    problems += _port_problems(policy)
+    return problems
+
+
+def _engine_problems(policy: Policy) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    idle = policy.listener.stream_idle_timeout_s
+    for name, engine in policy.engines.items():
+        for model in engine.models:
+            other = seen.setdefault(model, name)
+            # Replicas serve the same models and share one fair queue.
+            if other != name and set(policy.engines[other].models) != set(engine.models):
+                problems.append(
+                    (
+                        ("engines", name, "models"),
+                        f"{model!r} is also served by {other}; replicas of a model "
+                        "must serve the same models",
+                    )
+                )
+            first = policy.engines[other]
+            if other != name and (first.scheduler, first.queue, first.headroom) != (
+                engine.scheduler,
+                engine.queue,
+                engine.headroom,
+            ):
+                problems.append(
+                    (
+                        ("engines", name),
+                        f"replicas of {other} need the same scheduler, queue and headroom",
+                    )
+                )
+        if engine.queue.timeout_s >= idle:
+            # A queued request is an idle stream to Envoy: it would end in a 504 first.
+            problems.append(
+                (
+                    ("engines", name, "queue", "timeout_s"),
+                    f"must be below listener.stream_idle_timeout_s ({idle:g})",
+                )
+            )
+    budget = policy.gpu_memory_budget_gb
+    if budget is not None:
+        for name, engine in policy.engines.items():
+            if engine.gpu_memory_gb > budget:
+                problems.append(
+                    (
+                        ("engines", name, "gpu_memory_gb"),
+                        f"{engine.gpu_memory_gb:g} exceeds gpu_memory_budget_gb ({budget:g})",
+                    )
+                )
+        at_boot = sum(e.gpu_memory_gb for e in policy.engines.values() if not e.lazy)
+        if at_boot > budget:
+            problems.append(
+                (
+                    ("gpu_memory_budget_gb",),
+                    f"the engines started at boot (not lazy) need {at_boot:g} GB",
+                )
+            )
+    return problems
+
+
+def _port_problems(policy: Policy) -> list[Problem]:
+    problems: list[Problem] = []
+    owners: dict[int, str] = {}
+    listener = policy.listener
+    ports: list[tuple[tuple[str, ...], int]] = [
+        (("listener", "port"), listener.port),
+        (("listener", "admin_port"), listener.admin_port),
+        (("listener", "control_port"), listener.control_port),
+    ]
+    ports += [(("engines", n, "port"), e.port) for n, e in policy.engines.items() if e.port]
+    for path, port in ports:
+        key = ".".join(path)
+        if port in owners:
+            problems.append((path, f"{port} is also {owners[port]}"))
+        else:
+            owners[port] = key
+    return problems
