@@ -27,16 +27,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from fairlane.bench.engine_watch import EngineWatcher, queue_waits
 from fairlane.bench.loadgen import (
     Client,
     RunResult,
@@ -44,6 +42,13 @@ from fairlane.bench.loadgen import (
     add_realtime_argument,
     open_loop,
     realtime,
+)
+from fairlane.bench.noisy_deploy import (
+    MODEL,
+    arm_policy,
+    deploy,
+    gateway_max_inflight,
+    state_mode,
 )
 from fairlane.bench.noisy_report import (
     ARMS,
@@ -56,28 +61,16 @@ from fairlane.bench.noisy_report import (
     summarize_arm,
     summarize_spread,
 )
-from fairlane.bench.procwatch import metric_sums
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, write_json
 from fairlane.bench.stack import (
     CpuSnapshot,
-    FairlaneStack,
-    Server,
-    bench_policy,
-    free_ports,
-    start_redis,
-    start_sim,
-    write_policy,
 )
-from fairlane.bench.vllm_cpu import start_vllm_cpu
 from fairlane.engines.sim.openai_api import count_tokens
 from fairlane.engines.sim.presets import PRESETS
 
-MODEL = "bench-model"
-_TIMEOUT = aiohttp.ClientTimeout(total=2)
 CHAT_TEMPLATE_TOKENS = 8  # the simulator adds 4 per message and 4 per conversation
 KV_HEADROOM = 0.9
 ALL_ARMS = (*ARMS, "spread")
-SYNC_INTERVAL_S = 0.1  # fair-counter sync between gateways (docs/scaling.md)
 VLLM_CPU_MAX_INFLIGHT = 16  # the tiny model's batch on two cores, --max-num-seqs too
 
 
@@ -167,16 +160,6 @@ def default_output(gateways: int, local_state: bool) -> Path:
     return RESULTS_DIR / f"noisy-neighbor-gateways-{gateways}{'-local' if local_state else ''}.json"
 
 
-def gateway_max_inflight(total: int, gateways: int) -> int:
-    """Each gateway's share of what the engine batches (docs/scaling.md, "Engine capacity
-    with several gateways"): a gateway only counts its own requests."""
-    return max(1, total // gateways)
-
-
-def state_mode(gateways: int, local_state: bool) -> str:
-    return "redis" if gateways > 1 and not local_state else "local"
-
-
 def default_max_inflight(preset_name: str, prompt_tokens: int, max_tokens: int) -> int:
     """As many requests as the engine runs at once without queueing: ``max_num_seqs``,
     unless that many of them would not fit in 90% of the KV cache."""
@@ -229,7 +212,7 @@ async def _run(args: argparse.Namespace) -> int:
                     print("token-bucket: skipped, fifo completed nothing in its window")
                     continue
             tenants = [PINNED, SPREAD] if arm == "spread" else [*quiet, FLOODER]
-            policy = _policy(args, arm, tenants, max_inflight, bucket_rpm)
+            policy = arm_policy(args, arm, tenants, max_inflight, bucket_rpm)
             result, observed = await _arm(arm, policy, rates, args, Path(tmp))
             if arm == "spread":
                 headroom = DEFAULT_HEADROOM if args.headroom is None else args.headroom
@@ -268,7 +251,7 @@ async def _arm(
     args: argparse.Namespace,
     work: Path,
 ) -> tuple[RunResult, dict[str, Any]]:
-    async with _deploy(arm, policy, args.gateways, args.engine, work) as deployment:
+    async with deploy(arm, policy, args.gateways, args.engine, work) as deployment:
         urls = deployment.urls
         workload = Workload(
             urls[0],
@@ -281,7 +264,7 @@ async def _arm(
             pinned=frozenset({PINNED}),
         )
         async with aiohttp.ClientSession() as session:
-            watcher = _EngineWatcher(session, deployment.engine_port)
+            watcher = EngineWatcher(session, deployment.engine_port)
             sampler = asyncio.create_task(watcher.run())
             try:
                 before = CpuSnapshot.take(deployment.pids)
@@ -295,7 +278,7 @@ async def _arm(
             finally:
                 sampler.cancel()
                 await asyncio.gather(sampler, return_exceptions=True)
-            waits = await _queue_waits(session, deployment.control_ports)
+            waits = await queue_waits(session, deployment.control_ports)
     wall = cpu.pop("wall")
     return result, {
         "engine": watcher.summary(*result.window),
@@ -303,195 +286,3 @@ async def _arm(
         "queue_wait_ms_mean": waits,
         "realtime": used,
     }
-
-
-@dataclass
-class _Deployment:
-    urls: list[str]  # each gateway's listener
-    control_ports: list[int]
-    engine_port: int  # the (one) simulator's
-    pids: dict[str, int]  # by role, for CPU accounting
-
-
-@contextlib.asynccontextmanager
-async def _deploy(
-    arm: str, policy: dict[str, Any], gateways: int, engine_kind: str, work: Path
-) -> AsyncIterator[_Deployment]:
-    """One ``fairlane serve`` that runs the simulator itself, or, for ``gateways`` > 1 or
-    a real vLLM, the engine (and Redis, with ``state: redis``) started here and N
-    gateways sharing them; everything is stopped on the way out."""
-    engine_port = policy["engines"]["sim"]["port"]
-    servers: list[Server] = []
-    stacks: list[FairlaneStack] = []
-    try:
-        policies = [policy]
-        if gateways > 1 or engine_kind == "vllm-cpu":
-            servers.append(await _start_engine(policy["engines"]["sim"], engine_kind, work))
-            # All at once: ports chosen one call at a time could repeat.
-            *ports, redis_port = free_ports(3 * gateways + 1)
-            state: dict[str, Any] = {"kind": "local"}
-            if "state" in policy:
-                servers.append(await start_redis(redis_port, work))
-                state = policy["state"] | {"url": f"redis://127.0.0.1:{redis_port}/0"}
-            url = f"http://127.0.0.1:{engine_port}"
-            policies = [
-                gateway_policy(policy, ports[3 * i : 3 * i + 3], url, gateways, state)
-                for i in range(gateways)
-            ]
-        for index, document in enumerate(policies, 1):
-            port = document["listener"]["port"]
-            path = write_policy(work, document, f"{arm}-{index}.yaml")
-            stacks.append(FairlaneStack(path, work / f"{arm}-{index}", port))
-            await stacks[-1].start()
-        yield _Deployment(
-            urls=[f"http://127.0.0.1:{d['listener']['port']}" for d in policies],
-            control_ports=[d["listener"]["control_port"] for d in policies],
-            engine_port=engine_port,
-            pids=_roles(stacks, servers),
-        )
-    finally:
-        for stack in stacks:
-            await stack.stop()
-        for server in reversed(servers):
-            await server.stop()
-
-
-async def _start_engine(engine: dict[str, Any], kind: str, work: Path) -> Server:
-    """The shared engine, started as ``fairlane serve`` would start a managed one."""
-    if kind == "vllm-cpu":
-        # vLLM's priority policy changes nothing for requests without a priority.
-        return await start_vllm_cpu(MODEL, engine["port"], engine["max_inflight"], work)
-    # As `fairlane serve` starts a managed sim that gets priorities (engines/spec.py).
-    extra = ("--scheduling-policy", "priority") if engine.get("inject_priority") else ()
-    return await start_sim(engine["preset"], engine["port"], MODEL, work, extra)
-
-
-def _roles(stacks: list[FairlaneStack], servers: list[Server]) -> dict[str, int]:
-    """One stack: its roles (and an engine started beside it). Several: ``envoy-2`` etc.,
-    and the shared servers."""
-    roles = {"engine" if s.name.startswith(("sim", "vllm")) else s.name: s.pid for s in servers}
-    if len(stacks) == 1:
-        return stacks[0].pids() | roles
-    for index, stack in enumerate(stacks, 1):
-        roles |= {f"{role}-{index}": pid for role, pid in stack.pids().items()}
-    return roles
-
-
-def gateway_policy(
-    policy: dict[str, Any],
-    ports: list[int],
-    engine_url: str,
-    gateways: int,
-    state: dict[str, Any],
-) -> dict[str, Any]:
-    """One of ``gateways`` gateways' policy: ``policy`` on listener ``ports`` (port, admin,
-    control), its simulator turned into the shared ``external`` engine at ``engine_url``
-    with its share of ``max_inflight``, and tenant state as ``state`` says."""
-    port, admin, control = ports
-    engine = {
-        key: value
-        for key, value in policy["engines"]["sim"].items()
-        if key not in ("kind", "preset", "port")
-    }
-    engine |= {
-        "kind": "external",
-        "url": engine_url,
-        "max_inflight": gateway_max_inflight(engine["max_inflight"], gateways),
-    }
-    if engine.get("inject_priority"):
-        engine["inject_priority"] = "header"  # how a managed sim gets it; external: the body
-    listener = policy["listener"] | {"port": port, "admin_port": admin, "control_port": control}
-    return policy | {"listener": listener, "engines": {"sim": engine}, "state": state}
-
-
-class _EngineWatcher:
-    """The engine's own queue, once a second: is Fairlane keeping it empty?"""
-
-    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
-        self.session = session
-        self.url = f"http://127.0.0.1:{port}/metrics"
-        self.t0 = time.perf_counter()  # reset to the load generator's start
-        self.samples: list[tuple[float, float, float]] = []  # (time, waiting, running)
-
-    async def run(self) -> None:
-        names = ("vllm:num_requests_waiting", "vllm:num_requests_running")
-        while True:
-            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                async with self.session.get(self.url, timeout=_TIMEOUT) as resp:
-                    values = metric_sums(await resp.text(), names)
-                    waiting, running = (values[name] for name in names)
-                    self.samples.append((time.perf_counter() - self.t0, waiting, running))
-            await asyncio.sleep(1.0)
-
-    def summary(self, start: float, end: float) -> dict[str, float]:
-        inside = [(w, r) for t, w, r in self.samples if start <= t < end] or [(0.0, 0.0)]
-        return {
-            "max_waiting": max(w for w, _ in inside),
-            "mean_waiting": sum(w for w, _ in inside) / len(inside),
-            "mean_running": sum(r for _, r in inside) / len(inside),
-            "max_running": max(r for _, r in inside),
-        }
-
-
-async def _queue_waits(
-    session: aiohttp.ClientSession, control_ports: list[int]
-) -> dict[str, float]:
-    """Mean time each tenant's admitted requests waited in Fairlane's queues (whole run,
-    warm-up included), from the workers' fairlane_queue_wait_seconds histograms, pooled
-    over the gateways."""
-    texts: list[str] = []
-    for port in control_ports:
-        url = f"http://127.0.0.1:{port}/metrics"
-        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-            async with session.get(url, timeout=_TIMEOUT) as resp:
-                texts.append(await resp.text())
-    return pooled_queue_waits(texts)
-
-
-def pooled_queue_waits(texts: list[str]) -> dict[str, float]:
-    """Per tenant: the sum of its queue-wait histogram sums over the counts, in ms, across
-    the /metrics texts of every gateway."""
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    for line in (line for text in texts for line in text.splitlines()):
-        for suffix, into in (("_sum", sums), ("_count", counts)):
-            prefix = f"fairlane_queue_wait_seconds{suffix}{{"
-            if line.startswith(prefix):
-                tenant = line.split('tenant="', 1)[1].split('"', 1)[0]
-                into[tenant] = into.get(tenant, 0.0) + float(line.rsplit(" ", 1)[1])
-    return {t: 1000.0 * sums[t] / n for t, n in counts.items() if n and t in sums}
-
-
-def _policy(
-    args: argparse.Namespace,
-    arm: str,
-    tenant_names: list[str],
-    max_inflight: int,
-    bucket_rpm: float | None,
-) -> dict[str, Any]:
-    port, admin, control, sim_port = free_ports(4)
-    tenants: dict[str, Any] = {name: {} for name in tenant_names}
-    if arm == "token-bucket":
-        # Shared buckets are exact across gateways; local ones each get their share.
-        shared = state_mode(args.gateways, args.local_state) == "redis"
-        rpm = bucket_rpm if shared or bucket_rpm is None else bucket_rpm / args.gateways
-        tenants[FLOODER] = {"limits": {"requests_per_minute": rpm}}
-    engine = {
-        "kind": "sim",
-        "preset": args.preset,
-        "port": sim_port,
-        "models": [MODEL],
-        "max_inflight": max_inflight,
-        "scheduler": "fifo" if arm in ("fifo", "token-bucket") else "fair",
-        # Fair: the engine's own waiting queue also puts light tenants first.
-        "inject_priority": arm == "fair",
-        **({"headroom": args.headroom} if args.headroom is not None else {}),
-        **({"pacing": args.pacing} if args.pacing is not None else {}),
-        **({"adaptive": {}} if args.adaptive else {}),
-    }
-    document = bench_policy(
-        (port, admin, control), tenants, engine, unknown_tenants={"mode": "reject"}
-    )
-    if state_mode(args.gateways, args.local_state) == "redis":
-        document["state"] = {"kind": "redis", "sync_interval_s": SYNC_INTERVAL_S}
-    return document

@@ -10,15 +10,10 @@ from typing import Any
 
 import pytest
 
+from fairlane.bench.engine_watch import pooled_queue_waits
 from fairlane.bench.loadgen import Client, RequestRecord, RunResult, Workload, round_robin
-from fairlane.bench.noisy_neighbor import (
-    _policy,
-    add_arguments,
-    default_output,
-    gateway_max_inflight,
-    gateway_policy,
-    pooled_queue_waits,
-)
+from fairlane.bench.noisy_deploy import arm_policy, gateway_max_inflight, gateway_policy
+from fairlane.bench.noisy_neighbor import add_arguments, default_output
 from fairlane.bench.noisy_report import (
     FLOODER,
     PINNED,
@@ -75,14 +70,14 @@ def test_max_inflight_is_divided_between_gateways(total: int, gateways: int, eac
 
 
 def test_one_gateway_policy_is_unchanged_by_the_new_options() -> None:
-    policy = _policy(_args(), "fair", ["quiet-1", FLOODER], 256, None)
+    policy = arm_policy(_args(), "fair", ["quiet-1", FLOODER], 256, None)
     assert "state" not in policy
     assert policy["engines"]["sim"]["kind"] == "sim"
     assert policy["engines"]["sim"]["max_inflight"] == 256
 
 
 def test_gateway_policy_shares_an_external_engine_and_redis(tmp_path: Path) -> None:
-    base = _policy(_args("--gateways", "2", "--adaptive"), "fair", ["q", FLOODER], 256, None)
+    base = arm_policy(_args("--gateways", "2", "--adaptive"), "fair", ["q", FLOODER], 256, None)
     base["engines"]["sim"]["inject_priority"] = True
     original = copy.deepcopy(base)
     state = base["state"] | {"url": "redis://127.0.0.1:6400/0"}
@@ -112,10 +107,10 @@ def test_gateway_policy_shares_an_external_engine_and_redis(tmp_path: Path) -> N
 
 def test_local_state_has_no_redis_and_divides_the_token_bucket() -> None:
     args = _args("--gateways", "2", "--local-state")
-    policy = _policy(args, "token-bucket", ["q", FLOODER], 256, 120.0)
+    policy = arm_policy(args, "token-bucket", ["q", FLOODER], 256, 120.0)
     assert "state" not in policy
     assert policy["tenants"][FLOODER]["limits"]["requests_per_minute"] == 60.0
-    shared = _policy(_args("--gateways", "2"), "token-bucket", ["q", FLOODER], 256, 120.0)
+    shared = arm_policy(_args("--gateways", "2"), "token-bucket", ["q", FLOODER], 256, 120.0)
     assert shared["tenants"][FLOODER]["limits"]["requests_per_minute"] == 120.0
 
 

@@ -1,0 +1,170 @@
+"""Deployments for `fairlane bench noisy-neighbor`: each arm's policy, and the engine,
+Redis and gateways it runs on, stopped on the way out."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fairlane.bench.noisy_report import FLOODER
+from fairlane.bench.stack import (
+    FairlaneStack,
+    Server,
+    bench_policy,
+    free_ports,
+    start_redis,
+    start_sim,
+    write_policy,
+)
+from fairlane.bench.vllm_cpu import start_vllm_cpu
+
+MODEL = "bench-model"
+SYNC_INTERVAL_S = 0.1  # fair-counter sync between gateways (docs/scaling.md)
+
+
+def gateway_max_inflight(total: int, gateways: int) -> int:
+    """Each gateway's share of what the engine batches (docs/scaling.md, "Engine capacity
+    with several gateways"): a gateway only counts its own requests."""
+    return max(1, total // gateways)
+
+
+def state_mode(gateways: int, local_state: bool) -> str:
+    return "redis" if gateways > 1 and not local_state else "local"
+
+
+@dataclass
+class Deployment:
+    urls: list[str]  # each gateway's listener
+    control_ports: list[int]
+    engine_port: int  # the (one) simulator's
+    pids: dict[str, int]  # by role, for CPU accounting
+
+
+@contextlib.asynccontextmanager
+async def deploy(
+    arm: str, policy: dict[str, Any], gateways: int, engine_kind: str, work: Path
+) -> AsyncIterator[Deployment]:
+    """One ``fairlane serve`` that runs the simulator itself, or, for ``gateways`` > 1 or
+    a real vLLM, the engine (and Redis, with ``state: redis``) started here and N
+    gateways sharing them; everything is stopped on the way out."""
+    engine_port = policy["engines"]["sim"]["port"]
+    servers: list[Server] = []
+    stacks: list[FairlaneStack] = []
+    try:
+        policies = [policy]
+        if gateways > 1 or engine_kind == "vllm-cpu":
+            servers.append(await _start_engine(policy["engines"]["sim"], engine_kind, work))
+            # All at once: ports chosen one call at a time could repeat.
+            *ports, redis_port = free_ports(3 * gateways + 1)
+            state: dict[str, Any] = {"kind": "local"}
+            if "state" in policy:
+                servers.append(await start_redis(redis_port, work))
+                state = policy["state"] | {"url": f"redis://127.0.0.1:{redis_port}/0"}
+            url = f"http://127.0.0.1:{engine_port}"
+            policies = [
+                gateway_policy(policy, ports[3 * i : 3 * i + 3], url, gateways, state)
+                for i in range(gateways)
+            ]
+        for index, document in enumerate(policies, 1):
+            port = document["listener"]["port"]
+            path = write_policy(work, document, f"{arm}-{index}.yaml")
+            stacks.append(FairlaneStack(path, work / f"{arm}-{index}", port))
+            await stacks[-1].start()
+        yield Deployment(
+            urls=[f"http://127.0.0.1:{d['listener']['port']}" for d in policies],
+            control_ports=[d["listener"]["control_port"] for d in policies],
+            engine_port=engine_port,
+            pids=_roles(stacks, servers),
+        )
+    finally:
+        for stack in stacks:
+            await stack.stop()
+        for server in reversed(servers):
+            await server.stop()
+
+
+async def _start_engine(engine: dict[str, Any], kind: str, work: Path) -> Server:
+    """The shared engine, started as ``fairlane serve`` would start a managed one."""
+    if kind == "vllm-cpu":
+        # vLLM's priority policy changes nothing for requests without a priority.
+        return await start_vllm_cpu(MODEL, engine["port"], engine["max_inflight"], work)
+    # As `fairlane serve` starts a managed sim that gets priorities (engines/spec.py).
+    extra = ("--scheduling-policy", "priority") if engine.get("inject_priority") else ()
+    return await start_sim(engine["preset"], engine["port"], MODEL, work, extra)
+
+
+def _roles(stacks: list[FairlaneStack], servers: list[Server]) -> dict[str, int]:
+    """One stack: its roles (and an engine started beside it). Several: ``envoy-2`` etc.,
+    and the shared servers."""
+    roles = {"engine" if s.name.startswith(("sim", "vllm")) else s.name: s.pid for s in servers}
+    if len(stacks) == 1:
+        return stacks[0].pids() | roles
+    for index, stack in enumerate(stacks, 1):
+        roles |= {f"{role}-{index}": pid for role, pid in stack.pids().items()}
+    return roles
+
+
+def gateway_policy(
+    policy: dict[str, Any],
+    ports: list[int],
+    engine_url: str,
+    gateways: int,
+    state: dict[str, Any],
+) -> dict[str, Any]:
+    """One of ``gateways`` gateways' policy: ``policy`` on listener ``ports`` (port, admin,
+    control), its simulator turned into the shared ``external`` engine at ``engine_url``
+    with its share of ``max_inflight``, and tenant state as ``state`` says."""
+    port, admin, control = ports
+    engine = {
+        key: value
+        for key, value in policy["engines"]["sim"].items()
+        if key not in ("kind", "preset", "port")
+    }
+    engine |= {
+        "kind": "external",
+        "url": engine_url,
+        "max_inflight": gateway_max_inflight(engine["max_inflight"], gateways),
+    }
+    if engine.get("inject_priority"):
+        engine["inject_priority"] = "header"  # how a managed sim gets it; external: the body
+    listener = policy["listener"] | {"port": port, "admin_port": admin, "control_port": control}
+    return policy | {"listener": listener, "engines": {"sim": engine}, "state": state}
+
+
+def arm_policy(
+    args: argparse.Namespace,
+    arm: str,
+    tenant_names: list[str],
+    max_inflight: int,
+    bucket_rpm: float | None,
+) -> dict[str, Any]:
+    port, admin, control, sim_port = free_ports(4)
+    tenants: dict[str, Any] = {name: {} for name in tenant_names}
+    if arm == "token-bucket":
+        # Shared buckets are exact across gateways; local ones each get their share.
+        shared = state_mode(args.gateways, args.local_state) == "redis"
+        rpm = bucket_rpm if shared or bucket_rpm is None else bucket_rpm / args.gateways
+        tenants[FLOODER] = {"limits": {"requests_per_minute": rpm}}
+    engine = {
+        "kind": "sim",
+        "preset": args.preset,
+        "port": sim_port,
+        "models": [MODEL],
+        "max_inflight": max_inflight,
+        "scheduler": "fifo" if arm in ("fifo", "token-bucket") else "fair",
+        # Fair: the engine's own waiting queue also puts light tenants first.
+        "inject_priority": arm == "fair",
+        **({"headroom": args.headroom} if args.headroom is not None else {}),
+        **({"pacing": args.pacing} if args.pacing is not None else {}),
+        **({"adaptive": {}} if args.adaptive else {}),
+    }
+    document = bench_policy(
+        (port, admin, control), tenants, engine, unknown_tenants={"mode": "reject"}
+    )
+    if state_mode(args.gateways, args.local_state) == "redis":
+        document["state"] = {"kind": "redis", "sync_interval_s": SYNC_INTERVAL_S}
+    return document
