@@ -28,9 +28,10 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
-from fairlane.bench.loadgen import add_realtime_argument, realtime
+from fairlane.bench.cpu import CpuSnapshot, cpu_seconds
+from fairlane.bench.realtime import add_realtime_argument, realtime
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, table, write_json
-from fairlane.bench.stack import CpuSnapshot, Server, cpu_seconds, free_ports, write_policy
+from fairlane.bench.stack import Server, free_ports, write_policy
 from fairlane.bench.stats import fmt, per_unit, summarize
 
 MODEL = "bench-model"

@@ -28,25 +28,13 @@ from typing import Any
 
 import aiohttp
 
+from fairlane.bench.cpu import CpuSnapshot
 from fairlane.bench.load_report import LoadRecord, assess, render, summarize_step
-from fairlane.bench.loadgen import (
-    Client,
-    RequestRecord,
-    Workload,
-    _read_events,
-    add_realtime_argument,
-    closed_loop,
-    realtime,
-)
+from fairlane.bench.loadgen import Client, RequestRecord, Workload, _read_events, closed_loop
 from fairlane.bench.procwatch import loadavg, worker_gauges
+from fairlane.bench.realtime import add_realtime_argument, realtime
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, write_json
-from fairlane.bench.stack import (
-    CpuSnapshot,
-    FairlaneStack,
-    bench_policy,
-    free_ports,
-    write_policy,
-)
+from fairlane.bench.stack import FairlaneStack, bench_policy, free_ports, write_policy
 from fairlane.engines.sim.presets import PRESETS
 
 MODEL = "bench-model"

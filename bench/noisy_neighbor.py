@@ -34,15 +34,9 @@ from typing import Any
 
 import aiohttp
 
+from fairlane.bench.cpu import CpuSnapshot
 from fairlane.bench.engine_watch import EngineWatcher, queue_waits
-from fairlane.bench.loadgen import (
-    Client,
-    RunResult,
-    Workload,
-    add_realtime_argument,
-    open_loop,
-    realtime,
-)
+from fairlane.bench.loadgen import Client, RunResult, Workload, open_loop
 from fairlane.bench.noisy_deploy import (
     MODEL,
     arm_policy,
@@ -61,10 +55,8 @@ from fairlane.bench.noisy_report import (
     summarize_arm,
     summarize_spread,
 )
+from fairlane.bench.realtime import add_realtime_argument, realtime
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, write_json
-from fairlane.bench.stack import (
-    CpuSnapshot,
-)
 from fairlane.engines.sim.openai_api import count_tokens
 from fairlane.engines.sim.presets import PRESETS
 

@@ -18,22 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fairlane.bench.loadgen import (
-    Client,
-    RequestRecord,
-    Workload,
-    add_realtime_argument,
-    closed_loop,
-    realtime,
-)
+from fairlane.bench.cpu import CpuSnapshot
+from fairlane.bench.loadgen import Client, RequestRecord, Workload, closed_loop
+from fairlane.bench.plain_envoy import start_plain_envoy
+from fairlane.bench.realtime import add_realtime_argument, realtime
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, table, write_json
 from fairlane.bench.stack import (
-    CpuSnapshot,
     FairlaneStack,
     Server,
     bench_policy,
     free_ports,
-    start_plain_envoy,
     start_sim,
     write_policy,
 )

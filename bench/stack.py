@@ -1,6 +1,6 @@
-"""Start and stop what a benchmark measures: a bare simulator, a plain Envoy proxy, a
-whole ``fairlane serve``, the Redis several of them share; read the CPU time of their
-processes from /proc.
+"""Start and stop what a benchmark measures: a bare simulator, a whole ``fairlane
+serve``, the Redis several of them share (a plain Envoy: ``plain_envoy.py``; their CPU
+time: ``cpu.py``).
 
 Every server runs in its own process group (``start_new_session``) on free ports, so a
 benchmark never collides with a running ``make serve``; it is stopped by PID (SIGTERM,
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -19,17 +18,15 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import aiohttp
 import yaml
 
+from fairlane.bench.cpu import children, cmdline
 from fairlane.policy_file import parse_policy
-from fairlane.serve import envoy_binary
 
-T = "type.googleapis.com/"
 STOP_TIMEOUT_S = 30.0
 
 
@@ -65,75 +62,6 @@ def bench_policy(
     return {"version": 1, "listener": listener, "tenants": tenants, "engines": {"sim": engine}} | (
         sections
     )
-
-
-# -- /proc --------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads) in seconds; 0.0 if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all CPUs spent busy since boot (/proc/stat: user, nice, system, irq,
-    softirq; not idle, iowait or steal)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class CpuSnapshot:
-    """CPU time of named processes, of this process and of the whole machine."""
-
-    wall: float
-    machine: float
-    own: float
-    processes: dict[str, float]
-
-    @staticmethod
-    def take(pids: dict[str, int]) -> CpuSnapshot:
-        return CpuSnapshot(
-            time.monotonic(),
-            machine_busy_seconds(),
-            time.process_time(),
-            {role: cpu_seconds(pid) for role, pid in pids.items()},
-        )
-
-    def since(self, before: CpuSnapshot) -> dict[str, float]:
-        """CPU seconds per role (``loadgen`` = this process), ``background`` (the machine's
-        busy time spent in none of them: other work on the box) and ``wall``."""
-        used = {role: t - before.processes.get(role, t) for role, t in self.processes.items()}
-        used["loadgen"] = self.own - before.own
-        used["background"] = max(0.0, self.machine - before.machine - sum(used.values()))
-        used["wall"] = self.wall - before.wall
-        return used
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of a process, from /proc/PID/task/*/children."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            found += [int(p) for p in (task / "children").read_text().split()]
-    return found
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-# -- processes ----------------------------------------------------------------------------
 
 
 class Server:
@@ -257,72 +185,6 @@ async def start_redis(port: int, log_dir: Path, timeout_s: float = 10.0) -> Serv
         await asyncio.sleep(0.05)
     await server.stop()
     raise RuntimeError(f"redis-server not listening on {port}:\n{server.log_tail()}")
-
-
-def plain_envoy_bootstrap(port: int, admin_port: int, upstream_port: int) -> dict[str, Any]:
-    """Listener -> HTTP connection manager -> router -> one cluster; route timeout 0s."""
-    route = {"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "0s"}}
-    hcm = {
-        "@type": T + "envoy.extensions.filters.network.http_connection_manager.v3."
-        "HttpConnectionManager",
-        "stat_prefix": "plain",
-        "codec_type": "AUTO",
-        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
-        "http_filters": [
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {"@type": T + "envoy.extensions.filters.http.router.v3.Router"},
-            }
-        ],
-    }
-    listener = {
-        "name": "plain",
-        "address": _address(port),
-        "filter_chains": [
-            {
-                "filters": [
-                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                ]
-            }
-        ],
-    }
-    big = 1_000_000
-    cluster = {
-        "name": "upstream",
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "circuit_breakers": {
-            "thresholds": [
-                {"max_connections": big, "max_pending_requests": big, "max_requests": big}
-            ]
-        },
-        "load_assignment": {
-            "cluster_name": "upstream",
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(upstream_port)}}]}],
-        },
-    }
-    return {
-        "admin": {"address": _address(admin_port)},
-        "static_resources": {"listeners": [listener], "clusters": [cluster]},
-    }
-
-
-def _address(port: int) -> dict[str, Any]:
-    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
-
-
-async def start_plain_envoy(port: int, admin_port: int, upstream_port: int, work: Path) -> Server:
-    """A bare Envoy in front of ``upstream_port`` (the "Envoy alone" arm)."""
-    config = work / f"plain-envoy-{port}.json"
-    config.write_text(json.dumps(plain_envoy_bootstrap(port, admin_port, upstream_port)))
-    argv = [
-        envoy_binary(), "-c", str(config), "--log-level", "warning",
-        "--disable-hot-restart", "--use-dynamic-base-id",
-    ]  # fmt: skip
-    server = Server("plain-envoy", argv, work / f"plain-envoy-{port}.log")
-    await server.start()
-    await server.wait_healthy(f"http://127.0.0.1:{port}/health", 30)
-    return server
 
 
 class FairlaneStack:

@@ -1,0 +1,72 @@
+"""CPU time from /proc: per process, for the whole machine, and a process's children."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) in seconds; 0.0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (/proc/stat: user, nice, system, irq,
+    softirq; not idle, iowait or steal)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU time of named processes, of this process and of the whole machine."""
+
+    wall: float
+    machine: float
+    own: float
+    processes: dict[str, float]
+
+    @staticmethod
+    def take(pids: dict[str, int]) -> CpuSnapshot:
+        return CpuSnapshot(
+            time.monotonic(),
+            machine_busy_seconds(),
+            time.process_time(),
+            {role: cpu_seconds(pid) for role, pid in pids.items()},
+        )
+
+    def since(self, before: CpuSnapshot) -> dict[str, float]:
+        """CPU seconds per role (``loadgen`` = this process), ``background`` (the machine's
+        busy time spent in none of them: other work on the box) and ``wall``."""
+        used = {role: t - before.processes.get(role, t) for role, t in self.processes.items()}
+        used["loadgen"] = self.own - before.own
+        used["background"] = max(0.0, self.machine - before.machine - sum(used.values()))
+        used["wall"] = self.wall - before.wall
+        return used
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process, from /proc/PID/task/*/children."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
