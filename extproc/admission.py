@@ -28,6 +28,7 @@ from enum import Enum
 
 from fairlane.extproc.pacing import AdmissionPacer
 from fairlane.extproc.scheduling import QueuedRequest, Scheduler
+from fairlane.extproc.shares import Shares
 
 
 class EngineState(Enum):
@@ -42,15 +43,6 @@ class QueueTimeout(Exception):
 
 class EngineUnavailable(Exception):
     pass
-
-
-@dataclass(slots=True)
-class _Holding:
-    """An active tenant's stake in the pool: slots held, requests waiting."""
-
-    weight: float
-    inflight: int = 0
-    waiting: int = 0
 
 
 @dataclass(slots=True)
@@ -89,8 +81,7 @@ class EnginePool:
         self.headroom = headroom  # fraction of capacity kept for under-share tenants
         self.headroom_admissions = 0  # admitted into the reserved slots so far
         self._waiting: dict[QueuedRequest, asyncio.Future[str]] = {}
-        self._holdings: dict[str, _Holding] = {}  # only tenants in flight or waiting
-        self._active_weight = 0.0
+        self.shares = Shares()
         self.pacer: AdmissionPacer | None = None  # spaces over-share admissions out
         self._pacing_timer: asyncio.TimerHandle | None = None
         self._pacing_due = 0.0  # when the pacing timer fires, on self._clock
@@ -124,7 +115,7 @@ class EnginePool:
     @property
     def active_tenants(self) -> int:
         """Tenants with a request in flight or waiting."""
-        return len(self._holdings)
+        return len(self.shares)
 
     @property
     def reserved(self) -> int:
@@ -142,7 +133,7 @@ class EnginePool:
             # sitting out their timeout.
             for request, future in list(self._waiting.items()):
                 self.scheduler.remove(request)
-                self._unhold(request.tenant, waiting=1)
+                self.shares.unhold(request.tenant, waiting=1)
                 if not future.done():
                     future.set_exception(EngineUnavailable(self.name))
             self._waiting.clear()
@@ -165,8 +156,7 @@ class EnginePool:
         if self._waiting or self._only_reserved_left():
             # Others wait, or only reserved slots are left: both are for a tenant under
             # its share, and one with nothing of its own queued (its order holds).
-            holding = self._holdings.get(request.tenant)
-            if (holding is not None and holding.waiting) or not self._may_take_reserved(request):
+            if self.shares.waiting(request.tenant) or not self._may_take_reserved(request):
                 return None
             self.headroom_admissions += 1
         self.scheduler.admit_direct(request, self._clock())
@@ -211,7 +201,7 @@ class EnginePool:
         slot = self.replicas.get(replica)
         if slot is not None:
             slot.inflight = max(0, slot.inflight - 1)
-        self._unhold(request.tenant, inflight=1)
+        self.shares.unhold(request.tenant, inflight=1)
         now = self._clock()
         self.scheduler.complete(request, actual_cost, now)
         if self.pacer is not None:
@@ -226,7 +216,7 @@ class EnginePool:
         """Take a request that gave up out of the queue (if dispatch has not already)."""
         if self._waiting.pop(request, None) is not None:
             self.scheduler.remove(request)
-            self._unhold(request.tenant, waiting=1)
+            self.shares.unhold(request.tenant, waiting=1)
 
     def _dispatch(self) -> None:
         now = self._clock()
@@ -248,7 +238,7 @@ class EnginePool:
                 return
             self._note_paced(request)
             future = self._waiting.pop(request, None)
-            self._unhold(request.tenant, waiting=1)
+            self.shares.unhold(request.tenant, waiting=1)
             if future is None or future.done():
                 # Its waiter gave up this very tick: undo the charge pop() made.
                 self.scheduler.complete(request, 0.0, now)
@@ -295,43 +285,14 @@ class EnginePool:
         return self._busy >= self.capacity - self.reserved
 
     def _under_share(self, request: QueuedRequest) -> bool:
-        """Does the request's tenant hold fewer slots than its weighted share?"""
-        excess = self._excess(request.tenant)
-        return excess is None or excess < 0
+        return self.shares.under(request.tenant, self.capacity)
 
     def over_share(self, tenant: str) -> bool:
         """Does the tenant hold more slots than its weighted share of the pool?"""
-        excess = self._excess(tenant)
-        return excess is not None and excess > 0
-
-    def _excess(self, tenant: str) -> float | None:
-        """Slots held minus the weighted share, scaled by the active weight (only the
-        sign matters); None when it holds nothing or is alone (its share is the whole
-        pool, so it is neither over nor short of it)."""
-        holding = self._holdings.get(tenant)
-        if holding is None or len(self._holdings) == 1:
-            return None
-        return holding.inflight * self._active_weight - self.capacity * holding.weight
+        return self.shares.over(tenant, self.capacity)
 
     def _hold(self, request: QueuedRequest, inflight: int = 0, waiting: int = 0) -> None:
-        holding = self._holdings.get(request.tenant)
-        if holding is None:
-            holding = self._holdings[request.tenant] = _Holding(request.weight)
-            self._active_weight += request.weight
-        holding.inflight += inflight
-        holding.waiting += waiting
-
-    def _unhold(self, tenant: str, inflight: int = 0, waiting: int = 0) -> None:
-        holding = self._holdings.get(tenant)
-        if holding is None:
-            return
-        holding.inflight = max(0, holding.inflight - inflight)
-        holding.waiting = max(0, holding.waiting - waiting)
-        if not holding.inflight and not holding.waiting:
-            del self._holdings[tenant]
-            self._active_weight -= holding.weight
-            if not self._holdings:
-                self._active_weight = 0.0  # no float residue once nobody is active
+        self.shares.hold(request.tenant, request.weight, inflight, waiting)
 
 
 def _admitted(future: asyncio.Future[str]) -> bool:
