@@ -26,7 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--headroom", type=float, default=DEFAULT_HEADROOM, help="slots the flooder leaves"
     )
     parser.add_argument("--pace", type=float, nargs="*", default=[1.1, 1.5], help="`pacing`s")
+    parser.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        nargs="+",
+        default=None,
+        help="the engine's token budget per step (vLLM's flag); every arm runs at each, "
+        "ratios against the first (default: the preset's)",
+    )
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--seed", type=int, default=1)
@@ -59,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @dataclass
 class Arm:
     name: str
+    budget: int  # the engine's max_num_batched_tokens
     flooder_slots: int  # 0: no flooder
     pacing: float = 0.0  # the policy's `pacing` factor; 0: each freed slot refilled at once
     ttfts: list[float] = field(default_factory=list)
@@ -69,6 +78,7 @@ class Arm:
         tok_s = self.flooder_tokens / duration_s
         return {
             "arm": self.name,
+            "max_num_batched_tokens": self.budget,
             "pacing": self.pacing or None,
             "quiet_ttft_ms": quiet,
             "quiet_p99_x_solo": ratio(quiet["p99"], solo_p99),
@@ -83,7 +93,8 @@ class Arm:
 
 async def measure(arm: Arm, args: argparse.Namespace) -> None:
     """Run one arm on a fresh engine; TTFTs and flooder tokens inside the window only."""
-    engine = SimEngine(PRESETS[args.preset], scheduling_policy="priority")
+    preset = replace(PRESETS[args.preset], max_num_batched_tokens=arm.budget)
+    engine = SimEngine(preset, scheduling_policy="priority")
     await engine.start()
     window_start: float = time.monotonic() + args.warmup
     window_end: float = window_start + args.duration
@@ -158,25 +169,38 @@ async def measure(arm: Arm, args: argparse.Namespace) -> None:
 
 
 def arms(args: argparse.Namespace) -> list[Arm]:
-    """solo, held, then a paced arm per pacing factor."""
+    """Per token budget: solo, held, then a paced arm per pacing factor."""
     preset = PRESETS[args.preset]
     slots = preset.max_num_seqs - reserved_slots(preset.max_num_seqs, args.headroom)
-    paced = [Arm(f"paced-{factor:g}", slots, pacing=factor) for factor in args.pace]
-    return [Arm("solo", 0), Arm("held", slots), *paced]
+    budgets = args.max_num_batched_tokens or [preset.max_num_batched_tokens]
+    return [
+        arm
+        for budget in budgets
+        for arm in (
+            Arm("solo", budget, 0),
+            Arm("held", budget, slots),
+            *(Arm(f"paced-{factor:g}", budget, slots, pacing=factor) for factor in args.pace),
+        )
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
     done: list[Arm] = []
     for arm in arms(args):
-        print(f"arm {arm.name}: {args.warmup:.0f}s warm-up + {args.duration:.0f}s", flush=True)
+        print(
+            f"arm {arm.name} at {arm.budget} tokens/step: "
+            f"{args.warmup:.0f}s warm-up + {args.duration:.0f}s",
+            flush=True,
+        )
         asyncio.run(measure(arm, args))
         done.append(arm)
-    solo, held = done[0], done[1]
+    solo, held = done[0], done[1]  # the first budget's: the engine as configured
     solo_p99 = summarize(solo.ttfts, scale=1000)["p99"]
     results = [arm.result(args.duration, solo_p99, held) for arm in done]
     rows = [
         [
             r["arm"],
+            str(r["max_num_batched_tokens"]),
             fmt(r["pacing"], 2),
             fmt(r["quiet_ttft_ms"]["p50"], 0),
             fmt(r["quiet_ttft_ms"]["p99"], 0),
@@ -187,8 +211,8 @@ def run(args: argparse.Namespace) -> int:
         ]
         for r in results
     ]
-    headers = ["arm", "pacing", "quiet TTFT p50 ms", "quiet TTFT p99 ms", "quiet p99 x solo"]
-    headers += ["flooder tok/s", "flooder x held", "quiet requests"]
+    headers = ["arm", "tokens/step", "pacing", "quiet TTFT p50 ms", "quiet TTFT p99 ms"]
+    headers += ["quiet p99 x solo", "flooder tok/s", "flooder x held", "quiet requests"]
     print(table(headers, rows))
     path = write_json(
         args.output,

@@ -89,12 +89,14 @@ async def deploy(
 
 async def _start_engine(engine: dict[str, Any], kind: str, work: Path) -> Server:
     """The shared engine, started as ``fairlane serve`` would start a managed one."""
+    args = tuple(engine.get("args", ()))
     if kind == "vllm-cpu":
         # vLLM's priority policy changes nothing for requests without a priority.
-        return await start_vllm_cpu(MODEL, engine["port"], engine["max_inflight"], work)
+        return await start_vllm_cpu(MODEL, engine["port"], engine["max_inflight"], work, args)
     # As `fairlane serve` starts a managed sim that gets priorities (engines/spec.py).
-    extra = ("--scheduling-policy", "priority") if engine.get("inject_priority") else ()
-    return await start_sim(engine["preset"], engine["port"], MODEL, work, extra)
+    if engine.get("inject_priority"):
+        args = ("--scheduling-policy", "priority", *args)
+    return await start_sim(engine["preset"], engine["port"], MODEL, work, args)
 
 
 def _roles(stacks: list[FairlaneStack], servers: list[Server]) -> dict[str, int]:
@@ -122,7 +124,7 @@ def gateway_policy(
     engine = {
         key: value
         for key, value in policy["engines"]["sim"].items()
-        if key not in ("kind", "preset", "port")
+        if key not in ("kind", "preset", "port", "args")
     }
     engine |= {
         "kind": "external",
@@ -162,6 +164,8 @@ def arm_policy(
         **({"pacing": args.pacing} if args.pacing is not None else {}),
         **({"adaptive": {}} if args.adaptive else {}),
     }
+    if args.max_num_batched_tokens is not None:
+        engine["args"] = ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
     document = bench_policy(
         (port, admin, control), tenants, engine, unknown_tenants={"mode": "reject"}
     )

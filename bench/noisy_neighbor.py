@@ -136,6 +136,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="fair arm: the policy's `pacing` (default: the policy default)",
     )
+    parser.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        help="all arms: the engine's token budget per step (vLLM's flag, which the "
+        "simulator also takes; default: the engine's). Smaller steps: a prompt the engine "
+        "puts first waits less behind others' prefills",
+    )
     parser.add_argument("--seed", type=int, default=1)
     add_realtime_argument(parser)
     parser.add_argument(

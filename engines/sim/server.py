@@ -231,14 +231,40 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="fcfs",
         help="order of the waiting queue, as vLLM's flag (priority: lower first)",
     )
+    parser.add_argument(
+        "--max-num-seqs", type=int, help="most sequences in one step, as vLLM's flag"
+    )
+    parser.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        help="token budget of one step, as vLLM's flag (prompts beyond it are chunked)",
+    )
     args = parser.parse_args(argv)
-    if args.max_queue is not None and args.max_queue < 1:
-        parser.error("--max-queue must be at least 1")
+    for flag in ("max_queue", "max_num_seqs", "max_num_batched_tokens"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    preset = configured_preset(args)
+    if preset.max_num_batched_tokens < preset.max_num_seqs:
+        # As vLLM: every running sequence's next token must fit in one step.
+        parser.error(
+            f"--max-num-batched-tokens ({preset.max_num_batched_tokens}) must be at least "
+            f"--max-num-seqs ({preset.max_num_seqs})"
+        )
     return args
 
 
+def configured_preset(args: argparse.Namespace) -> SimPreset:
+    """The preset, with the batch limits the command line overrides."""
+    overrides = {
+        flag: getattr(args, flag)
+        for flag in ("max_num_seqs", "max_num_batched_tokens")
+        if getattr(args, flag) is not None
+    }
+    return replace(PRESETS[args.preset], **overrides)
+
+
 async def _serve(args: argparse.Namespace) -> int:
-    preset = PRESETS[args.preset]
+    preset = configured_preset(args)
     engine = SimEngine(preset, max_waiting=args.max_queue, scheduling_policy=args.scheduling_policy)
     app = build_app(engine, args.model or ["sim-model"], preset)
     # handler_cancellation: a client that disconnects while its request is still queued

@@ -76,8 +76,18 @@ def test_one_gateway_policy_is_unchanged_by_the_new_options() -> None:
     assert policy["engines"]["sim"]["max_inflight"] == 256
 
 
+def test_the_token_budget_goes_to_the_managed_engine_as_its_flag(tmp_path: Path) -> None:
+    args = _args("--max-num-batched-tokens", "768")
+    for arm in ("fifo", "fair"):  # every arm runs on the same engine
+        policy = arm_policy(args, arm, ["quiet-1", FLOODER], 256, None)
+        assert policy["engines"]["sim"]["args"] == ["--max-num-batched-tokens", "768"]
+    parsed = parse_policy(write_policy(tmp_path, policy).read_text(), "p.yaml")
+    assert parsed.engines["sim"].args == ("--max-num-batched-tokens", "768")
+
+
 def test_gateway_policy_shares_an_external_engine_and_redis(tmp_path: Path) -> None:
-    base = arm_policy(_args("--gateways", "2", "--adaptive"), "fair", ["q", FLOODER], 256, None)
+    argv = ("--gateways", "2", "--adaptive", "--max-num-batched-tokens", "768")
+    base = arm_policy(_args(*argv), "fair", ["q", FLOODER], 256, None)
     base["engines"]["sim"]["inject_priority"] = True
     original = copy.deepcopy(base)
     state = base["state"] | {"url": "redis://127.0.0.1:6400/0"}
@@ -89,7 +99,7 @@ def test_gateway_policy_shares_an_external_engine_and_redis(tmp_path: Path) -> N
         "max_inflight": 128,
         "scheduler": "fair",
         "inject_priority": "header",  # as the managed sim gets it; external means the body
-        "adaptive": {},
+        "adaptive": {},  # and no "args": the bench starts the shared engine itself
         "kind": "external",
         "url": "http://127.0.0.1:9000",
     }

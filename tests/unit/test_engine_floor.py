@@ -25,3 +25,21 @@ def test_engine_floor_writes_every_arm(tmp_path: Path) -> None:
     assert 0 < arms["paced-1"]["flooder_x_held"] < 1.5
     for arm in arms.values():
         assert arm["quiet_ttft_ms"]["count"] > 10
+
+
+def test_engine_floor_runs_every_arm_at_each_token_budget(tmp_path: Path) -> None:
+    output = tmp_path / "floor.json"
+    argv = ["engine-floor", "--preset", "tiny", "--prompt-tokens", "64", "--max-tokens", "8"]
+    argv += ["--quiet-rps", "20", "--duration", "1", "--warmup", "0.2", "--pace"]
+    argv += ["--max-num-batched-tokens", "512", "24"]
+    args = build_parser().parse_args([*argv, "--output", str(output)])
+    assert args.run(args) == 0
+    arms = json.loads(output.read_text())["arms"]
+    assert [(a["arm"], a["max_num_batched_tokens"]) for a in arms] == [
+        ("solo", 512), ("held", 512), ("solo", 24), ("held", 24),
+    ]  # fmt: skip
+    # Ratios are against the first budget's solo and held: the engine as configured.
+    assert arms[0]["quiet_p99_x_solo"] == 1.0 and arms[1]["flooder_x_held"] == 1.0
+    # Next to the flooder's 7 decodes a 24-token step takes 17 prompt tokens: the
+    # 64-token prompt needs four steps instead of one.
+    assert arms[2]["quiet_ttft_ms"]["p50"] > arms[0]["quiet_ttft_ms"]["p50"]
