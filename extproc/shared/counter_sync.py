@@ -48,6 +48,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
@@ -59,56 +60,10 @@ log = logging.getLogger(__name__)
 
 Apply = Callable[[str, str, float], None]
 
-# KEYS: totals, born, at, chg, meta. ARGV: epoch seen ('' = none), last seq read, new id,
-# wall time, ttl, then tenant, amount pairs. Pushes the pairs, then returns
-# {epoch, seq, tenant, total, born, ...} for every tenant changed after the last seq (all
-# of them when the epoch is not the one seen).
-_SYNC = r"""
-local totals, born, at, chg, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local id, ttl = ARGV[3], ARGV[5]
-if redis.call('HSETNX', meta, 'epoch', id) == 1 then redis.call('EXPIRE', meta, ttl) end
-local epoch = redis.call('HGET', meta, 'epoch')
-local last = tonumber(ARGV[2])
-if ARGV[1] ~= epoch then last = 0 end
-if #ARGV > 5 then
-  local seq = redis.call('HINCRBY', meta, 'seq', 1)
-  for i = 6, #ARGV, 2 do
-    local tenant = ARGV[i]
-    redis.call('HSETNX', born, tenant, seq .. ':' .. id)
-    redis.call('HINCRBYFLOAT', totals, tenant, ARGV[i + 1])
-    redis.call('HSET', at, tenant, ARGV[4])
-    redis.call('ZADD', chg, seq, tenant)
-  end
-  for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ttl) end
-end
-local out = {epoch, redis.call('HGET', meta, 'seq') or '0', tostring(last)}
-for _, tenant in ipairs(redis.call('ZRANGEBYSCORE', chg, '(' .. last, '+inf')) do
-  local total = redis.call('HGET', totals, tenant)
-  if total then
-    table.insert(out, tenant)
-    table.insert(out, total)
-    table.insert(out, redis.call('HGET', born, tenant) or '0:')
-  end
-end
-return out
-"""
-
-# KEYS: totals, born, at, chg. Deletes the tenants not pushed since ARGV[1] (wall time).
-_CLEANUP = r"""
-local at = redis.call('HGETALL', KEYS[3])
-local n = 0
-for i = 1, #at, 2 do
-  if tonumber(at[i + 1]) < tonumber(ARGV[1]) then
-    local tenant = at[i]
-    redis.call('HDEL', KEYS[1], tenant)
-    redis.call('HDEL', KEYS[2], tenant)
-    redis.call('HDEL', KEYS[3], tenant)
-    redis.call('ZREM', KEYS[4], tenant)
-    n = n + 1
-  end
-end
-return n
-"""
+# The Redis side, run atomically per pool: push this gateway's sums and read back the
+# tenants changed since the last read; delete tenants not pushed for ttl_s.
+_SYNC = resources.files("fairlane.extproc.shared").joinpath("vtc_sync.lua").read_text()
+_CLEANUP = resources.files("fairlane.extproc.shared").joinpath("vtc_cleanup.lua").read_text()
 
 
 @dataclass(slots=True)
