@@ -10,9 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fairlane.policy import EngineConfig
 from fairlane.policy_file import PolicyError, load_policy
 
 OK, MISSING, INFO = "ok", "MISSING", "info"
+STEP_BUDGET_TIP = (
+    "priority puts a light tenant's prompt first, but it still waits for whole engine "
+    "steps; --max-num-batched-tokens of about --max-num-seqs + a typical prompt in its "
+    "args shortens them (docs/engines.md, Priority)"
+)
 
 
 def _line(state: str, what: str, detail: str) -> None:
@@ -26,6 +32,16 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _step_budget_unset(engine: EngineConfig) -> bool:
+    """A managed vLLM-like engine ordering by priority, on the engine's default step budget."""
+    flags = {arg.split("=", 1)[0] for arg in engine.args}
+    return (
+        engine.kind in ("vllm", "sim")
+        and bool(engine.inject_priority)
+        and "--max-num-batched-tokens" not in flags
+    )
 
 
 def run_doctor(config: Path | None) -> int:
@@ -60,6 +76,9 @@ def run_doctor(config: Path | None) -> int:
             _line(OK if free else MISSING, f"port {port} ({name})", "free" if free else "in use")
             problems += 0 if free else 1
         kinds = {e.kind for e in policy.engines.values()}
+        for name, engine in policy.engines.items():
+            if _step_budget_unset(engine):
+                _line(INFO, f"engine {name}", STEP_BUDGET_TIP)
     for module, kind in (("vllm", "vllm"), ("sglang", "sglang")):
         installed = importlib.util.find_spec(module) is not None
         needed = kind in kinds

@@ -56,6 +56,23 @@ def test_doctor_fails_when_a_port_is_taken(tmp_path: Path) -> None:
     assert f"port {port} (listener): in use" in result.stdout
 
 
+def test_doctor_suggests_a_step_budget_only_where_priority_is_on_and_it_is_unset(
+    tmp_path: Path,
+) -> None:
+    policy = tmp_path / "p.yaml"
+    engines = (
+        "  plain: {kind: sim, models: [a], inject_priority: true}\n"
+        "  tuned: {kind: sim, models: [b], inject_priority: true,"
+        " args: [--max-num-batched-tokens=768]}\n"
+        "  fifo: {kind: sim, models: [c]}\n"
+    )
+    policy.write_text(f"version: 1\nengines:\n{engines}")
+    result = fairlane("doctor", "--config", str(policy))
+    assert "[   info] engine plain: priority puts a light tenant's prompt first" in result.stdout
+    assert "engine tuned:" not in result.stdout
+    assert "engine fifo:" not in result.stdout
+
+
 def test_doctor_fails_when_vllm_is_needed_but_missing(tmp_path: Path) -> None:
     policy = tmp_path / "p.yaml"
     policy.write_text("version: 1\nengines:\n  e: {kind: vllm, models: [m]}\n")
