@@ -14,8 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -23,56 +22,14 @@ import aiohttp
 from fairlane.engines.health import Health, probe
 from fairlane.engines.models import Resident, choose_evictions
 from fairlane.engines.process import ManagedProcess
-from fairlane.engines.spec import EngineSpec, engine_spec
+from fairlane.engines.run import EngineRun, launch_key
+from fairlane.engines.spec import engine_spec
 from fairlane.envoy.bootstrap import render_cds, write_json_atomically
-from fairlane.policy import EngineConfig, Policy
+from fairlane.policy import Policy
 from fairlane.reload import file_signature
 from fairlane.rundir import RunDir
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EngineRun:
-    spec: EngineSpec
-    process: ManagedProcess | None
-    # idle (lazy, not loaded) | starting | up | restarting (after a crash) | down
-    state: str = "starting"
-    started_at: float = 0.0
-    failures: int = 0  # clear probe failures in a row (error status, refused)
-    silent_since: float | None = None  # first of the unanswered probes in a row
-    probe: asyncio.Task[Health] | None = None  # out, not answered yet
-    loads: int = 0
-    evictions: int = 0
-    load_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=64))
-    loading_since: float | None = None
-
-    @property
-    def resident(self) -> bool:
-        return self.process is not None and self.process.running
-
-
-# What it takes to start an engine: a change here restarts it; anything else in its
-# config (capacity, queue, scheduler) is the worker's business and applies live.
-LAUNCH_FIELDS = {
-    "kind",
-    "models",
-    "url",
-    "host",
-    "port",
-    "preset",
-    "model_path",
-    "args",
-    "env",
-    "inject_priority",
-    "gpu_memory_gb",
-    "lazy",
-    "pinned",
-}
-
-
-def launch_key(config: EngineConfig) -> dict[str, Any]:
-    return config.model_dump(include=LAUNCH_FIELDS)
 
 
 class EngineSupervisor:

@@ -1,0 +1,56 @@
+"""One engine as the supervisor tracks it, and what it takes to start one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from fairlane.engines.health import Health
+from fairlane.engines.process import ManagedProcess
+from fairlane.engines.spec import EngineSpec
+from fairlane.policy import EngineConfig
+
+
+@dataclass
+class EngineRun:
+    spec: EngineSpec
+    process: ManagedProcess | None
+    # idle (lazy, not loaded) | starting | up | restarting (after a crash) | down
+    state: str = "starting"
+    started_at: float = 0.0
+    failures: int = 0  # clear probe failures in a row (error status, refused)
+    silent_since: float | None = None  # first of the unanswered probes in a row
+    probe: asyncio.Task[Health] | None = None  # out, not answered yet
+    loads: int = 0
+    evictions: int = 0
+    load_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    loading_since: float | None = None
+
+    @property
+    def resident(self) -> bool:
+        return self.process is not None and self.process.running
+
+
+# What it takes to start an engine: a change here restarts it; anything else in its
+# config (capacity, queue, scheduler) is the worker's business and applies live.
+LAUNCH_FIELDS = {
+    "kind",
+    "models",
+    "url",
+    "host",
+    "port",
+    "preset",
+    "model_path",
+    "args",
+    "env",
+    "inject_priority",
+    "gpu_memory_gb",
+    "lazy",
+    "pinned",
+}
+
+
+def launch_key(config: EngineConfig) -> dict[str, Any]:
+    return config.model_dump(include=LAUNCH_FIELDS)
