@@ -341,8 +341,9 @@ def _access_log(stack: Any, keep: Any, want: int) -> list[dict[str, Any]]:
     while True:
         request(admin, "POST", "/reopen_logs")  # flushes the access log now
         path = stack.run_dir / "access.log"
-        lines = path.read_text().splitlines() if path.exists() else []
-        entries = [e for e in map(json.loads, lines) if keep(e)]
+        # Only whole lines: Envoy may be writing the last one right now.
+        lines = path.read_text().split("\n")[:-1] if path.exists() else []
+        entries = [e for e in map(json.loads, filter(None, lines)) if keep(e)]
         if len(entries) >= want or time.monotonic() > deadline:
             return entries
         time.sleep(0.1)
