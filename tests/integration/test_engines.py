@@ -89,23 +89,22 @@ async def test_lazy_loading_and_eviction_under_a_budget(stack_factory: Any) -> N
         assert stack.engine_states()["c"]["state"] == "idle"
 
 
-def _preset_of(pid: int) -> bytes:
+def _cmdline(pid: int | str) -> list[bytes]:
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:  # gone since it was found
-        return b""
-    return cmdline[cmdline.index(b"--preset") + 1]
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:  # gone since it was listed
+        return []
+
+
+def _preset_of(pid: int) -> bytes:
+    cmdline = _cmdline(pid)
+    return cmdline[cmdline.index(b"--preset") + 1] if b"--preset" in cmdline else b""
 
 
 def _engine_pid(run_dir: Path, port: int) -> int:
     """The simulator listening on port (its cmdline names it)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        cmdline = _cmdline(entry)
         if b"fairlane.engines.sim" in cmdline and str(port).encode() in cmdline:
             return int(entry)
     raise AssertionError(f"no simulator on port {port}")
