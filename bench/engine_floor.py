@@ -110,7 +110,7 @@ async def measure(arm: Arm, args: argparse.Namespace) -> None:
     def in_window() -> bool:
         return window_start <= time.monotonic() < window_end
 
-    async def stream(request: SimRequest, quiet: bool) -> None:
+    async def stream(request: SimRequest, quiet: bool, turns: float = 0.0) -> None:
         nonlocal holding
         sent, first = time.monotonic(), True
         sent_in_window = in_window()
@@ -122,12 +122,13 @@ async def measure(arm: Arm, args: argparse.Namespace) -> None:
             first = False
         if pacer is not None:
             pacer.completed(time.monotonic())
+            pacer.returned(time.monotonic(), turns)  # the quiet request's turn, as in the pool
         if not quiet:
             holding -= 1
         completion.set()
 
-    def spawn(request: SimRequest, quiet: bool) -> None:
-        task = asyncio.create_task(stream(request, quiet))
+    def spawn(request: SimRequest, quiet: bool, turns: float = 0.0) -> None:
+        task = asyncio.create_task(stream(request, quiet, turns))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
@@ -137,7 +138,9 @@ async def measure(arm: Arm, args: argparse.Namespace) -> None:
             args.quiet_rps, args.warmup + args.duration, tenant_rng(args.seed, 0)
         ):
             await asyncio.sleep(max(0.0, start + at - time.monotonic()))
-            spawn(engine.submit(args.prompt_tokens, args.max_tokens, QUIET_PRIORITY), True)
+            # As in the pool, a quiet admission takes a turn until its answer ends.
+            turns = pacer.admitted(time.monotonic(), paced=False) if pacer is not None else 0.0
+            spawn(engine.submit(args.prompt_tokens, args.max_tokens, QUIET_PRIORITY), True, turns)
 
     async def flooder() -> None:
         nonlocal holding

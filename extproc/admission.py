@@ -83,6 +83,7 @@ class EnginePool:
         self._waiting: dict[QueuedRequest, asyncio.Future[str]] = {}
         self.shares = Shares()
         self.pacer: AdmissionPacer | None = None  # spaces over-share admissions out
+        self._light_turns: dict[QueuedRequest, float] = {}  # in flight: pacer turns taken
         self._pacing_timer: asyncio.TimerHandle | None = None
         self._pacing_due = 0.0  # when the pacing timer fires, on self._clock
 
@@ -204,8 +205,10 @@ class EnginePool:
         self.shares.unhold(request.tenant, inflight=1)
         now = self._clock()
         self.scheduler.complete(request, actual_cost, now)
+        turns = self._light_turns.pop(request, 0.0)
         if self.pacer is not None:
             self.pacer.completed(now)
+            self.pacer.returned(now, turns)
         self._dispatch()
 
     def _roomiest(self) -> Replica | None:
@@ -236,13 +239,13 @@ class EnginePool:
             request = self.scheduler.pop(now)
             if request is None:
                 return
-            self._note_paced(request)
             future = self._waiting.pop(request, None)
             self.shares.unhold(request.tenant, waiting=1)
             if future is None or future.done():
                 # Its waiter gave up this very tick: undo the charge pop() made.
                 self.scheduler.complete(request, 0.0, now)
                 continue
+            self._note_paced(request)
             replica.inflight += 1
             self._hold(request, inflight=1)
             future.set_result(replica.name)
@@ -270,8 +273,14 @@ class EnginePool:
         self._dispatch()
 
     def _note_paced(self, request: QueuedRequest) -> None:
-        if self.pacer is not None and not self._under_share(request):
-            self.pacer.admitted(self._clock())
+        """The admission takes a pacer turn; one under its share gets it back at release
+        (``pacing.py``: light tenants' growth, not their steady holdings, slows the rest)."""
+        if self.pacer is None:
+            return
+        under = self._under_share(request)
+        turns = self.pacer.admitted(self._clock(), paced=not under)
+        if under and turns > 0:
+            self._light_turns[request] = turns
 
     # -- shares -------------------------------------------------------------------------
 

@@ -8,11 +8,21 @@ flooder's requests one at a time, at a little over the rate at which the pool co
 requests, keeps the flooder's long-run throughput (it cannot be served faster than that
 rate anyway) while its prefills spread over many steps and its completions drift apart.
 
-The rate is measured: completions over the last ``window_s`` seconds. Until enough have
-been seen, ``slow_start_rate`` stands in for it (``for_pool``: capacity / window, as if
-the pool turned over once per window), so a flood that begins while light tenants
-are still arriving does not take every slot in its first seconds and hold them for one
-answer's length; without it nothing is paced until then.
+The rate is measured: completions over the last ``window_s`` seconds, never below
+``slow_start_rate`` (``for_pool``: capacity / window, as if the pool turned over once per
+window). Before any answer has ended the slow-start rate stands alone, so a flood that
+begins while light tenants are still arriving does not take every slot in its first
+seconds and hold them for one answer's length; and just after the first answers end,
+their count over a window that mostly saw none does not read as a near-zero rate.
+
+Every admission takes a turn, paced or not: a tenant under its share is never held back,
+but its admission takes a turn from the same rate and gives it back when its request
+ends. So what the light tenants' holdings grow by comes out of the flooder's pace, and
+what they merely hold steady does not. Otherwise several light tenants ramping up
+together (each holding its slots for one answer's length before any comes back) would
+find the flooder admitted at the full rate beside them, and the pool full before their
+first answers end. A burst of light admissions takes at most ``LIGHT_TURNS_AHEAD`` turns
+ahead of time, so it delays the flooder by a few intervals, not for the whole burst.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from collections import deque
 
 MIN_SAMPLES = 16  # completions in the window before the rate is trusted
 PACING_WINDOW_S = 30.0
+LIGHT_TURNS_AHEAD = 2  # turns an under-share admission may take ahead of time
 
 
 class AdmissionPacer:
@@ -39,9 +50,11 @@ class AdmissionPacer:
         self.slow_start_rate = slow_start_rate
         self._since = now
         self._completions: deque[float] = deque(maxlen=max_samples)
-        # When the latest paced admission was due, not a precomputed next turn: a new rate
-        # (slow start to measured) then applies to the turn pending too.
-        self._last_at: float | None = None
+        # Turns in hand (at most one; below zero, turns taken ahead), accrued at the rate
+        # of the moment rather than fixed as a time of the next turn: a new rate (slow
+        # start to measured) then applies to the turn pending too.
+        self._turns = 1.0
+        self._turns_at = now
 
     @classmethod
     def for_pool(cls, factor: float, now: float, slots: int) -> AdmissionPacer:
@@ -53,8 +66,8 @@ class AdmissionPacer:
         self._completions.append(now)
 
     def rate(self, now: float) -> float | None:
-        """Completions per second over the window; until MIN_SAMPLES were seen, the
-        slow-start rate (None: none)."""
+        """Completions per second over the window, at least the slow-start rate; until
+        MIN_SAMPLES were seen, the slow-start rate alone (None: none)."""
         completions = self._completions
         while completions and completions[0] < now - self.window_s:
             completions.popleft()
@@ -63,7 +76,7 @@ class AdmissionPacer:
         # Over the whole window (or all the time there is): the first completions of a
         # burst, counted over their own short span, would read as a huge rate.
         span = max(min(self.window_s, now - self._since), 1e-3)
-        return len(completions) / span
+        return max(len(completions) / span, self.slow_start_rate or 0.0)
 
     def interval(self, now: float) -> float | None:
         """Seconds between paced admissions (None: unpaced for now)."""
@@ -72,16 +85,33 @@ class AdmissionPacer:
 
     def delay(self, now: float) -> float:
         """Seconds until the next paced admission may go (0: now)."""
-        interval = self.interval(now)
-        if interval is None or self._last_at is None:
-            return 0.0
-        return max(0.0, self._last_at + interval - now)
+        interval = self._accrue(now)
+        return 0.0 if interval is None else max(0.0, (1.0 - self._turns) * interval)
 
-    def admitted(self, now: float) -> None:
-        """A paced admission went: the next one waits one interval from when this one
-        was due (an early one pushes the next back)."""
+    def admitted(self, now: float, paced: bool = True) -> float:
+        """An admission went and took a turn (one taken early pushes the next back); the
+        turns taken. An unpaced one (a tenant under its share) takes at most
+        LIGHT_TURNS_AHEAD ahead of now, so possibly less than one, or none."""
+        if self._accrue(now) is None:
+            return 0.0
+        before = self._turns
+        self._turns -= 1.0
+        if not paced:
+            self._turns = max(self._turns, -float(LIGHT_TURNS_AHEAD))
+        return before - self._turns
+
+    def returned(self, now: float, turns: float) -> None:
+        """An unpaced admission's request ended: the turns it took come back."""
+        if self._accrue(now) is not None:
+            self._turns = min(1.0, self._turns + turns)
+
+    def _accrue(self, now: float) -> float | None:
+        """Add the turns due since the last call; the interval now (None: unpaced)."""
         interval = self.interval(now)
+        elapsed = max(0.0, now - self._turns_at)
+        self._turns_at = now
         if interval is None:
-            return
-        due = now if self._last_at is None else self._last_at + interval
-        self._last_at = max(now, due)
+            self._turns = 1.0
+        else:
+            self._turns = min(1.0, self._turns + elapsed / interval)
+        return interval

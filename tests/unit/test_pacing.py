@@ -9,7 +9,7 @@ import pytest
 from fairlane.extproc.admission import EnginePool, EngineState
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.metrics import Metrics
-from fairlane.extproc.pacing import MIN_SAMPLES, AdmissionPacer
+from fairlane.extproc.pacing import LIGHT_TURNS_AHEAD, MIN_SAMPLES, AdmissionPacer
 from fairlane.extproc.runtime import compile_policy
 from fairlane.extproc.scheduling import QueuedRequest, make_scheduler
 from fairlane.policy_file import parse_policy
@@ -87,16 +87,75 @@ async def test_an_over_share_tenant_is_admitted_one_interval_at_a_time() -> None
         if p.try_admit(r) is None:
             break
         held.append(r)
-    # Below its share of 4 slots it is not paced; the admission at its share starts the
-    # pacing (the fifth), and the next one must wait an interval.
-    assert len(held) == 5 and p.pacer is not None
-    assert p.pacer.delay(clock.now) > 0
+    # Below its share of 4 slots it is not held back, but those admissions (and the
+    # quiet tenant's) took the turns, at most LIGHT_TURNS_AHEAD ahead: at its share it
+    # waits for them to come round.
+    assert len(held) == 4 and p.pacer is not None
+    assert p.pacer.delay(clock.now) == pytest.approx((1 + LIGHT_TURNS_AHEAD) * 0.5)
     blocked = req("flood")
     assert p.try_admit(blocked) is None  # free slots, but paced
     future = p.enqueue(blocked)
     assert p.try_admit(req("quiet")) == "e"  # the light tenant is not held up
-    clock.now += 0.6  # the interval passed: the pacing timer admits the queued request
-    assert await asyncio.wait_for(future, timeout=2.0) == "e"
+    clock.now += 2.5  # the turns came round (the rate decays a little as the clock moves)
+    assert await asyncio.wait_for(future, timeout=4.0) == "e"
+
+
+@pytest.mark.parametrize(
+    ("light_answer_s", "expected_flood"),
+    [
+        (None, 120),  # light holdings grow all along: the flooder gets 10/s - 4/s
+        (1.0, 196),  # they level off at 4 slots: from then on it gets all 10/s
+    ],
+)
+async def test_light_tenants_growth_comes_out_of_the_flooders_pace(
+    light_answer_s: float | None, expected_flood: int
+) -> None:
+    clock = Clock()
+    scheduler = make_scheduler("fair", max_queue_per_tenant=100, max_queue_total=1000)
+    p = EnginePool("e", scheduler, {"e": 1000}, clock=clock)
+    p.set_state("e", EngineState.UP)
+    p.pacer = pacer = AdmissionPacer(1.0, now=clock.now - 10, window_s=10.0)
+    for i in range(100):
+        pacer.completed(clock.now - 10 + i * 0.1)  # 10 completions/s
+    p.shares.hold("flood", 1.0, inflight=600)  # over its share of the two tenants (500)
+    p.shares.hold("quiet", 1.0, inflight=1)  # (alone, the flooder's share is the pool)
+    start, flooded, light = clock.now, 0, []
+    for tick in range(1, 2001):  # 20 s in steps of 10 ms
+        clock.now = start + tick * 0.01
+        if tick % 10 == 0:
+            pacer.completed(clock.now)  # the measured rate stays at 10/s
+        if light_answer_s is not None and light and light[0][0] + light_answer_s <= clock.now:
+            p.release(light.pop(0)[1], "e", 0.0)  # gives its turn back
+        if tick % 25 == 0:  # a light request every 0.25 s
+            r = req("quiet")
+            assert p.try_admit(r) == "e"  # never held back
+            light.append((clock.now, r))
+        if p.try_admit(req("flood")) is not None:
+            flooded += 1
+    assert flooded == pytest.approx(expected_flood, rel=0.1)
+
+
+def test_a_light_request_gives_its_turn_back_when_it_ends() -> None:
+    pacer = AdmissionPacer(1.0, now=0.0, window_s=10.0)
+    for i in range(20):
+        pacer.completed(i * 0.5)  # 2 completions/s: a turn every 0.5 s
+    pacer.admitted(10.0)
+    taken = pacer.admitted(10.0, paced=False)
+    assert taken == 1.0 and pacer.delay(10.0) == pytest.approx(1.0)
+    pacer.returned(10.0, taken)
+    assert pacer.delay(10.0) == pytest.approx(0.5)
+    pacer.returned(10.0, 5.0)  # never more than one turn in hand
+    pacer.admitted(10.0)
+    assert pacer.delay(10.0) == pytest.approx(0.5)
+
+
+def test_a_burst_of_light_admissions_takes_only_a_few_turns_ahead() -> None:
+    pacer = AdmissionPacer(1.0, now=0.0, window_s=10.0)
+    for i in range(20):
+        pacer.completed(i * 0.5)  # 2 completions/s: a turn every 0.5 s
+    for _ in range(50):
+        pacer.admitted(10.0, paced=False)
+    assert pacer.delay(10.0) == pytest.approx((1 + LIGHT_TURNS_AHEAD) * 0.5)
 
 
 async def test_a_pending_turn_comes_closer_when_the_measured_rate_rises() -> None:
@@ -111,11 +170,13 @@ async def test_a_pending_turn_comes_closer_when_the_measured_rate_rises() -> Non
         pass  # to its share, then one paced admission: the next turn is 10 s away
     queued = req("flood")
     future = p.enqueue(queued)
-    for i in range(20):  # now measured: 2 completions/s, a turn every 0.5 s
-        p.pacer.completed(clock.now - 10 + i * 0.5)
+    # The turns taken ahead (the quiet tenant's and the flooder's under its share) are
+    # counted in turns, not seconds of slow start: at the new rate they take ~1 s.
+    for i in range(40):  # now measured: 4 completions/s, a turn every 0.25 s
+        p.pacer.completed(clock.now - 10 + i * 0.25)
     assert p.try_admit(req("flood")) is None  # still paced, but the timer is re-armed
-    clock.now += 0.6
-    assert await asyncio.wait_for(future, timeout=2.0) == "e"  # not 10 s
+    clock.now += 2.5
+    assert await asyncio.wait_for(future, timeout=4.0) == "e"  # not 30 s
 
 
 def test_a_lone_tenant_is_never_paced() -> None:
@@ -131,9 +192,12 @@ def test_slow_start_paces_before_any_completion() -> None:
     assert pacer.rate(1.0) == pytest.approx(256 / 30.0)
     pacer.admitted(1.0)
     assert pacer.delay(1.0) == pytest.approx(30.0 / 256)
-    for i in range(MIN_SAMPLES):  # measured from here on: 16 in 2 s over the 10 s since
+    for i in range(MIN_SAMPLES):  # the first answers end: 16 in 2 s over the 10 s since
         pacer.completed(8.0 + i / 8)
-    assert pacer.rate(10.0) == pytest.approx(MIN_SAMPLES / 10.0)
+    assert pacer.rate(10.0) == pytest.approx(256 / 30.0)  # not 1.6/s: slow start is a floor
+    for i in range(300):
+        pacer.completed(10.0 + i / 20)
+    assert pacer.rate(25.0) == pytest.approx((MIN_SAMPLES + 300) / 25.0)  # measured
 
 
 def test_the_policy_turns_pacing_on_fair_pools_only_and_a_reload_keeps_its_rate() -> None:
