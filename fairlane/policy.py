@@ -125,8 +125,10 @@ class EngineConfig(Strict):
     scheduler: Literal["fair", "fifo"] = "fair"
     # Fraction of the in-flight limit kept for tenants under their share (fair only).
     headroom: float = Field(0.125, ge=0, lt=1)
-    # Over-share tenants' admissions per completion of the pool (fair only; 0: unpaced).
-    pacing: float = Field(0.0, ge=0)
+    # Admissions per completion of the pool that a tenant at or over its share may make
+    # (fair only; 0: unpaced). On by default: it keeps a flood's onset from taking the
+    # slots several light tenants are still ramping up into.
+    pacing: float = Field(1.1, ge=0)
     queue: QueueConfig = QueueConfig()
     # true: as the engine reads it best (a header for vllm/sim, the body otherwise).
     inject_priority: bool | Literal["header", "body"] = False

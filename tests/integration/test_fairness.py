@@ -89,9 +89,10 @@ async def test_headroom_admits_a_light_tenant_while_the_flooder_waits(
     the flooder fills only 6 and queues the rest; the quiet tenant's next request takes
     a reserved slot at once and finishes before every flood request. Without headroom
     it waits for the flooder's slots to free. (A lone tenant may fill every slot: the
-    reserve is held back only while another tenant is active.)"""
+    reserve is held back only while another tenant is active.) Pacing is off: paced, the
+    flooder would leave free slots of its own accord."""
     policy = _policy("fair")
-    policy["engines"]["e"] |= {"max_inflight": 8, "headroom": headroom}
+    policy["engines"]["e"] |= {"max_inflight": 8, "headroom": headroom, "pacing": 0}
     stack = stack_factory(policy)
     order: list[str] = []
     async with aiohttp.ClientSession() as session:
