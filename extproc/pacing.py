@@ -8,9 +8,12 @@ flooder's requests one at a time, at a little over the rate at which the pool co
 requests, keeps the flooder's long-run throughput (it cannot be served faster than that
 rate anyway) while its prefills spread over many steps and its completions drift apart.
 
-The rate is measured: completions over the last ``window_s`` seconds, never below
-``slow_start_rate`` (``for_pool``: capacity / window, as if the pool turned over once per
-window). Before any answer has ended the slow-start rate stands alone, so a flood that
+The rate is measured: completions over the last ``window_s`` seconds, or since the pool's
+current busy period began if that is shorter (a pool that idled, or whose engine took a
+minute to come up, must not spread its first seconds of answers over the whole window),
+and never below ``slow_start_rate`` (``for_pool``: capacity / window, as if the pool
+turned over once per window). Before any answer has ended the slow-start rate stands
+alone, so a flood that
 begins while light tenants are still arriving does not take every slot in its first
 seconds and hold them for one answer's length; and just after the first answers end,
 their count over a window that mostly saw none does not read as a near-zero rate.
@@ -48,7 +51,10 @@ class AdmissionPacer:
         self.factor = factor  # paced admissions per completion (> 1: room to grow)
         self.window_s = window_s
         self.slow_start_rate = slow_start_rate
+        # When counting began: creation, or the first admission after a window without
+        # any activity (a pool idle, or not yet serving, says nothing of its rate).
         self._since = now
+        self._last_activity: float | None = None
         self._completions: deque[float] = deque(maxlen=max_samples)
         # Turns in hand (at most one; below zero, turns taken ahead), accrued at the rate
         # of the moment rather than fixed as a time of the next turn: a new rate (slow
@@ -64,6 +70,7 @@ class AdmissionPacer:
 
     def completed(self, now: float) -> None:
         self._completions.append(now)
+        self._last_activity = now
 
     def rate(self, now: float) -> float | None:
         """Completions per second over the window, at least the slow-start rate; until
@@ -92,6 +99,9 @@ class AdmissionPacer:
         """An admission went and took a turn (one taken early pushes the next back); the
         turns taken. An unpaced one (a tenant under its share) takes at most
         LIGHT_TURNS_AHEAD ahead of now, so possibly less than one, or none."""
+        if self._last_activity is None or now - self._last_activity > self.window_s:
+            self._since = now
+        self._last_activity = now
         if self._accrue(now) is None:
             return 0.0
         before = self._turns

@@ -48,9 +48,10 @@ def test_paced_admissions_are_one_interval_apart() -> None:
 
 def test_a_pending_turn_follows_the_rate_from_slow_start_to_measured() -> None:
     pacer = AdmissionPacer(1.0, now=0.0, window_s=10.0, slow_start_rate=0.1)
+    pacer.completed(0.0)  # busy since 0 s (an answer ended), so 10 s is not a new start
     pacer.admitted(10.0)
     assert pacer.delay(10.0) == pytest.approx(10.0)  # one per 10 s while in slow start
-    for i in range(20):
+    for i in range(1, 20):
         pacer.completed(i * 0.5)  # measured: 2 completions/s over the 10 s window
     assert pacer.delay(10.0) == pytest.approx(0.5)  # not the 10 s set in slow start
 
@@ -149,6 +150,20 @@ def test_a_light_request_gives_its_turn_back_when_it_ends() -> None:
     assert pacer.delay(10.0) == pytest.approx(0.5)
 
 
+def test_the_rate_is_counted_from_the_first_admission_not_from_an_idle_start() -> None:
+    # The pool's pacer exists from the policy load; a vLLM takes a minute to come up.
+    pacer = AdmissionPacer(1.0, now=0.0, window_s=30.0, slow_start_rate=0.5)
+    pacer.admitted(60.0)
+    for i in range(50):
+        pacer.completed(63.0 + i * 0.1)  # 10/s from the first answers on
+    assert pacer.rate(68.0) == pytest.approx(50 / 8.0)  # not 50 / 30 s
+    # Idle for longer than the window, then busy again: counted afresh.
+    pacer.admitted(200.0)
+    for i in range(20):
+        pacer.completed(201.0 + i * 0.1)
+    assert pacer.rate(203.0) == pytest.approx(20 / 3.0)
+
+
 def test_a_burst_of_light_admissions_takes_only_a_few_turns_ahead() -> None:
     pacer = AdmissionPacer(1.0, now=0.0, window_s=10.0)
     for i in range(20):
@@ -197,7 +212,8 @@ def test_slow_start_paces_before_any_completion() -> None:
     assert pacer.rate(10.0) == pytest.approx(256 / 30.0)  # not 1.6/s: slow start is a floor
     for i in range(300):
         pacer.completed(10.0 + i / 20)
-    assert pacer.rate(25.0) == pytest.approx((MIN_SAMPLES + 300) / 25.0)  # measured
+    # Measured, over the time since the first admission (1 s).
+    assert pacer.rate(25.0) == pytest.approx((MIN_SAMPLES + 300) / 24.0)
 
 
 def test_the_policy_turns_pacing_on_fair_pools_only_and_a_reload_keeps_its_rate() -> None:
