@@ -1,5 +1,7 @@
-"""Watch the policy file and reload it: on change (rename-into-place or in-place edit)
-and on demand (SIGHUP). A bad file keeps the old policy; the caller counts it."""
+"""Watch the policy file and reload it: on change (rename-into-place or in-place edit),
+on demand (SIGHUP: reload even if unchanged), and when told to look now (SIGUSR1 from
+``fairlane serve``: reload if changed). A bad file keeps the old policy; the caller
+counts it."""
 
 from __future__ import annotations
 
@@ -36,21 +38,27 @@ class PolicyWatcher:
         self._on_error = on_error
         self._interval = interval_s
         self._signature = file_signature(path)
-        self._requested = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._forced = False
 
     def request_reload(self) -> None:
-        """Safe to call from a signal handler: it only sets an event."""
-        self._requested.set()
+        """Reload now, changed or not. Safe from a loop signal handler: it sets flags."""
+        self._forced = True
+        self._wake.set()
+
+    def request_check(self) -> None:
+        """Look at the file now rather than at the next poll; reload if it changed."""
+        self._wake.set()
 
     async def run(self) -> None:
         while True:
             try:
                 async with asyncio.timeout(self._interval):
-                    await self._requested.wait()
+                    await self._wake.wait()
             except TimeoutError:
                 pass
-            forced = self._requested.is_set()
-            self._requested.clear()
+            forced, self._forced = self._forced, False
+            self._wake.clear()
             signature = file_signature(self._path)
             if not forced and signature == self._signature:
                 continue

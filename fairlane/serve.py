@@ -49,7 +49,7 @@ class Server:
                 sys.executable,
                 "-P",
                 "-m",
-                "fairlane.worker",
+                "fairlane.worker_entry",
                 "--config",
                 str(policy_path),
                 "--run-dir",
@@ -70,11 +70,14 @@ class Server:
             ],
             run_dir.log("envoy"),
         )
-        self.watcher = PolicyWatcher(policy_path, self._on_policy, lambda _: None)
+        self.watcher = PolicyWatcher(policy_path, self._on_policy, self._on_policy_error)
         self._stop = asyncio.Event()
         self._pending_policy: Policy | None = None
 
     def _on_policy(self, policy: Policy) -> None:
+        # The worker watches the file too, but on its own second: told to look now, it
+        # knows a new model before the supervisor (in _tend) has started its engine.
+        self.worker.send_signal(signal.SIGUSR1)
         if policy.listener != self.policy.listener:
             log.warning(
                 "the listener section changed: restart `fairlane serve` to apply it "
@@ -125,6 +128,9 @@ class Server:
             await self.engines.stop(5)
             self.run_dir.pid_file.unlink(missing_ok=True)
         return exit_code
+
+    def _on_policy_error(self, _: PolicyError) -> None:
+        self.worker.send_signal(signal.SIGUSR1)  # it refuses the file too, and counts it
 
     def _forward_reload(self) -> None:
         self.watcher.request_reload()

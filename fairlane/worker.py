@@ -71,6 +71,7 @@ class Worker:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.watcher.request_reload)
+        loop.add_signal_handler(signal.SIGUSR1, self.watcher.request_check)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         socket_path = self.run_dir.worker_socket

@@ -150,7 +150,7 @@ def running(*words: str) -> Match:
 
 
 ENVOY = program("envoy")
-WORKER = running("fairlane.worker")
+WORKER = running("fairlane.worker_entry")
 
 
 def sim(model: str) -> Match:
