@@ -13,10 +13,10 @@ current busy period began if that is shorter (a pool that idled, or whose engine
 minute to come up, must not spread its first seconds of answers over the whole window),
 and never below ``slow_start_rate`` (``for_pool``: capacity / window, as if the pool
 turned over once per window). Before any answer has ended the slow-start rate stands
-alone, so a flood that
-begins while light tenants are still arriving does not take every slot in its first
-seconds and hold them for one answer's length; and just after the first answers end,
-their count over a window that mostly saw none does not read as a near-zero rate.
+alone, so a flood that begins while light tenants are still arriving does not take every
+slot in its first seconds and hold them for one answer's length; and just after the
+first answers end, their count over a window that mostly saw none does not read as a
+near-zero rate.
 
 Every admission takes a turn, paced or not: a tenant under its share is never held back,
 but its admission takes a turn from the same rate and gives it back when its request
