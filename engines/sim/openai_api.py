@@ -16,6 +16,8 @@ TOKEN_TEXT = " tok"
 # the context limit (until EOS); with no EOS here that would be tens of thousands of
 # tokens, so a typical chat answer length is used instead.
 DEFAULT_MAX_TOKENS = 128
+# Choices per prompt: OpenAI's own limit (vLLM sets none; each choice is one sequence).
+MAX_N = 128
 # Llama-3 chat template: per message <|start_header_id|>role<|end_header_id|>\n\n ...
 # <|eot_id|>; per prompt <|begin_of_text|> plus the assistant header that opens the answer.
 _TOKENS_PER_MESSAGE = 4
@@ -49,11 +51,12 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """What the simulator needs from a validated request; one choice per prompt."""
+    """What the simulator needs from a validated request; ``n`` choices per prompt."""
 
     kind: Kind
     model: str
     prompt_tokens: list[int]
+    n: int
     max_tokens: int
     stream: bool
     include_usage: bool
@@ -93,8 +96,11 @@ def parse_generation(
         max_tokens = DEFAULT_MAX_TOKENS
     if not _is_int(max_tokens) or max_tokens < 1:
         raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens}.", param="max_tokens")
-    if body.get("n", 1) != 1:
-        raise ApiError(400, "the simulator supports only n=1", param="n")
+    n = body.get("n")
+    if n is None:
+        n = 1
+    if not _is_int(n) or not 1 <= n <= MAX_N:
+        raise ApiError(400, f"n must be between 1 and {MAX_N}, got {n}.", param="n")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "stream must be a boolean", param="stream")
@@ -105,7 +111,7 @@ def parse_generation(
     priority = body.get("priority")
     if priority is not None and not _is_int(priority):
         raise ApiError(400, "priority must be an integer", param="priority")
-    return GenerationRequest(kind, model, prompts, max_tokens, stream, include_usage, priority)
+    return GenerationRequest(kind, model, prompts, n, max_tokens, stream, include_usage, priority)
 
 
 def _is_int(value: object) -> bool:
@@ -200,11 +206,10 @@ def full_response(
     choices: list[dict[str, Any]]
     if gen.kind == "chat":
         message = {"role": "assistant", "content": text, "tool_calls": []}
-        choices = [{"index": 0, "message": message, "logprobs": None}]
+        choices = [{"index": i, "message": message, "logprobs": None} for i in range(gen.n)]
     else:
-        choices = [
-            {"index": i, "text": text, "logprobs": None} for i in range(len(gen.prompt_tokens))
-        ]
+        count = len(gen.prompt_tokens) * gen.n
+        choices = [{"index": i, "text": text, "logprobs": None} for i in range(count)]
     for choice in choices:
         choice.update(finish_reason="length", stop_reason=None)
     return {

@@ -113,8 +113,12 @@ class _Api:
     def _submit(self, gen: GenerationRequest) -> list[SimRequest]:
         reqs: list[SimRequest] = []
         try:
+            # One sequence per choice, prompt-major: list position is the choice index.
             for prompt_tokens in gen.prompt_tokens:
-                reqs.append(self._engine.submit(prompt_tokens, gen.max_tokens, gen.priority or 0))
+                for _ in range(gen.n):
+                    reqs.append(
+                        self._engine.submit(prompt_tokens, gen.max_tokens, gen.priority or 0)
+                    )
         except (ValueError, EngineOverloaded) as exc:
             for req in reqs:
                 req.abort()

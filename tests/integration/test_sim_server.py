@@ -136,6 +136,22 @@ async def test_completions_non_streaming_and_batch(base_url: str) -> None:
     assert resp["usage"]["completion_tokens"] == 6
 
 
+async def test_n_choices_are_one_sequence_each(base_url: str) -> None:
+    status, resp = await _post(base_url, "/v1/chat/completions", {**CHAT, "max_tokens": 2, "n": 3})
+    assert status == 200
+    assert [c["index"] for c in resp["choices"]] == [0, 1, 2]
+    assert resp["usage"]["completion_tokens"] == 6
+    body = {"model": MODEL, "prompt": ["x" * 40, "y" * 80], "max_tokens": 2, "n": 2}
+    status, resp = await _post(base_url, "/v1/completions", body)
+    assert [c["index"] for c in resp["choices"]] == [0, 1, 2, 3]
+    # The prompt is counted once per prompt, as vLLM does, whatever n is.
+    assert resp["usage"] == {"prompt_tokens": 30, "completion_tokens": 8, "total_tokens": 38}
+    events = await _stream(base_url, "/v1/completions", {**body, "stream": True})
+    chunks = [json.loads(p) for _, p in events[:-1]]
+    assert sorted({c["choices"][0]["index"] for c in chunks}) == [0, 1, 2, 3]
+    assert len(chunks) == 8
+
+
 async def test_chat_stream_shapes(base_url: str) -> None:
     body = {**CHAT, "max_tokens": 5, "stream": True, "stream_options": {"include_usage": True}}
     events = await _stream(base_url, "/v1/chat/completions", body)
@@ -180,6 +196,8 @@ async def test_streaming_is_incremental(base_url: str) -> None:
         ("/v1/chat/completions", {"model": MODEL}, 400, "messages"),
         ("/v1/completions", {"model": MODEL}, 400, "prompt"),
         ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens must be at least 1"),
+        ("/v1/completions", {"prompt": "x", "n": 0}, 400, "n must be between 1 and 128, got 0"),
+        ("/v1/chat/completions", {**CHAT, "n": 129}, 400, "n must be between 1 and 128"),
         (
             "/v1/completions",
             {"prompt": "x" * 8000, "max_tokens": 100},
