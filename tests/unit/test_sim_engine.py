@@ -98,12 +98,14 @@ async def test_chunked_prefill_takes_several_steps(make_engine: MakeEngine) -> N
 
 async def test_continuous_batching_up_to_max_num_seqs_then_fcfs(make_engine: MakeEngine) -> None:
     engine = await make_engine(TINY)
-    reqs = [engine.submit(prompt_tokens=50, max_tokens=20) for _ in range(12)]
+    # Answers long enough (~0.4 s) that a stalled poll on a busy machine still sees the
+    # first eight running.
+    reqs = [engine.submit(prompt_tokens=50, max_tokens=100) for _ in range(12)]
     tasks = [asyncio.create_task(drain(r)) for r in reqs]
     await until(lambda: engine.num_running == 8)
     assert engine.num_waiting == 4
     results = await asyncio.gather(*tasks)
-    assert [n for n, _ in results] == [20] * 12
+    assert [n for n, _ in results] == [100] * 12
     first_tokens = [r.first_token_at or 0.0 for r in reqs]
     assert 0.0 not in first_tokens
     assert first_tokens == sorted(first_tokens)
