@@ -119,6 +119,8 @@ def _body_rules() -> list[dict[str, Any]]:
         model,
         field("max_tokens", key="max_tokens"),
         field("max_completion_tokens", key="max_completion_tokens"),
+        field("n", key="n"),
+        field("best_of", key="best_of"),
         field("stream", key="stream"),
         field("stream_options", "include_usage", key="include_usage"),
     ]

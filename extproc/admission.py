@@ -162,8 +162,7 @@ class EnginePool:
             self.headroom_admissions += 1
         self.scheduler.admit_direct(request, self._clock())
         self._note_paced(request)
-        replica.inflight += 1
-        self._hold(request, inflight=1)
+        self._take(replica, request)
         return replica.name
 
     def enqueue(self, request: QueuedRequest) -> asyncio.Future[str]:
@@ -201,8 +200,8 @@ class EnginePool:
         """The request's response ended (or it never reached the engine)."""
         slot = self.replicas.get(replica)
         if slot is not None:
-            slot.inflight = max(0, slot.inflight - 1)
-        self.shares.unhold(request.tenant, inflight=1)
+            slot.inflight = max(0, slot.inflight - request.slots)
+        self.shares.unhold(request.tenant, inflight=request.slots)
         now = self._clock()
         self.scheduler.complete(request, actual_cost, now)
         turns = self._light_turns.pop(request, 0.0)
@@ -210,6 +209,15 @@ class EnginePool:
             self.pacer.completed(now)
             self.pacer.returned(now, turns)
         self._dispatch()
+
+    def _take(self, replica: Replica, request: QueuedRequest) -> None:
+        """Hold one slot per sequence the request generates (``n``), at most the replica's
+        capacity. A request wider than the free slots overfills the replica rather than
+        wait for it to drain (no head-of-line blocking); nothing else is admitted there
+        until it is back under its capacity."""
+        request.slots = max(1, min(request.slots, replica.capacity))
+        replica.inflight += request.slots
+        self._hold(request, inflight=request.slots)
 
     def _roomiest(self) -> Replica | None:
         best = max(self.replicas.values(), key=lambda r: r.free)
@@ -246,8 +254,7 @@ class EnginePool:
                 self.scheduler.complete(request, 0.0, now)
                 continue
             self._note_paced(request)
-            replica.inflight += 1
-            self._hold(request, inflight=1)
+            self._take(replica, request)
             future.set_result(replica.name)
 
     # -- pacing -------------------------------------------------------------------------

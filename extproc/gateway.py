@@ -185,6 +185,7 @@ class Gateway:
             cost=ticket.cost,
             weight=ticket.tenant.weight,
             priority=ticket.tenant.priority,
+            slots=ticket.sequences,
         )
         try:
             replica = pool.try_admit(queued)
@@ -276,7 +277,7 @@ class Gateway:
             self.quarantine(lease.pool, lease.replica)
         ticket = lease.ticket
         cost = self.runtime.policy.cost
-        prompt, completion = usage.resolve(ticket.prompt_tokens, ticket.max_tokens)
+        prompt, completion = usage.resolve(ticket.prompt_tokens, ticket.completion_budget)
         actual = usage_cost(cost, prompt, completion)
         lease.pool.release(lease.queued, lease.replica, actual)
         if self.counter_sync is not None:
@@ -317,8 +318,9 @@ class Gateway:
 
     @staticmethod
     def tokens(ticket: Ticket) -> float:
-        """What the rate limiter charges at admission: prompt estimate + max_tokens."""
-        return float(ticket.prompt_tokens + ticket.max_tokens)
+        """What the rate limiter charges at admission: prompt estimate + every
+        sequence's max_tokens."""
+        return float(ticket.prompt_tokens + ticket.completion_budget)
 
     def wall(self) -> float:
         return self._wall()

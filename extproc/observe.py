@@ -32,7 +32,7 @@ class GatewayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         g = self._gateway
         inflight = GaugeMetricFamily(
-            "fairlane_inflight", "Requests holding an engine slot", labels=["engine"]
+            "fairlane_inflight", "Engine slots held (one per sequence)", labels=["engine"]
         )
         capacity = GaugeMetricFamily(
             "fairlane_engine_capacity", "Current in-flight limit", labels=["engine"]
@@ -139,7 +139,7 @@ def snapshot(gateway: Gateway) -> dict[str, Any]:
     named = gateway.runtime.tenants
     for lease in gateway.leases.values():
         name = lease.ticket.tenant.name
-        tenants[name if name in named else UNKNOWN_TENANT]["inflight"] += 1
+        tenants[name if name in named else UNKNOWN_TENANT]["inflight"] += lease.queued.slots
     engines = {}
     for name, pool in gateway.pools.items():
         for replica in pool.replicas.values():

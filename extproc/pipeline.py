@@ -23,10 +23,16 @@ class Ticket:
     model: str
     pool: str  # the replica group serving the model
     prompt_tokens: int  # estimate from the body size; corrected from usage later
-    max_tokens: int
+    max_tokens: int  # per sequence
+    sequences: int  # generated at once (`n`, `best_of`): engine slots the request holds
     cost: float
     stream: bool
     include_usage: bool
+
+    @property
+    def completion_budget(self) -> int:
+        """The most completion tokens the request can produce: the charge at admission."""
+        return self.max_tokens * self.sequences
 
 
 def identify(info: RequestInfo, runtime: Runtime) -> str | Rejection:
@@ -86,6 +92,9 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
         )
     cost = runtime.policy.cost
     max_tokens = _positive_int(info.max_tokens, cost.default_max_tokens)
+    # Each of `n` choices (`best_of` candidates) is a sequence of its own in the engine's
+    # batch; the prompt is prefilled once and shared.
+    sequences = max(_positive_int(info.choices, 1), _positive_int(info.best_of, 1))
     prompt_tokens = max(1, int(info.content_length / cost.chars_per_token))
     return Ticket(
         tenant=profile,
@@ -94,7 +103,8 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
         pool=pool,
         prompt_tokens=prompt_tokens,
         max_tokens=max_tokens,
-        cost=cost.input_weight * prompt_tokens + cost.output_weight * max_tokens,
+        sequences=sequences,
+        cost=cost.input_weight * prompt_tokens + cost.output_weight * max_tokens * sequences,
         stream=info.stream,
         include_usage=info.include_usage,
     )
@@ -114,7 +124,8 @@ def _bearer(value: str | None) -> str | None:
 
 
 def _positive_int(value: object, default: int) -> int:
-    """max_tokens as sent; the engine validates it, we only need a sane estimate."""
+    """A count as sent (max_tokens, n); the engine validates it, we only need a sane
+    estimate."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return default
     # Clamp so a hostile 1e300 cannot blow up a tenant's counter.

@@ -25,6 +25,8 @@ class RequestInfo:
     body_is_json: bool
     model: Any  # whatever JSON value the client sent; validated by the pipeline
     max_tokens: Any
+    choices: Any  # `n`: sequences the engine generates per prompt
+    best_of: Any  # legacy completions: sequences generated to return `n`
     stream: bool
     include_usage: bool
     declared_json: bool  # content-type says JSON (curl -d sends a form type)
@@ -45,6 +47,8 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         body_is_json=not fields.get(JSON_ERROR_KEY),
         model=None if model_missing else fields.get("model"),
         max_tokens=max_tokens,
+        choices=fields.get("n"),
+        best_of=fields.get("best_of"),
         stream=fields.get("stream") is True,
         include_usage=fields.get("include_usage") is True,
         declared_json=headers.get("content-type", "").startswith("application/json"),

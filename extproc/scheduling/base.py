@@ -32,13 +32,15 @@ class QueuedRequest:
     ``cost`` is the weighted token estimate charged at admission (prompt tokens times the
     input weight plus ``max_tokens`` times the output weight); the real usage corrects it
     when the response ends. ``priority`` is the rank of the tenant's priority class:
-    lower is served first. Identity equality: each object is one request.
+    lower is served first. ``slots``: the engine slots it holds, one per sequence it
+    generates (``n``). Identity equality: each object is one request.
     """
 
     tenant: str
     cost: float
     weight: float = 1.0
     priority: int = 0
+    slots: int = 1
     enqueued_at: float = 0.0
     seq: int = field(default_factory=lambda: next(_sequence))
 

@@ -287,6 +287,35 @@ async def test_disconnect_mid_stream_releases_slot(stack: Any) -> None:
     assert await metric(stack, "fairlane_inflight", engine="big") == 0
 
 
+async def test_each_of_n_choices_holds_a_slot_and_is_charged(stack: Any) -> None:
+    """`n` choices are `n` sequences in the engine's batch: as many slots, as many tokens."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            stack.url + CHAT,
+            json=chat("model-a", max_tokens=2000, stream=True, n=3),
+            headers={"x-tenant-id": "alice"},
+        ) as resp,
+    ):
+        assert resp.status == 200
+        await resp.content.readline()
+        assert await metric(stack, "fairlane_inflight", engine="big") == 3
+    deadline = time.monotonic() + 5
+    while await metric(stack, "fairlane_inflight", engine="big") != 0:
+        assert time.monotonic() < deadline, "the three slots were not given back"
+        await asyncio.sleep(0.05)
+    labels = {"tenant": "bob", "model": "model-b", "kind": "completion"}
+    before = await metric(stack, "fairlane_tokens_total", **labels)
+    status, _, body = await post(stack, chat("model-b", max_tokens=4, n=3), tenant="bob")
+    assert status == 200
+    assert [c["index"] for c in json.loads(body)["choices"]] == [0, 1, 2]
+    deadline = time.monotonic() + 5  # the end-of-request record comes after the response
+    while (charged := await metric(stack, "fairlane_tokens_total", **labels) - before) == 0:
+        assert time.monotonic() < deadline, "no usage charged"
+        await asyncio.sleep(0.05)
+    assert charged == 12
+
+
 async def test_disconnect_while_queued_leaves_queue(stack: Any) -> None:
     hold = asyncio.create_task(post(stack, chat("model-one", max_tokens=200), tenant="alice"))
     await asyncio.sleep(0.3)

@@ -22,6 +22,7 @@ tenants:
   alice: {}
   bob: {}
   limited: {limits: {requests_per_minute: 60, burst_seconds: 2}}
+  metered: {limits: {tokens_per_minute: 600, burst_seconds: 10}}
 engines:
   e: {kind: sim, models: [m], max_inflight: 2, queue: {max_per_tenant: 2, timeout_s: 0.2}}
 """
@@ -33,9 +34,10 @@ def gateway(policy: str = POLICY) -> Gateway:
     return g
 
 
-def ask(tenant: str, max_tokens: int = 10) -> object:
+def ask(tenant: str, max_tokens: int = 10, n: int = 1) -> object:
     return request_info(
-        {"x-tenant-id": tenant, "content-length": "40"}, {"model": "m", "max_tokens": max_tokens}
+        {"x-tenant-id": tenant, "content-length": "40"},
+        {"model": "m", "max_tokens": max_tokens, "n": n},
     )
 
 
@@ -119,6 +121,19 @@ async def test_rate_limit_rejects_with_retry_after() -> None:
     third = outcomes[2]
     assert isinstance(third, Rejection) and third.reason is Reason.RATE_LIMIT_EXCEEDED
     assert third.retry_after_s is not None and third.retry_after_s >= 1
+
+
+async def test_every_choice_is_charged_to_the_token_bucket() -> None:
+    # metered: a burst of 100 tokens, 10 a second; each request's prompt is ~10 tokens.
+    g = gateway()
+    admitted(g.begin(ask("metered", max_tokens=40)))  # type: ignore[arg-type]
+    admitted(g.begin(ask("metered", max_tokens=40)))  # type: ignore[arg-type]
+    g = gateway()
+    admitted(g.begin(ask("metered", max_tokens=40, n=3)))  # type: ignore[arg-type]
+    refused = g.begin(ask("metered", max_tokens=40))  # type: ignore[arg-type]
+    assert isinstance(refused, Rejection) and refused.reason is Reason.RATE_LIMIT_EXCEEDED
+    # The bucket went 30 tokens below empty (10 + 3 x 40): 80 to refill at 10 a second.
+    assert refused.retry_after_s == pytest.approx(8.0, abs=1.0)
 
 
 async def test_stale_leases_are_reclaimed() -> None:

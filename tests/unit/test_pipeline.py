@@ -53,6 +53,18 @@ def test_ticket_carries_weight_priority_engine_and_cost() -> None:
     assert bob.max_tokens == 256  # the policy default when the client sets none
 
 
+def test_each_sequence_is_charged_its_max_tokens() -> None:
+    ticket = evaluate(info(max_tokens=100, n=4), runtime())
+    assert isinstance(ticket, Ticket)
+    assert (ticket.sequences, ticket.completion_budget) == (4, 400)
+    assert ticket.cost == 1.0 * 100 + 2.0 * 400  # the prompt is prefilled once
+    wider = evaluate(info(max_tokens=10, n=2, best_of=5), runtime())
+    assert isinstance(wider, Ticket) and wider.sequences == 5
+    for value, want in ((True, 1), ("3", 1), (-1, 1), (0, 1), (2.9, 2), (None, 1)):
+        ticket = evaluate(info(n=value), runtime())
+        assert isinstance(ticket, Ticket) and ticket.sequences == want, value
+
+
 def test_max_tokens_estimate_is_clamped() -> None:
     for value, want in ((1e300, 1_000_000), (-5, 1), (True, 256), ("9", 256)):
         ticket = evaluate(info(max_tokens=value), runtime())
