@@ -155,7 +155,7 @@ def _listener(policy: Policy, run_dir: RunDir, queue_timeout: float) -> dict[str
                             "access_log": [file_access_log(run_dir), grpc_access_log()],
                             "local_reply_config": local_replies(policy),
                             "route_config": routes(policy),
-                            "http_filters": http_filters(queue_timeout),
+                            "http_filters": http_filters(queue_timeout, listener.max_body_bytes),
                         },
                     }
                 ]

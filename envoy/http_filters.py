@@ -12,7 +12,7 @@ from fairlane.extproc.request import JSON_ERROR_KEY, MODEL_MISSING_KEY, REQUEST_
 FORWARDED_HEADERS = ("x-tenant-id", "authorization", "content-length", "content-type")
 
 
-def http_filters(queue_timeout: float) -> list[dict[str, Any]]:
+def http_filters(queue_timeout: float, max_body_bytes: int) -> list[dict[str, Any]]:
     lua_source = resources.files("fairlane.envoy").joinpath("usage.lua").read_text()
     return [
         {
@@ -31,6 +31,15 @@ def http_filters(queue_timeout: float) -> list[dict[str, Any]]:
                         {"remove": "expect"},
                     ]
                 },
+            },
+        },
+        {
+            # Buffers the whole body (json_to_metadata would anyway) and sets its
+            # content-length: a chunked upload's prompt is estimated from its size too.
+            "name": "envoy.filters.http.buffer",
+            "typed_config": {
+                "@type": T + "envoy.extensions.filters.http.buffer.v3.Buffer",
+                "max_request_bytes": max_body_bytes,
             },
         },
         {

@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -30,7 +31,12 @@ def _policy() -> dict[str, Any]:
     return {
         "version": 1,
         "listener": {"max_body_bytes": MAX_BODY},
-        "tenants": {"alice": {}, "bob": {"priority": "batch"}},
+        "tenants": {
+            "alice": {},
+            "bob": {"priority": "batch"},
+            # A burst of 1,000 tokens, 100 a second.
+            "metered": {"limits": {"tokens_per_minute": 6000, "burst_seconds": 10}},
+        },
         "engines": {
             "big": {"kind": "sim", "preset": "a100-8b", "models": ["model-a"]},
             "small": {"kind": "sim", "preset": "h100-8b", "models": ["model-b"]},
@@ -197,6 +203,35 @@ async def test_oversize_body_is_413(stack: Any) -> None:
     error = error_of(body)
     assert error["code"] == "body_too_large"
     assert "MiB limit" in error["message"]
+
+
+async def _chunked(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), 1000):
+        yield data[start : start + 1000]
+
+
+async def test_chunked_upload_is_limited_and_estimated_by_its_size(stack: Any) -> None:
+    big = chat("model-a")
+    big["messages"][0]["content"] = "x" * (MAX_BODY + 10)
+    headers = {"x-tenant-id": "alice", "content-type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+        data = _chunked(json.dumps(big).encode())
+        async with session.post(stack.url + CHAT, data=data, headers=headers) as resp:
+            assert resp.status == 413
+            assert error_of(await resp.read())["code"] == "body_too_large"
+        # ~4,000 prompt tokens sent without a content-length, while the answer streams:
+        # the token bucket must already hold them (not just the 400 of max_tokens), or
+        # the next request gets in.
+        prompt = chat("model-a", max_tokens=400, stream=True)
+        prompt["messages"][0]["content"] = "x" * 16000
+        headers["x-tenant-id"] = "metered"
+        data = _chunked(json.dumps(prompt).encode())
+        async with session.post(stack.url + CHAT, data=data, headers=headers) as streaming:
+            assert streaming.status == 200
+            await streaming.content.readline()
+            status, _, body = await post(stack, chat("model-a", max_tokens=1), tenant="metered")
+            assert status == 429, body
+            assert error_of(body)["code"] == "rate_limit_exceeded"
 
 
 async def test_long_prompt_under_limit_is_served(stack: Any) -> None:
