@@ -35,8 +35,8 @@ from fairlane.bench.report import RESULTS_DIR, config_of, machine, table, write_
 from fairlane.bench.stats import fmt, poisson_arrivals, ratio, summarize, tenant_rng
 from fairlane.engines.sim.engine import SimEngine, SimRequest
 from fairlane.engines.sim.presets import PRESETS
-from fairlane.extproc.admission import reserved_slots
 from fairlane.extproc.pacing import AdmissionPacer
+from fairlane.extproc.replicas import reserved_slots
 
 QUIET_PRIORITY, FLOODER_PRIORITY = 0, 3  # interactive under share; batch over share
 

@@ -18,16 +18,17 @@ import time
 from collections.abc import Callable
 
 from fairlane.extproc.accounting import Usage, usage_cost
-from fairlane.extproc.admission import EnginePool, EngineState, EngineUnavailable
+from fairlane.extproc.admission import EnginePool
 from fairlane.extproc.errors import Reason, Rejection, engine_down
 from fairlane.extproc.limits import RateLimiter, Verdict
 from fairlane.extproc.metrics import Metrics
 from fairlane.extproc.outcomes import Admitted, Lease, Pending, SharedLimitCheck
-from fairlane.extproc.pacing import AdmissionPacer
 from fairlane.extproc.pipeline import Ticket, evaluate
+from fairlane.extproc.pools import sync_pools
+from fairlane.extproc.replicas import EngineState, EngineUnavailable
 from fairlane.extproc.request import RequestInfo
 from fairlane.extproc.runtime import UNKNOWN_TENANT, Runtime
-from fairlane.extproc.scheduling import QueuedRequest, QueueFull, make_scheduler
+from fairlane.extproc.scheduling import QueuedRequest, QueueFull
 from fairlane.extproc.shared import SharedStateUnavailable
 from fairlane.extproc.shared.counter_sync import CounterSync
 from fairlane.extproc.shared.redis_limits import RedisRateLimiter
@@ -66,40 +67,7 @@ class Gateway:
     def apply(self, runtime: Runtime) -> None:
         """Swap in a new policy: new limits and weights apply to the next decision."""
         self.runtime = runtime
-        policy = runtime.policy
-        for name, replicas in runtime.pools.items():
-            config = runtime.pool_config(name)
-            pool = self.pools.get(name)
-            if pool is None or (pool.scheduler_kind != config.scheduler and not pool.queued):
-                scheduler = make_scheduler(
-                    config.scheduler,
-                    max_queue_per_tenant=config.queue.max_per_tenant,
-                    max_queue_total=config.queue.max_total,
-                )
-                if pool is None:
-                    capacities = {r: policy.engines[r].max_inflight for r in replicas}
-                    pool = self.pools[name] = EnginePool(name, scheduler, capacities, self._clock)
-                    for replica in replicas:
-                        state = self.engine_states.get(replica, EngineState.STARTING)
-                        pool.set_state(replica, state)
-                else:
-                    pool.scheduler = scheduler
-                pool.scheduler_kind = config.scheduler
-            # FIFO means arrival order for everyone: no slots held back for anyone.
-            pool.headroom = config.headroom if config.scheduler == "fair" else 0.0
-            pacing = config.pacing if config.scheduler == "fair" else 0.0
-            if not pacing:
-                pool.pacer = None
-            elif pool.pacer is None or pool.pacer.factor != pacing:
-                slots = sum(policy.engines[r].max_inflight for r in replicas)
-                pool.pacer = AdmissionPacer.for_pool(pacing, self._clock(), slots)
-            for replica in replicas:
-                if policy.engines[replica].adaptive is None:
-                    pool.set_capacity(replica, policy.engines[replica].max_inflight)
-        for name in list(self.pools):
-            pool = self.pools[name]
-            if name not in runtime.pools and not pool.inflight and not pool.queued:
-                del self.pools[name]  # gone from the policy, and drained
+        sync_pools(self.pools, runtime, self.engine_states, self._clock)
         self.metrics.config_generation.set(runtime.generation)
 
     def pool_of(self, engine: str) -> EnginePool | None:

@@ -14,8 +14,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from fairlane.extproc.admission import EngineState
 from fairlane.extproc.gateway import Gateway
+from fairlane.extproc.replicas import EngineState
 from fairlane.extproc.runtime import UNKNOWN_TENANT
 
 LOAD_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600)

@@ -10,9 +10,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fairlane.extproc.admission import EnginePool, EngineUnavailable, QueueTimeout
+from fairlane.extproc.admission import EnginePool
 from fairlane.extproc.errors import Reason, Rejection, engine_down
 from fairlane.extproc.pipeline import Ticket
+from fairlane.extproc.replicas import EngineUnavailable, QueueTimeout
 from fairlane.extproc.scheduling import QueuedRequest
 from fairlane.extproc.shared import SharedStateUnavailable
 

@@ -11,9 +11,9 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fairlane.extproc.admission import EngineState
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.observe import snapshot
+from fairlane.extproc.replicas import EngineState
 
 GATEWAY_KEY = web.AppKey("gateway", Gateway)
 

@@ -23,11 +23,11 @@ from aiohttp import web
 
 from fairlane.control import build_control_app
 from fairlane.envoy.bootstrap import write_json_atomically
-from fairlane.extproc.admission import EngineState
 from fairlane.extproc.capacity import AdaptiveLimit, EngineLoad, parse_engine_metrics
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.metrics import Metrics
 from fairlane.extproc.observe import GatewayCollector
+from fairlane.extproc.replicas import EngineState
 from fairlane.extproc.runtime import compile_policy
 from fairlane.extproc.server import add_servicers
 from fairlane.extproc.shared import redacted

@@ -7,11 +7,11 @@ import asyncio
 import pytest
 
 from fairlane.extproc.accounting import Usage
-from fairlane.extproc.admission import EngineState
 from fairlane.extproc.errors import Reason, Rejection
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.metrics import Metrics
 from fairlane.extproc.outcomes import Admitted, Pending
+from fairlane.extproc.replicas import EngineState
 from fairlane.extproc.request import request_info
 from fairlane.extproc.runtime import compile_policy
 from fairlane.policy_file import parse_policy

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from fairlane.extproc.admission import EnginePool, EngineState
+from fairlane.extproc.admission import EnginePool
+from fairlane.extproc.replicas import EngineState
 from fairlane.extproc.scheduling import QueuedRequest, make_scheduler
 
 

@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 
-from fairlane.extproc.admission import EnginePool, EngineState
+from fairlane.extproc.admission import EnginePool
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.metrics import Metrics
 from fairlane.extproc.pacing import LIGHT_TURNS_AHEAD, MIN_SAMPLES, AdmissionPacer
+from fairlane.extproc.replicas import EngineState
 from fairlane.extproc.runtime import compile_policy
 from fairlane.extproc.scheduling import QueuedRequest, make_scheduler
 from fairlane.policy_file import parse_policy

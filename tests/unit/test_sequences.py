@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from fairlane.extproc.admission import EnginePool, EngineState
+from fairlane.extproc.admission import EnginePool
+from fairlane.extproc.replicas import EngineState
 from fairlane.extproc.scheduling import QueuedRequest, make_scheduler
 
 
