@@ -117,6 +117,59 @@ async def test_requests_through_fairlane(stack: Any, vllm: Any) -> None:
     assert counted >= 8 + 5, counted
 
 
+async def completion_tokens_charged(stack: Any, tenant: str) -> float:
+    want = {"tenant": tenant, "model": MODEL, "kind": "completion"}
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        session.get(stack.url + "/metrics") as resp,
+    ):
+        return sample(await resp.text(), "fairlane_tokens_total", want)
+
+
+async def test_every_choice_of_n_is_served_and_charged(stack: Any, vllm: Any) -> None:
+    before = await completion_tokens_charged(stack, "alice")
+    body = {"model": MODEL, "prompt": "Once", "max_tokens": 4, "n": 3, "ignore_eos": True}
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        session.post(
+            stack.url + "/v1/completions", json=body, headers={"x-tenant-id": "alice"}
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        reply = await resp.json()
+    assert sorted(c["index"] for c in reply["choices"]) == [0, 1, 2]
+    assert reply["usage"]["completion_tokens"] == 12  # vLLM counts every choice
+    deadline, charged = time.monotonic() + 15, 0.0
+    while charged < 12 and time.monotonic() < deadline:
+        charged = await completion_tokens_charged(stack, "alice") - before
+        await asyncio.sleep(0.2)
+    assert charged == 12
+    # While they run, vLLM counts the three as three requests, as Fairlane counts slots.
+    body.update(max_tokens=400, stream=True)
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        async with session.post(
+            stack.url + "/v1/completions", json=body, headers={"x-tenant-id": "alice"}
+        ) as resp:
+            assert resp.status == 200
+            await resp.content.readline()
+            seen = []
+            # vLLM updates its gauges once per logging step: poll a few of them.
+            deadline = time.monotonic() + 10
+            while (not seen or seen[-1][0] != 3) and time.monotonic() < deadline:
+                async with session.get(vllm.url + "/metrics") as metrics:
+                    text = await metrics.text()
+                engine = sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith(("vllm:num_requests_running{", "vllm:num_requests_waiting{"))
+                )
+                async with session.get(stack.url + "/metrics") as metrics:
+                    ours = sample(await metrics.text(), "fairlane_inflight", {"engine": "vllm"})
+                seen.append((engine, ours))
+                await asyncio.sleep(0.2)
+        assert seen[-1] == (3, 3), seen
+
+
 def sample(text: str, name: str, labels: dict[str, str]) -> float:
     """The value of one Prometheus series, whatever order its labels come in."""
     for line in text.splitlines():
