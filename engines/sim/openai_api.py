@@ -100,7 +100,7 @@ def parse_generation(
     if n is None:
         n = 1
     if not _is_int(n) or not 1 <= n <= MAX_N:
-        raise ApiError(400, f"n must be between 1 and {MAX_N}, got {n}.", param="n")
+        raise ApiError(400, f"n must be an integer from 1 to {MAX_N}, got {n!r}.", param="n")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "stream must be a boolean", param="stream")

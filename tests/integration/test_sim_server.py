@@ -196,8 +196,14 @@ async def test_streaming_is_incremental(base_url: str) -> None:
         ("/v1/chat/completions", {"model": MODEL}, 400, "messages"),
         ("/v1/completions", {"model": MODEL}, 400, "prompt"),
         ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens must be at least 1"),
-        ("/v1/completions", {"prompt": "x", "n": 0}, 400, "n must be between 1 and 128, got 0"),
-        ("/v1/chat/completions", {**CHAT, "n": 129}, 400, "n must be between 1 and 128"),
+        (
+            "/v1/completions",
+            {"prompt": "x", "n": 0},
+            400,
+            "n must be an integer from 1 to 128, got 0",
+        ),
+        ("/v1/chat/completions", {**CHAT, "n": "2"}, 400, "from 1 to 128, got '2'"),
+        ("/v1/chat/completions", {**CHAT, "n": 129}, 400, "from 1 to 128, got 129"),
         (
             "/v1/completions",
             {"prompt": "x" * 8000, "max_tokens": 100},
