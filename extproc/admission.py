@@ -56,7 +56,7 @@ class EnginePool:
         self.headroom_admissions = 0  # admitted into the reserved slots so far
         self._waiting: dict[QueuedRequest, asyncio.Future[str]] = {}
         self.shares = Shares()
-        self.pacer: AdmissionPacer | None = None  # spaces over-share admissions out
+        self.pacer: AdmissionPacer | None = None  # spaces heavy tenants' admissions out
         self._light_turns: dict[QueuedRequest, float] = {}  # in flight: pacer turns taken
         self._pacing_timer: asyncio.TimerHandle | None = None
         self._pacing_due = 0.0  # when the pacing timer fires, on self._clock
@@ -135,6 +135,7 @@ class EnginePool:
                 return None
             self.headroom_admissions += 1
         self.scheduler.admit_direct(request, self._clock())
+        request.light = self._light(request)
         self._note_paced(request)
         self._take(replica, request)
         return replica.name
@@ -209,15 +210,16 @@ class EnginePool:
             replica = self._roomiest()
             if replica is None:
                 return
-            if self._only_reserved_left():
-                head = self.scheduler.peek()
-                if head is None or not self._may_take_reserved(head):
-                    return  # the reserved slots are not for the tenant next in line
+            head = self.scheduler.peek()
+            if head is None:
+                return
+            reserved = self._only_reserved_left()
+            if reserved and not self._may_take_reserved(head):
+                return  # the reserved slots are not for the tenant next in line
+            if self._paced(head, now):
+                return
+            if reserved:
                 self.headroom_admissions += 1
-            else:
-                head = self.scheduler.peek()
-                if head is not None and self._paced(head, now):
-                    return
             request = self.scheduler.pop(now)
             if request is None:
                 return
@@ -227,6 +229,7 @@ class EnginePool:
                 # Its waiter gave up this very tick: undo the charge pop() made.
                 self.scheduler.complete(request, 0.0, now)
                 continue
+            request.light = self._light(request)
             self._note_paced(request)
             self._take(replica, request)
             future.set_result(replica.name)
@@ -234,9 +237,9 @@ class EnginePool:
     # -- pacing -------------------------------------------------------------------------
 
     def _paced(self, request: QueuedRequest, now: float) -> bool:
-        """Must this over-share request wait for the pacer? Then a timer is set to
-        dispatch when it may go."""
-        if self.pacer is None or self._under_share(request):
+        """Must this request of a tenant that is not light wait for the pacer? Then a
+        timer is set to dispatch when it may go."""
+        if self.pacer is None or self._light(request):
             return False
         delay = self.pacer.delay(now)
         if delay <= 0:
@@ -254,13 +257,12 @@ class EnginePool:
         self._dispatch()
 
     def _note_paced(self, request: QueuedRequest) -> None:
-        """The admission takes a pacer turn; one under its share gets it back at release
+        """The admission takes a pacer turn; a light tenant's comes back at release
         (``pacing.py``: light tenants' growth, not their steady holdings, slows the rest)."""
         if self.pacer is None:
             return
-        under = self._under_share(request)
-        turns = self.pacer.admitted(self._clock(), paced=not under)
-        if under and turns > 0:
+        turns = self.pacer.admitted(self._clock(), paced=not request.light)
+        if request.light and turns > 0:
             self._light_turns[request] = turns
 
     # -- shares -------------------------------------------------------------------------
@@ -277,9 +279,12 @@ class EnginePool:
     def _under_share(self, request: QueuedRequest) -> bool:
         return self.shares.under(request.tenant, self.capacity)
 
-    def over_share(self, tenant: str) -> bool:
-        """Does the tenant hold more slots than its weighted share of the pool?"""
-        return self.shares.over(tenant, self.capacity)
+    def _light(self, request: QueuedRequest) -> bool:
+        """Is the request's tenant light: its slots held and other requests waiting
+        under its weighted share? Light tenants are never paced, and the engine serves
+        them first (``Admitted.engine_priority``)."""
+        besides = 1 if request in self._waiting else 0
+        return self.shares.light(request.tenant, self.capacity, besides)
 
     def _hold(self, request: QueuedRequest, inflight: int = 0, waiting: int = 0) -> None:
         self.shares.hold(request.tenant, request.weight, inflight, waiting)

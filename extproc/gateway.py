@@ -193,8 +193,8 @@ class Gateway:
             self.metrics.child(self.metrics.queue_wait, label).observe(now - queued.enqueued_at)
         else:
             self.metrics.child(self.metrics.queue_wait, label).observe(0.0)
-        over = pool.over_share(queued.tenant)
-        return Admitted(lease_id, ticket, replica, 2 * ticket.tenant.priority + over)
+        heavy = not queued.light
+        return Admitted(lease_id, ticket, replica, 2 * ticket.tenant.priority + heavy)
 
     def refuse_admitted(
         self, ticket: Ticket, shared_limits: bool, rejection: Rejection

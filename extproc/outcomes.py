@@ -40,8 +40,9 @@ class Admitted:
     ticket: Ticket
     replica: str  # the engine it goes to
     # For engines that schedule by priority (lower first): the tenant's class rank
-    # twice, plus 1 while the tenant holds more than its share of the pool, so in the
-    # engine's own waiting queue a light tenant's prompt goes before a flooder's.
+    # twice, plus 1 unless the tenant was light at admission (slots held plus requests
+    # waiting under its share), so in the engine's own waiting queue a light tenant's
+    # prompt goes before a flooder's.
     engine_priority: int = 0
 
 

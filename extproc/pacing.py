@@ -1,4 +1,5 @@
-"""Spacing out the admissions of tenants over their share.
+"""Spacing out the admissions of tenants that are not light (their slots held plus
+requests waiting at or over their share: ``Shares.light``).
 
 When many of a flooder's requests finish in the same engine step (answers of one
 length, started together), refilling every freed slot at once puts all their prefills
@@ -18,7 +19,7 @@ slot in its first seconds and hold them for one answer's length; and just after 
 first answers end, their count over a window that mostly saw none does not read as a
 near-zero rate.
 
-Every admission takes a turn, paced or not: a tenant under its share is never held back,
+Every admission takes a turn, paced or not: a light tenant is never held back,
 but its admission takes a turn from the same rate and gives it back when its request
 ends. So what the light tenants' holdings grow by comes out of the flooder's pace, and
 what they merely hold steady does not. Otherwise several light tenants ramping up
@@ -97,7 +98,7 @@ class AdmissionPacer:
 
     def admitted(self, now: float, paced: bool = True) -> float:
         """An admission went and took a turn (one taken early pushes the next back); the
-        turns taken. An unpaced one (a tenant under its share) takes at most
+        turns taken. An unpaced one (a light tenant's) takes at most
         LIGHT_TURNS_AHEAD ahead of now, so possibly less than one, or none."""
         if self._last_activity is None or now - self._last_activity > self.window_s:
             self._since = now

@@ -57,16 +57,25 @@ class Shares:
         excess = self._excess(tenant, capacity)
         return excess is None or excess < 0
 
-    def over(self, tenant: str, capacity: int) -> bool:
-        """Does the tenant hold more of ``capacity`` slots than its weighted share?"""
-        excess = self._excess(tenant, capacity)
-        return excess is not None and excess > 0
+    def light(self, tenant: str, capacity: int, besides: int = 0) -> bool:
+        """Is the tenant's demand, slots held plus requests waiting (less ``besides``
+        of them: the one being decided), under its weighted share? A tenant backlogged
+        past its share is not light even while it holds fewer slots than that: right
+        after a wave of its answers ended, say, when its refills would come in a wave."""
+        excess = self._excess(tenant, capacity, waiting_besides=besides)
+        return excess is None or excess < 0
 
-    def _excess(self, tenant: str, capacity: int) -> float | None:
-        """Slots held minus the weighted share, scaled by the active weight (only the
-        sign matters); None when it holds nothing or is alone (its share is the whole
-        pool, so it is neither over nor short of it)."""
+    def _excess(
+        self, tenant: str, capacity: int, waiting_besides: int | None = None
+    ) -> float | None:
+        """Slots held (and requests waiting, less ``waiting_besides``; None: not counted)
+        minus the weighted share, scaled by the active weight (only the sign matters);
+        None when it holds nothing or is alone (its share is the whole pool, so it is
+        neither over nor short of it)."""
         holding = self._holdings.get(tenant)
         if holding is None or len(self._holdings) == 1:
             return None
-        return holding.inflight * self._active_weight - capacity * holding.weight
+        demand = holding.inflight
+        if waiting_besides is not None:
+            demand += max(0, holding.waiting - waiting_besides)
+        return demand * self._active_weight - capacity * holding.weight

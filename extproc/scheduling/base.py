@@ -33,7 +33,8 @@ class QueuedRequest:
     input weight plus ``max_tokens`` times the output weight); the real usage corrects it
     when the response ends. ``priority`` is the rank of the tenant's priority class:
     lower is served first. ``slots``: the engine slots it holds, one per sequence it
-    generates (``n``). Identity equality: each object is one request.
+    generates (``n``). ``light``: set at admission, whether its tenant's demand was
+    under its share then. Identity equality: each object is one request.
     """
 
     tenant: str
@@ -41,6 +42,7 @@ class QueuedRequest:
     weight: float = 1.0
     priority: int = 0
     slots: int = 1
+    light: bool = True
     enqueued_at: float = 0.0
     seq: int = field(default_factory=lambda: next(_sequence))
 

@@ -112,16 +112,16 @@ async def test_holdings_are_forgotten_when_a_tenant_leaves() -> None:
     assert p.active_tenants == 0
 
 
-def test_over_share_names_the_tenant_holding_more_than_its_share() -> None:
+def test_light_names_the_tenants_under_their_share() -> None:
     p = pool()
     fill(p, "quiet", 1)
     fill(p, "flood", 5)
-    assert p.over_share("flood")  # 5 of 8 slots, its share is 4
-    assert not p.over_share("quiet")
-    assert not p.over_share("nobody")
+    assert not p.shares.light("flood", 8)  # 5 of 8 slots, its share is 4
+    assert p.shares.light("quiet", 8)
+    assert p.shares.light("nobody", 8)
     alone = pool()
-    fill(alone, "flood", 8)
-    assert not alone.over_share("flood")  # alone, the whole pool is its share
+    held = fill(alone, "flood", 8)
+    assert all(r.light for r in held)  # alone, the whole pool is its share
 
 
 def test_slots_draining_on_a_down_replica_do_not_count_against_the_healthy_one() -> None:

@@ -195,6 +195,31 @@ async def test_a_pending_turn_comes_closer_when_the_measured_rate_rises() -> Non
     assert await asyncio.wait_for(future, timeout=4.0) == "e"  # not 30 s
 
 
+async def test_a_backlogged_tenant_is_paced_and_not_light_under_its_share() -> None:
+    """A wave of the flooder's answers ends at once (they started together): it holds
+    fewer slots than its share for a moment, but its backlog makes it no light tenant:
+    its refills are paced one at a time and go to the engine behind light requests."""
+    clock = Clock()
+    p = paced_pool(clock)  # 8 slots, a turn every 0.5 s
+    pacer, p.pacer = p.pacer, None  # the flood's first admissions, before pacing
+    quiet = req("quiet")
+    assert p.try_admit(quiet) == "e" and quiet.light
+    wave = [req("flood") for _ in range(4)]  # its share of 4
+    assert all(p.try_admit(r) == "e" for r in wave)
+    p.pacer = pacer
+    backlog = [req("flood") for _ in range(5)]
+    waiting = [p.enqueue(r) for r in backlog]
+    for r in wave[:3]:
+        p.release(r, "e", 100.0)  # 1 slot of its share of 4 left, 5 requests waiting
+    await asyncio.sleep(0)
+    assert len([f for f in waiting if f.done()]) == 1  # not 3 at once
+    clock.now += 0.6
+    await asyncio.sleep(0.7)  # the pacing timer: the next turn
+    assert len([f for f in waiting if f.done()]) == 2
+    assert [r.light for r in backlog[:2]] == [False, False]  # engine priority: after
+    assert p.try_admit(req("quiet")) == "e"  # the light tenant is not held up
+
+
 def test_a_lone_tenant_is_never_paced() -> None:
     clock = Clock()
     p = paced_pool(clock)

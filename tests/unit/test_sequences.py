@@ -59,7 +59,7 @@ def test_slots_are_capped_at_the_capacity_and_given_back_exactly() -> None:
     huge = req("a", slots=1000)
     assert p.try_admit(huge) == "e"
     assert p.inflight == 8 and huge.slots == 8
-    assert p.shares.over("a", 8) is False  # alone, its share is the pool
+    assert huge.light  # alone, its share is the pool
     assert p.try_admit(req("b")) is None
     p.release(huge, "e", 0.0)
     assert p.inflight == 0 and p.active_tenants == 0
