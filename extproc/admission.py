@@ -126,6 +126,7 @@ class EnginePool:
         replica = self._roomiest()
         if replica is None:
             return None
+        request.light = self._light(request)
         if self._paced(request, self._clock()):
             return None  # queued; the pacing timer dispatches it
         if self._waiting or self._only_reserved_left():
@@ -135,7 +136,6 @@ class EnginePool:
                 return None
             self.headroom_admissions += 1
         self.scheduler.admit_direct(request, self._clock())
-        request.light = self._light(request)
         self._note_paced(request)
         self._take(replica, request)
         return replica.name
@@ -216,6 +216,7 @@ class EnginePool:
             reserved = self._only_reserved_left()
             if reserved and not self._may_take_reserved(head):
                 return  # the reserved slots are not for the tenant next in line
+            head.light = self._light(head)
             if self._paced(head, now):
                 return
             if reserved:
@@ -229,7 +230,6 @@ class EnginePool:
                 # Its waiter gave up this very tick: undo the charge pop() made.
                 self.scheduler.complete(request, 0.0, now)
                 continue
-            request.light = self._light(request)
             self._note_paced(request)
             self._take(replica, request)
             future.set_result(replica.name)
@@ -237,9 +237,9 @@ class EnginePool:
     # -- pacing -------------------------------------------------------------------------
 
     def _paced(self, request: QueuedRequest, now: float) -> bool:
-        """Must this request of a tenant that is not light wait for the pacer? Then a
-        timer is set to dispatch when it may go."""
-        if self.pacer is None or self._light(request):
+        """Must this request of a tenant that is not light (``request.light``, just
+        decided) wait for the pacer? Then a timer is set to dispatch when it may go."""
+        if self.pacer is None or request.light:
             return False
         delay = self.pacer.delay(now)
         if delay <= 0:
