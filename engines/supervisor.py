@@ -24,12 +24,15 @@ from fairlane.engines.models import Resident, choose_evictions
 from fairlane.engines.process import ManagedProcess
 from fairlane.engines.run import EngineRun, launch_key
 from fairlane.engines.spec import engine_spec
+from fairlane.envoy.admin import admin_url, wait_for_cds
 from fairlane.envoy.bootstrap import render_cds, write_json_atomically
 from fairlane.policy import Policy
 from fairlane.reload import file_signature
 from fairlane.rundir import RunDir
 
 log = logging.getLogger(__name__)
+
+CDS_APPLY_TIMEOUT_S = 2.0  # Envoy applies a CDS file in milliseconds; past this, go on
 
 
 class EngineSupervisor:
@@ -41,6 +44,7 @@ class EngineSupervisor:
         self._policy = policy
         self._demand: dict[str, dict[str, Any]] = {}
         self._demand_seen: tuple[int, int, int] | None = None
+        self._publishing = asyncio.Lock()
 
     def _new_run(self, name: str, policy: Policy) -> EngineRun:
         spec = engine_spec(name, policy.engines[name])
@@ -56,7 +60,7 @@ class EngineSupervisor:
         for run in self.engines.values():
             if run.spec.config.lazy:
                 run.state = "idle"
-        self.publish()
+        await self.publish()
         for run in self.engines.values():
             if not run.spec.config.lazy:
                 await self._launch(run)
@@ -71,7 +75,7 @@ class EngineSupervisor:
         ]
         for run in leaving:
             self._set(run, "down")  # the worker stops routing to it
-        self.publish()
+        await self.publish()
         await self._drain([run.spec.name for run in leaving], policy.listener.drain_grace_s)
         for run in leaving:
             if run.process is not None:
@@ -89,7 +93,7 @@ class EngineSupervisor:
                 run.state = "idle"
             else:
                 await self._launch(run)
-        self.publish()
+        await self.publish()
 
     async def run(self) -> None:
         async with aiohttp.ClientSession() as session:
@@ -101,7 +105,7 @@ class EngineSupervisor:
                     for run in list(self.engines.values()):
                         changed |= await self._check(run, self._probe_result(run))
                     if changed:
-                        self.publish()
+                        await self.publish()
                     await asyncio.sleep(self.interval_s)
             finally:
                 for run in self.engines.values():
@@ -227,7 +231,7 @@ class EngineSupervisor:
             await run.process.stop()
         run.evictions += 1
         self._set(run, "idle")
-        self.publish()  # Envoy stops routing to it before anything else starts
+        await self.publish()  # Envoy stops routing to it before anything else starts
 
     def _residents(self) -> list[Resident]:
         out = []
@@ -263,33 +267,43 @@ class EngineSupervisor:
         run.state = state
         return True
 
-    def publish(self) -> None:
-        """Rewrite the CDS file and engines.json from the current states."""
-        self._version += 1
-        endpoints = {
-            name: (run.spec.host, run.spec.port) if run.state == "up" else None
-            for name, run in self.engines.items()
-        }
-        write_json_atomically(self.run_dir.cds, render_cds(endpoints, self._version))
-        write_json_atomically(
-            self.run_dir.engine_states,
-            {
-                "version": self._version,
-                "engines": {
-                    name: {
-                        "state": run.state,
-                        "host": run.spec.host,
-                        "port": run.spec.port,
-                        "lazy": run.spec.config.lazy,
-                        "restarts": run.process.restarts if run.process else 0,
-                        "loads": run.loads,
-                        "evictions": run.evictions,
-                        "load_seconds": list(run.load_seconds),
-                    }
-                    for name, run in self.engines.items()
-                },
+    async def publish(self) -> None:
+        """Rewrite the CDS file, then engines.json, from the current states.
+
+        The worker dispatches to an engine as soon as engines.json says it is up, so
+        Envoy must have its endpoint first: wait (bounded) until Envoy reports it has
+        applied this CDS version. One publish at a time, so the two files never disagree
+        in the other order.
+        """
+        async with self._publishing:
+            self._version += 1
+            version = self._version
+            endpoints = {
+                name: (run.spec.host, run.spec.port) if run.state == "up" else None
+                for name, run in self.engines.items()
+            }
+            states = self._states_document(version)
+            write_json_atomically(self.run_dir.cds, render_cds(endpoints, version))
+            await wait_for_cds(admin_url(self._policy.listener), version, CDS_APPLY_TIMEOUT_S)
+            write_json_atomically(self.run_dir.engine_states, states)
+
+    def _states_document(self, version: int) -> dict[str, Any]:
+        return {
+            "version": version,
+            "engines": {
+                name: {
+                    "state": run.state,
+                    "host": run.spec.host,
+                    "port": run.spec.port,
+                    "lazy": run.spec.config.lazy,
+                    "restarts": run.process.restarts if run.process else 0,
+                    "loads": run.loads,
+                    "evictions": run.evictions,
+                    "load_seconds": list(run.load_seconds),
+                }
+                for name, run in self.engines.items()
             },
-        )
+        }
 
     async def stop(self, grace_s: float) -> None:
         await asyncio.gather(

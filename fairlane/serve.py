@@ -22,6 +22,7 @@ import aiohttp
 
 from fairlane.engines.process import ManagedProcess
 from fairlane.engines.supervisor import EngineSupervisor
+from fairlane.envoy.admin import admin_url
 from fairlane.envoy.bootstrap import render_bootstrap, write_json_atomically
 from fairlane.policy import Policy
 from fairlane.policy_file import PolicyError, load_policy
@@ -147,7 +148,7 @@ class Server:
     async def _shutdown(self) -> None:
         """Stop taking new requests, let in-flight streams finish, then stop children."""
         listener = self.policy.listener
-        admin = f"http://127.0.0.1:{listener.admin_port}"
+        admin = admin_url(listener)
         log.info("draining (up to %.0fs)", listener.drain_grace_s)
         async with aiohttp.ClientSession() as session:
             with contextlib.suppress(aiohttp.ClientError, OSError):
@@ -164,7 +165,7 @@ class Server:
         listener = self.policy.listener
         async with aiohttp.ClientSession() as session:
             while True:
-                ok = await _get_status(session, f"http://127.0.0.1:{listener.admin_port}/ready")
+                ok = await _get_status(session, admin_url(listener) + "/ready")
                 if ok == 200:
                     break
                 await asyncio.sleep(0.2)
@@ -172,7 +173,7 @@ class Server:
             base = f"http://{host}:{listener.port}"
             print(
                 f"Fairlane is up: OpenAI API at {base}/v1 (health {base}/health, "
-                f"Envoy admin http://127.0.0.1:{listener.admin_port})",
+                f"Envoy admin {admin_url(listener)})",
                 flush=True,
             )
             while await _get_status(session, f"{base}/health") != 200:  # noqa: ASYNC110 - polls a remote endpoint

@@ -15,6 +15,7 @@ from aiohttp import web
 from fairlane.engines.supervisor import EngineSupervisor
 from fairlane.policy import Policy
 from fairlane.rundir import RunDir
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +68,7 @@ async def supervisor(tmp_path: Path, engines: dict[str, Engine]) -> AsyncIterato
     policy = Policy.model_validate(
         {
             "version": 1,
+            "listener": {"admin_port": free_port()},  # no Envoy: publishes do not wait
             "engines": {
                 name: {
                     "kind": "external",
