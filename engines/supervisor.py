@@ -22,17 +22,15 @@ import aiohttp
 from fairlane.engines.health import Health, probe
 from fairlane.engines.models import Resident, choose_evictions
 from fairlane.engines.process import ManagedProcess
+from fairlane.engines.publish import StatePublisher
 from fairlane.engines.run import EngineRun, launch_key
 from fairlane.engines.spec import engine_spec
-from fairlane.envoy.admin import admin_url, wait_for_cds
-from fairlane.envoy.bootstrap import render_cds, write_json_atomically
+from fairlane.envoy.admin import admin_url
 from fairlane.policy import Policy
 from fairlane.reload import file_signature
 from fairlane.rundir import RunDir
 
 log = logging.getLogger(__name__)
-
-CDS_APPLY_TIMEOUT_S = 2.0  # Envoy applies a CDS file in milliseconds; past this, go on
 
 
 class EngineSupervisor:
@@ -40,11 +38,10 @@ class EngineSupervisor:
         self.run_dir = run_dir
         self.interval_s = interval_s
         self.engines: dict[str, EngineRun] = {}
-        self._version = 0
+        self.publisher = StatePublisher(run_dir, admin_url(policy.listener))
         self._policy = policy
         self._demand: dict[str, dict[str, Any]] = {}
         self._demand_seen: tuple[int, int, int] | None = None
-        self._publishing = asyncio.Lock()
 
     def _new_run(self, name: str, policy: Policy) -> EngineRun:
         spec = engine_spec(name, policy.engines[name])
@@ -268,42 +265,7 @@ class EngineSupervisor:
         return True
 
     async def publish(self) -> None:
-        """Rewrite the CDS file, then engines.json, from the current states.
-
-        The worker dispatches to an engine as soon as engines.json says it is up, so
-        Envoy must have its endpoint first: wait (bounded) until Envoy reports it has
-        applied this CDS version. One publish at a time, so the two files never disagree
-        in the other order.
-        """
-        async with self._publishing:
-            self._version += 1
-            version = self._version
-            endpoints = {
-                name: (run.spec.host, run.spec.port) if run.state == "up" else None
-                for name, run in self.engines.items()
-            }
-            states = self._states_document(version)
-            write_json_atomically(self.run_dir.cds, render_cds(endpoints, version))
-            await wait_for_cds(admin_url(self._policy.listener), version, CDS_APPLY_TIMEOUT_S)
-            write_json_atomically(self.run_dir.engine_states, states)
-
-    def _states_document(self, version: int) -> dict[str, Any]:
-        return {
-            "version": version,
-            "engines": {
-                name: {
-                    "state": run.state,
-                    "host": run.spec.host,
-                    "port": run.spec.port,
-                    "lazy": run.spec.config.lazy,
-                    "restarts": run.process.restarts if run.process else 0,
-                    "loads": run.loads,
-                    "evictions": run.evictions,
-                    "load_seconds": list(run.load_seconds),
-                }
-                for name, run in self.engines.items()
-            },
-        }
+        await self.publisher.publish(self.engines)
 
     async def stop(self, grace_s: float) -> None:
         await asyncio.gather(
