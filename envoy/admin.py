@@ -15,7 +15,10 @@ _CDS_VERSION = "/stats?filter=^cluster_manager\\.cds\\.version_text$&format=json
 
 
 def admin_url(listener: ListenerConfig) -> str:
-    host = "127.0.0.1" if listener.admin_host in ("0.0.0.0", "::") else listener.admin_host
+    # Listening on every address: ask on loopback (Envoy binds "::" IPv6-only).
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listener.admin_host, listener.admin_host)
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
     return f"http://{host}:{listener.admin_port}"
 
 

@@ -6,7 +6,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from fairlane.envoy.admin import admin_url
 from fairlane.envoy.bootstrap import render_bootstrap, render_cds, write_json_atomically
+from fairlane.policy import ListenerConfig
 from fairlane.policy_file import load_policy
 from fairlane.rundir import RunDir
 from fairlane.serve import envoy_binary
@@ -57,3 +61,17 @@ def test_cds_has_no_endpoint_for_unhealthy_engines(tmp_path: Path) -> None:
     write_json_atomically(path, doc)
     assert json.loads(path.read_text()) == doc
     assert not list(path.parent.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("admin_host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:9901"),
+        ("0.0.0.0", "http://127.0.0.1:9901"),  # listening everywhere: ask on loopback
+        ("::", "http://[::1]:9901"),
+        ("::1", "http://[::1]:9901"),
+        ("10.1.2.3", "http://10.1.2.3:9901"),
+    ],
+)
+def test_the_admin_url_reaches_the_admin_listener(admin_host: str, url: str) -> None:
+    assert admin_url(ListenerConfig(admin_host=admin_host)) == url
