@@ -28,7 +28,16 @@ def routes(policy: Policy) -> dict[str, Any]:
                     "path": path,
                     "headers": [{"name": ":method", "string_match": {"exact": "POST"}}],
                 },
-                "route": {"cluster_header": CLUSTER_HEADER, "timeout": "0s", "idle_timeout": idle},
+                "route": {
+                    "cluster_header": CLUSTER_HEADER,
+                    "timeout": "0s",
+                    "idle_timeout": idle,
+                    # An engine can close a pooled keep-alive connection just as a
+                    # request is sent on it: one retry before any response byte
+                    # (a generation has no side effect to repeat; at worst the engine
+                    # saw the prompt twice). One that refuses again is quarantined.
+                    "retry_policy": {"retry_on": "reset", "num_retries": 1},
+                },
             }
         )
         routes.append(_direct(path, Reason.METHOD_NOT_ALLOWED, f"use POST for {path}"))

@@ -175,13 +175,15 @@ class FakeEngine:
     - ``fake-stall-mid``: sends 200 SSE headers and one chunk, then stalls.
     - ``fake-firehose``: streams SSE as fast as the reader takes it, ``max_tokens`` KiB.
     - ``fake-echo``: answers a small chat completion at once.
+    - ``fake-drop-once``: closes the connection without an answer the first time it
+      sees a request's ``user``, answers as ``fake-echo`` after that.
 
     ``stats()`` reports what it received (the last requests' headers) and wrote
     (``GET /fake/stats``). It runs in its own process group and is stopped by PID.
     Started by running this file as a script.
     """
 
-    MODELS = ("fake-stall", "fake-stall-mid", "fake-firehose", "fake-echo")
+    MODELS = ("fake-stall", "fake-stall-mid", "fake-firehose", "fake-echo", "fake-drop-once")
 
     def __init__(self, log_path: Path) -> None:
         self.port = free_port()
@@ -239,7 +241,7 @@ def _serve_fake_engine(port: int) -> None:
 
     from aiohttp import web
 
-    stats: dict[str, Any] = {"requests": 0, "firehose_bytes": 0, "headers": []}
+    stats: dict[str, Any] = {"requests": 0, "firehose_bytes": 0, "headers": [], "dropped": []}
     chunk = b"data: " + json.dumps({"choices": [{"delta": {"content": "x" * 1000}}]}).encode()
     chunk = (chunk + b"\n\n") * 64  # ~64 KiB per write
 
@@ -252,7 +254,12 @@ def _serve_fake_engine(port: int) -> None:
         model = body.get("model")
         if model == "fake-stall":
             await asyncio.sleep(3600)
-        if model == "fake-echo":
+        if model == "fake-drop-once" and body.get("user") not in stats["dropped"]:
+            stats["dropped"].append(body.get("user"))
+            assert request.transport is not None
+            request.transport.close()  # as an engine closing a keep-alive connection
+            await asyncio.sleep(3600)
+        if model in ("fake-echo", "fake-drop-once"):
             reply = {
                 "id": "fake",
                 "object": "chat.completion",

@@ -462,6 +462,24 @@ async def _is(value: Awaitable[float], want: float) -> bool:
     return await value == want
 
 
+async def test_a_connection_the_engine_drops_unanswered_is_retried_once(
+    stack: Any, fake: Any
+) -> None:
+    """The engine closes the connection a request came on without answering (as when a
+    keep-alive connection times out just as Envoy reuses it): Envoy sends it again, the
+    client sees a 200, and the engine is not taken out of routing."""
+    await _wait_healthy(stack)
+    user = f"drop-{time.monotonic_ns()}"
+    before = fake.stats()["requests"]
+    status, _, body = await post(stack, {**chat("fake-drop-once"), "user": user})
+    assert status == 200, body
+    assert user in fake.stats()["dropped"]
+    assert fake.stats()["requests"] - before == 2  # the dropped one and the retry
+    status, _, body = await post(stack, chat("fake-echo"))
+    assert status == 200, body  # not quarantined
+    await assert_at_rest(stack)
+
+
 # -- slow reader ---------------------------------------------------------------------------------
 
 
