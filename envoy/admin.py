@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 import aiohttp
@@ -11,7 +12,6 @@ import aiohttp
 from fairlane.policy import ListenerConfig
 
 log = logging.getLogger(__name__)
-_CDS_VERSION = "/stats?filter=^cluster_manager\\.cds\\.version_text$&format=json"
 
 
 def admin_url(listener: ListenerConfig) -> str:
@@ -22,6 +22,25 @@ def admin_url(listener: ListenerConfig) -> str:
     return f"http://{host}:{listener.admin_port}"
 
 
+async def read_stat(
+    session: aiohttp.ClientSession, admin: str, name: str, timeout_s: float = 2.0
+) -> str | None:
+    """One stat's value as Envoy's admin prints it; None when it has no such stat or does
+    not answer in time. Raises ``aiohttp.ClientConnectorError`` when nothing listens."""
+    params = {"filter": f"^{re.escape(name)}$", "format": "json"}
+    try:
+        async with session.get(
+            admin + "/stats", params=params, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as resp:
+            stats = (await resp.json(content_type=None)).get("stats", [])
+    except aiohttp.ClientConnectorError:
+        raise
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError, AttributeError):
+        return None
+    value = stats[0].get("value") if stats else None
+    return None if value is None else str(value)
+
+
 async def wait_for_cds(admin: str, version: int, timeout_s: float) -> bool:
     """Wait until Envoy has applied CDS ``version`` (or a later one) from the file.
 
@@ -29,18 +48,15 @@ async def wait_for_cds(admin: str, version: int, timeout_s: float) -> bool:
     then), and after ``timeout_s`` when one does but has not applied it.
     """
     deadline = time.monotonic() + timeout_s
-    timeout = aiohttp.ClientTimeout(total=max(timeout_s, 0.1))
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession() as session:
         while True:
             try:
-                async with session.get(admin + _CDS_VERSION) as resp:
-                    stats = (await resp.json(content_type=None)).get("stats", [])
+                applied = await read_stat(
+                    session, admin, "cluster_manager.cds.version_text", max(timeout_s, 0.1)
+                )
             except aiohttp.ClientConnectorError:
                 return False
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                stats = []
-            applied = stats[0].get("value", "") if stats else ""
-            if applied.isdigit() and int(applied) >= version:
+            if applied is not None and applied.isdigit() and int(applied) >= version:
                 return True
             if time.monotonic() >= deadline:
                 log.warning("Envoy has not applied CDS version %d after %.1fs", version, timeout_s)

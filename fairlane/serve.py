@@ -22,7 +22,7 @@ import aiohttp
 
 from fairlane.engines.process import ManagedProcess
 from fairlane.engines.supervisor import EngineSupervisor
-from fairlane.envoy.admin import admin_url
+from fairlane.envoy.admin import admin_url, read_stat
 from fairlane.envoy.bootstrap import render_bootstrap, write_json_atomically
 from fairlane.policy import Policy
 from fairlane.policy_file import PolicyError, load_policy
@@ -163,9 +163,10 @@ class Server:
 
     async def _announce_when_ready(self) -> None:
         listener = self.policy.listener
+        admin = admin_url(listener)
         async with aiohttp.ClientSession() as session:
             while True:
-                ok = await _get_status(session, admin_url(listener) + "/ready")
+                ok = await _get_status(session, admin + "/ready")
                 if ok == 200:
                     break
                 await asyncio.sleep(0.2)
@@ -173,7 +174,7 @@ class Server:
             base = f"http://{host}:{listener.port}"
             print(
                 f"Fairlane is up: OpenAI API at {base}/v1 (health {base}/health, "
-                f"Envoy admin {admin_url(listener)})",
+                f"Envoy admin {admin})",
                 flush=True,
             )
             while await _get_status(session, f"{base}/health") != 200:  # noqa: ASYNC110 - polls a remote endpoint
@@ -196,13 +197,11 @@ async def _get_status(session: aiohttp.ClientSession, url: str) -> int:
 
 
 async def _active_requests(session: aiohttp.ClientSession, admin: str) -> int:
-    url = f"{admin}/stats?filter=^http\\.fairlane\\.downstream_rq_active$&format=json"
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
-            stats = (await resp.json()).get("stats", [])
-            return int(stats[0]["value"]) if stats else 0
-    except (aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError):
-        return 0
+        value = await read_stat(session, admin, "http.fairlane.downstream_rq_active")
+    except aiohttp.ClientConnectorError:
+        return 0  # Envoy is gone: nothing is in flight through it
+    return int(value) if value is not None and value.isdigit() else 0
 
 
 def preflight(policy: Policy, run_dir: RunDir) -> list[str]:
