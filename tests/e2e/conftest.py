@@ -15,7 +15,6 @@ import contextlib
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import free_port
 
 MODEL = "tiny-llama"
 VLLM_FOUND = importlib.util.find_spec("vllm") is not None
@@ -40,12 +41,6 @@ if not VLLM_FOUND and os.environ.get("FAIRLANE_E2E_REQUIRED") == "1":
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 VLLM_ARGS = ["--max-model-len", "1024", "--dtype", "bfloat16", "--enforce-eager"]
 START_TIMEOUT_S = 300.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None) -> float:

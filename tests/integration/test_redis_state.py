@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import logging
 import random
-import socket
 import statistics
 import time
 import uuid
@@ -29,12 +28,6 @@ from fairlane.extproc.shared.redis_limits import RedisRateLimiter
 pytestmark = pytest.mark.integration
 
 MIDDAY = 1_700_000_000.0 - 1_700_000_000.0 % 86_400 + 43_200.0  # 12:00 UTC
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.conftest import free_port
+
 pytestmark = pytest.mark.integration
 
 MODEL = "sim-model"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _start(port: int, *extra: str) -> subprocess.Popen[str]:
@@ -70,7 +64,7 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     proc = _start(port)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -299,7 +293,7 @@ async def test_openai_sdk_streams(base_url: str) -> None:
 
 
 async def test_overload_503_and_sigterm_with_requests_in_flight() -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = _start(port, "--max-queue", "1", "--model", "a", "--model", "b")
     try:
