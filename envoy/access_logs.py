@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fairlane.envoy.common import DECISION_NAMESPACE, USAGE_NAMESPACE, WORKER_CLUSTER, T
+from fairlane.extproc.request import PROMPTS_KEY, REQUEST_NAMESPACE
 from fairlane.rundir import RunDir
 
 
@@ -34,6 +35,8 @@ def file_access_log(run_dir: RunDir) -> dict[str, Any]:
                     "duration_ms": "%DURATION%",
                     "first_byte_ms": "%RESPONSE_DURATION%",
                     "usage": f"%DYNAMIC_METADATA({USAGE_NAMESPACE})%",
+                    # A completions batch: its prompts (null for one).
+                    "prompts": f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:{PROMPTS_KEY})%",
                     "ext_proc": "%FILTER_STATE(envoy.filters.http.ext_proc:PLAIN)%",
                     "request_id": "%REQ(X-REQUEST-ID)%",
                 }

@@ -9,7 +9,8 @@ WORKER_CLUSTER = "fairlane_worker"
 CONTROL_CLUSTER = "fairlane_control"
 DECISION_NAMESPACE = "fairlane"  # dynamic metadata the worker attaches to an admitted request
 USAGE_NAMESPACE = "fairlane.usage"  # written by usage.lua
-INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions")
+COMPLETIONS_PATH = "/v1/completions"
+INFERENCE_PATHS = ("/v1/chat/completions", COMPLETIONS_PATH)
 CONTROL_PATHS = ("/health", "/v1/models", "/metrics")
 T = "type.googleapis.com/"
 

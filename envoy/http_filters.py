@@ -1,5 +1,6 @@
-"""The HTTP filter chain: strip internal headers, lift body fields into metadata, ask the
-worker (ext_proc, headers only), watch usage (Lua), route."""
+"""The HTTP filter chain: strip internal headers, lift body fields into metadata, count a
+completions batch's prompts (Lua), ask the worker (ext_proc, headers only), watch usage
+(Lua), route."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from typing import Any
 from fairlane.envoy.common import CLUSTER_HEADER, DECISION_NAMESPACE, WORKER_CLUSTER, T, seconds
 from fairlane.extproc.request import JSON_ERROR_KEY, MODEL_MISSING_KEY, REQUEST_NAMESPACE
 
+# Runs on /v1/completions only (routes.py turns it off elsewhere).
+PROMPT_COUNT_FILTER = "fairlane.prompt_count"
 FORWARDED_HEADERS = ("x-tenant-id", "authorization", "content-length", "content-type")
 
 
 def http_filters(queue_timeout: float, max_body_bytes: int) -> list[dict[str, Any]]:
-    lua_source = resources.files("fairlane.envoy").joinpath("usage.lua").read_text()
+    package = resources.files("fairlane.envoy")
     return [
         {
             # A client must never pick its own engine cluster or engine priority.
@@ -58,6 +61,15 @@ def http_filters(queue_timeout: float, max_body_bytes: int) -> list[dict[str, An
             },
         },
         {
+            "name": PROMPT_COUNT_FILTER,
+            "typed_config": {
+                "@type": T + "envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {
+                    "inline_string": package.joinpath("prompts.lua").read_text()
+                },
+            },
+        },
+        {
             "name": "envoy.filters.http.ext_proc",
             "typed_config": {
                 "@type": T + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
@@ -96,7 +108,7 @@ def http_filters(queue_timeout: float, max_body_bytes: int) -> list[dict[str, An
             "name": "envoy.filters.http.lua",
             "typed_config": {
                 "@type": T + "envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": lua_source},
+                "default_source_code": {"inline_string": package.joinpath("usage.lua").read_text()},
             },
         },
         {

@@ -7,6 +7,7 @@ from typing import Any
 
 from fairlane.envoy.common import (
     CLUSTER_HEADER,
+    COMPLETIONS_PATH,
     CONTROL_CLUSTER,
     CONTROL_PATHS,
     INFERENCE_PATHS,
@@ -14,6 +15,7 @@ from fairlane.envoy.common import (
     header,
     seconds,
 )
+from fairlane.envoy.http_filters import PROMPT_COUNT_FILTER
 from fairlane.extproc.errors import Reason, error_body
 from fairlane.policy import Policy
 
@@ -38,6 +40,11 @@ def routes(policy: Policy) -> dict[str, Any]:
                     # saw the prompt twice). One that refuses again is quarantined.
                     "retry_policy": {"retry_on": "reset", "num_retries": 1},
                 },
+                **(
+                    {}
+                    if path == COMPLETIONS_PATH
+                    else {"typed_per_filter_config": {PROMPT_COUNT_FILTER: _lua_off()}}
+                ),
             }
         )
         routes.append(_direct(path, Reason.METHOD_NOT_ALLOWED, f"use POST for {path}"))
@@ -78,8 +85,10 @@ def bypass_filters() -> dict[str, Any]:
             "@type": T + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
             "disabled": True,
         },
-        "envoy.filters.http.lua": {
-            "@type": T + "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
-            "disabled": True,
-        },
+        PROMPT_COUNT_FILTER: _lua_off(),
+        "envoy.filters.http.lua": _lua_off(),
     }
+
+
+def _lua_off() -> dict[str, Any]:
+    return {"@type": T + "envoy.extensions.filters.http.lua.v3.LuaPerRoute", "disabled": True}

@@ -24,7 +24,7 @@ class Ticket:
     pool: str  # the replica group serving the model
     prompt_tokens: int  # estimate from the body size; corrected from usage later
     max_tokens: int  # per sequence
-    sequences: int  # generated at once (`n`, `best_of`): engine slots the request holds
+    sequences: int  # generated at once (prompts x `n`): engine slots the request holds
     cost: float
     stream: bool
     include_usage: bool
@@ -92,9 +92,10 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
         )
     cost = runtime.policy.cost
     max_tokens = _positive_int(info.max_tokens, cost.default_max_tokens)
-    # Each of `n` choices (`best_of` candidates) is a sequence of its own in the engine's
-    # batch; the prompt is prefilled once and shared.
-    sequences = max(_positive_int(info.choices, 1), _positive_int(info.best_of, 1))
+    # Each of `n` choices (`best_of` candidates) of each prompt of a batch is a sequence
+    # of its own in the engine's batch; a prompt is prefilled once for its choices.
+    per_prompt = max(_positive_int(info.choices, 1), _positive_int(info.best_of, 1))
+    sequences = _positive_int(info.prompts, 1) * per_prompt
     prompt_tokens = max(1, int(info.content_length / cost.chars_per_token))
     return Ticket(
         tenant=profile,

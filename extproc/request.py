@@ -15,6 +15,8 @@ REQUEST_NAMESPACE = "fairlane.request"
 # Marker values json_to_metadata writes when the body is not JSON / has no model.
 JSON_ERROR_KEY = "json_error"
 MODEL_MISSING_KEY = "model_missing"
+# The prompts envoy/prompts.lua counted in a completions batch (absent: one).
+PROMPTS_KEY = "prompts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,7 @@ class RequestInfo:
     max_tokens: Any
     choices: Any  # `n`: sequences the engine generates per prompt
     best_of: Any  # legacy completions: sequences generated to return `n`
+    prompts: Any  # a completions batch: prompts in its `prompt` list (None: one)
     stream: bool
     include_usage: bool
     declared_json: bool  # content-type says JSON (curl -d sends a form type)
@@ -49,6 +52,7 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         max_tokens=max_tokens,
         choices=fields.get("n"),
         best_of=fields.get("best_of"),
+        prompts=fields.get(PROMPTS_KEY),
         stream=fields.get("stream") is True,
         include_usage=fields.get("include_usage") is True,
         declared_json=headers.get("content-type", "").startswith("application/json"),

@@ -126,9 +126,15 @@ async def completion_tokens_charged(stack: Any, tenant: str) -> float:
         return sample(await resp.text(), "fairlane_tokens_total", want)
 
 
-async def test_every_choice_of_n_is_served_and_charged(stack: Any, vllm: Any) -> None:
+@pytest.mark.parametrize(
+    ("prompt", "choices", "sequences"),
+    [("Once", 3, 3), (["Once", "Upon"], 2, 4)],  # a batch: each prompt has n choices
+)
+async def test_every_choice_of_n_is_served_and_charged(
+    stack: Any, vllm: Any, prompt: str | list[str], choices: int, sequences: int
+) -> None:
     before = await completion_tokens_charged(stack, "alice")
-    body = {"model": MODEL, "prompt": "Once", "max_tokens": 4, "n": 3, "ignore_eos": True}
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 4, "n": choices, "ignore_eos": True}
     async with (
         aiohttp.ClientSession(timeout=TIMEOUT) as session,
         session.post(
@@ -137,14 +143,14 @@ async def test_every_choice_of_n_is_served_and_charged(stack: Any, vllm: Any) ->
     ):
         assert resp.status == 200, await resp.text()
         reply = await resp.json()
-    assert sorted(c["index"] for c in reply["choices"]) == [0, 1, 2]
-    assert reply["usage"]["completion_tokens"] == 12  # vLLM counts every choice
+    assert sorted(c["index"] for c in reply["choices"]) == list(range(sequences))
+    assert reply["usage"]["completion_tokens"] == 4 * sequences  # vLLM counts them all
     deadline, charged = time.monotonic() + 15, 0.0
-    while charged < 12 and time.monotonic() < deadline:
+    while charged < 4 * sequences and time.monotonic() < deadline:
         charged = await completion_tokens_charged(stack, "alice") - before
         await asyncio.sleep(0.2)
-    assert charged == 12
-    # While they run, vLLM counts the three as three requests, as Fairlane counts slots.
+    assert charged == 4 * sequences
+    # While they run, vLLM counts each sequence as a request, as Fairlane counts slots.
     body.update(max_tokens=400, stream=True)
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
         async with session.post(
@@ -155,7 +161,7 @@ async def test_every_choice_of_n_is_served_and_charged(stack: Any, vllm: Any) ->
             seen = []
             # vLLM updates its gauges once per logging step: poll a few of them.
             deadline = time.monotonic() + 10
-            while (not seen or seen[-1][0] != 3) and time.monotonic() < deadline:
+            while (not seen or seen[-1][0] != sequences) and time.monotonic() < deadline:
                 async with session.get(vllm.url + "/metrics") as metrics:
                     text = await metrics.text()
                 engine = sum(
@@ -167,7 +173,7 @@ async def test_every_choice_of_n_is_served_and_charged(stack: Any, vllm: Any) ->
                     ours = sample(await metrics.text(), "fairlane_inflight", {"engine": "vllm"})
                 seen.append((engine, ours))
                 await asyncio.sleep(0.2)
-        assert seen[-1] == (3, 3), seen
+        assert seen[-1] == (sequences, sequences), seen
 
 
 def sample(text: str, name: str, labels: dict[str, str]) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,19 +11,15 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.conftest import free_port
+
 pytestmark = pytest.mark.integration
 
 MAX_BODY = 64 * 1024
 CHAT = "/v1/chat/completions"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-PRIO_PORT = _free_port()
+PRIO_PORT = free_port()
 
 
 def _policy() -> dict[str, Any]:
@@ -316,6 +311,34 @@ async def test_disconnect_mid_stream_releases_slot(stack: Any, choices: int) -> 
         await resp.content.readline()
         assert await metric(stack, "fairlane_inflight", engine="big") == choices
     # The client closed the connection mid-stream.
+    deadline = time.monotonic() + 5
+    while await metric(stack, "fairlane_inflight", engine="big") != 0:
+        assert time.monotonic() < deadline, "the slots were not given back"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "slots"),
+    [
+        # A batch of prompts runs as one sequence per prompt and choice (prompts.lua).
+        ("/v1/completions", {"prompt": ["a [x]", "b", "c"], "n": 2}, 6),
+        ("/v1/completions", {"prompt": [[1, 2], [3]]}, 2),
+        ("/v1/completions", {"prompt": [1, 2, 3]}, 1),  # one prompt, as token ids
+        # Chat has no `prompt`: a list there is not counted (the filter is off).
+        (CHAT, {"messages": [{"role": "user", "content": "hi"}], "prompt": ["a", "b"]}, 1),
+    ],
+)
+async def test_a_batch_of_prompts_holds_a_slot_per_sequence(
+    stack: Any, path: str, fields: dict[str, Any], slots: int
+) -> None:
+    body = {"model": "model-a", "max_tokens": 2000, "stream": True, **fields}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(stack.url + path, json=body, headers={"x-tenant-id": "alice"}) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        await resp.content.readline()
+        assert await metric(stack, "fairlane_inflight", engine="big") == slots
     deadline = time.monotonic() + 5
     while await metric(stack, "fairlane_inflight", engine="big") != 0:
         assert time.monotonic() < deadline, "the slots were not given back"

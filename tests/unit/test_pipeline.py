@@ -65,6 +65,17 @@ def test_each_sequence_is_charged_its_max_tokens() -> None:
         assert isinstance(ticket, Ticket) and ticket.sequences == want, value
 
 
+def test_each_prompt_of_a_batch_is_n_sequences() -> None:
+    """A completions `prompt` list (counted by envoy/prompts.lua) is one sequence per
+    prompt and choice."""
+    ticket = evaluate(info(max_tokens=10, n=2, prompts=3.0), runtime())
+    assert isinstance(ticket, Ticket)
+    assert (ticket.sequences, ticket.completion_budget) == (6, 60)
+    for value in (None, 0, -4, "7", True):
+        ticket = evaluate(info(n=2, prompts=value), runtime())
+        assert isinstance(ticket, Ticket) and ticket.sequences == 2, value
+
+
 def test_max_tokens_estimate_is_clamped() -> None:
     for value, want in ((1e300, 1_000_000), (-5, 1), (True, 256), ("9", 256)):
         ticket = evaluate(info(max_tokens=value), runtime())
