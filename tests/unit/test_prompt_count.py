@@ -8,11 +8,10 @@ import json
 from importlib import resources
 from typing import Any
 
+import lupa.luajit21 as luajit  # a dev dependency: no silent skip without it
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-luajit = pytest.importorskip("lupa.luajit21")
 
 
 @pytest.fixture(scope="module")
