@@ -36,7 +36,7 @@ MODEL = "tiny-llama"
 CHAT = "/v1/chat/completions"
 TIMEOUT = aiohttp.ClientTimeout(total=60)
 QUEUE_TIMEOUT_S = 5
-RACE_ATTEMPTS = 3  # a race that cannot show a queue in vLLM is run again
+RACE_ATTEMPTS = 5  # a race that cannot show a queue in vLLM is run again
 
 
 @pytest.fixture(scope="module")
