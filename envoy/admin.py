@@ -50,10 +50,9 @@ async def wait_for_cds(admin: str, version: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:
         while True:
+            left = max(deadline - time.monotonic(), 0.1)  # the whole wait is bounded
             try:
-                applied = await read_stat(
-                    session, admin, "cluster_manager.cds.version_text", max(timeout_s, 0.1)
-                )
+                applied = await read_stat(session, admin, "cluster_manager.cds.version_text", left)
             except aiohttp.ClientConnectorError:
                 return False
             if applied is not None and applied.isdigit() and int(applied) >= version:

@@ -16,7 +16,6 @@ FORWARDED_HEADERS = ("x-tenant-id", "authorization", "content-length", "content-
 
 
 def http_filters(queue_timeout: float, max_body_bytes: int) -> list[dict[str, Any]]:
-    package = resources.files("fairlane.envoy")
     return [
         {
             # A client must never pick its own engine cluster or engine priority.
@@ -60,15 +59,7 @@ def http_filters(queue_timeout: float, max_body_bytes: int) -> list[dict[str, An
                 },
             },
         },
-        {
-            "name": PROMPT_COUNT_FILTER,
-            "typed_config": {
-                "@type": T + "envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {
-                    "inline_string": package.joinpath("prompts.lua").read_text()
-                },
-            },
-        },
+        _lua(PROMPT_COUNT_FILTER, "prompts.lua"),
         {
             "name": "envoy.filters.http.ext_proc",
             "typed_config": {
@@ -104,18 +95,24 @@ def http_filters(queue_timeout: float, max_body_bytes: int) -> list[dict[str, An
                 },
             },
         },
-        {
-            "name": "envoy.filters.http.lua",
-            "typed_config": {
-                "@type": T + "envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": package.joinpath("usage.lua").read_text()},
-            },
-        },
+        _lua("envoy.filters.http.lua", "usage.lua"),
         {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": T + "envoy.extensions.filters.http.router.v3.Router"},
         },
     ]
+
+
+def _lua(name: str, script: str) -> dict[str, Any]:
+    """A Lua filter running one of the scripts shipped beside this module."""
+    source = resources.files("fairlane.envoy").joinpath(script).read_text()
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": T + "envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": source},
+        },
+    }
 
 
 def _body_rules() -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@
 -- before ext_proc reads it.
 local NAMESPACE = "fairlane.request"
 local STRUCTURAL = '[%[%]{}",]'
+local OPENERS = { "[", "{", '"' } -- what a flat array of numbers cannot hold
 -- A body that needs more searches than this is hostile (a legitimate batch of 24,000
 -- token-id lists takes ~50,000): it counts as MANY prompts, i.e. the whole engine,
 -- rather than hold an Envoy worker thread for seconds.
@@ -53,7 +54,7 @@ local function walker(s)
   local function past_flat_array(i)
     local close = find("]", i + 1, true)
     if close == nil then return nil end
-    for _, char in ipairs({ "[", "{", '"' }) do
+    for _, char in ipairs(OPENERS) do
       local open = next_of(char, i + 1)
       if open and open < close then return nil end
     end
