@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 
 MAX_BODY = 64 * 1024
 CHAT = "/v1/chat/completions"
+HELLO = [{"role": "user", "content": "Hello there"}]
 
 
 PRIO_PORT = free_port()
@@ -71,7 +72,7 @@ def chat(model: str, max_tokens: int = 8, stream: bool = False, **extra: Any) ->
         "model": model,
         "max_tokens": max_tokens,
         "stream": stream,
-        "messages": [{"role": "user", "content": "Hello there"}],
+        "messages": HELLO,
         **extra,
     }
 
@@ -296,39 +297,21 @@ async def test_queue_full_is_429(stack: Any) -> None:
     await waiting
 
 
-@pytest.mark.parametrize("choices", [1, 3])
-async def test_disconnect_mid_stream_releases_slot(stack: Any, choices: int) -> None:
-    # `n` choices are `n` sequences in the engine's batch: as many slots.
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            stack.url + CHAT,
-            json=chat("model-a", max_tokens=2000, stream=True, n=choices),
-            headers={"x-tenant-id": "alice"},
-        ) as resp,
-    ):
-        assert resp.status == 200
-        await resp.content.readline()
-        assert await metric(stack, "fairlane_inflight", engine="big") == choices
-    # The client closed the connection mid-stream.
-    deadline = time.monotonic() + 5
-    while await metric(stack, "fairlane_inflight", engine="big") != 0:
-        assert time.monotonic() < deadline, "the slots were not given back"
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.parametrize(
     ("path", "fields", "slots"),
     [
+        # `n` choices are `n` sequences in the engine's batch: as many slots.
+        (CHAT, {"messages": HELLO}, 1),
+        (CHAT, {"messages": HELLO, "n": 3}, 3),
         # A batch of prompts runs as one sequence per prompt and choice (prompts.lua).
         ("/v1/completions", {"prompt": ["a [x]", "b", "c"], "n": 2}, 6),
         ("/v1/completions", {"prompt": [[1, 2], [3]]}, 2),
         ("/v1/completions", {"prompt": [1, 2, 3]}, 1),  # one prompt, as token ids
         # Chat has no `prompt`: a list there is not counted (the filter is off).
-        (CHAT, {"messages": [{"role": "user", "content": "hi"}], "prompt": ["a", "b"]}, 1),
+        (CHAT, {"messages": HELLO, "prompt": ["a", "b"]}, 1),
     ],
 )
-async def test_a_batch_of_prompts_holds_a_slot_per_sequence(
+async def test_a_stream_holds_a_slot_per_sequence_until_the_client_leaves(
     stack: Any, path: str, fields: dict[str, Any], slots: int
 ) -> None:
     body = {"model": "model-a", "max_tokens": 2000, "stream": True, **fields}
@@ -339,6 +322,7 @@ async def test_a_batch_of_prompts_holds_a_slot_per_sequence(
         assert resp.status == 200, await resp.text()
         await resp.content.readline()
         assert await metric(stack, "fairlane_inflight", engine="big") == slots
+    # The client closed the connection mid-stream.
     deadline = time.monotonic() + 5
     while await metric(stack, "fairlane_inflight", engine="big") != 0:
         assert time.monotonic() < deadline, "the slots were not given back"
