@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -26,20 +25,14 @@ import yaml
 
 from fairlane.bench.cpu import children, cmdline
 from fairlane.policy_file import parse_policy
+from fairlane.ports import free_port
 
 STOP_TIMEOUT_S = 30.0
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (all held open until chosen)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """``count`` distinct free TCP ports on 127.0.0.1."""
+    return [free_port() for _ in range(count)]
 
 
 def write_policy(directory: Path, document: dict[str, Any], name: str = "policy.yaml") -> Path:

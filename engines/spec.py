@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from fairlane.policy import EngineConfig
+from fairlane.ports import free_port
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,6 @@ class EngineSpec:
     @property
     def managed(self) -> bool:
         return bool(self.argv)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def engine_spec(name: str, config: EngineConfig, port: int | None = None) -> EngineSpec:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -23,21 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-# Below Linux's ephemeral range (32768-60999), where a port the kernel picked for us
-# (bind to 0) can be taken by any outgoing connection before the server binds it.
-_PORTS = iter(random.sample(range(20000, 32000), 12000))
-
-
-def free_port() -> int:
-    """A port nothing listens on now, in a random order without repeats."""
-    for port in _PORTS:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port left in 20000-32000")
+from fairlane.ports import free_port
 
 
 def descendants(pid: int) -> set[int]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
+from fairlane.ports import free_port
 
 MODEL = "tiny-llama"
 VLLM_FOUND = importlib.util.find_spec("vllm") is not None

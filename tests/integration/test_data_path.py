@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import free_port
+from fairlane.ports import free_port
 
 pytestmark = pytest.mark.integration
 

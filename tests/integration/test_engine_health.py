@@ -14,8 +14,8 @@ from aiohttp import web
 
 from fairlane.engines.supervisor import EngineSupervisor
 from fairlane.policy import Policy
+from fairlane.ports import free_port
 from fairlane.rundir import RunDir
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from fairlane.engines.supervisor import EngineSupervisor
 from fairlane.envoy.admin import wait_for_cds
 from fairlane.envoy.bootstrap import write_json_atomically
 from fairlane.policy import Policy
+from fairlane.ports import free_port
 from fairlane.rundir import RunDir
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
