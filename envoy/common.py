@@ -21,7 +21,10 @@ def engine_cluster_name(engine: str) -> str:
 
 def unlimited_breakers() -> dict[str, Any]:
     # Fairlane's own admission bounds what reaches an engine; Envoy's default of 1024
-    # requests per cluster must not second-guess it.
+    # requests per cluster must not second-guess it. Nor its 3 retries at once: every
+    # request retries at most once (routes.py), so retries in flight are bounded by the
+    # admitted requests, and after a quiet spell many pooled connections can be stale
+    # together; the 4th request on one would get a 503 (UO) instead of its retry.
     big = 1_000_000
     return {
         "thresholds": [
@@ -29,7 +32,7 @@ def unlimited_breakers() -> dict[str, Any]:
                 "max_connections": big,
                 "max_pending_requests": big,
                 "max_requests": big,
-                "max_retries": 3,
+                "max_retries": big,
             }
         ]
     }

@@ -172,7 +172,8 @@ class FakeEngine:
     - ``fake-firehose``: streams SSE as fast as the reader takes it, ``max_tokens`` KiB.
     - ``fake-echo``: answers a small chat completion at once.
     - ``fake-drop-once``: closes the connection without an answer the first time it
-      sees a request's ``user``, answers as ``fake-echo`` after that.
+      sees a request's ``user``, answers as ``fake-echo`` after that (after the body's
+      ``delay_s``, if any).
 
     ``stats()`` reports what it received (the last requests' headers) and wrote
     (``GET /fake/stats``). It runs in its own process group and is stopped by PID.
@@ -256,6 +257,7 @@ def _serve_fake_engine(port: int) -> None:
             request.transport.close()  # as an engine closing a keep-alive connection
             await asyncio.sleep(3600)
         if model in ("fake-echo", "fake-drop-once"):
+            await asyncio.sleep(float(body.get("delay_s", 0)))
             reply = {
                 "id": "fake",
                 "object": "chat.completion",

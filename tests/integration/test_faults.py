@@ -480,6 +480,19 @@ async def test_a_connection_the_engine_drops_unanswered_is_retried_once(
     await assert_at_rest(stack)
 
 
+async def test_many_connections_dropped_at_once_are_all_retried(stack: Any, fake: Any) -> None:
+    """After a quiet spell, many pooled connections can be stale together (the engine
+    closing its keep-alives): every request on one is retried, however many retries are
+    in flight at once (Fairlane's admission bounds them, not a cluster-wide cap)."""
+    await _wait_healthy(stack)
+    users = [f"drop-many-{i}-{time.monotonic_ns()}" for i in range(8)]
+    bodies = [{**chat("fake-drop-once"), "user": user, "delay_s": 1.0} for user in users]
+    replies = await asyncio.gather(*(post(stack, body) for body in bodies))
+    assert [status for status, _, _ in replies] == [200] * len(users), replies
+    assert set(users) <= set(fake.stats()["dropped"])
+    await assert_at_rest(stack)
+
+
 # -- slow reader ---------------------------------------------------------------------------------
 
 
