@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib.util
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from fairlane.policy import EngineConfig
 from fairlane.policy_file import PolicyError, load_policy
+from fairlane.ports import bind_error
 
 OK, MISSING, INFO = "ok", "MISSING", "info"
 STEP_BUDGET_TIP = (
@@ -23,15 +23,6 @@ STEP_BUDGET_TIP = (
 
 def _line(state: str, what: str, detail: str) -> None:
     print(f"[{state:>7}] {what}: {detail}")
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _step_budget_unset(engine: EngineConfig) -> bool:
@@ -72,7 +63,7 @@ def run_doctor(config: Path | None) -> int:
             ("envoy admin", lst.admin_port, lst.admin_host),
             ("control", lst.control_port, "127.0.0.1"),
         ):
-            free = _port_free(host, port)
+            free = bind_error(host, port) is None
             _line(OK if free else MISSING, f"port {port} ({name})", "free" if free else "in use")
             problems += 0 if free else 1
         kinds = {e.kind for e in policy.engines.values()}

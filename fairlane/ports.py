@@ -49,3 +49,19 @@ def free_port(host: str = "127.0.0.1") -> int:
                 continue
             return int(sock.getsockname()[1])
     raise AssertionError("unreachable: the candidates never end")
+
+
+def bind_error(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port`` now; None when it could.
+
+    Probed as servers bind (Envoy, aiohttp and uvicorn all set SO_REUSEADDR), so the
+    TIME_WAIT connections a stopped server leaves behind for a minute do not read as the
+    port being in use: only another socket bound there does.
+    """
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from fairlane.envoy.admin import admin_url, read_stat
 from fairlane.envoy.bootstrap import render_bootstrap, write_json_atomically
 from fairlane.policy import Policy
 from fairlane.policy_file import PolicyError, load_policy
+from fairlane.ports import bind_error
 from fairlane.reload import PolicyWatcher
 from fairlane.rundir import RunDir
 
@@ -219,11 +219,9 @@ def preflight(policy: Policy, run_dir: RunDir) -> list[str]:
         ("listener.admin_port", listener.admin_host, listener.admin_port),
         ("listener.control_port", "127.0.0.1", listener.control_port),
     ):
-        with socket.socket() as probe:
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                problems.append(f"{what} {host}:{port} is not available: {exc.strerror}")
+        error = bind_error(host, port)
+        if error is not None:
+            problems.append(f"{what} {host}:{port} is not available: {error}")
     return problems
 
 

@@ -41,3 +41,34 @@ def test_an_ipv6_host_gets_a_port() -> None:
     except OSError:
         pytest.skip("no IPv6 here")
     assert ports.free_port("::1") > 0
+
+
+def _time_wait_port() -> int:
+    """A port whose server closed a connection first and then stopped listening: the
+    kernel keeps that connection in TIME_WAIT for a minute, as after `fairlane stop`."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Envoy does
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = int(server.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            accepted.close()  # the server side closes first: its side goes to TIME_WAIT
+            client.recv(1)
+    return port
+
+
+def test_a_port_left_in_time_wait_can_be_listened_on_again() -> None:
+    port = _time_wait_port()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # what the old probe did: a false "in use"
+    assert ports.bind_error("127.0.0.1", port) is None
+
+
+def test_a_port_with_a_listener_is_reported() -> None:
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        error = ports.bind_error("127.0.0.1", taken.getsockname()[1])
+    assert error == "Address already in use"
