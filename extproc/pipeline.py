@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 
-from fairlane.extproc.errors import Reason, Rejection
+from fairlane.extproc.errors import Reason, Rejection, model_not_found
 from fairlane.extproc.request import RequestInfo
 from fairlane.extproc.runtime import TENANT_ID, Runtime, TenantProfile
 
@@ -55,6 +55,8 @@ def identify(info: RequestInfo, runtime: Runtime) -> str | Rejection:
         if runtime.policy.default_tenant is not None:
             return runtime.policy.default_tenant
         return Rejection(Reason.MISSING_TENANT, "missing X-Tenant-ID header")
+    if "," in header:
+        return Rejection(Reason.INVALID_TENANT, "X-Tenant-ID must be sent once")
     if not TENANT_ID.fullmatch(header):
         return Rejection(
             Reason.INVALID_TENANT,
@@ -82,9 +84,7 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
         return _for(profile, Rejection(Reason.INVALID_MODEL, "`model` must be a string"))
     pool = runtime.model_to_pool.get(model)
     if pool is None:
-        return _for(
-            profile, Rejection(Reason.MODEL_NOT_FOUND, f"The model `{model[:200]}` does not exist.")
-        )
+        return _for(profile, Rejection(Reason.MODEL_NOT_FOUND, model_not_found(model)))
     if profile.allowed_models is not None and model not in profile.allowed_models:
         return _for(
             profile,

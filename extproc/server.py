@@ -183,10 +183,13 @@ def add_servicers(server: grpc.aio.Server, gateway: Gateway) -> None:
 
 
 def _request_info(message: ep.ProcessingRequest) -> RequestInfo:
-    headers = {
-        h.key: (h.raw_value.decode("latin-1") if h.raw_value else h.value)
-        for h in message.request_headers.headers.headers
-    }
+    headers: dict[str, str] = {}
+    for h in message.request_headers.headers.headers:
+        value = h.raw_value.decode("latin-1") if h.raw_value else h.value
+        # A header sent twice reads as its values joined, as HTTP combines them, so a
+        # second X-Tenant-ID or API key makes the request invalid instead of one of
+        # them silently winning.
+        headers[h.key] = f"{headers[h.key]},{value}" if h.key in headers else value
     namespace = message.metadata_context.filter_metadata.get(REQUEST_NAMESPACE)
     fields: dict[str, Any] = {}
     if namespace is not None:

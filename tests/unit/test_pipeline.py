@@ -101,6 +101,8 @@ def test_tenant_header_rules() -> None:
     rejected(identify(info(None), rt), Reason.MISSING_TENANT)
     for bad in ("a b", "x" * 129, "é", "a\r\nb", "", "abc\n"):
         rejected(identify(info(bad), rt), Reason.INVALID_TENANT)
+    twice = rejected(identify(info("alice,bob"), rt), Reason.INVALID_TENANT)  # sent twice
+    assert twice.message == "X-Tenant-ID must be sent once"
     assert identify(info(None), runtime("default_tenant: bob\n")) == "bob"
 
 
