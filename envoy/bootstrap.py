@@ -145,12 +145,22 @@ def _listener(policy: Policy, run_dir: RunDir, queue_timeout: float) -> dict[str
                             "v3.HttpConnectionManager",
                             "stat_prefix": "fairlane",
                             "codec_type": "AUTO",
+                            # Envoy's edge defaults: routes see /v1/models/../../status as
+                            # /status, and //v1/... as /v1/...
+                            "normalize_path": True,
+                            "merge_slashes": True,
                             "stream_idle_timeout": seconds(listener.stream_idle_timeout_s),
                             "request_headers_timeout": "10s",
                             "drain_timeout": seconds(max(1.0, listener.drain_grace_s)),
                             "common_http_protocol_options": {
                                 "idle_timeout": "300s",
                                 "headers_with_underscores_action": "REJECT_REQUEST",
+                            },
+                            # HTTP/1.0 clients (ApacheBench, old proxies) are served too:
+                            # Envoy ends a stream by closing the connection.
+                            "http_protocol_options": {
+                                "accept_http_10": True,
+                                "default_host_for_http_10": "fairlane",
                             },
                             "access_log": [file_access_log(run_dir), grpc_access_log()],
                             "local_reply_config": local_replies(policy),

@@ -12,6 +12,7 @@ USAGE_NAMESPACE = "fairlane.usage"  # written by usage.lua
 COMPLETIONS_PATH = "/v1/completions"
 INFERENCE_PATHS = ("/v1/chat/completions", COMPLETIONS_PATH)
 CONTROL_PATHS = ("/health", "/v1/models", "/metrics")
+MODEL_PATH_PREFIX = "/v1/models/"  # GET /v1/models/{model}, the worker's too
 T = "type.googleapis.com/"
 
 

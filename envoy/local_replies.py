@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fairlane.envoy.common import CONTROL_PATHS, T, header
+from fairlane.envoy.common import CONTROL_PATHS, MODEL_PATH_PREFIX, T, header
 from fairlane.extproc.errors import Reason, error_body
 from fairlane.policy import Policy
 
@@ -32,12 +32,13 @@ def local_replies(policy: Policy) -> dict[str, Any]:
     def flags(*names: str) -> dict[str, Any]:
         return {"response_flag_filter": {"flags": list(names)}}
 
-    # /health, /v1/models and /metrics are the worker's own: if it is unreachable, say so.
+    # /health, /v1/models[/...] and /metrics are the worker's own: if it is unreachable, say so.
     control_paths = {
         "or_filter": {
             "filters": [
-                {"header_filter": {"header": {"name": ":path", "string_match": {"exact": path}}}}
-                for path in CONTROL_PATHS
+                {"header_filter": {"header": {"name": ":path", "string_match": match}}}
+                for match in [{"exact": path} for path in CONTROL_PATHS]
+                + [{"prefix": MODEL_PATH_PREFIX}]
             ]
         }
     }

@@ -11,6 +11,7 @@ from fairlane.envoy.common import (
     CONTROL_CLUSTER,
     CONTROL_PATHS,
     INFERENCE_PATHS,
+    MODEL_PATH_PREFIX,
     T,
     header,
     seconds,
@@ -49,11 +50,13 @@ def routes(policy: Policy) -> dict[str, Any]:
         )
         routes.append(_direct(path, Reason.METHOD_NOT_ALLOWED, f"use POST for {path}"))
     control = [p for p in CONTROL_PATHS if p != "/metrics" or policy.listener.expose_metrics]
-    for path in control:
+    model = {"safe_regex": {"regex": f"{MODEL_PATH_PREFIX}.+"}}  # not an empty id
+    matches = [{"path": path} for path in control] + [model]
+    for match in matches:
         routes.append(
             {
                 "match": {
-                    "path": path,
+                    **match,
                     "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
                 },
                 "route": {"cluster": CONTROL_CLUSTER, "timeout": "10s"},

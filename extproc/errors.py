@@ -73,6 +73,10 @@ class Rejection:
         return headers
 
 
+def model_not_found(model: str) -> str:
+    return f"The model `{model[:200]}` does not exist."
+
+
 def error_body(reason: Reason, message: str) -> bytes:
     return json.dumps(
         {

@@ -1,4 +1,4 @@
-"""The worker's small HTTP side: /health, /v1/models, /metrics and /status.
+"""The worker's small HTTP side: /health, /v1/models[/{model}], /metrics and /status.
 
 Envoy routes the first three from the public listener; /status is for `fairlane status`
 on the loopback control port only.
@@ -11,6 +11,7 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from fairlane.extproc.errors import Reason, error_body, model_not_found
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.observe import snapshot
 from fairlane.extproc.replicas import EngineState
@@ -23,6 +24,7 @@ def build_control_app(gateway: Gateway) -> web.Application:
     app[GATEWAY_KEY] = gateway
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model:.+}", model)  # ids may hold a slash: org/name
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/status", status)
     return app
@@ -67,20 +69,33 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body, status=503 if down else 200)
 
 
+def _model_card(gateway: Gateway, model: str, created: int) -> dict[str, object]:
+    pool = gateway.runtime.model_to_pool[model]
+    return {
+        "id": model,
+        "object": "model",
+        "created": created,
+        "owned_by": "fairlane",
+        "engines": list(gateway.runtime.pools[pool]),
+    }
+
+
 async def models(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
     created = int(time.time())
-    data = [
-        {
-            "id": model,
-            "object": "model",
-            "created": created,
-            "owned_by": "fairlane",
-            "engines": list(gateway.runtime.pools[pool]),
-        }
-        for model, pool in sorted(gateway.runtime.model_to_pool.items())
-    ]
+    data = [_model_card(gateway, m, created) for m in sorted(gateway.runtime.model_to_pool)]
     return web.json_response({"object": "list", "data": data})
+
+
+async def model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model}: the OpenAI SDK's `models.retrieve`."""
+    gateway = request.app[GATEWAY_KEY]
+    name = request.match_info["model"]
+    if name not in gateway.runtime.model_to_pool:
+        reason = Reason.MODEL_NOT_FOUND
+        body = error_body(reason, model_not_found(name))
+        return web.Response(status=reason.status, body=body, content_type="application/json")
+    return web.json_response(_model_card(gateway, name, int(time.time())))
 
 
 async def metrics(request: web.Request) -> web.Response:

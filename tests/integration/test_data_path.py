@@ -271,7 +271,49 @@ async def test_health_and_models(stack: Any) -> None:
             assert (await resp.json())["missing_models"] == []
         async with session.get(stack.url + "/v1/models") as resp:
             ids = {m["id"] for m in (await resp.json())["data"]}
-    assert ids == {"model-a", "model-b", "model-one", "model-p", "model-q"}
+        assert ids == {"model-a", "model-b", "model-one", "model-p", "model-q"}
+        async with session.get(stack.url + "/v1/models/model-a") as resp:
+            assert resp.status == 200
+            card = await resp.json()
+        assert (card["id"], card["object"], card["engines"]) == ("model-a", "model", ["big"])
+        for missing in ("nope", "org/model-a"):
+            async with session.get(stack.url + "/v1/models/" + missing) as resp:
+                assert resp.status == 404
+                error = error_of(await resp.read())
+            assert error["code"] == "model_not_found"
+            assert error["message"] == f"The model `{missing}` does not exist."
+
+
+async def test_a_tenant_header_sent_twice_is_refused(stack: Any) -> None:
+    headers = [("x-tenant-id", "alice"), ("x-tenant-id", "bob")]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(stack.url + CHAT, json=chat("model-a"), headers=headers) as resp,
+    ):
+        assert resp.status == 400
+        error = error_of(await resp.read())
+    assert (error["code"], error["message"]) == ("invalid_tenant", "X-Tenant-ID must be sent once")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_http_1_0_clients_are_served(stack: Any, stream: bool) -> None:
+    # ApacheBench and some proxies speak HTTP/1.0: no chunked encoding, so Envoy ends
+    # the response (a stream too) by closing the connection.
+    body = json.dumps(chat("model-b", max_tokens=3, stream=stream)).encode()
+    host, port = stack.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST " + CHAT.encode() + b" HTTP/1.0\r\nX-Tenant-ID: alice\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    response = await asyncio.wait_for(reader.read(), timeout=30)  # to the server's close
+    writer.close()
+    head, _, payload = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200"), head
+    if stream:
+        assert payload.count(b'"content":" tok"') == 3 and payload.endswith(b"data: [DONE]\n\n")
+    else:
+        assert json.loads(payload)["usage"]["completion_tokens"] == 3
 
 
 async def test_queue_timeout_is_503_with_retry_after(stack: Any) -> None:
@@ -386,6 +428,10 @@ def test_openai_sdk_streams_through_fairlane(stack: Any) -> None:
     assert text.strip()
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert "does not exist" in str(info.value)
+    assert client.models.retrieve("model-b").id == "model-b"
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("nope")
     assert "does not exist" in str(info.value)
 
 

@@ -230,6 +230,7 @@ HIDDEN = [
     "/fake/stats",
     "/v1/embeddings",
     "/v1/models/../../status",
+    "/v1/models/",
     "/health/../status",
     "//status",
     "/STATUS",
