@@ -149,6 +149,9 @@ def _listener(policy: Policy, run_dir: RunDir, queue_timeout: float) -> dict[str
                             # /status, and //v1/... as /v1/...
                             "normalize_path": True,
                             "merge_slashes": True,
+                            # The client gets the id the access log records (the OpenAI
+                            # SDK shows it as `_request_id`): one grep finds its request.
+                            "always_set_request_id_in_response": True,
                             "stream_idle_timeout": seconds(listener.stream_idle_timeout_s),
                             "request_headers_timeout": "10s",
                             "drain_timeout": seconds(max(1.0, listener.drain_grace_s)),

@@ -370,3 +370,15 @@ def test_keys_never_written_anywhere(stack: Any) -> None:
         for name, text in texts.items():
             assert key not in text, f"an API key is written in {name}"
             assert key[: len(key) // 2] not in text, f"part of an API key is in {name}"
+
+
+def test_every_answer_names_the_request_the_access_log_records(stack: Any) -> None:
+    good = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY_A}"}
+    bad = {"Content-Type": "application/json", "Authorization": "Bearer not-a-key"}
+    ids = {}
+    for headers, path in ((good, CHAT), (bad, CHAT), (good, "/v1/nothing")):
+        status, reply, _ = request(stack.port, "POST", path, headers, chat_body())
+        ids[reply["x-request-id"]] = (path, status)
+    assert set(ids.values()) == {(CHAT, 200), (CHAT, 401), ("/v1/nothing", 404)}
+    logged = _access_log(stack, lambda e: e["request_id"] in ids, len(ids))
+    assert {e["request_id"]: (e["path"], e["status"]) for e in logged} == ids
