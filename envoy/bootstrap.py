@@ -17,6 +17,7 @@ from typing import Any
 from fairlane.envoy.access_logs import file_access_log, grpc_access_log
 from fairlane.envoy.common import (
     CONTROL_CLUSTER,
+    MAX_DOWNSTREAM_CONNECTIONS,
     WORKER_CLUSTER,
     T,
     engine_cluster_name,
@@ -50,7 +51,7 @@ def render_bootstrap(policy: Policy, run_dir: RunDir) -> dict[str, Any]:
                     "typed_config": {
                         "@type": T + "envoy.extensions.resource_monitors."
                         "downstream_connections.v3.DownstreamConnectionsConfig",
-                        "max_active_downstream_connections": 20000,
+                        "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
                     },
                 }
             ]

@@ -14,6 +14,9 @@ INFERENCE_PATHS = ("/v1/chat/completions", COMPLETIONS_PATH)
 CONTROL_PATHS = ("/health", "/v1/models", "/metrics")
 MODEL_PATH_PREFIX = "/v1/models/"  # GET /v1/models/{model}, the worker's too
 T = "type.googleapis.com/"
+# Envoy's overload manager refuses connections past this; it also bounds how many
+# requests can wait for the worker's decision at once (one ext_proc stream each).
+MAX_DOWNSTREAM_CONNECTIONS = 20_000
 
 
 def engine_cluster_name(engine: str) -> str:

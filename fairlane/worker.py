@@ -23,6 +23,7 @@ from aiohttp import web
 
 from fairlane.control import build_control_app
 from fairlane.envoy.bootstrap import write_json_atomically
+from fairlane.envoy.common import MAX_DOWNSTREAM_CONNECTIONS
 from fairlane.extproc.capacity import AdaptiveLimit, EngineLoad, parse_engine_metrics
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.metrics import Metrics
@@ -80,6 +81,11 @@ class Worker:
             options=[
                 ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
                 ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+                # gRPC drops calls at random once 1,000 wait for the event loop to take
+                # them (3,000: all): a burst of requests would get 503s instead of
+                # Fairlane's own 429s. Bounded instead as Envoy bounds its connections.
+                ("grpc.server.max_pending_requests", MAX_DOWNSTREAM_CONNECTIONS),
+                ("grpc.server.max_pending_requests_hard_limit", MAX_DOWNSTREAM_CONNECTIONS),
             ]
         )
         add_servicers(server, self.gateway)

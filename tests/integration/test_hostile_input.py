@@ -546,3 +546,61 @@ async def test_bad_policy_keeps_old_policy(limited: Any) -> None:
     assert await ok()
     health = exchange(limited.port, build(b"GET", b"/health", [], b""), "GET")
     assert health.status == 200
+
+
+# -- a burst past gRPC's own admission ------------------------------------------------------
+
+BURST = 3000
+
+
+async def test_a_burst_of_requests_gets_fairlanes_answers_not_dropped_calls(
+    stack_factory: Any,
+) -> None:
+    """3,000 requests at once: each waits for a decision on its own ext_proc stream. Past
+    1,000 streams the worker has not yet picked up, gRPC's defaults drop calls at random
+    (503 `gateway_unavailable`); every request must get Fairlane's own answer instead."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 3 * BURST  # client sockets, Envoy's downstream ones, and the rest
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"needs {need} open files, the hard limit is {hard}")
+    # Before the stack starts, so that Envoy inherits it too.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
+    try:
+        burst = stack_factory(
+            {
+                "version": 1,
+                "tenants": {"alice": {}},
+                "engines": {
+                    "fast": {
+                        "kind": "sim",
+                        "preset": "tiny",
+                        "models": ["model-a"],
+                        "max_inflight": 8,
+                        "queue": {"max_per_tenant": 32, "timeout_s": 60},
+                    }
+                },
+            }
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    body = {"model": "model-a", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
+
+    async def one(session: aiohttp.ClientSession) -> tuple[int, str]:
+        async with session.post(
+            burst.url + CHAT, json=body, headers={"x-tenant-id": "alice"}
+        ) as resp:
+            raw = await resp.read()
+            return resp.status, "" if resp.status == 200 else json.loads(raw)["error"]["code"]
+
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        answers = await asyncio.gather(*(one(session) for _ in range(BURST)))
+    counts: dict[tuple[int, str], int] = {}
+    for answer in answers:
+        counts[answer] = counts.get(answer, 0) + 1
+    print(f"\nburst of {BURST}: {counts}")
+    assert set(counts) <= {(200, ""), (429, "queue_full")}, counts
+    assert counts[(200, "")] >= 40  # at least the 8 slots and 32 queued
