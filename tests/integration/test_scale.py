@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from fairlane.ports import free_port
+
 pytestmark = pytest.mark.integration
 CHAT = "/v1/chat/completions"
 
@@ -23,11 +25,7 @@ CHAT = "/v1/chat/completions"
 @pytest.fixture(scope="module")
 def shared_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A simulator both gateways reach as an external engine."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = open(tmp_path_factory.mktemp("sim") / "sim.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [
