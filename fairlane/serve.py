@@ -27,6 +27,7 @@ from fairlane.policy import Policy
 from fairlane.policy_file import PolicyError, load_policy
 from fairlane.ports import bind_error
 from fairlane.reload import PolicyWatcher
+from fairlane.rlimits import OPEN_FILES_WANTED, connections_allowed, raise_open_file_limit
 from fairlane.rundir import RunDir
 
 log = logging.getLogger("fairlane.serve")
@@ -238,4 +239,11 @@ def serve(policy_path: Path, run_dir: Path) -> int:
         for problem in problems:
             print(f"fairlane: {problem}", file=sys.stderr)
         return 1
+    open_files = raise_open_file_limit()
+    if open_files < OPEN_FILES_WANTED:
+        log.warning(
+            "open files limited to %d (ulimit -Hn): Envoy can hold about %d connections",
+            open_files,
+            connections_allowed(open_files),
+        )
     return asyncio.run(Server(policy_path.resolve(), policy, rundir).run())

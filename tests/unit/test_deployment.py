@@ -23,6 +23,7 @@ from fairlane.envoy.bootstrap import render_bootstrap
 from fairlane.extproc.metrics import Metrics
 from fairlane.policy import Policy
 from fairlane.policy_file import load_policy
+from fairlane.rlimits import OPEN_FILES_WANTED
 from fairlane.rundir import RunDir
 from fairlane.worker import Worker
 
@@ -195,6 +196,8 @@ def test_fairlane_service_runs_the_image_and_a_container_policy(
     # Long enough for `fairlane serve` to drain in-flight streams on SIGTERM.
     grace = fairlane["stop_grace_period"]
     assert grace.endswith("s") and float(grace[:-1]) > listener.drain_grace_s
+    # Room for all the connections Envoy accepts (serve cannot lift a hard limit).
+    assert fairlane["ulimits"]["nofile"] >= OPEN_FILES_WANTED
 
 
 def test_envoy_admin_is_reached_from_the_containers_loopback(
