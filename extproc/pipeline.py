@@ -65,13 +65,30 @@ def identify(info: RequestInfo, runtime: Runtime) -> str | Rejection:
     return header
 
 
+def visible_models(info: RequestInfo, runtime: Runtime) -> list[str] | Rejection:
+    """The models GET /v1/models shows this caller: those it may use, identified as its
+    requests are. With API keys on, a key is needed (as vLLM's `--api-key` asks for
+    one there too). Without keys nothing is secret, so a caller that names no tenant
+    sees every model, as a listing by hand (`curl .../v1/models`) expects."""
+    tenant_id = identify(info, runtime)
+    if isinstance(tenant_id, Rejection):
+        if tenant_id.reason is Reason.MISSING_TENANT and not runtime.api_keys_enabled:
+            return sorted(runtime.model_to_pool)
+        return tenant_id
+    profile = runtime.profile_for(tenant_id)
+    if profile is None:
+        return _not_allowed(tenant_id)
+    allowed = profile.allowed_models
+    return sorted(m for m in runtime.model_to_pool if allowed is None or m in allowed)
+
+
 def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
     tenant_id = identify(info, runtime)
     if isinstance(tenant_id, Rejection):
         return tenant_id
     profile = runtime.profile_for(tenant_id)
     if profile is None:
-        return Rejection(Reason.UNKNOWN_TENANT, f"tenant {tenant_id!r} is not allowed")
+        return _not_allowed(tenant_id)
     if not info.body_is_json:
         return _for(profile, Rejection(Reason.INVALID_JSON, "request body is not valid JSON"))
     model = info.model
@@ -109,6 +126,10 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
         stream=info.stream,
         include_usage=info.include_usage,
     )
+
+
+def _not_allowed(tenant_id: str) -> Rejection:
+    return Rejection(Reason.UNKNOWN_TENANT, f"tenant {tenant_id!r} is not allowed")
 
 
 def _for(profile: TenantProfile, rejection: Rejection) -> Rejection:

@@ -7,6 +7,7 @@ sees or parses the body and one gRPC round trip decides the request.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,17 @@ class RequestInfo:
     stream: bool
     include_usage: bool
     declared_json: bool  # content-type says JSON (curl -d sends a form type)
+
+
+def combined_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Headers by lower-case name. One sent twice reads as its values joined, as HTTP
+    combines them, so a second X-Tenant-ID or API key makes the request invalid instead
+    of one of them silently winning."""
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        key = name.lower()
+        headers[key] = f"{headers[key]},{value}" if key in headers else value
+    return headers
 
 
 def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo:

@@ -33,7 +33,12 @@ from fairlane.extproc.accounting import Usage
 from fairlane.extproc.errors import Rejection
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.outcomes import Admitted, Pending, SharedLimitCheck
-from fairlane.extproc.request import REQUEST_NAMESPACE, RequestInfo, request_info
+from fairlane.extproc.request import (
+    REQUEST_NAMESPACE,
+    RequestInfo,
+    combined_headers,
+    request_info,
+)
 
 BUFFERED = processing_mode_pb2.ProcessingMode.BUFFERED
 # vLLM (which reads this header before the body's `priority`) and the simulator take the
@@ -183,13 +188,10 @@ def add_servicers(server: grpc.aio.Server, gateway: Gateway) -> None:
 
 
 def _request_info(message: ep.ProcessingRequest) -> RequestInfo:
-    headers: dict[str, str] = {}
-    for h in message.request_headers.headers.headers:
-        value = h.raw_value.decode("latin-1") if h.raw_value else h.value
-        # A header sent twice reads as its values joined, as HTTP combines them, so a
-        # second X-Tenant-ID or API key makes the request invalid instead of one of
-        # them silently winning.
-        headers[h.key] = f"{headers[h.key]},{value}" if h.key in headers else value
+    headers = combined_headers(
+        (h.key, h.raw_value.decode("latin-1") if h.raw_value else h.value)
+        for h in message.request_headers.headers.headers
+    )
     namespace = message.metadata_context.filter_metadata.get(REQUEST_NAMESPACE)
     fields: dict[str, Any] = {}
     if namespace is not None:

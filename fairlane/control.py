@@ -11,10 +11,12 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fairlane.extproc.errors import Reason, error_body, model_not_found
+from fairlane.extproc.errors import Reason, Rejection, error_body, model_not_found
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.observe import snapshot
+from fairlane.extproc.pipeline import visible_models
 from fairlane.extproc.replicas import EngineState
+from fairlane.extproc.request import combined_headers, request_info
 
 GATEWAY_KEY = web.AppKey("gateway", Gateway)
 
@@ -80,22 +82,35 @@ def _model_card(gateway: Gateway, model: str, created: int) -> dict[str, object]
     }
 
 
+def _visible(request: web.Request) -> list[str] | Rejection:
+    """The models this caller may use, identified by its key or X-Tenant-ID."""
+    info = request_info(combined_headers(request.headers.items()), {})
+    return visible_models(info, request.app[GATEWAY_KEY].runtime)
+
+
+def _error(rejection: Rejection) -> web.Response:
+    body = error_body(rejection.reason, rejection.message)
+    return web.Response(status=rejection.reason.status, body=body, headers=rejection.headers())
+
+
 async def models(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY_KEY]
-    created = int(time.time())
-    data = [_model_card(gateway, m, created) for m in sorted(gateway.runtime.model_to_pool)]
+    visible = _visible(request)
+    if isinstance(visible, Rejection):
+        return _error(visible)
+    gateway, created = request.app[GATEWAY_KEY], int(time.time())
+    data = [_model_card(gateway, m, created) for m in visible]
     return web.json_response({"object": "list", "data": data})
 
 
 async def model(request: web.Request) -> web.Response:
-    """GET /v1/models/{model}: the OpenAI SDK's `models.retrieve`."""
-    gateway = request.app[GATEWAY_KEY]
-    name = request.match_info["model"]
-    if name not in gateway.runtime.model_to_pool:
-        reason = Reason.MODEL_NOT_FOUND
-        body = error_body(reason, model_not_found(name))
-        return web.Response(status=reason.status, body=body, content_type="application/json")
-    return web.json_response(_model_card(gateway, name, int(time.time())))
+    """GET /v1/models/{model}: the OpenAI SDK's `models.retrieve`. A model the caller
+    may not use is as unknown as one that does not exist."""
+    visible, name = _visible(request), request.match_info["model"]
+    if isinstance(visible, Rejection):
+        return _error(visible)
+    if name not in visible:
+        return _error(Rejection(Reason.MODEL_NOT_FOUND, model_not_found(name)))
+    return web.json_response(_model_card(request.app[GATEWAY_KEY], name, int(time.time())))
 
 
 async def metrics(request: web.Request) -> web.Response:

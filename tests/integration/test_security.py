@@ -51,7 +51,7 @@ def stack(stack_factory: Any, fake: Any) -> Any:
             "version": 1,
             "tenants": {
                 "alice": {"api_keys": [hash_key(KEY_A)]},
-                "bob": {"api_keys": [hash_key(KEY_B)]},
+                "bob": {"api_keys": [hash_key(KEY_B)], "models": ["model-a"]},
             },
             "engines": {
                 "sim": {"kind": "sim", "preset": "tiny", "models": ["model-a"]},
@@ -250,9 +250,11 @@ def test_public_listener_exposes_only_the_api(stack: Any, method: str) -> None:
     for target in (f"http://127.0.0.1:{admin}/stats", f"http://127.0.0.1:{admin}/quitquitquit"):
         status, headers, body = request(stack.port, method, "", target=target)
         assert status == 404 and error_code(status, headers, body) == "not_found", target
-    for path in ("/health", "/v1/models", "/metrics"):
+    for path in ("/health", "/metrics"):
         status, _, _ = request(stack.port, "GET", path)
         assert status == 200, path
+    status, headers, body = request(stack.port, "GET", "/v1/models")  # needs a key
+    assert (status, error_code(status, headers, body)) == (401, "invalid_api_key")
     # Neither /quitquitquit nor /healthcheck/fail reached the admin interface.
     status, _, body = request(admin, "GET", "/ready")
     assert (status, body.strip()) == (200, b"LIVE")
@@ -382,3 +384,25 @@ def test_every_answer_names_the_request_the_access_log_records(stack: Any) -> No
     assert set(ids.values()) == {(CHAT, 200), (CHAT, 401), ("/v1/nothing", 404)}
     logged = _access_log(stack, lambda e: e["request_id"] in ids, len(ids))
     assert {e["request_id"]: (e["path"], e["status"]) for e in logged} == ids
+
+
+def test_each_key_lists_the_models_its_tenant_may_use(stack: Any, fake: Any) -> None:
+    def get(path: str, key: str | None) -> tuple[int, dict[str, str], bytes]:
+        headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+        return request(stack.port, "GET", path, headers)
+
+    for key in (None, "sk-wrong", KEY_A + "x"):
+        for path in ("/v1/models", "/v1/models/model-a"):
+            status, headers, body = get(path, key)
+            assert (status, error_code(status, headers, body)) == (401, "invalid_api_key")
+    everything = {"model-a", *fake.MODELS}
+    for key, allowed in ((KEY_A, everything), (KEY_B, {"model-a"})):
+        status, _, body = get("/v1/models", key)
+        assert status == 200
+        assert {m["id"] for m in json.loads(body)["data"]} == allowed
+        for model in sorted(everything):
+            status, headers, body = get(f"/v1/models/{model}", key)
+            if model in allowed:
+                assert (status, json.loads(body)["id"]) == (200, model)
+            else:  # as if it did not exist: no way to learn what others may use
+                assert (status, error_code(status, headers, body)) == (404, "model_not_found")

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from fairlane.extproc.errors import Reason, Rejection
-from fairlane.extproc.pipeline import Ticket, evaluate, identify
-from fairlane.extproc.request import request_info
+from fairlane.extproc.pipeline import Ticket, evaluate, identify, visible_models
+from fairlane.extproc.request import combined_headers, request_info
 from fairlane.extproc.runtime import Runtime, compile_policy
 from fairlane.policy import hash_key
 from fairlane.policy_file import parse_policy
@@ -148,3 +148,26 @@ def test_rejection_renders_openai_error_with_retry_after() -> None:
     )
     codes = [reason.code for reason in Reason]
     assert len(codes) == len(set(codes))  # no two reasons share a code (no enum aliases)
+
+
+def test_models_listed_are_those_the_caller_may_use() -> None:
+    rt = runtime()
+    assert visible_models(info("alice"), rt) == ["m1"]
+    assert visible_models(info("bob"), rt) == ["m1", "m2"]
+    assert visible_models(info(None), rt) == ["m1", "m2"]  # no tenant named, no keys: all
+    rejected(visible_models(info("a b"), rt), Reason.INVALID_TENANT)
+    strict = runtime("unknown_tenants: {mode: reject}\n")
+    rejected(visible_models(info("mallory"), strict), Reason.UNKNOWN_TENANT)
+
+
+def test_with_keys_the_models_listed_need_a_key() -> None:
+    keyed = BASE.replace("alice: {weight: 2,", f"alice: {{api_keys: [{hash_key('k1')}],")
+    rt = runtime(base=keyed)
+    assert visible_models(info(None, auth="Bearer k1"), rt) == ["m1"]
+    for auth in (None, "Bearer nope", "Bearer k1,Bearer k2"):
+        rejected(visible_models(info("bob", auth=auth), rt), Reason.INVALID_API_KEY)
+
+
+def test_a_header_sent_twice_is_both_values() -> None:
+    pairs = [("X-Tenant-ID", "alice"), ("x-tenant-id", "bob"), ("Host", "h")]
+    assert combined_headers(pairs) == {"x-tenant-id": "alice,bob", "host": "h"}
