@@ -6,9 +6,12 @@ needs is a dict lookup here, nothing iterates over tenants or models.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fairlane.engine_keys import engine_keys
 from fairlane.extproc.limits import TenantLimits
 from fairlane.policy import EngineConfig, LimitsConfig, Policy
 
@@ -52,6 +55,7 @@ class Runtime:
     key_to_tenant: dict[str, str]
     model_to_pool: dict[str, str]
     pools: dict[str, tuple[str, ...]]  # pool → its engines (replicas)
+    engine_auth: dict[str, str]  # engine → the Authorization it wants (api_key_env)
 
     @property
     def api_keys_enabled(self) -> bool:
@@ -81,7 +85,10 @@ class Runtime:
         )
 
 
-def compile_policy(policy: Policy, generation: int) -> Runtime:
+def compile_policy(
+    policy: Policy, generation: int, environ: Mapping[str, str] = os.environ
+) -> Runtime:
+    """Raises PolicyError when an engine's api_key_env is not set in ``environ``."""
     ranks = {name: rank for rank, name in enumerate(policy.priority_classes)}
 
     def rank(cls: str | None) -> int:
@@ -111,4 +118,5 @@ def compile_policy(policy: Policy, generation: int) -> Runtime:
         key_to_tenant=keys,
         model_to_pool=policy.served_models(),
         pools=policy.pools(),
+        engine_auth={name: f"Bearer {key}" for name, key in engine_keys(policy, environ).items()},
     )

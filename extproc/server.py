@@ -50,7 +50,7 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self._cluster_mutations: dict[
-            tuple[str, bool, str | None, bool, int | None], ep.HeaderMutation
+            tuple[str, bool, str | None, bool, int | None, str | None], ep.HeaderMutation
         ] = {}
 
     async def Process(
@@ -121,8 +121,9 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         which is what it is (json_to_metadata parsed it), so every engine accepts it.
         ``priority`` goes to the engine as vLLM's X-Vllm-Priority header (a client's
         own is stripped by Envoy before ext_proc)."""
-        keyed = self._gateway.runtime.api_keys_enabled
-        key = (engine, keyed, tenant_id if keyed else None, info.declared_json, priority)
+        runtime = self._gateway.runtime
+        keyed, auth = runtime.api_keys_enabled, runtime.engine_auth.get(engine)
+        key = (engine, keyed, tenant_id if keyed else None, info.declared_json, priority, auth)
         cached = self._cluster_mutations.get(key)
         if cached is not None:
             return cached
@@ -134,6 +135,9 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             headers.append(_header(PRIORITY_HEADER, str(priority)))
         if keyed:
             headers.append(_header("x-tenant-id", tenant_id))
+        if auth is not None:  # the engine's own key, in place of the client's
+            headers.append(_header("authorization", auth))
+        elif keyed:
             removed.append("authorization")
         mutation = ep.HeaderMutation(set_headers=headers, remove_headers=removed)
         if len(self._cluster_mutations) < 4096:  # bounded: keyed tenants are policy-named

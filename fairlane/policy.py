@@ -134,6 +134,10 @@ class EngineConfig(Strict):
     inject_priority: bool | Literal["header", "body"] = False
     startup_timeout_s: float = Field(600.0, gt=0)
     health: HealthConfig = HealthConfig()
+    # External engines started with their own API key (vLLM's --api-key): the variable,
+    # in `fairlane serve`'s environment, that holds it. Requests carry it to the engine
+    # in place of the client's Authorization; it is never written anywhere.
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     @property
     def priority_transport(self) -> Literal["header", "body"] | None:
@@ -154,6 +158,8 @@ class EngineConfig(Strict):
             raise ValueError("an sglang engine serves exactly one model name")
         if self.kind == "external" and (self.lazy or self.pinned):
             raise ValueError("lazy and pinned are for engines Fairlane starts")
+        if self.kind != "external" and self.api_key_env:
+            raise ValueError("api_key_env is for external engines (Fairlane starts the others)")
         return self
 
 

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from fairlane.engine_keys import engine_keys
 from fairlane.policy import Policy
 from fairlane.policy_file import PolicyError, load_policy
 
@@ -68,6 +69,7 @@ class PolicyWatcher:
     def reload_now(self) -> None:
         try:
             policy = load_policy(self._path)
+            engine_keys(policy, os.environ)  # an engine's key must be there to use it
         except PolicyError as exc:
             for problem in exc.problems:
                 log.error("policy reload refused, keeping the running policy: %s", problem)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
+from fairlane.engine_keys import engine_keys
 from fairlane.engines.process import ManagedProcess
 from fairlane.engines.supervisor import EngineSupervisor
 from fairlane.envoy.admin import admin_url, read_stat
@@ -214,6 +215,10 @@ def preflight(policy: Policy, run_dir: RunDir) -> list[str]:
         problems.append(f"another fairlane serve (pid {pid}) is using {run_dir.root}")
     except (OSError, ValueError):
         pass
+    try:
+        engine_keys(policy, os.environ)
+    except PolicyError as exc:
+        problems += exc.problems
     listener = policy.listener
     for what, host, port in (
         ("listener.port", listener.host, listener.port),

@@ -58,7 +58,7 @@ def alive(pid: int) -> bool:
 class Stack:
     """One running `fairlane serve` with its policy."""
 
-    def __init__(self, tmp: Path, policy: dict[str, Any]) -> None:
+    def __init__(self, tmp: Path, policy: dict[str, Any], env: dict[str, str]) -> None:
         listener = policy.setdefault("listener", {})
         listener.setdefault("port", free_port())
         listener.setdefault("admin_port", free_port())
@@ -87,6 +87,7 @@ class Stack:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **env},
         )
 
     def write_policy(self, policy: dict[str, Any]) -> None:
@@ -148,8 +149,10 @@ class Stack:
 def stack_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     stacks: list[Stack] = []
 
-    def start(policy: dict[str, Any], healthy: bool = True) -> Stack:
-        stack = Stack(tmp_path_factory.mktemp("stack"), policy)
+    def start(
+        policy: dict[str, Any], healthy: bool = True, env: dict[str, str] | None = None
+    ) -> Stack:
+        stack = Stack(tmp_path_factory.mktemp("stack"), policy, env or {})
         stacks.append(stack)
         if healthy:
             stack.wait_healthy()

@@ -406,3 +406,34 @@ def test_each_key_lists_the_models_its_tenant_may_use(stack: Any, fake: Any) -> 
                 assert (status, json.loads(body)["id"]) == (200, model)
             else:  # as if it did not exist: no way to learn what others may use
                 assert (status, error_code(status, headers, body)) == (404, "model_not_found")
+
+
+ENGINE_KEY = "sk-engine-" + secrets.token_hex(16)
+
+
+def test_an_engine_with_its_own_key_gets_it_in_place_of_the_clients(
+    stack_factory: Any, fake: Any
+) -> None:
+    """vLLM started with --api-key behind Fairlane's own keys: the client's key stays at
+    the gateway, the engine's (from serve's environment) goes to the engine, and neither
+    is written anywhere."""
+    engine = {**fake.engine_config(), "api_key_env": "FAIRLANE_TEST_ENGINE_KEY"}
+    policy = {
+        "version": 1,
+        "tenants": {"alice": {"api_keys": [hash_key(KEY_A)]}},
+        "engines": {"fake": engine},
+    }
+    keyed = stack_factory(policy, env={"FAIRLANE_TEST_ENGINE_KEY": ENGINE_KEY})
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY_A}"}
+    for _ in range(2):  # the second one takes the worker's cached header mutation
+        status, _, body = request(keyed.port, "POST", CHAT, headers, chat_body("fake-echo"))
+        assert status == 200, body
+        seen = fake.stats()["headers"][-1]
+        assert seen["authorization"] == f"Bearer {ENGINE_KEY}"
+        assert KEY_A not in json.dumps(seen)
+    _access_log(keyed, lambda e: e["path"] == CHAT and e["status"] == 200, 2)
+    for path in keyed.run_dir.parent.rglob("*"):
+        if path.is_file() and not stat.S_ISSOCK(path.stat().st_mode):
+            text = path.read_bytes().decode("utf-8", "replace")
+            assert ENGINE_KEY[10:26] not in text, f"the engine's key is written in {path}"
+            assert KEY_A[9:25] not in text, f"a client key is written in {path}"

@@ -102,3 +102,17 @@ def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
         result = fairlane("serve", "--config", str(policy), "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 1
     assert f"listener.port 127.0.0.1:{port} is not available" in result.stderr
+
+
+def test_serve_refuses_an_engine_key_that_is_not_in_its_environment(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "version: 1\nengines:\n  e: {kind: external, url: 'http://127.0.0.1:1', "
+        "models: [m], api_key_env: FAIRLANE_TEST_UNSET_KEY}\n"
+    )
+    result = fairlane("serve", "--config", str(policy), "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert (
+        "fairlane: engines.e.api_key_env: $FAIRLANE_TEST_UNSET_KEY is not set in the "
+        "environment of fairlane serve"
+    ) in result.stderr
