@@ -1,7 +1,9 @@
 """The drop-in case: a vLLM the user already runs, put behind Fairlane by its URL.
 
 The vLLM here is started by the test (its own process group, stopped by PID), exactly
-as a user would start it; `fairlane serve` only knows its URL (`kind: external`).
+as a user would start it; `fairlane serve` only knows its URL (`kind: external`). It
+runs with `--api-key`, as production vLLMs often do: Fairlane sends it that key, which
+it reads from its own environment (`api_key_env`), and clients send none.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -31,11 +34,13 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "configs" / "external-vllm.yaml"
 MODEL = "tiny-llama"
 TIMEOUT = aiohttp.ClientTimeout(total=60)
+VLLM_KEY = "sk-vllm-" + secrets.token_hex(16)
+KEY_ENV = "FAIRLANE_E2E_VLLM_KEY"
 
 
 @pytest.fixture(scope="module")
 def vllm(external_vllm_factory: Any) -> Any:
-    engine = external_vllm_factory()
+    engine = external_vllm_factory("--api-key", VLLM_KEY)
     print(f"\nexternal vLLM healthy after {engine.start_s:.1f}s")
     return engine
 
@@ -48,7 +53,8 @@ def stack(stack_factory: Any, vllm: Any) -> Any:
     (engine,) = policy["engines"].values()
     engine["url"] = vllm.url
     engine["models"] = [MODEL]
-    stack = stack_factory(policy, healthy=False)
+    engine["api_key_env"] = KEY_ENV
+    stack = stack_factory(policy, healthy=False, env={KEY_ENV: VLLM_KEY})
     stack.wait_healthy(timeout_s=60)
     return stack
 
@@ -75,6 +81,14 @@ async def test_requests_through_fairlane(stack: Any, vllm: Any) -> None:
         "ignore_eos": True,
     }
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        # vLLM itself wants its key; through Fairlane, clients need none (it adds it).
+        async with session.post(vllm.url + "/v1/chat/completions", json=body) as resp:
+            assert resp.status == 401
+        wrong = {**headers, "authorization": "Bearer sk-not-vllms"}
+        async with session.post(
+            stack.url + "/v1/chat/completions", json=body, headers=wrong
+        ) as resp:
+            assert resp.status == 200, await resp.text()  # replaced by vLLM's own key
         async with session.get(stack.url + "/v1/models", headers=headers) as resp:
             assert resp.status == 200
             assert MODEL in [m["id"] for m in (await resp.json())["data"]]
