@@ -39,6 +39,9 @@ def file_access_log(run_dir: RunDir) -> dict[str, Any]:
                     "prompts": f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:{PROMPTS_KEY})%",
                     "ext_proc": "%FILTER_STATE(envoy.filters.http.ext_proc:PLAIN)%",
                     "request_id": "%REQ(X-REQUEST-ID)%",
+                    # Who sent it: the peer (a proxy in front is the peer) and its client.
+                    "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+                    "user_agent": "%REQ(USER-AGENT)%",
                 }
             },
         },

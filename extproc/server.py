@@ -221,7 +221,7 @@ def _usage(fields: struct_pb2.Struct) -> Usage:
 
 
 def _immediate(rejection: Rejection) -> ep.ProcessingResponse:
-    return ep.ProcessingResponse(
+    response = ep.ProcessingResponse(
         immediate_response=ep.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=rejection.status),
             headers=ep.HeaderMutation(set_headers=[_header(k, v) for k, v in rejection.headers()]),
@@ -229,6 +229,10 @@ def _immediate(rejection: Rejection) -> ep.ProcessingResponse:
             details=f"fairlane_{rejection.reason.code}",
         )
     )
+    if rejection.tenant is not None:  # the access log then says whose request it was
+        fields = response.dynamic_metadata.fields[DECISION_NAMESPACE].struct_value.fields
+        fields["tenant"].string_value = rejection.tenant
+    return response
 
 
 def _with_priority(body: bytes, priority: int) -> ep.ProcessingResponse:

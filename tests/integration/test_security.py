@@ -375,15 +375,34 @@ def test_keys_never_written_anywhere(stack: Any) -> None:
 
 
 def test_every_answer_names_the_request_the_access_log_records(stack: Any) -> None:
-    good = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY_A}"}
-    bad = {"Content-Type": "application/json", "Authorization": "Bearer not-a-key"}
+    agent = {"Content-Type": "application/json", "User-Agent": "probe/1.0"}
+    good = {**agent, "Authorization": f"Bearer {KEY_A}"}
+    bad = {**agent, "Authorization": "Bearer not-a-key"}
     ids = {}
-    for headers, path in ((good, CHAT), (bad, CHAT), (good, "/v1/nothing")):
-        status, reply, _ = request(stack.port, "POST", path, headers, chat_body())
+    for headers, path, model in (
+        (good, CHAT, "model-a"),
+        (good, CHAT, "nope"),  # refused by Fairlane, after it knew whose request it was
+        (bad, CHAT, "model-a"),
+        (good, "/v1/nothing", "model-a"),
+    ):
+        status, reply, _ = request(stack.port, "POST", path, headers, chat_body(model))
         ids[reply["x-request-id"]] = (path, status)
-    assert set(ids.values()) == {(CHAT, 200), (CHAT, 401), ("/v1/nothing", 404)}
+    assert sorted(ids.values()) == [
+        (CHAT, 200),
+        (CHAT, 401),
+        (CHAT, 404),
+        ("/v1/nothing", 404),
+    ]
     logged = _access_log(stack, lambda e: e["request_id"] in ids, len(ids))
     assert {e["request_id"]: (e["path"], e["status"]) for e in logged} == ids
+    assert {(e["client"], e["user_agent"]) for e in logged} == {("127.0.0.1", "probe/1.0")}
+    tenants = {(e["path"], e["status"]): e["tenant"] for e in logged}
+    assert tenants == {
+        (CHAT, 200): "alice",
+        (CHAT, 404): "alice",
+        (CHAT, 401): None,  # no valid key: nobody
+        ("/v1/nothing", 404): None,  # answered by Envoy's route, never identified
+    }
 
 
 def test_each_key_lists_the_models_its_tenant_may_use(stack: Any, fake: Any) -> None:
