@@ -26,7 +26,7 @@ from fairlane.envoy.common import (
     socket_address,
     unlimited_breakers,
 )
-from fairlane.envoy.http_filters import http_filters
+from fairlane.envoy.http_filters import EXT_PROC_MARGIN_S, http_filters
 from fairlane.envoy.local_replies import local_replies
 from fairlane.envoy.routes import routes
 from fairlane.policy import Policy
@@ -35,7 +35,9 @@ from fairlane.rundir import RunDir
 
 def render_bootstrap(policy: Policy, run_dir: RunDir) -> dict[str, Any]:
     listener = policy.listener
-    queue_timeout = max(e.queue.timeout_s for e in policy.engines.values())
+    # The longest a request can wait in Fairlane's queue, now or after any reload (the
+    # listener needs a restart; every queue.timeout_s must stay below its idle timeout).
+    longest_wait = listener.stream_idle_timeout_s
     cds_dir = run_dir.cds.parent
     return {
         "node": {"id": f"fairlane-{listener.port}", "cluster": "fairlane"},
@@ -66,7 +68,7 @@ def render_bootstrap(policy: Policy, run_dir: RunDir) -> dict[str, Any]:
             }
         },
         "static_resources": {
-            "listeners": [_listener(policy, run_dir, queue_timeout)],
+            "listeners": [_listener(policy, run_dir, longest_wait)],
             "clusters": [
                 {
                     "name": WORKER_CLUSTER,
@@ -128,7 +130,7 @@ def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _listener(policy: Policy, run_dir: RunDir, queue_timeout: float) -> dict[str, Any]:
+def _listener(policy: Policy, run_dir: RunDir, longest_wait: float) -> dict[str, Any]:
     listener = policy.listener
     return {
         "name": "fairlane_openai",
@@ -154,6 +156,12 @@ def _listener(policy: Policy, run_dir: RunDir, queue_timeout: float) -> dict[str
                             # SDK shows it as `_request_id`): one grep finds its request.
                             "always_set_request_id_in_response": True,
                             "stream_idle_timeout": seconds(listener.stream_idle_timeout_s),
+                            # Envoy's clock runs until the request is sent to the engine,
+                            # so it also spans the wait in Fairlane's queue (and the
+                            # margin the ext_proc filter gives the worker).
+                            "request_timeout": seconds(
+                                listener.request_timeout_s + longest_wait + EXT_PROC_MARGIN_S
+                            ),
                             "request_headers_timeout": "10s",
                             "drain_timeout": seconds(max(1.0, listener.drain_grace_s)),
                             "common_http_protocol_options": {
@@ -169,7 +177,7 @@ def _listener(policy: Policy, run_dir: RunDir, queue_timeout: float) -> dict[str
                             "access_log": [file_access_log(run_dir), grpc_access_log()],
                             "local_reply_config": local_replies(policy),
                             "route_config": routes(policy),
-                            "http_filters": http_filters(queue_timeout, listener.max_body_bytes),
+                            "http_filters": http_filters(longest_wait, listener.max_body_bytes),
                         },
                     }
                 ]

@@ -13,9 +13,11 @@ from fairlane.extproc.request import JSON_ERROR_KEY, MODEL_MISSING_KEY, REQUEST_
 # Runs on /v1/completions only (routes.py turns it off elsewhere).
 PROMPT_COUNT_FILTER = "fairlane.prompt_count"
 FORWARDED_HEADERS = ("x-tenant-id", "authorization", "content-length", "content-type")
+# How far past the queue timeout Envoy waits for the worker's decision on a queued request.
+EXT_PROC_MARGIN_S = 5.0
 
 
-def http_filters(queue_timeout: float, max_body_bytes: int) -> list[dict[str, Any]]:
+def http_filters(longest_wait: float, max_body_bytes: int) -> list[dict[str, Any]]:
     return [
         {
             # A client must never pick its own engine cluster or engine priority.
@@ -85,7 +87,9 @@ def http_filters(queue_timeout: float, max_body_bytes: int) -> list[dict[str, An
                 # engine on the same cores, the worker can stall for a second or two,
                 # and a refusal then would be Fairlane's fault, not the request's.
                 "message_timeout": "5s",
-                "max_message_timeout": seconds(queue_timeout + 5),
+                # Bounded by the longest wait any queue may have after a reload, not by
+                # today's queue timeouts: a raised queue.timeout_s applies at once.
+                "max_message_timeout": seconds(longest_wait + EXT_PROC_MARGIN_S),
                 "forward_rules": {
                     "allowed_headers": {"patterns": [{"exact": h} for h in FORWARDED_HEADERS]}
                 },

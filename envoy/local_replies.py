@@ -89,6 +89,11 @@ def local_replies(policy: Policy) -> dict[str, Any]:
                 f"request body exceeds the {limit_mib:g} MiB limit",
             ),
             mapper(_envoy_error(404, 406), Reason.NOT_FOUND, "unknown path or method"),
+            mapper(
+                _envoy_error(408, 409),
+                Reason.REQUEST_TIMEOUT,
+                "the request took too long to arrive",
+            ),
             # Anything else Envoy answers by itself (malformed HTTP, oversize headers...):
             # keep its status, wrap its text in the OpenAI error shape.
             _wrapped(_envoy_error(400, 500), "invalid_request_error", "bad_request"),

@@ -28,6 +28,7 @@ class Reason(Enum):
     MODEL_NOT_FOUND = (404, "invalid_request_error", "model_not_found")
     NOT_FOUND = (404, "invalid_request_error", "not_found")
     METHOD_NOT_ALLOWED = (405, "invalid_request_error", "method_not_allowed")
+    REQUEST_TIMEOUT = (408, "invalid_request_error", "request_timeout")
     BODY_TOO_LARGE = (413, "invalid_request_error", "body_too_large")
     RATE_LIMIT_EXCEEDED = (429, "rate_limit_error", "rate_limit_exceeded")
     INSUFFICIENT_QUOTA = (429, "insufficient_quota", "insufficient_quota")

@@ -32,6 +32,9 @@ class ListenerConfig(Strict):
     control_port: int = Field(9902, ge=1, le=65535)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     stream_idle_timeout_s: float = Field(300.0, gt=0)
+    # How long a client may take to send its request (a slow trickle of body bytes
+    # would otherwise hold its connection: each byte restarts the idle timeout).
+    request_timeout_s: float = Field(60.0, gt=0)
     drain_grace_s: float = Field(10.0, ge=0)
     expose_metrics: bool = True
 

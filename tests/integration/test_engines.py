@@ -255,6 +255,40 @@ async def test_replicas_share_one_fair_queue_and_survive_a_crash(stack_factory: 
     assert served >= len(results) - 4 - 4, (results, _failures(stack.run_dir))
 
 
+async def test_a_raised_queue_timeout_applies_without_a_restart(stack_factory: Any) -> None:
+    """Envoy is started with a bound on how long it lets the worker hold a queued
+    request; a reload that raises queue.timeout_s past the value it started with must not
+    turn longer waits into 503s (it did: Envoy ignored the longer hold and gave up at 5 s)."""
+    engine = {
+        "kind": "sim",
+        "preset": "a100-8b",
+        "models": ["m"],
+        "max_inflight": 1,
+        "queue": {"timeout_s": 1},
+    }
+    policy: dict[str, Any] = {"version": 1, "engines": {"e": engine}}
+    stack = stack_factory(policy)
+    engine["queue"] = {"timeout_s": 30}
+    stack.write_policy(policy)
+    deadline = time.monotonic() + 15
+    async with aiohttp.ClientSession() as session:
+        while (await _metrics(session, stack.url)).get("fairlane_config_generation") != 2:
+            assert time.monotonic() < deadline, "the reload was not applied"
+            await asyncio.sleep(0.1)
+        # ~1,100 steps of ~7 ms hold the only slot for about 8 s.
+        long = {"model": "m", "max_tokens": 1100, "messages": [{"role": "user", "content": "x"}]}
+        holder = asyncio.create_task(
+            session.post(stack.url + CHAT, json=long, headers={"x-tenant-id": "a"})
+        )
+        await asyncio.sleep(0.5)
+        start = time.monotonic()
+        status, _, text = await _chat(session, stack.url, "m")
+        waited = time.monotonic() - start
+        assert status == 200, (status, text, waited)
+        assert waited > 6, waited  # it did wait past Envoy's 5 s default
+        (await holder).release()
+
+
 async def test_reload_adds_drains_and_restarts_engines(stack_factory: Any) -> None:
     policy: dict[str, Any] = {
         "version": 1,

@@ -604,3 +604,50 @@ async def test_a_burst_of_requests_gets_fairlanes_answers_not_dropped_calls(
     print(f"\nburst of {BURST}: {counts}")
     assert set(counts) <= {(200, ""), (429, "queue_full")}, counts
     assert counts[(200, "")] >= 40  # at least the 8 slots and 32 queued
+
+
+# -- a body sent a byte at a time -------------------------------------------------------------
+
+
+def test_a_request_trickled_in_is_cut_with_408(stack_factory: Any) -> None:
+    """Each byte restarts the stream idle timeout, so only the request timeout stops a
+    client that sends its body a byte at a time from holding its connection."""
+    slow = stack_factory(
+        {
+            "version": 1,
+            # Envoy's clock is request_timeout_s + the longest queue wait a reload
+            # could set (below the idle timeout) + 5 s: 1 + 3 + 5 s here.
+            "listener": {"request_timeout_s": 1, "stream_idle_timeout_s": 3},
+            "tenants": {"alice": {}},
+            "engines": {
+                "fast": {
+                    "kind": "sim",
+                    "preset": "tiny",
+                    "models": ["model-a"],
+                    "queue": {"timeout_s": 1},
+                }
+            },
+        }
+    )
+    body = json.dumps(
+        {"model": "model-a", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}
+    ).encode()
+    request = build(b"POST", CHAT.encode(), [(b"X-Tenant-ID", b"alice")], body)
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", slow.port), timeout=30) as sock:
+        sock.sendall(request[: -len(body)])  # the headers at once
+        sock.settimeout(0.25)
+        answer = b""
+        for i in range(len(body)):  # ~20 s for the whole body, if nothing stopped it
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(body[i : i + 1])
+            with contextlib.suppress(TimeoutError):
+                answer = sock.recv(65536)
+            if answer:
+                break
+    waited = time.monotonic() - start
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 Request Timeout"), answer
+    assert json.loads(payload)["error"]["code"] == "request_timeout"
+    assert 1 <= waited < 1 + 3 + 5 + 3, waited
+    assert exchange(slow.port, request, "POST").status == 200  # sent at once: served
