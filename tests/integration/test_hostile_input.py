@@ -548,6 +548,12 @@ async def test_bad_policy_keeps_old_policy(limited: Any) -> None:
     assert health.status == 200
 
 
+def alice_on_one_engine(**engine: Any) -> dict[str, Any]:
+    """A policy: tenant alice, one fast simulator with these settings."""
+    fast = {"kind": "sim", "preset": "tiny", "models": ["model-a"], **engine}
+    return {"version": 1, "tenants": {"alice": {}}, "engines": {"fast": fast}}
+
+
 # -- a burst past gRPC's own admission ------------------------------------------------------
 
 BURST = 3000
@@ -569,19 +575,7 @@ async def test_a_burst_of_requests_gets_fairlanes_answers_not_dropped_calls(
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
     try:
         burst = stack_factory(
-            {
-                "version": 1,
-                "tenants": {"alice": {}},
-                "engines": {
-                    "fast": {
-                        "kind": "sim",
-                        "preset": "tiny",
-                        "models": ["model-a"],
-                        "max_inflight": 8,
-                        "queue": {"max_per_tenant": 32, "timeout_s": 60},
-                    }
-                },
-            }
+            alice_on_one_engine(max_inflight=8, queue={"max_per_tenant": 32, "timeout_s": 60})
         )
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
@@ -612,23 +606,11 @@ async def test_a_burst_of_requests_gets_fairlanes_answers_not_dropped_calls(
 def test_a_request_trickled_in_is_cut_with_408(stack_factory: Any) -> None:
     """Each byte restarts the stream idle timeout, so only the request timeout stops a
     client that sends its body a byte at a time from holding its connection."""
-    slow = stack_factory(
-        {
-            "version": 1,
-            # Envoy's clock is request_timeout_s + the longest queue wait a reload
-            # could set (below the idle timeout) + 5 s: 1 + 3 + 5 s here.
-            "listener": {"request_timeout_s": 1, "stream_idle_timeout_s": 3},
-            "tenants": {"alice": {}},
-            "engines": {
-                "fast": {
-                    "kind": "sim",
-                    "preset": "tiny",
-                    "models": ["model-a"],
-                    "queue": {"timeout_s": 1},
-                }
-            },
-        }
-    )
+    policy = alice_on_one_engine(queue={"timeout_s": 1})
+    # Envoy's clock is request_timeout_s + the longest queue wait a reload could set
+    # (below the idle timeout) + 5 s: 1 + 3 + 5 s here.
+    policy["listener"] = {"request_timeout_s": 1, "stream_idle_timeout_s": 3}
+    slow = stack_factory(policy)
     body = json.dumps(
         {"model": "model-a", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}
     ).encode()
