@@ -13,7 +13,7 @@ from fairlane.extproc.request import JSON_ERROR_KEY, MODEL_MISSING_KEY, REQUEST_
 # Runs on /v1/completions only (routes.py turns it off elsewhere).
 PROMPT_COUNT_FILTER = "fairlane.prompt_count"
 FORWARDED_HEADERS = ("x-tenant-id", "authorization", "content-length", "content-type")
-# How far past the queue timeout Envoy waits for the worker's decision on a queued request.
+# How far past the longest queue wait Envoy waits for the worker's decision on a request.
 EXT_PROC_MARGIN_S = 5.0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from fairlane.policy import EngineConfig
 from fairlane.policy_file import PolicyError, load_policy
 from fairlane.ports import bind_error
-from fairlane.rlimits import OPEN_FILES_WANTED, connections_allowed
+from fairlane.rlimits import OPEN_FILES_WANTED, attainable, connections_allowed
 
 OK, MISSING, INFO = "ok", "MISSING", "info"
 STEP_BUDGET_TIP = (
@@ -29,13 +29,14 @@ def _line(state: str, what: str, detail: str) -> None:
 
 def _open_files_line() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard >= OPEN_FILES_WANTED:
+    limit = attainable(hard)
+    if limit >= OPEN_FILES_WANTED:
         _line(OK, "open files", f"serve raises the limit to {OPEN_FILES_WANTED}")
     else:
         _line(
             INFO,
             "open files",
-            f"hard limit {hard}: Envoy can hold about {connections_allowed(hard)} "
+            f"hard limit {hard}: Envoy can hold about {connections_allowed(limit)} "
             f"connections (raise `ulimit -Hn` to {OPEN_FILES_WANTED} for all of them)",
         )
 

@@ -40,7 +40,7 @@ _candidates_left = _candidates()
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on now on ``host``, not offered before by this process."""
     for port in _candidates_left:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        with socket.socket(_family(host)) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
@@ -58,10 +58,14 @@ def bind_error(host: str, port: int) -> str | None:
     TIME_WAIT connections a stopped server leaves behind for a minute do not read as the
     port being in use: only another socket bound there does.
     """
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+    with socket.socket(_family(host)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
             return exc.strerror or str(exc)
     return None
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -16,11 +16,16 @@ def raise_open_file_limit() -> int:
     an unprivileged process), before the children start: Envoy, the worker and the
     engines inherit it. Returns the limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+    want = attainable(hard)
     if soft != resource.RLIM_INFINITY and soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         return want
     return OPEN_FILES_WANTED if soft == resource.RLIM_INFINITY else soft
+
+
+def attainable(hard: int) -> int:
+    """The open-file limit serve sets under this hard limit."""
+    return OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
 
 
 def connections_allowed(open_files: int) -> int:
