@@ -35,10 +35,21 @@ def cross_reference_problems(policy: Policy) -> list[Problem]:
     return problems
 
 
+def queue_timeout_problems(
+    policy: Policy, idle_timeout_s: float, limit: str = "listener.stream_idle_timeout_s"
+) -> list[Problem]:
+    """Queue timeouts at or above Envoy's stream idle timeout (named ``limit``): a queued
+    request is an idle stream to Envoy, so it would end in a 504 first."""
+    return [
+        (("engines", name, "queue", "timeout_s"), f"must be below {limit} ({idle_timeout_s:g})")
+        for name, engine in policy.engines.items()
+        if engine.queue.timeout_s >= idle_timeout_s
+    ]
+
+
 def _engine_problems(policy: Policy) -> list[Problem]:
-    problems: list[Problem] = []
+    problems = queue_timeout_problems(policy, policy.listener.stream_idle_timeout_s)
     seen: dict[str, str] = {}
-    idle = policy.listener.stream_idle_timeout_s
     for name, engine in policy.engines.items():
         for model in engine.models:
             other = seen.setdefault(model, name)
@@ -63,14 +74,6 @@ def _engine_problems(policy: Policy) -> list[Problem]:
                         f"replicas of {other} need the same scheduler, queue and headroom",
                     )
                 )
-        if engine.queue.timeout_s >= idle:
-            # A queued request is an idle stream to Envoy: it would end in a 504 first.
-            problems.append(
-                (
-                    ("engines", name, "queue", "timeout_s"),
-                    f"must be below listener.stream_idle_timeout_s ({idle:g})",
-                )
-            )
     budget = policy.gpu_memory_budget_gb
     if budget is not None:
         for name, engine in policy.engines.items():

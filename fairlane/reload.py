@@ -1,7 +1,8 @@
 """Watch the policy file and reload it: on change (rename-into-place or in-place edit),
 on demand (SIGHUP: reload even if unchanged), and when told to look now (SIGUSR1 from
 ``fairlane serve``: reload if changed). A bad file keeps the old policy; the caller
-counts it."""
+counts it. The listener section is Envoy's and applies on restart only, so a reload is
+also refused where it relies on a listener other than the running one."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fairlane.engine_keys import engine_keys
-from fairlane.policy import Policy
+from fairlane.policy import ListenerConfig, Policy
+from fairlane.policy_checks import queue_timeout_problems
 from fairlane.policy_file import PolicyError, load_policy
 
 log = logging.getLogger(__name__)
@@ -30,11 +32,13 @@ class PolicyWatcher:
     def __init__(
         self,
         path: Path,
+        running_listener: ListenerConfig,
         on_policy: Callable[[Policy], None],
         on_error: Callable[[PolicyError], None],
         interval_s: float = 1.0,
     ) -> None:
         self._path = path
+        self._listener = running_listener
         self._on_policy = on_policy
         self._on_error = on_error
         self._interval = interval_s
@@ -70,9 +74,24 @@ class PolicyWatcher:
         try:
             policy = load_policy(self._path)
             engine_keys(policy, os.environ)  # an engine's key must be there to use it
+            self._check_against_running_listener(policy)
         except PolicyError as exc:
             for problem in exc.problems:
                 log.error("policy reload refused, keeping the running policy: %s", problem)
             self._on_error(exc)
             return
         self._on_policy(policy)
+
+    def _check_against_running_listener(self, policy: Policy) -> None:
+        idle = self._listener.stream_idle_timeout_s
+        problems = queue_timeout_problems(
+            policy, idle, "the running listener.stream_idle_timeout_s"
+        )
+        if problems:
+            raise PolicyError(
+                [
+                    f"{self._path} {'.'.join(key)}: {message} "
+                    "(a new listener section applies on restart)"
+                    for key, message in problems
+                ]
+            )

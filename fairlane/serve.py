@@ -73,7 +73,9 @@ class Server:
             ],
             run_dir.log("envoy"),
         )
-        self.watcher = PolicyWatcher(policy_path, self._on_policy, self._on_policy_error)
+        self.watcher = PolicyWatcher(
+            policy_path, policy.listener, self._on_policy, self._on_policy_error
+        )
         self._stop = asyncio.Event()
         self._pending_policy: Policy | None = None
 

@@ -54,7 +54,9 @@ class Worker:
         self.gateway = Gateway(compile_policy(policy, 1), self.metrics)
         self.engine_info: dict[str, dict[str, Any]] = {}
         self.metrics.add_collector(GatewayCollector(self.gateway, self.engine_info))
-        self.watcher = PolicyWatcher(policy_path, self._apply_policy, self._reject_policy)
+        self.watcher = PolicyWatcher(
+            policy_path, policy.listener, self._apply_policy, self._reject_policy
+        )
         self._stop = asyncio.Event()
 
     def _apply_policy(self, policy: Policy) -> None:

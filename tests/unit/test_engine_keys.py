@@ -51,7 +51,7 @@ def test_a_reload_that_needs_an_unset_key_is_refused(
     path.write_text(POLICY)
     applied: list[object] = []
     refused: list[PolicyError] = []
-    watcher = PolicyWatcher(path, applied.append, refused.append)
+    watcher = PolicyWatcher(path, parse_policy(POLICY).listener, applied.append, refused.append)
     monkeypatch.delenv("REMOTE_KEY", raising=False)
     watcher.reload_now()
     unset = "engines.remote.api_key_env: $REMOTE_KEY is not set in the environment of fairlane"
