@@ -63,7 +63,14 @@ def routes(policy: Policy) -> dict[str, Any]:
                 "typed_per_filter_config": bypass_filters(),
             }
         )
-    routes.append({"match": {"prefix": "/"}, **direct_body(Reason.NOT_FOUND, "unknown path")})
+    for match in matches:
+        where = match.get("path", MODEL_PATH_PREFIX + "{model}")
+        routes.append(
+            {"match": match, **direct_body(Reason.METHOD_NOT_ALLOWED, f"use GET for {where}")}
+        )
+    served = [f"POST {path}" for path in INFERENCE_PATHS] + ["GET /v1/models"]
+    unknown = f"unknown path; this API serves {', '.join(served)}"
+    routes.append({"match": {"prefix": "/"}, **direct_body(Reason.NOT_FOUND, unknown)})
     return {"virtual_hosts": [{"name": "fairlane", "domains": ["*"], "routes": routes}]}
 
 

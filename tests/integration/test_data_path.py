@@ -256,12 +256,25 @@ async def test_engine_error_keeps_engine_status(stack: Any, stream: bool) -> Non
 
 async def test_unknown_path_and_wrong_method(stack: Any) -> None:
     async with aiohttp.ClientSession() as session:
-        async with session.get(stack.url + "/v1/nothing") as resp:
+        async with session.get(stack.url + "/v1/embeddings") as resp:
             assert resp.status == 404
-            assert error_of(await resp.read())["code"] == "not_found"
+            error = error_of(await resp.read())
+            assert error["code"] == "not_found"
+            assert error["message"] == (
+                "unknown path; this API serves POST /v1/chat/completions, "
+                "POST /v1/completions, GET /v1/models"
+            )
         async with session.get(stack.url + CHAT) as resp:
             assert resp.status == 405
             assert error_of(await resp.read())["code"] == "method_not_allowed"
+        for path, shown in [("/v1/models", "/v1/models"), ("/v1/models/a", "/v1/models/{model}")]:
+            async with session.post(stack.url + path, json={}) as resp:
+                assert resp.status == 405, path
+                error = error_of(await resp.read())
+                assert (error["code"], error["message"]) == (
+                    "method_not_allowed",
+                    f"use GET for {shown}",
+                )
 
 
 async def test_health_and_models(stack: Any) -> None:
