@@ -18,6 +18,7 @@ from fairlane.envoy.access_logs import file_access_log, grpc_access_log
 from fairlane.envoy.common import (
     CONTROL_CLUSTER,
     MAX_DOWNSTREAM_CONNECTIONS,
+    MAX_STREAMS_PER_CONNECTION,
     WORKER_CLUSTER,
     T,
     engine_cluster_name,
@@ -173,6 +174,9 @@ def _listener(policy: Policy, run_dir: RunDir, longest_wait: float) -> dict[str,
                             "http_protocol_options": {
                                 "accept_http_10": True,
                                 "default_host_for_http_10": "fairlane",
+                            },
+                            "http2_protocol_options": {
+                                "max_concurrent_streams": MAX_STREAMS_PER_CONNECTION
                             },
                             "access_log": [file_access_log(run_dir), grpc_access_log()],
                             "local_reply_config": local_replies(policy),

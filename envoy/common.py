@@ -14,9 +14,14 @@ INFERENCE_PATHS = ("/v1/chat/completions", COMPLETIONS_PATH)
 CONTROL_PATHS = ("/health", "/v1/models", "/metrics")
 MODEL_PATH_PREFIX = "/v1/models/"  # GET /v1/models/{model}, the worker's too
 T = "type.googleapis.com/"
-# Envoy's overload manager refuses connections past this; it also bounds how many
-# requests can wait for the worker's decision at once (one ext_proc stream each).
+# Envoy's overload manager refuses connections past this. Over HTTP/1.1 it also bounds
+# how many requests can wait for the worker's decision at once (one ext_proc stream
+# each); over HTTP/2 the worker's own limit on pending calls (the same) bounds it.
 MAX_DOWNSTREAM_CONNECTIONS = 20_000
+# Streams one HTTP/2 client connection may have open: a client multiplexing more waits
+# for a free stream, as HTTP/2 clients do, so one connection cannot open unbounded
+# ext_proc streams. Envoy 1.40's default is also 1024 (older ones: 2^31 - 1); pinned.
+MAX_STREAMS_PER_CONNECTION = 1024
 
 
 def engine_cluster_name(engine: str) -> str:

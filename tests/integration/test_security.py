@@ -456,3 +456,29 @@ def test_an_engine_with_its_own_key_gets_it_in_place_of_the_clients(
             text = path.read_bytes().decode("utf-8", "replace")
             assert ENGINE_KEY[10:26] not in text, f"the engine's key is written in {path}"
             assert KEY_A[9:25] not in text, f"a client key is written in {path}"
+
+
+def test_one_http2_connection_cannot_open_unbounded_streams(stack: Any) -> None:
+    """The server's first SETTINGS frame caps the streams a client connection may open."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    empty_settings = (0).to_bytes(3, "big") + bytes([0x4, 0x0]) + (0).to_bytes(4, "big")
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=15) as sock:
+        sock.sendall(preface + empty_settings)
+        header = read_exactly(sock, 9)
+        length, kind, flags = int.from_bytes(header[:3], "big"), header[3], header[4]
+        assert (kind, flags) == (0x4, 0x0), header  # SETTINGS, not an ACK
+        payload = read_exactly(sock, length)
+    settings = {
+        int.from_bytes(payload[i : i + 2], "big"): int.from_bytes(payload[i + 2 : i + 6], "big")
+        for i in range(0, length, 6)
+    }
+    assert settings.get(0x3) == 1024, settings
+
+
+def read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, f"connection closed after {len(data)} of {n} bytes"
+        data += chunk
+    return data
