@@ -145,7 +145,7 @@ def arm_policy(
     bucket_rpm: float | None,
 ) -> dict[str, Any]:
     port, admin, control, sim_port = free_ports(4)
-    tenants: dict[str, Any] = {name: {} for name in tenant_names}
+    tenants: dict[str, Any] = {} if args.unnamed else {name: {} for name in tenant_names}
     if arm == "token-bucket":
         # Shared buckets are exact across gateways; local ones each get their share.
         shared = state_mode(args.gateways, args.local_state) == "redis"
@@ -167,7 +167,10 @@ def arm_policy(
     if args.max_num_batched_tokens is not None:
         engine["args"] = ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
     document = bench_policy(
-        (port, admin, control), tenants, engine, unknown_tenants={"mode": "reject"}
+        (port, admin, control),
+        tenants,
+        engine,
+        unknown_tenants={"mode": "shared" if args.unnamed else "reject"},
     )
     if state_mode(args.gateways, args.local_state) == "redis":
         document["state"] = {"kind": "redis", "sync_interval_s": SYNC_INTERVAL_S}

@@ -88,6 +88,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "waves (docs/benchmarks.md)",
     )
     parser.add_argument("--tenants", type=int, default=2, help="N-1 quiet tenants + 1 flooder")
+    parser.add_argument(
+        "--unnamed",
+        action="store_true",
+        help="name no tenant in the policy: the quiet tenants and the flooder are ids of the "
+        "shared `unknown` tenant, taking turns in its queue (no token-bucket arm: its "
+        "bucket would limit them all)",
+    )
     parser.add_argument("--flood-rps", type=float, default=32.0)
     parser.add_argument("--quiet-rps", type=float, default=1.0, help="per quiet tenant")
     parser.add_argument(
@@ -174,6 +181,10 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--gateways must be at least 1")
     if args.arms is None:
         args.arms = list(ALL_ARMS if args.gateways > 1 else ARMS)
+        if args.unnamed:
+            args.arms.remove("token-bucket")
+    if args.unnamed and "token-bucket" in args.arms:
+        raise SystemExit("--unnamed has no token-bucket arm: the bucket would limit every id")
     if args.gateways == 1 and ("spread" in args.arms or args.local_state):
         raise SystemExit("the spread arm and --local-state need --gateways > 1")
     if "token-bucket" in args.arms and "fifo" not in args.arms and args.bucket_rpm is None:

@@ -154,6 +154,8 @@ class Gateway:
             weight=ticket.tenant.weight,
             priority=ticket.tenant.priority,
             slots=ticket.sequences,
+            # Unnamed tenants share one: they take turns in its queue by the id they sent.
+            client=ticket.tenant_id if ticket.tenant is self.runtime.unknown else "",
         )
         try:
             replica = pool.try_admit(queued)

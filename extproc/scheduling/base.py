@@ -34,7 +34,9 @@ class QueuedRequest:
     when the response ends. ``priority`` is the rank of the tenant's priority class:
     lower is served first. ``slots``: the engine slots it holds, one per sequence it
     generates (``n``). ``light``: set at admission, whether its tenant's demand was
-    under its share then. Identity equality: each object is one request.
+    under its share then. ``client``: the id it was sent with when its tenant is shared
+    by several (the ``unknown`` tenant), so that they take turns; ``""`` for a tenant of
+    its own. Identity equality: each object is one request.
     """
 
     tenant: str
@@ -44,6 +46,7 @@ class QueuedRequest:
     slots: int = 1
     light: bool = True
     enqueued_at: float = 0.0
+    client: str = ""
     seq: int = field(default_factory=lambda: next(_sequence))
 
 

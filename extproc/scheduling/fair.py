@@ -9,7 +9,9 @@ the estimate at admission and corrected to real usage when the response ends.
 Priority classes are strict: the lowest ``priority`` number with backlog is served first,
 and fairness holds within a class. Per decision the cost is O(log backlogged tenants): one
 heap per class keyed by counter, with lazy invalidation (a tenant's newest entry carries
-its current ``key``; older entries are skipped when they surface).
+its current ``key``; older entries are skipped when they surface). Within a tenant,
+arrival order; within the tenant that unnamed clients share, turns between them
+(``rotation.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from fairlane.extproc.scheduling.base import QueuedRequest, QueueFull
-from fairlane.extproc.scheduling.fifo import RemovableQueue
+from fairlane.extproc.scheduling.rotation import ClientTurns
 
 # Idle tenants expired per call: more than the at most one a call makes idle, so the
 # sweep keeps up while no single call does unbounded work.
@@ -39,7 +41,7 @@ class _Tenant:
     priority: int = 0
     served_at: int = -1  # ticket of its latest admission; -1: never served
     key: int = -1  # ticket of its live heap entry; -1: not backlogged
-    queue: RemovableQueue = field(default_factory=RemovableQueue)
+    queue: ClientTurns = field(default_factory=ClientTurns)
     inflight: set[QueuedRequest] = field(default_factory=set)
 
 
@@ -78,8 +80,12 @@ class FairScheduler:
         self._tick(now)
         if self._queued >= self.max_queue_total:
             raise QueueFull(request.tenant, self.max_queue_total)
-        if self.depth(request.tenant) >= self.max_queue_per_tenant:
-            raise QueueFull(request.tenant, self.max_queue_per_tenant)
+        state = self._tenants.get(request.tenant)
+        if state is not None and not state.queue.has_room_for(
+            request.client, self.max_queue_per_tenant
+        ):
+            limit = state.queue.depth(request.client) if request.client else len(state.queue)
+            raise QueueFull(request.tenant, limit)
         tenant = self._busy(request.tenant)
         tenant.queue.append(request)
         self._queued += 1

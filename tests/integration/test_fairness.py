@@ -75,6 +75,36 @@ async def test_quiet_tenant_jumps_the_flooders_queue(
         assert position == worst_position, order  # FIFO: behind every queued flood request
 
 
+async def test_unnamed_clients_take_turns_in_the_shared_tenant(stack_factory: Any) -> None:
+    """Tenants the policy does not name share one (``unknown``), but inside it each id
+    sent takes turns: one unnamed client flooding the shared queue neither fills it
+    (it gets 429 at half the bound) nor puts another unnamed client behind its backlog."""
+    policy = _policy("fair")
+    policy["engines"]["e"]["queue"]["max_per_tenant"] = 10
+    stack = stack_factory(policy)
+    order: list[str] = []
+    refusals: list[tuple[int, str]] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def run(tenant: str, max_tokens: int) -> None:
+            status, _, body = await _chat(session, stack.url, tenant, max_tokens)
+            if status == 200:
+                order.append(tenant)
+            else:
+                error = json.loads(body)["error"]
+                refusals.append((status, f"{error['code']}: {error['message']}"))
+
+        flood = [asyncio.create_task(run("noisy-client", 200)) for _ in range(12)]
+        await asyncio.sleep(0.3)
+        quiet = asyncio.create_task(run("quiet-client", 20))
+        await asyncio.gather(*flood, quiet)
+    # One flood request in service and 5 queued (half the 10 places); 6 refused.
+    full = "queue_full: too many queued requests for tenant 'noisy-client' (5)"
+    assert refusals == [(429, full)] * 6, refusals
+    # Behind the request in service and at most one turn of the flooder's queue.
+    assert order.index("quiet-client") <= 2, order
+
+
 async def _metric(url: str, name: str) -> float:
     async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
         text = await resp.text()

@@ -85,6 +85,18 @@ def test_the_token_budget_goes_to_the_managed_engine_as_its_flag(tmp_path: Path)
     assert parsed.engines["sim"].args == ("--max-num-batched-tokens", "768")
 
 
+def test_unnamed_tenants_are_ids_of_the_shared_unknown_tenant(tmp_path: Path) -> None:
+    policy = arm_policy(_args("--unnamed"), "fair", ["quiet-1", FLOODER], 256, None)
+    assert (policy["tenants"], policy["unknown_tenants"]) == ({}, {"mode": "shared"})
+    parsed = parse_policy(write_policy(tmp_path, policy).read_text(), "p.yaml")
+    assert parsed.unknown_tenants.mode == "shared" and not parsed.tenants
+    named = arm_policy(_args(), "fair", ["quiet-1", FLOODER], 256, None)
+    assert (set(named["tenants"]), named["unknown_tenants"]) == (
+        {"quiet-1", FLOODER},
+        {"mode": "reject"},
+    )
+
+
 def test_gateway_policy_shares_an_external_engine_and_redis(tmp_path: Path) -> None:
     argv = ("--gateways", "2", "--adaptive", "--max-num-batched-tokens", "768")
     base = arm_policy(_args(*argv), "fair", ["q", FLOODER], 256, None)

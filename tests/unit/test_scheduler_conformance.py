@@ -285,6 +285,34 @@ def test_no_starvation_of_a_newcomer(make: Policy) -> None:
     assert after[0][0] - 1_050 <= 106  # within one request's service time
 
 
+@policies(fifo_lacks="FIFO puts an unnamed newcomer behind the shared tenant's whole queue")
+def test_clients_sharing_a_tenant_take_turns(make: Policy) -> None:
+    sim = Sim(make(10_000, 100_000), slots=4)
+    for i in range(1_000):
+        sim.submit(QueuedRequest("unknown", 100 + i % 7, client="noisy"))
+    newcomer = QueuedRequest("unknown", 100, client="quiet")
+    sim.at(1_050, functools.partial(sim.submit, newcomer))
+    sim.run_until(2_000)
+    after = [r for t, r in sim.admissions if t >= 1_050]
+    assert newcomer in after[:2]  # behind at most one turn of the client already waiting
+
+
+@policies(fifo_lacks="FIFO lets one unnamed client fill the shared tenant's queue")
+def test_one_client_cannot_fill_a_shared_tenant_queue(make: Policy) -> None:
+    scheduler = make(10, 100)
+    refused: list[QueueFull] = []
+    for _ in range(10):
+        try:
+            scheduler.push(QueuedRequest("unknown", 1, client="noisy"), 0)
+        except QueueFull as full:
+            refused.append(full)
+    assert [(e.tenant, e.limit) for e in refused] == [("unknown", 5)] * 5  # it holds 5 of 10
+    scheduler.push(QueuedRequest("unknown", 1, client="quiet"), 0)
+    for _ in range(10):  # a named tenant is one client: its whole bound
+        scheduler.push(QueuedRequest("named", 1), 0)
+    assert scheduler.depths() == {"unknown": 6, "named": 10}
+
+
 @pytest.mark.parametrize("idle_s", [300.0, 5_000.0], ids=["state-kept", "state-expired"])
 @policies()
 def test_no_banked_credit_after_idling(make: Policy, idle_s: float) -> None:
