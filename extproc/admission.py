@@ -108,7 +108,7 @@ class EnginePool:
             # sitting out their timeout.
             for request, future in list(self._waiting.items()):
                 self.scheduler.remove(request)
-                self.shares.unhold(request.tenant, waiting=1)
+                self.shares.unhold(request.tenant, waiting=1, client=request.client)
                 if not future.done():
                     future.set_exception(EngineUnavailable(self.name))
             self._waiting.clear()
@@ -132,7 +132,9 @@ class EnginePool:
         if self._waiting or self._only_reserved_left():
             # Others wait, or only reserved slots are left: both are for a tenant under
             # its share, and one with nothing of its own queued (its order holds).
-            if self.shares.waiting(request.tenant) or not self._may_take_reserved(request):
+            if self.shares.waiting(request.tenant, request.client) or not self._may_take_reserved(
+                request
+            ):
                 return None
             self.headroom_admissions += 1
         self.scheduler.admit_direct(request, self._clock())
@@ -176,7 +178,7 @@ class EnginePool:
         slot = self.replicas.get(replica)
         if slot is not None:
             slot.inflight = max(0, slot.inflight - request.slots)
-        self.shares.unhold(request.tenant, inflight=request.slots)
+        self.shares.unhold(request.tenant, inflight=request.slots, client=request.client)
         now = self._clock()
         self.scheduler.complete(request, actual_cost, now)
         turns = self._light_turns.pop(request, 0.0)
@@ -202,7 +204,7 @@ class EnginePool:
         """Take a request that gave up out of the queue (if dispatch has not already)."""
         if self._waiting.pop(request, None) is not None:
             self.scheduler.remove(request)
-            self.shares.unhold(request.tenant, waiting=1)
+            self.shares.unhold(request.tenant, waiting=1, client=request.client)
 
     def _dispatch(self) -> None:
         now = self._clock()
@@ -225,7 +227,7 @@ class EnginePool:
             if request is None:
                 return
             future = self._waiting.pop(request, None)
-            self.shares.unhold(request.tenant, waiting=1)
+            self.shares.unhold(request.tenant, waiting=1, client=request.client)
             if future is None or future.done():
                 # Its waiter gave up this very tick: undo the charge pop() made.
                 self.scheduler.complete(request, 0.0, now)
@@ -277,17 +279,17 @@ class EnginePool:
         return self._busy >= self.capacity - self.reserved
 
     def _under_share(self, request: QueuedRequest) -> bool:
-        return self.shares.under(request.tenant, self.capacity)
+        return self.shares.under(request.tenant, self.capacity, request.client)
 
     def _light(self, request: QueuedRequest) -> bool:
         """Is the request's tenant light: its slots held and other requests waiting
         under its weighted share? Light tenants are never paced, and the engine serves
         them first (``Admitted.engine_priority``)."""
         besides = 1 if request in self._waiting else 0
-        return self.shares.light(request.tenant, self.capacity, besides)
+        return self.shares.light(request.tenant, self.capacity, besides, request.client)
 
     def _hold(self, request: QueuedRequest, inflight: int = 0, waiting: int = 0) -> None:
-        self.shares.hold(request.tenant, request.weight, inflight, waiting)
+        self.shares.hold(request.tenant, request.weight, inflight, waiting, request.client)
 
 
 def _admitted(future: asyncio.Future[str]) -> bool:

@@ -3,6 +3,11 @@
 A tenant is active while it has a request in flight or waiting; its share of the pool is
 capacity x its weight / the weight of all active tenants. Only active tenants are kept,
 so memory follows the tenants using the pool now, not every tenant ever seen.
+
+The tenant that unnamed ids share (``unknown``) splits its share between its active ids
+(``client``), as its queue gives them turns: an unnamed id sending now and then is light
+beside an unnamed flooder, while ids invented by the thousand still have one tenant's
+share between them. A tenant of its own is one client, ``""``.
 """
 
 from __future__ import annotations
@@ -12,70 +17,98 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class _Holding:
-    """An active tenant's stake in the pool: slots held, requests waiting."""
+    """An active client's stake in the pool: slots held, requests waiting."""
 
-    weight: float
     inflight: int = 0
     waiting: int = 0
 
 
+@dataclass(slots=True)
+class _Tenant:
+    """An active tenant: its weight counts once, however many of its clients are active."""
+
+    weight: float
+    clients: int = 0
+
+
 class Shares:
     def __init__(self) -> None:
-        self._holdings: dict[str, _Holding] = {}
+        self._holdings: dict[tuple[str, str], _Holding] = {}
+        self._tenants: dict[str, _Tenant] = {}
         self._active_weight = 0.0
 
     def __len__(self) -> int:
         """Active tenants."""
-        return len(self._holdings)
+        return len(self._tenants)
 
-    def waiting(self, tenant: str) -> int:
-        holding = self._holdings.get(tenant)
+    def waiting(self, tenant: str, client: str = "") -> int:
+        holding = self._holdings.get((tenant, client))
         return 0 if holding is None else holding.waiting
 
-    def hold(self, tenant: str, weight: float, inflight: int = 0, waiting: int = 0) -> None:
-        holding = self._holdings.get(tenant)
+    def hold(
+        self, tenant: str, weight: float, inflight: int = 0, waiting: int = 0, client: str = ""
+    ) -> None:
+        holding = self._holdings.get((tenant, client))
         if holding is None:
-            holding = self._holdings[tenant] = _Holding(weight)
-            self._active_weight += weight
+            holding = self._holdings[tenant, client] = _Holding()
+            state = self._tenants.get(tenant)
+            if state is None:
+                state = self._tenants[tenant] = _Tenant(weight)
+                self._active_weight += weight
+            state.clients += 1
         holding.inflight += inflight
         holding.waiting += waiting
 
-    def unhold(self, tenant: str, inflight: int = 0, waiting: int = 0) -> None:
-        holding = self._holdings.get(tenant)
+    def unhold(self, tenant: str, inflight: int = 0, waiting: int = 0, client: str = "") -> None:
+        holding = self._holdings.get((tenant, client))
         if holding is None:
             return
         holding.inflight = max(0, holding.inflight - inflight)
         holding.waiting = max(0, holding.waiting - waiting)
-        if not holding.inflight and not holding.waiting:
-            del self._holdings[tenant]
-            self._active_weight -= holding.weight
-            if not self._holdings:
+        if holding.inflight or holding.waiting:
+            return
+        del self._holdings[tenant, client]
+        state = self._tenants[tenant]
+        state.clients -= 1
+        if not state.clients:
+            del self._tenants[tenant]
+            self._active_weight -= state.weight
+            if not self._tenants:
                 self._active_weight = 0.0  # no float residue once nobody is active
 
-    def under(self, tenant: str, capacity: int) -> bool:
-        """Does the tenant hold fewer of ``capacity`` slots than its weighted share?"""
-        excess = self._excess(tenant, capacity)
+    def under(self, tenant: str, capacity: int, client: str = "") -> bool:
+        """Does the client hold fewer of ``capacity`` slots than its weighted share?"""
+        excess = self._excess(tenant, client, capacity)
         return excess is None or excess < 0
 
-    def light(self, tenant: str, capacity: int, besides: int = 0) -> bool:
-        """Is the tenant's demand, slots held plus requests waiting (less ``besides``
+    def light(self, tenant: str, capacity: int, besides: int = 0, client: str = "") -> bool:
+        """Is the client's demand, slots held plus requests waiting (less ``besides``
         of them: the one being decided), under its weighted share? A tenant backlogged
         past its share is not light even while it holds fewer slots than that: right
         after a wave of its answers ended, say, when its refills would come in a wave."""
-        excess = self._excess(tenant, capacity, waiting_besides=besides)
+        excess = self._excess(tenant, client, capacity, waiting_besides=besides)
         return excess is None or excess < 0
 
     def _excess(
-        self, tenant: str, capacity: int, waiting_besides: int | None = None
+        self, tenant: str, client: str, capacity: int, waiting_besides: int | None = None
     ) -> float | None:
         """Slots held (and requests waiting, less ``waiting_besides``; None: not counted)
-        minus the weighted share, scaled by the active weight (only the sign matters);
-        None when it holds nothing or is alone (its share is the whole pool, so it is
-        neither over nor short of it)."""
-        holding = self._holdings.get(tenant)
-        if holding is None or len(self._holdings) == 1:
+        minus the weighted share, scaled by the active weight and the tenant's active
+        clients (only the sign matters); None when it holds nothing or is alone (its
+        share is the whole pool, so it is neither over nor short of it)."""
+        holding = self._holdings.get((tenant, client))
+        state = self._tenants.get(tenant)
+        if holding is None:
+            if not client or state is None:
+                return None
+            # A new id of a shared tenant that is active already: its share is split one
+            # way more, and the request being decided is its demand (else every id
+            # invented afresh would read as light).
+            return self._active_weight * (state.clients + 1) - capacity * state.weight
+        if len(self._holdings) == 1:
             return None
+        assert state is not None  # a holding's tenant is active
         demand = holding.inflight
         if waiting_besides is not None:
             demand += max(0, holding.waiting - waiting_besides)
-        return demand * self._active_weight - capacity * holding.weight
+        return demand * self._active_weight * state.clients - capacity * state.weight

@@ -10,7 +10,8 @@ A client of a shared tenant may also queue only while it holds fewer requests th
 queue has free places (the dynamic threshold of Choudhury and Hahne, 1998): one flooding
 client stops at half the queue, two at a third each, so a newcomer always finds room
 instead of the 429s a full shared queue would give it. A client sending many ids still
-fills the queue, as it would without turns: it is one tenant, to the policy.
+fills the queue, as it would without turns: it is one tenant, to the policy. (The
+tenant's share of the engine's slots is split between its ids too: ``shares.py``.)
 """
 
 from __future__ import annotations

@@ -111,16 +111,21 @@ async def _metric(url: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
-@pytest.mark.parametrize(("headroom", "first"), [(0.25, True), (0.0, False)])
+@pytest.mark.parametrize(
+    ("headroom", "first", "suffix"),
+    [(0.25, True, ""), (0.0, False, ""), (0.25, True, "-unnamed")],
+    ids=["headroom", "no-headroom", "headroom-unnamed-ids"],
+)
 async def test_headroom_admits_a_light_tenant_while_the_flooder_waits(
-    stack_factory: Any, headroom: float, first: bool
+    stack_factory: Any, headroom: float, first: bool, suffix: str
 ) -> None:
     """8 slots, 2 reserved. With the quiet tenant active (one long request in flight),
     the flooder fills only 6 and queues the rest; the quiet tenant's next request takes
     a reserved slot at once and finishes before every flood request. Without headroom
     it waits for the flooder's slots to free. (A lone tenant may fill every slot: the
     reserve is held back only while another tenant is active.) Pacing is off: paced, the
-    flooder would leave free slots of its own accord."""
+    flooder would leave free slots of its own accord. Two ids the policy does not name
+    are one tenant, ``unknown``, that splits its share between them: the same holds."""
     policy = _policy("fair")
     policy["engines"]["e"] |= {"max_inflight": 8, "headroom": headroom, "pacing": 0}
     stack = stack_factory(policy)
@@ -132,11 +137,12 @@ async def test_headroom_admits_a_light_tenant_while_the_flooder_waits(
             assert status == 200, body
             order.append(name)
 
-        tasks = [asyncio.create_task(run("quiet-long", "quiet", 200))]
+        quiet, flooder = "quiet" + suffix, "flooder" + suffix
+        tasks = [asyncio.create_task(run("quiet-long", quiet, 200))]
         await asyncio.sleep(0.1)
-        tasks += [asyncio.create_task(run("flooder", "flooder", 200)) for _ in range(12)]
+        tasks += [asyncio.create_task(run("flooder", flooder, 200)) for _ in range(12)]
         await asyncio.sleep(0.3)
-        tasks.append(asyncio.create_task(run("quiet-short", "quiet", 20)))
+        tasks.append(asyncio.create_task(run("quiet-short", quiet, 20)))
         await asyncio.gather(*tasks)
     assert (order.index("quiet-short") == 0) is first, order
     admitted = await _metric(stack.url, "fairlane_headroom_admissions_total")

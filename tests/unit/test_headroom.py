@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
 from fairlane.extproc.admission import EnginePool
 from fairlane.extproc.replicas import EngineState
-from fairlane.extproc.scheduling import QueuedRequest, make_scheduler
+from fairlane.extproc.scheduling import QueuedRequest, QueueFull, make_scheduler
 
 
 def pool(kind: str = "fair", capacity: int = 8, headroom: float = 0.25) -> EnginePool:
@@ -160,3 +161,37 @@ def test_goes_first_follows_classes_and_counters() -> None:
     assert fifo.goes_first(req("a"))
     fifo.push(req("b"), 0.0)
     assert not fifo.goes_first(req("a"))
+
+
+async def test_ids_invented_by_the_thousand_get_one_tenants_share() -> None:
+    """Beside a named tenant, 2,000 unnamed ids (one shared tenant, ``unknown``) get
+    half the admissions between them, not 2,000 shares, and no more of the reserve."""
+    p = pool(capacity=8, headroom=0.25)
+    waiting: dict[QueuedRequest, asyncio.Future[str]] = {}
+    running: list[QueuedRequest] = []
+
+    def send(request: QueuedRequest) -> None:
+        if p.try_admit(request) is not None:
+            running.append(request)
+        else:
+            with contextlib.suppress(QueueFull):  # each queue holds 100
+                waiting[request] = p.enqueue(request)
+
+    for i in range(2_000):
+        send(QueuedRequest("unknown", 100.0, client=f"rotating-{i}"))
+        send(req("alice"))
+    assert len(waiting) == 200
+    admitted: list[str] = []
+    for i in range(150):  # answers end in admission order; each frees one slot
+        p.release(running.pop(0), "e", 100.0)
+        fresh = QueuedRequest("unknown", 100.0, client=f"new-{i}")  # the rotation goes on
+        if p.try_admit(fresh) is not None:
+            running.append(fresh)
+            admitted.append("unknown")
+        for request, future in list(waiting.items()):
+            if future.done():
+                del waiting[request]
+                running.append(request)
+                admitted.append(request.tenant)
+    assert len(admitted) >= 150
+    assert abs(admitted.count("alice") - admitted.count("unknown")) <= 2, admitted

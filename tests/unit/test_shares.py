@@ -49,3 +49,32 @@ def test_a_tenant_is_forgotten_once_it_holds_and_waits_for_nothing() -> None:
     assert shares.waiting("t1") == 0
     shares.unhold("never-seen", inflight=1)  # a no-op, not an error
     assert len(shares) == 0
+
+
+def test_ids_of_a_shared_tenant_split_its_share() -> None:
+    shares = Shares()
+    shares.hold("unknown", 1.0, inflight=6, waiting=20, client="flood")  # share of 8: 4
+    assert shares.light("unknown", 8, client="quiet")  # a new id: 1 of its share of 4
+    shares.hold("unknown", 1.0, inflight=1, client="quiet")
+    assert len(shares) == 1  # one tenant, two ids
+    assert shares.under("unknown", 8, client="quiet") and shares.light("unknown", 8, client="quiet")
+    assert not shares.under("unknown", 8, client="flood")
+    assert not shares.light("unknown", 8, client="flood")
+    assert shares.waiting("unknown", "flood") == 20 and shares.waiting("unknown") == 0
+
+
+def test_ids_invented_by_the_thousand_have_one_tenants_share() -> None:
+    shares = Shares()
+    shares.hold("alice", 1.0, inflight=1)
+    for i in range(3):  # 3 ids at 1 slot each: the unknown tenant's 32 of 64 split 3 ways
+        assert shares.light("unknown", 64, client=f"id-{i}")
+        shares.hold("unknown", 1.0, inflight=1, client=f"id-{i}")
+    assert shares.light("alice", 64)
+    for i in range(3, 40):  # past 32 ids the next one's share is under its one request
+        shares.hold("unknown", 1.0, inflight=1, client=f"id-{i}")
+    assert not shares.light("unknown", 64, client="id-40")
+    assert not shares.under("unknown", 64, client="id-0")
+    assert shares.light("alice", 64) and len(shares) == 2
+    for i in range(40):
+        shares.unhold("unknown", inflight=1, client=f"id-{i}")
+    assert len(shares) == 1 and shares.light("alice", 64)
