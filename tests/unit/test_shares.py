@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fairlane.extproc.shares import Shares
 
 
@@ -78,3 +83,89 @@ def test_ids_invented_by_the_thousand_have_one_tenants_share() -> None:
     for i in range(40):
         shares.unhold("unknown", inflight=1, client=f"id-{i}")
     assert len(shares) == 1 and shares.light("alice", 64)
+
+
+def test_an_id_is_light_while_its_shared_tenant_leaves_part_of_its_share_unused() -> None:
+    shares = Shares()
+    shares.hold("alice", 1.0, inflight=20, waiting=50)  # share of 64: 32
+    shares.hold("unknown", 1.0, inflight=20, client="big")  # split 3 ways: 10.7 each
+    shares.hold("unknown", 1.0, inflight=1, client="small-1")
+    shares.hold("unknown", 1.0, inflight=1, client="small-2")
+    # The tenant asks for 22 of its 32: no id of it is held back (paced, ranked down) ...
+    assert shares.light("unknown", 64, client="big")
+    # ... but the slots reserved for light tenants are for ids under their split.
+    assert not shares.under("unknown", 64, client="big")
+    assert shares.under("unknown", 64, client="small-1")
+    shares.hold("unknown", 1.0, waiting=20, client="big")  # now backlogged past 32
+    assert not shares.light("unknown", 64, client="big")
+    assert shares.light("unknown", 64, client="small-1")
+    assert not shares.light("alice", 64)
+
+
+_share_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["hold", "unhold"]),
+        st.sampled_from([("a", ""), ("b", ""), ("unknown", "x"), ("unknown", "y")]),
+        st.integers(0, 3),
+        st.integers(0, 3),
+    ),
+    max_size=60,
+)
+_WEIGHTS = {"a": 1.0, "b": 2.0, "unknown": 0.5}
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=_share_ops)
+def test_incremental_bookkeeping_matches_a_recount(ops: list[tuple[Any, ...]]) -> None:
+    """Light and under, after any holds and releases, as recounted from the holdings."""
+    shares = Shares()
+    held: dict[tuple[str, str], list[int]] = {}
+    for op, (tenant, client), inflight, waiting in ops:
+        if op == "hold":
+            shares.hold(tenant, _WEIGHTS[tenant], inflight, waiting, client)
+            if inflight or waiting or (tenant, client) in held:
+                mine = held.setdefault((tenant, client), [0, 0])
+                mine[0] += inflight
+                mine[1] += waiting
+            else:
+                held[tenant, client] = [0, 0]  # held with nothing: dropped at its next unhold
+        else:
+            shares.unhold(tenant, inflight, waiting, client)
+            if (tenant, client) in held:
+                mine = held[tenant, client]
+                mine[0], mine[1] = max(0, mine[0] - inflight), max(0, mine[1] - waiting)
+                if mine == [0, 0]:
+                    del held[tenant, client]
+        for tenant, client in [("a", ""), ("b", ""), ("unknown", "x"), ("unknown", "z")]:
+            for besides in (0, 1):
+                expected = recount(held, tenant, client, 16, besides)
+                assert shares.light(tenant, 16, besides, client) == expected
+            assert shares.under(tenant, 16, client) == recount(held, tenant, client, 16, None)
+    assert len(shares) == len({t for t, _ in held})
+
+
+def recount(
+    held: dict[tuple[str, str], list[int]],
+    tenant: str,
+    client: str,
+    capacity: int,
+    besides: int | None,
+) -> bool:
+    tenants = {t for t, _ in held}
+    mine = [v for (t, _), v in held.items() if t == tenant]
+    if tenant not in tenants or ((tenant, client) not in held and not client):
+        return True
+    if (tenant, client) in held and len(held) == 1:
+        return True
+    active_weight = sum(_WEIGHTS[t] for t in tenants)
+    tenant_inflight, tenant_waiting = sum(v[0] for v in mine), sum(v[1] for v in mine)
+    if (tenant, client) not in held:
+        own, tenant_demand, clients = 1, 1 + tenant_inflight + tenant_waiting, len(mine) + 1
+    else:
+        inflight, waiting = held[tenant, client]
+        own, tenant_demand, clients = inflight, tenant_inflight, len(mine)
+        if besides is not None:
+            own += max(0, waiting - besides)
+            tenant_demand += max(0, tenant_waiting - besides)
+    demand = own * clients if besides is None else min(own * clients, tenant_demand)
+    return demand * active_weight - capacity * _WEIGHTS[tenant] < 0
