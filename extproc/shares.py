@@ -5,11 +5,9 @@ capacity x its weight / the weight of all active tenants. Only active tenants ar
 so memory follows the tenants using the pool now, not every tenant ever seen.
 
 The tenant that unnamed ids share (``unknown``) splits its share between its active ids
-(``client``), as its queue gives them turns: an id is under its share while it is under
-an equal split of the tenant's, or while the tenant as a whole is under its own (so no
-id is held back while the tenant leaves part of its share unused). An unnamed id sending
-now and then is thus light beside an unnamed flooder, while ids invented by the thousand
-still have one tenant's share between them. A tenant of its own is one client, ``""``.
+(``client``), as its queue gives them turns: an unnamed id sending now and then is light
+beside an unnamed flooder, while ids invented by the thousand still have one tenant's
+share between them. A tenant of its own is one client, ``""``.
 """
 
 from __future__ import annotations
@@ -27,13 +25,10 @@ class _Holding:
 
 @dataclass(slots=True)
 class _Tenant:
-    """An active tenant: its weight counts once, however many of its clients are active;
-    ``inflight`` and ``waiting`` are its clients' together."""
+    """An active tenant: its weight counts once, however many of its clients are active."""
 
     weight: float
     clients: int = 0
-    inflight: int = 0
-    waiting: int = 0
 
 
 class Shares:
@@ -63,23 +58,17 @@ class Shares:
             state.clients += 1
         holding.inflight += inflight
         holding.waiting += waiting
-        state = self._tenants[tenant]
-        state.inflight += inflight
-        state.waiting += waiting
 
     def unhold(self, tenant: str, inflight: int = 0, waiting: int = 0, client: str = "") -> None:
         holding = self._holdings.get((tenant, client))
         if holding is None:
             return
-        state = self._tenants[tenant]
-        inflight, waiting = min(inflight, holding.inflight), min(waiting, holding.waiting)
-        holding.inflight -= inflight
-        holding.waiting -= waiting
-        state.inflight -= inflight
-        state.waiting -= waiting
+        holding.inflight = max(0, holding.inflight - inflight)
+        holding.waiting = max(0, holding.waiting - waiting)
         if holding.inflight or holding.waiting:
             return
         del self._holdings[tenant, client]
+        state = self._tenants[tenant]
         state.clients -= 1
         if not state.clients:
             del self._tenants[tenant]
@@ -103,30 +92,23 @@ class Shares:
     def _excess(
         self, tenant: str, client: str, capacity: int, waiting_besides: int | None = None
     ) -> float | None:
-        """Slots held minus the weighted share, scaled (only the sign matters): the
-        client's against an equal split of its tenant's share. Counting requests waiting
-        too (less ``waiting_besides``; None: slots only), the tenant's demand against its
-        whole share instead where that is smaller: no id of a tenant that is not
-        backlogged past its share is held back. None when it holds nothing or is alone
-        (its share is the whole pool, so it is neither over nor short of it)."""
-        state = self._tenants.get(tenant)
+        """Slots held (and requests waiting, less ``waiting_besides``; None: not counted)
+        minus the weighted share, scaled by the active weight and the tenant's active
+        clients (only the sign matters); None when it holds nothing or is alone (its
+        share is the whole pool, so it is neither over nor short of it)."""
         holding = self._holdings.get((tenant, client))
-        if state is None or (holding is None and not client):
-            return None
-        if holding is not None and len(self._holdings) == 1:
-            return None
+        state = self._tenants.get(tenant)
         if holding is None:
-            # A new id of a shared tenant that is active already: the request being
-            # decided is its demand (else every id invented afresh would read as
-            # light), and the tenant's share is split one way more.
-            own, tenant_demand, clients = 1, 1 + state.inflight + state.waiting, state.clients + 1
-        else:
-            own, clients = holding.inflight, state.clients
-            tenant_demand = state.inflight
-            if waiting_besides is not None:
-                own += max(0, holding.waiting - waiting_besides)
-                tenant_demand += max(0, state.waiting - waiting_besides)
-        demand = own * clients
+            if not client or state is None:
+                return None
+            # A new id of a shared tenant that is active already: its share is split one
+            # way more, and the request being decided is its demand (else every id
+            # invented afresh would read as light).
+            return self._active_weight * (state.clients + 1) - capacity * state.weight
+        if len(self._holdings) == 1:
+            return None
+        assert state is not None  # a holding's tenant is active
+        demand = holding.inflight
         if waiting_besides is not None:
-            demand = min(demand, tenant_demand)
-        return demand * self._active_weight - capacity * state.weight
+            demand += max(0, holding.waiting - waiting_besides)
+        return demand * self._active_weight * state.clients - capacity * state.weight

@@ -85,21 +85,17 @@ def test_ids_invented_by_the_thousand_have_one_tenants_share() -> None:
     assert len(shares) == 1 and shares.light("alice", 64)
 
 
-def test_an_id_is_light_while_its_shared_tenant_leaves_part_of_its_share_unused() -> None:
+def test_an_id_over_its_split_is_not_light_though_its_tenant_is_under_its_share() -> None:
+    """Equal split, not the tenant's unused share: a shared tenant alone in the pool has
+    all of it, and its flooding id would then go unpaced past a quiet id."""
     shares = Shares()
-    shares.hold("alice", 1.0, inflight=20, waiting=50)  # share of 64: 32
-    shares.hold("unknown", 1.0, inflight=20, client="big")  # split 3 ways: 10.7 each
-    shares.hold("unknown", 1.0, inflight=1, client="small-1")
-    shares.hold("unknown", 1.0, inflight=1, client="small-2")
-    # The tenant asks for 22 of its 32: no id of it is held back (paced, ranked down) ...
-    assert shares.light("unknown", 64, client="big")
-    # ... but the slots reserved for light tenants are for ids under their split.
-    assert not shares.under("unknown", 64, client="big")
-    assert shares.under("unknown", 64, client="small-1")
-    shares.hold("unknown", 1.0, waiting=20, client="big")  # now backlogged past 32
+    shares.hold("unknown", 1.0, inflight=20, waiting=5, client="big")  # the pool: 64
+    shares.hold("unknown", 1.0, inflight=1, client="small")  # split: 32 each
+    assert shares.light("unknown", 64, client="big")  # 25 of 32
+    shares.hold("unknown", 1.0, waiting=20, client="big")  # 45: the tenant is still under
     assert not shares.light("unknown", 64, client="big")
-    assert shares.light("unknown", 64, client="small-1")
-    assert not shares.light("alice", 64)
+    assert shares.light("unknown", 64, client="small")
+    assert shares.light("unknown", 64, client="new")  # 1 of 64 / 3
 
 
 _share_ops = st.lists(
@@ -158,14 +154,11 @@ def recount(
     if (tenant, client) in held and len(held) == 1:
         return True
     active_weight = sum(_WEIGHTS[t] for t in tenants)
-    tenant_inflight, tenant_waiting = sum(v[0] for v in mine), sum(v[1] for v in mine)
     if (tenant, client) not in held:
-        own, tenant_demand, clients = 1, 1 + tenant_inflight + tenant_waiting, len(mine) + 1
+        own, clients = 1, len(mine) + 1
     else:
         inflight, waiting = held[tenant, client]
-        own, tenant_demand, clients = inflight, tenant_inflight, len(mine)
+        own, clients = inflight, len(mine)
         if besides is not None:
             own += max(0, waiting - besides)
-            tenant_demand += max(0, tenant_waiting - besides)
-    demand = own * clients if besides is None else min(own * clients, tenant_demand)
-    return demand * active_weight - capacity * _WEIGHTS[tenant] < 0
+    return own * clients * active_weight - capacity * _WEIGHTS[tenant] < 0
