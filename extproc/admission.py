@@ -132,9 +132,8 @@ class EnginePool:
         if self._waiting or self._only_reserved_left():
             # Others wait, or only reserved slots are left: both are for a tenant under
             # its share, and one with nothing of its own queued (its order holds).
-            if self.shares.waiting(request.tenant, request.client) or not self._may_take_reserved(
-                request
-            ):
+            queued_own = self.shares.waiting(request.tenant, request.client)
+            if queued_own or not self._may_take_reserved(request):
                 return None
             self.headroom_admissions += 1
         self.scheduler.admit_direct(request, self._clock())

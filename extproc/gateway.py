@@ -154,7 +154,8 @@ class Gateway:
             weight=ticket.tenant.weight,
             priority=ticket.tenant.priority,
             slots=ticket.sequences,
-            # Unnamed tenants share one: they take turns in its queue by the id they sent.
+            # Unnamed tenants share one; by the id sent, they split its share of the
+            # slots and take turns in its queue.
             client=ticket.tenant_id if ticket.tenant is self.runtime.unknown else "",
         )
         try:
