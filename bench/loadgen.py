@@ -38,6 +38,8 @@ class Workload:
     seed: int = 0
     more_urls: tuple[str, ...] = ()  # further gateways: tenants go round-robin over all
     pinned: frozenset[str] = frozenset()  # tenants that only ever use base_url
+    # Tenants whose answers have a max_tokens of their own (fixed), e.g. short chats.
+    max_tokens_of: tuple[tuple[str, int], ...] = ()
 
     def urls(self, tenant: str) -> tuple[str, ...]:
         """The base URLs ``tenant``'s requests take turns over."""
@@ -136,9 +138,14 @@ class Client:
         self.workload = workload
         self._url = workload.base_url + CHAT_PATH
         self._bodies = [workload.body(n) for n in workload.lengths()]
+        self._own_bodies = {t: [workload.body(n)] for t, n in workload.max_tokens_of}
         self._rng = random.Random(workload.seed)
         self._turns: dict[str, int] = {}
         self._session: aiohttp.ClientSession | None = None
+
+    def body_for(self, tenant: str) -> bytes:
+        """The body of ``tenant``'s next request (its max_tokens drawn, or its own)."""
+        return self._rng.choice(self._own_bodies.get(tenant, self._bodies))
 
     def url_for(self, tenant: str) -> str:
         """Where ``tenant``'s next request goes (and count the turn)."""
@@ -165,7 +172,7 @@ class Client:
         record = RequestRecord(tenant, clock())
         headers = {"content-type": "application/json", "x-tenant-id": tenant}
         try:
-            body = self._rng.choice(self._bodies)
+            body = self.body_for(tenant)
             url = self.url_for(tenant)
             async with self._session.post(url, data=body, headers=headers) as resp:
                 record.status = resp.status

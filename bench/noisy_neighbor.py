@@ -80,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-words", type=int, default=400, help="~1.25 tokens each")
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument(
+        "--quiet-max-tokens",
+        type=int,
+        help="the quiet tenants' max_tokens (default: --max-tokens); short answers leave "
+        "a quiet tenant with nothing in flight between its requests",
+    )
+    parser.add_argument(
         "--max-tokens-spread",
         type=float,
         default=0.0,
@@ -272,6 +278,11 @@ async def _arm(
             seed=args.seed,
             more_urls=tuple(urls[1:]),
             pinned=frozenset({PINNED}),
+            max_tokens_of=tuple(
+                (tenant, args.quiet_max_tokens)
+                for tenant in rates
+                if args.quiet_max_tokens and tenant not in (FLOODER, PINNED, SPREAD)
+            ),
         )
         async with aiohttp.ClientSession() as session:
             watcher = EngineWatcher(session, deployment.engine_port)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,17 @@ def test_each_tenant_takes_turns_over_all_gateways_unless_pinned() -> None:
 def test_one_gateway_always_uses_the_base_url() -> None:
     client = Client(Workload(A, "m", 1, 1))
     assert {client.url_for(t) for t in ("quiet-1", FLOODER, PINNED)} == {A + CHAT}
+
+
+def test_a_tenant_can_have_answers_of_its_own_length() -> None:
+    workload = Workload(A, "m", 1, 256, max_tokens_spread=0.5, max_tokens_of=(("quiet-1", 16),))
+    client = Client(workload)
+    quiet = {json.loads(client.body_for("quiet-1"))["max_tokens"] for _ in range(50)}
+    others = {json.loads(client.body_for("flooder"))["max_tokens"] for _ in range(200)}
+    assert quiet == {16}
+    assert others == set(workload.lengths()) and len(others) == 9  # the spread around 256
+    args = _args("--quiet-max-tokens", "16")
+    assert (args.quiet_max_tokens, _args().quiet_max_tokens) == (16, None)
 
 
 # -- policies --------------------------------------------------------------------------
