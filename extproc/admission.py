@@ -55,7 +55,7 @@ class EnginePool:
         self.headroom = headroom  # fraction of capacity kept for under-share tenants
         self.headroom_admissions = 0  # admitted into the reserved slots so far
         self._waiting: dict[QueuedRequest, asyncio.Future[str]] = {}
-        self.shares = Shares()
+        self.shares = Shares(clock)  # linger_s: set from the policy (pools.py)
         self.pacer: AdmissionPacer | None = None  # spaces heavy tenants' admissions out
         self._light_turns: dict[QueuedRequest, float] = {}  # in flight: pacer turns taken
         self._pacing_timer: asyncio.TimerHandle | None = None

@@ -41,6 +41,7 @@ def sync_pools(
             pool.scheduler_kind = config.scheduler
         # FIFO means arrival order for everyone: no slots held back for anyone.
         pool.headroom = config.headroom if config.scheduler == "fair" else 0.0
+        pool.shares.linger_s = config.linger_s
         pacing = config.pacing if config.scheduler == "fair" else 0.0
         if not pacing:
             pool.pacer = None

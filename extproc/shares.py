@@ -1,8 +1,13 @@
 """Each active tenant's stake in an engine pool against its weighted share.
 
-A tenant is active while it has a request in flight or waiting; its share of the pool is
-capacity x its weight / the weight of all active tenants. Only active tenants are kept,
-so memory follows the tenants using the pool now, not every tenant ever seen.
+A tenant is active while it has a request in flight or waiting, and for ``linger_s``
+after its last one ended; its share of the pool is capacity x its weight / the weight of
+all active tenants. The linger is for a light tenant with short requests and pauses
+between them (a chat): without it, it would be inactive most of the time, a flooder
+alone would take every slot including the reserved ones, and each of its requests would
+wait for the flooder's next completion (seconds, with long answers). Only active
+tenants are kept, so memory follows the tenants using the pool now (at most
+``MAX_LINGERING`` of them idle), not every tenant ever seen.
 
 The tenant that unnamed ids share (``unknown``) splits its share between its active ids
 (``client``), as its queue gives them turns: an unnamed id sending now and then is light
@@ -12,7 +17,16 @@ share between them. A tenant of its own is one client, ``""``.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+
+# Lingering holders expired per call: at most one goes idle per call, so the sweep keeps
+# up while no call does unbounded work.
+_SWEEP_PER_CALL = 16
+# Idle holders kept at most, the oldest dropped first (ids invented by the thousand).
+MAX_LINGERING = 10_000
 
 
 @dataclass(slots=True)
@@ -32,13 +46,17 @@ class _Tenant:
 
 
 class Shares:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, linger_s: float = 0.0) -> None:
+        self.linger_s = linger_s
+        self._clock = clock
         self._holdings: dict[tuple[str, str], _Holding] = {}
         self._tenants: dict[str, _Tenant] = {}
         self._active_weight = 0.0
+        self._lingering: OrderedDict[tuple[str, str], float] = OrderedDict()  # -> idle since
 
     def __len__(self) -> int:
-        """Active tenants."""
+        """Active tenants (lingering ones included)."""
+        self._expire()
         return len(self._tenants)
 
     def waiting(self, tenant: str, client: str = "") -> int:
@@ -48,8 +66,11 @@ class Shares:
     def hold(
         self, tenant: str, weight: float, inflight: int = 0, waiting: int = 0, client: str = ""
     ) -> None:
+        self._expire()
         holding = self._holdings.get((tenant, client))
-        if holding is None:
+        if holding is not None:
+            self._lingering.pop((tenant, client), None)
+        else:
             holding = self._holdings[tenant, client] = _Holding()
             state = self._tenants.get(tenant)
             if state is None:
@@ -67,6 +88,24 @@ class Shares:
         holding.waiting = max(0, holding.waiting - waiting)
         if holding.inflight or holding.waiting:
             return
+        self._lingering[tenant, client] = self._clock()
+        self._lingering.move_to_end((tenant, client))
+        self._expire()
+
+    def _expire(self) -> None:
+        """Drop a few holders idle for longer than ``linger_s`` (or past the cap)."""
+        now = self._clock()
+        for _ in range(_SWEEP_PER_CALL):
+            oldest = next(iter(self._lingering.items()), None)
+            if oldest is None:
+                return
+            (tenant, client), since = oldest
+            if since + self.linger_s > now and len(self._lingering) <= MAX_LINGERING:
+                return
+            del self._lingering[tenant, client]
+            self._drop(tenant, client)
+
+    def _drop(self, tenant: str, client: str) -> None:
         del self._holdings[tenant, client]
         state = self._tenants[tenant]
         state.clients -= 1
@@ -96,6 +135,7 @@ class Shares:
         minus the weighted share, scaled by the active weight and the tenant's active
         clients (only the sign matters); None when it holds nothing or is alone (its
         share is the whole pool, so it is neither over nor short of it)."""
+        self._expire()
         holding = self._holdings.get((tenant, client))
         state = self._tenants.get(tenant)
         if holding is None:

@@ -128,6 +128,9 @@ class EngineConfig(Strict):
     scheduler: Literal["fair", "fifo"] = "fair"
     # Fraction of the in-flight limit kept for tenants under their share (fair only).
     headroom: float = Field(0.125, ge=0, lt=1)
+    # A tenant still counts as active this long after its last request ended: its share,
+    # and the reserved slots, stay while it pauses between short requests.
+    linger_s: float = Field(30.0, ge=0)
     # Admissions per completion of the pool that a tenant at or over its share may make
     # (fair only; 0: unpaced). On by default: it keeps a flood's onset from taking the
     # slots several light tenants are still ramping up into.

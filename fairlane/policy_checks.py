@@ -6,6 +6,8 @@ from __future__ import annotations
 from fairlane.policy import Policy
 
 Problem = tuple[tuple[str, ...], str]  # key path, message
+# Engine settings of the one queue that replicas of a model share.
+_POOL_SETTINGS = ("scheduler", "queue", "headroom", "linger_s")
 
 
 def cross_reference_problems(policy: Policy) -> list[Problem]:
@@ -63,15 +65,13 @@ def _engine_problems(policy: Policy) -> list[Problem]:
                     )
                 )
             first = policy.engines[other]
-            if other != name and (first.scheduler, first.queue, first.headroom) != (
-                engine.scheduler,
-                engine.queue,
-                engine.headroom,
+            if other != name and any(
+                getattr(first, key) != getattr(engine, key) for key in _POOL_SETTINGS
             ):
                 problems.append(
                     (
                         ("engines", name),
-                        f"replicas of {other} need the same scheduler, queue and headroom",
+                        f"replicas of {other} need the same {', '.join(_POOL_SETTINGS)}",
                     )
                 )
     budget = policy.gpu_memory_budget_gb

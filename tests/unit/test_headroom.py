@@ -195,3 +195,26 @@ async def test_ids_invented_by_the_thousand_get_one_tenants_share() -> None:
                 admitted.append(request.tenant)
     assert len(admitted) >= 150
     assert abs(admitted.count("alice") - admitted.count("unknown")) <= 2, admitted
+
+
+@pytest.mark.parametrize(("linger_s", "reserved_kept"), [(30.0, True), (0.0, False)])
+async def test_the_reserve_outlasts_a_short_request_by_the_linger(
+    linger_s: float, reserved_kept: bool
+) -> None:
+    """A chat-like tenant: one short request, a pause, the next. While it lingers, a
+    flooder's freed slots down to the reserve go to its queue, the reserve stays free,
+    and the next short request is admitted at once instead of after a completion."""
+    now = [0.0]
+    scheduler = make_scheduler("fair", max_queue_per_tenant=100, max_queue_total=1000)
+    p = EnginePool("e", scheduler, {"e": 8}, clock=lambda: now[0], headroom=0.25)
+    p.set_state("e", EngineState.UP)
+    p.shares.linger_s = linger_s
+    quiet = fill(p, "quiet", 1)
+    flood = fill(p, "flood", 5)  # up to 6 with the quiet tenant active
+    waiting = [p.enqueue(req("flood")) for _ in range(10)]
+    p.release(quiet[0], "e", 100.0)  # its answer ended
+    now[0] = 10.0
+    p.release(flood[0], "e", 100.0)  # a flood slot frees: 4 held, 6 allowed
+    admitted = sum(f.done() for f in waiting)
+    assert admitted == (2 if reserved_kept else 4)  # alone, the flooder fills all 8
+    assert (p.try_admit(req("quiet")) is not None) is reserved_kept

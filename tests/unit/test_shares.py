@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairlane.extproc.shares import Shares
+from fairlane.extproc.shares import MAX_LINGERING, Shares
 
 
 def test_a_tenant_alone_is_under_its_share_and_light() -> None:
@@ -162,3 +162,31 @@ def recount(
         if besides is not None:
             own += max(0, waiting - besides)
     return own * clients * active_weight - capacity * _WEIGHTS[tenant] < 0
+
+
+def test_a_tenant_lingers_after_its_last_request_ended() -> None:
+    now = [0.0]
+    shares = Shares(lambda: now[0], linger_s=30.0)
+    shares.hold("quiet", 1.0, inflight=1)
+    shares.hold("flood", 1.0, inflight=6, waiting=20)
+    shares.unhold("quiet", inflight=1)  # its short answer ended
+    now[0] = 29.0
+    assert len(shares) == 2 and not shares.under("flood", 8)  # share still 4 of 8
+    assert shares.light("quiet", 8) and shares.under("quiet", 8)
+    now[0] = 30.0
+    assert len(shares) == 1 and shares.under("flood", 8)  # alone again: the whole pool
+    shares.hold("quiet", 1.0, inflight=1)  # back: a fresh stake
+    shares.unhold("quiet", inflight=1)
+    shares.hold("quiet", 1.0, waiting=1)  # back within the linger: no longer idle
+    now[0] = 100.0
+    assert len(shares) == 2 and shares.waiting("quiet") == 1
+
+
+def test_idle_holders_are_capped() -> None:
+    shares = Shares(lambda: 0.0, linger_s=3600.0)
+    for i in range(MAX_LINGERING + 50):
+        shares.hold("unknown", 1.0, inflight=1, client=f"id-{i}")
+        shares.unhold("unknown", inflight=1, client=f"id-{i}")
+    assert len(shares._holdings) == MAX_LINGERING  # the oldest were dropped
+    shares.hold("alice", 1.0, inflight=1)
+    assert len(shares) == 2
