@@ -13,11 +13,11 @@ The rate is measured: completions over the last ``window_s`` seconds, or since t
 current busy period began if that is shorter (a pool that idled, or whose engine took a
 minute to come up, must not spread its first seconds of answers over the whole window),
 and never below ``slow_start_rate`` (``for_pool``: capacity / window, as if the pool
-turned over once per window). Before any answer has ended the slow-start rate stands
-alone, so a flood that begins while light tenants are still arriving does not take every
-slot in its first seconds and hold them for one answer's length; and just after the
-first answers end, their count over a window that mostly saw none does not read as a
-near-zero rate.
+turned over once per window, but at least one per second). Before any answer has ended
+the slow-start rate stands alone, so a flood that begins while light tenants are still
+arriving does not take every slot in its first seconds and hold them for one answer's
+length; and just after the first answers end, their count over a window that mostly saw
+none does not read as a near-zero rate.
 
 Every admission takes a turn, paced or not: a light tenant is never held back,
 but its admission takes a turn from the same rate and gives it back when its request
@@ -35,6 +35,11 @@ from collections import deque
 
 MIN_SAMPLES = 16  # completions in the window before the rate is trusted
 PACING_WINDOW_S = 30.0
+# A pool's slow start admits at least this many per second: a small pool turning over
+# once per window would pace a flooder to one admission every several seconds while it
+# waits for MIN_SAMPLES completions it cannot make (and, beside a lingering light tenant,
+# for the linger's whole length). The slots still bound what is admitted.
+MIN_SLOW_START_RATE = 1.0
 LIGHT_TURNS_AHEAD = 2  # turns an under-share admission may take ahead of time
 
 
@@ -66,8 +71,9 @@ class AdmissionPacer:
     @classmethod
     def for_pool(cls, factor: float, now: float, slots: int) -> AdmissionPacer:
         """A pool's pacer: its slow start as if the pool's ``slots`` turned over once
-        per window."""
-        return cls(factor, now, slow_start_rate=slots / PACING_WINDOW_S)
+        per window, and at least MIN_SLOW_START_RATE."""
+        rate = max(slots / PACING_WINDOW_S, MIN_SLOW_START_RATE)
+        return cls(factor, now, slow_start_rate=rate)
 
     def completed(self, now: float) -> None:
         self._completions.append(now)

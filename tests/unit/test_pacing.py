@@ -255,6 +255,7 @@ engines:
     pacer = pool.pacer
     assert pacer is not None and pacer.factor == 1.1
     assert pacer.slow_start_rate == pytest.approx(60 / 30.0)
+    assert AdmissionPacer.for_pool(1.1, 0.0, slots=1).slow_start_rate == 1.0  # the floor
     g.apply(compile_policy(parse_policy(policy(1.1)), 2))
     assert pool.pacer is pacer  # unchanged: its measured rate survives the reload
     g.apply(compile_policy(parse_policy(policy(1.5)), 3))
