@@ -199,6 +199,9 @@ async def test_replicas_share_one_fair_queue_and_survive_a_crash(stack_factory: 
         "models": ["m"],
         "max_inflight": 4,
         "queue": {"max_per_tenant": 200, "timeout_s": 60},
+        # The flood must find itself alone, filling both replicas: the quiet tenant's
+        # solo requests must not linger on as an active tenant (which would pace it).
+        "linger_s": 0,
     }
     stack = stack_factory(
         {
