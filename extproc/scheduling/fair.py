@@ -84,8 +84,8 @@ class FairScheduler:
         if state is not None and not state.queue.has_room_for(
             request.client, self.max_queue_per_tenant
         ):
-            limit = state.queue.depth(request.client) if request.client else len(state.queue)
-            raise QueueFull(request.tenant, limit)
+            # What the sender holds: all of a named tenant's queue (its one client, "").
+            raise QueueFull(request.tenant, state.queue.depth(request.client))
         tenant = self._busy(request.tenant)
         tenant.queue.append(request)
         self._queued += 1
