@@ -30,7 +30,8 @@ import aiohttp
 
 from fairlane.bench.cpu import CpuSnapshot
 from fairlane.bench.load_report import LoadRecord, assess, render, summarize_step
-from fairlane.bench.loadgen import Client, RequestRecord, Workload, _read_events, closed_loop
+from fairlane.bench.loadgen import Client, Workload, closed_loop
+from fairlane.bench.records import RequestRecord, read_events
 from fairlane.bench.procwatch import loadavg, worker_gauges
 from fairlane.bench.realtime import add_realtime_argument, realtime
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, write_json
@@ -80,7 +81,7 @@ class TenantsClient(Client):
                 if resp.status != 200:
                     record.retry_after = resp.headers.get("retry-after")
                     record.error = (await resp.read())[:200].decode("utf-8", "replace")
-                elif not await _read_events(resp, record, clock, on_token):
+                elif not await read_events(resp, record, clock, on_token):
                     record.error = "stream ended without [DONE]"
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             record.error = f"{type(exc).__name__}: {exc}"

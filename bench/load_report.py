@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fairlane.bench.loadgen import RequestRecord, RunResult
+from fairlane.bench.records import RequestRecord, RunResult
 from fairlane.bench.report import table
 from fairlane.bench.stats import fmt, lag_ok, per_unit, summarize
 

@@ -36,7 +36,8 @@ import aiohttp
 
 from fairlane.bench.cpu import CpuSnapshot
 from fairlane.bench.engine_watch import EngineWatcher, queue_waits
-from fairlane.bench.loadgen import Client, RunResult, Workload, open_loop
+from fairlane.bench.loadgen import Client, Workload, open_loop
+from fairlane.bench.records import RunResult
 from fairlane.bench.noisy_deploy import (
     MODEL,
     arm_policy,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fairlane.bench.loadgen import RequestRecord, RunResult
+from fairlane.bench.records import RequestRecord, RunResult
 from fairlane.bench.report import table
 from fairlane.bench.stats import fmt, goodput, lag_ok, ratio, summarize
 from fairlane.policy import EngineConfig

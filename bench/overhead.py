@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from fairlane.bench.cpu import CpuSnapshot
-from fairlane.bench.loadgen import Client, RequestRecord, Workload, closed_loop
+from fairlane.bench.loadgen import Client, Workload, closed_loop
+from fairlane.bench.records import RequestRecord
 from fairlane.bench.plain_envoy import start_plain_envoy
 from fairlane.bench.realtime import add_realtime_argument, realtime
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, table, write_json

@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from fairlane.bench.loadgen import RequestRecord, _read_events
+from fairlane.bench.records import RequestRecord, read_events
 from fairlane.bench.procwatch import Sampler, loadavg, metric_values, settle_gauges, worker_gauges
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, write_json
 from fairlane.bench.soak_report import ROLES, assess, render
@@ -223,7 +223,7 @@ class Traffic:
                 raise _HangUp
 
         try:
-            done = await _read_events(resp, record, time.monotonic, on_token)
+            done = await read_events(resp, record, time.monotonic, on_token)
         except _HangUp:
             resp.close()  # drop the connection mid-stream
             return "disconnected"

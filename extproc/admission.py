@@ -108,7 +108,7 @@ class EnginePool:
             # sitting out their timeout.
             for request, future in list(self._waiting.items()):
                 self.scheduler.remove(request)
-                self.shares.unhold(request.tenant, waiting=1, client=request.client)
+                self._unhold(request, waiting=1)
                 if not future.done():
                     future.set_exception(EngineUnavailable(self.name))
             self._waiting.clear()
@@ -177,7 +177,7 @@ class EnginePool:
         slot = self.replicas.get(replica)
         if slot is not None:
             slot.inflight = max(0, slot.inflight - request.slots)
-        self.shares.unhold(request.tenant, inflight=request.slots, client=request.client)
+        self._unhold(request, inflight=request.slots)
         now = self._clock()
         self.scheduler.complete(request, actual_cost, now)
         turns = self._light_turns.pop(request, 0.0)
@@ -203,7 +203,7 @@ class EnginePool:
         """Take a request that gave up out of the queue (if dispatch has not already)."""
         if self._waiting.pop(request, None) is not None:
             self.scheduler.remove(request)
-            self.shares.unhold(request.tenant, waiting=1, client=request.client)
+            self._unhold(request, waiting=1)
 
     def _dispatch(self) -> None:
         now = self._clock()
@@ -226,7 +226,7 @@ class EnginePool:
             if request is None:
                 return
             future = self._waiting.pop(request, None)
-            self.shares.unhold(request.tenant, waiting=1, client=request.client)
+            self._unhold(request, waiting=1)
             if future is None or future.done():
                 # Its waiter gave up this very tick: undo the charge pop() made.
                 self.scheduler.complete(request, 0.0, now)
@@ -289,6 +289,9 @@ class EnginePool:
 
     def _hold(self, request: QueuedRequest, inflight: int = 0, waiting: int = 0) -> None:
         self.shares.hold(request.tenant, request.weight, inflight, waiting, request.client)
+
+    def _unhold(self, request: QueuedRequest, inflight: int = 0, waiting: int = 0) -> None:
+        self.shares.unhold(request.tenant, inflight, waiting, request.client)
 
 
 def _admitted(future: asyncio.Future[str]) -> bool:

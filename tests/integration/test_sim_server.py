@@ -189,7 +189,13 @@ async def test_streaming_is_incremental(base_url: str) -> None:
         ("/v1/chat/completions", {**CHAT, "model": "x"}, 404, "The model `x` does not exist."),
         ("/v1/chat/completions", {"model": MODEL}, 400, "messages"),
         ("/v1/completions", {"model": MODEL}, 400, "prompt"),
-        ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens must be at least 1"),
+        (
+            "/v1/completions",
+            {"prompt": "x", "max_tokens": 0},
+            400,
+            "max_tokens must be an integer of at least 1, got 0",
+        ),
+        ("/v1/chat/completions", {**CHAT, "max_tokens": "5"}, 400, "at least 1, got '5'"),
         (
             "/v1/completions",
             {"prompt": "x", "n": 0},

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from fairlane.bench.engine_watch import pooled_queue_waits
-from fairlane.bench.loadgen import Client, RequestRecord, RunResult, Workload, round_robin
+from fairlane.bench.loadgen import Client, Workload, round_robin
+from fairlane.bench.records import RequestRecord, RunResult
 from fairlane.bench.noisy_deploy import arm_policy, gateway_max_inflight, gateway_policy
 from fairlane.bench.noisy_neighbor import add_arguments, default_output
 from fairlane.bench.noisy_report import (
