@@ -31,7 +31,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from fairlane.bench.cpu import CpuSnapshot, cpu_seconds
 from fairlane.bench.realtime import add_realtime_argument, realtime
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, table, write_json
-from fairlane.bench.stack import Server, free_ports, write_policy
+from fairlane.bench.stack import Server, free_ports, run_until_stopped, write_policy
 from fairlane.bench.stats import fmt, per_unit, summarize
 
 MODEL = "bench-model"
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_run(args))
+    return run_until_stopped(_run(args))
 
 
 async def _run(args: argparse.Namespace) -> int:

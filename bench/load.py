@@ -31,11 +31,17 @@ import aiohttp
 from fairlane.bench.cpu import CpuSnapshot
 from fairlane.bench.load_report import LoadRecord, assess, render, summarize_step
 from fairlane.bench.loadgen import Client, Workload, closed_loop
-from fairlane.bench.records import RequestRecord, read_events
 from fairlane.bench.procwatch import loadavg, worker_gauges
 from fairlane.bench.realtime import add_realtime_argument, realtime
+from fairlane.bench.records import RequestRecord, read_events
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, write_json
-from fairlane.bench.stack import FairlaneStack, bench_policy, free_ports, write_policy
+from fairlane.bench.stack import (
+    FairlaneStack,
+    bench_policy,
+    free_ports,
+    run_until_stopped,
+    write_policy,
+)
 from fairlane.engines.sim.presets import PRESETS
 
 MODEL = "bench-model"
@@ -99,7 +105,7 @@ def _seconds(retry_after: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_run(args))
+    return run_until_stopped(_run(args))
 
 
 async def _run(args: argparse.Namespace) -> int:

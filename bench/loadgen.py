@@ -183,13 +183,16 @@ class _Run:
         self.tokens_at_end = dict(self.tokens)
 
     async def finish(self, tasks: list[asyncio.Task[None]], drain_timeout_s: float) -> RunResult:
-        watcher = asyncio.create_task(self.watch())
+        everything = [*tasks, asyncio.create_task(self.watch())]
         remaining = self.window[1] - self.now() + drain_timeout_s
-        _, pending = await asyncio.wait([*tasks, watcher], timeout=max(0.0, remaining))
-        unfinished = self.active
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            await asyncio.wait(everything, timeout=max(0.0, remaining))
+        finally:  # the drain timed out, or the run itself was cancelled (a signal)
+            unfinished = self.active
+            pending = [task for task in everything if not task.done()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         start = self.tokens_at_start
         end = self.tokens_at_end or dict(self.tokens)
         return RunResult(

@@ -37,7 +37,6 @@ import aiohttp
 from fairlane.bench.cpu import CpuSnapshot
 from fairlane.bench.engine_watch import EngineWatcher, queue_waits
 from fairlane.bench.loadgen import Client, Workload, open_loop
-from fairlane.bench.records import RunResult
 from fairlane.bench.noisy_deploy import (
     MODEL,
     arm_policy,
@@ -57,7 +56,9 @@ from fairlane.bench.noisy_report import (
     summarize_spread,
 )
 from fairlane.bench.realtime import add_realtime_argument, realtime
+from fairlane.bench.records import RunResult
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, write_json
+from fairlane.bench.stack import run_until_stopped
 from fairlane.engines.sim.openai_api import count_tokens
 from fairlane.engines.sim.presets import PRESETS
 
@@ -197,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     if "token-bucket" in args.arms and "fifo" not in args.arms and args.bucket_rpm is None:
         raise SystemExit("the token-bucket arm needs the fifo arm or --bucket-rpm")
     args.output = args.output or default_output(args.gateways, args.local_state)
-    return asyncio.run(_run(args))
+    return run_until_stopped(_run(args))
 
 
 async def _run(args: argparse.Namespace) -> int:

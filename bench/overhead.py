@@ -20,15 +20,16 @@ from typing import Any
 
 from fairlane.bench.cpu import CpuSnapshot
 from fairlane.bench.loadgen import Client, Workload, closed_loop
-from fairlane.bench.records import RequestRecord
 from fairlane.bench.plain_envoy import start_plain_envoy
 from fairlane.bench.realtime import add_realtime_argument, realtime
+from fairlane.bench.records import RequestRecord
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, table, write_json
 from fairlane.bench.stack import (
     FairlaneStack,
     Server,
     bench_policy,
     free_ports,
+    run_until_stopped,
     start_sim,
     write_policy,
 )
@@ -73,7 +74,7 @@ class Cell:
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_run(args))
+    return run_until_stopped(_run(args))
 
 
 async def _run(args: argparse.Namespace) -> int:

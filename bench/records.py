@@ -60,7 +60,6 @@ class RunResult:
         ]
 
 
-
 async def read_events(
     resp: aiohttp.ClientResponse,
     record: RequestRecord,

@@ -32,11 +32,17 @@ from typing import Any
 
 import aiohttp
 
-from fairlane.bench.records import RequestRecord, read_events
 from fairlane.bench.procwatch import Sampler, loadavg, metric_values, settle_gauges, worker_gauges
+from fairlane.bench.records import RequestRecord, read_events
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, write_json
 from fairlane.bench.soak_report import ROLES, assess, render
-from fairlane.bench.stack import FairlaneStack, bench_policy, free_ports, write_policy
+from fairlane.bench.stack import (
+    FairlaneStack,
+    bench_policy,
+    free_ports,
+    run_until_stopped,
+    write_policy,
+)
 from fairlane.engines.sim.presets import PRESETS
 
 MODEL = "bench-model"
@@ -115,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     )
     info = machine()
     with tempfile.TemporaryDirectory(prefix="fairlane-bench-") as tmp:
-        document = asyncio.run(soak(config, Path(tmp)))
+        document = run_until_stopped(soak(config, Path(tmp)))
     info["loadavg_at_end"] = loadavg()
     document = {"benchmark": "soak", "machine": info, "options": config_of(args), **document}
     write_json(args.output, document)

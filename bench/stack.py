@@ -16,9 +16,9 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import aiohttp
 import yaml
@@ -28,6 +28,37 @@ from fairlane.policy_file import parse_policy
 from fairlane.ports import free_port
 
 STOP_TIMEOUT_S = 30.0
+
+T = TypeVar("T")
+
+
+def run_until_stopped(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, where SIGTERM or SIGINT cancels ``main`` so that its cleanup
+    stops the servers it started: they run in process groups of their own, which a
+    signal to the benchmark does not reach (and a background job ignores SIGINT, so
+    asyncio's own Ctrl-C handling is not enough). Exits 128 + the signal's number."""
+    received: list[int] = []
+
+    async def cancellable() -> T:
+        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+        assert task is not None
+
+        def stop(signum: int) -> None:
+            if not received:  # a second signal must not interrupt the cleanup
+                received.append(signum)
+                task.cancel()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop, signum)
+        return await main
+
+    try:
+        return asyncio.run(cancellable())
+    except asyncio.CancelledError:
+        if received:
+            print(f"stopped by signal {received[0]}", file=sys.stderr)
+            raise SystemExit(128 + received[0]) from None
+        raise
 
 
 def free_ports(count: int) -> list[int]:

@@ -95,9 +95,8 @@ def parse_generation(
     if max_tokens is None:
         max_tokens = DEFAULT_MAX_TOKENS
     if not _is_int(max_tokens) or max_tokens < 1:
-        raise ApiError(
-            400, f"max_tokens must be an integer of at least 1, got {max_tokens!r}.", param="max_tokens"
-        )
+        message = f"max_tokens must be an integer of at least 1, got {max_tokens!r}."
+        raise ApiError(400, message, param="max_tokens")
     n = body.get("n")
     if n is None:
         n = 1

@@ -13,7 +13,6 @@ import pytest
 
 from fairlane.bench.engine_watch import pooled_queue_waits
 from fairlane.bench.loadgen import Client, Workload, round_robin
-from fairlane.bench.records import RequestRecord, RunResult
 from fairlane.bench.noisy_deploy import arm_policy, gateway_max_inflight, gateway_policy
 from fairlane.bench.noisy_neighbor import add_arguments, default_output
 from fairlane.bench.noisy_report import (
@@ -24,6 +23,7 @@ from fairlane.bench.noisy_report import (
     gateways_label,
     summarize_spread,
 )
+from fairlane.bench.records import RequestRecord, RunResult
 from fairlane.bench.report import RESULTS_DIR
 from fairlane.bench.stack import write_policy
 from fairlane.policy_file import parse_policy

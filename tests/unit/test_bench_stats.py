@@ -9,8 +9,8 @@ import random
 import pytest
 
 from fairlane.bench.loadgen import Workload
-from fairlane.bench.records import RequestRecord, RunResult
 from fairlane.bench.noisy_neighbor import default_max_inflight
+from fairlane.bench.records import RequestRecord, RunResult
 from fairlane.bench.report import table
 from fairlane.bench.stats import (
     difference,
