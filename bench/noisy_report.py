@@ -23,6 +23,20 @@ def _ttft_ms(records: list[RequestRecord]) -> dict[str, float | int | None]:
     return summarize([r.ttft for r in records if r.ok and r.ttft is not None], 1000.0)
 
 
+def _slowest(records: list[RequestRecord], start: float, count: int = 10) -> list[Any]:
+    """The tail itself: the slowest requests' tenant, send time (s into the measured
+    window) and TTFT (ms), slowest first, to tell a wave or a stall from a spread."""
+    timed = sorted(
+        (r for r in records if r.ok and r.ttft is not None),
+        key=lambda r: r.ttft or 0.0,
+        reverse=True,
+    )
+    return [
+        [r.tenant, round(r.sent - start, 2), round((r.ttft or 0.0) * 1000.0, 1)]
+        for r in timed[:count]
+    ]
+
+
 def summarize_arm(
     arm: str,
     result: RunResult,
@@ -50,6 +64,7 @@ def summarize_arm(
             "ttft_ms": pooled,
             "requests": len(quiet_records),
             "failed": sum(not r.ok for r in quiet_records),
+            "slowest": _slowest(quiet_records, result.window[0]),
         },
         "quiet_tenants": tenants,
         "flooder": flooder,

@@ -182,7 +182,10 @@ class EnginePool:
         self.scheduler.complete(request, actual_cost, now)
         turns = self._light_turns.pop(request, 0.0)
         if self.pacer is not None:
-            self.pacer.completed(now)
+            # How long paced (heavy) requests hold a slot: how fast the slots they may
+            # fill turn over. Light ones, short or long, take turns and give them back.
+            held_s = 0.0 if request.light else now - request.admitted_at
+            self.pacer.completed(now, held_s, self.capacity - self.reserved)
             self.pacer.returned(now, turns)
         self._dispatch()
 
@@ -192,6 +195,7 @@ class EnginePool:
         wait for it to drain (no head-of-line blocking); nothing else is admitted there
         until it is back under its capacity."""
         request.slots = max(1, min(request.slots, replica.capacity))
+        request.admitted_at = self._clock()
         replica.inflight += request.slots
         self._hold(request, inflight=request.slots)
 

@@ -9,10 +9,17 @@ flooder's requests one at a time, at a little over the rate at which the pool co
 requests, keeps the flooder's long-run throughput (it cannot be served faster than that
 rate anyway) while its prefills spread over many steps and its completions drift apart.
 
-The rate is measured: completions over the last ``window_s`` seconds, or since the pool's
-current busy period began if that is shorter (a pool that idled, or whose engine took a
-minute to come up, must not spread its first seconds of answers over the whole window),
-and never below ``slow_start_rate`` (``for_pool``: capacity / window, as if the pool
+The rate is measured: completions over the last ``window_s`` seconds, or since the
+pool's current busy period began if that is shorter (a pool that idled, or whose engine
+took a minute to come up, must not spread its first seconds of answers over the whole
+window). Admissions are paced at ``factor`` x that rate, or at the rate at which the
+pool's slots turn over when full of paced requests (Little's law: slots / the mean time
+a paced request held one) if that is faster: without that floor a pool below its limit,
+after the flood's onset or a lull, grew by only ``factor`` - 1 of its completions per
+answer's length, and with ``pacing: 1.1`` a 64-slot pool took minutes to fill while its
+flooder got 0.79 of its fifo throughput (``docs/benchmarks.md``); with it, free slots
+are refilled within about one answer's length, still one admission at a time. The rate
+is never below ``slow_start_rate`` (``for_pool``: capacity / window, as if the pool
 turned over once per window, but at least one per second). Before any answer has ended
 the slow-start rate stands alone, so a flood that begins while light tenants are still
 arriving does not take every slot in its first seconds and hold them for one answer's
@@ -41,6 +48,8 @@ PACING_WINDOW_S = 30.0
 # for the linger's whole length). The slots still bound what is admitted.
 MIN_SLOW_START_RATE = 1.0
 LIGHT_TURNS_AHEAD = 2  # turns an under-share admission may take ahead of time
+# Weight of the newest completion in the mean time a slot is held (about the last 64).
+_HELD_ALPHA = 1.0 / 64
 
 
 class AdmissionPacer:
@@ -62,6 +71,9 @@ class AdmissionPacer:
         self._since = now
         self._last_activity: float | None = None
         self._completions: deque[float] = deque(maxlen=max_samples)
+        self._mean_held_s = 0.0  # moving mean of the time paced requests held a slot
+        self._held_samples = 0
+        self._full_rate = 0.0  # completions per second of the pool full: slots / held
         # Turns in hand (at most one; below zero, turns taken ahead), accrued at the rate
         # of the moment rather than fixed as a time of the next turn: a new rate (slow
         # start to measured) then applies to the turn pending too.
@@ -75,9 +87,17 @@ class AdmissionPacer:
         rate = max(slots / PACING_WINDOW_S, MIN_SLOW_START_RATE)
         return cls(factor, now, slow_start_rate=rate)
 
-    def completed(self, now: float) -> None:
+    def completed(self, now: float, held_s: float = 0.0, slots: int = 0) -> None:
+        """A request ended; a paced one held its slot for ``held_s`` (0: not counted)
+        in a pool of ``slots``."""
         self._completions.append(now)
         self._last_activity = now
+        if held_s > 0:
+            mean = self._mean_held_s
+            self._mean_held_s = held_s if not mean else mean + _HELD_ALPHA * (held_s - mean)
+            self._held_samples += 1
+            if self._held_samples >= MIN_SAMPLES:
+                self._full_rate = slots / self._mean_held_s
 
     def rate(self, now: float) -> float | None:
         """Completions per second over the window, at least the slow-start rate; until
@@ -93,9 +113,10 @@ class AdmissionPacer:
         return max(len(completions) / span, self.slow_start_rate or 0.0)
 
     def interval(self, now: float) -> float | None:
-        """Seconds between paced admissions (None: unpaced for now)."""
+        """Seconds between paced admissions (None: unpaced for now): ``factor`` x the
+        rate, or the pool's turnover when full if that is faster."""
         rate = self.rate(now)
-        return None if rate is None else 1.0 / (self.factor * rate)
+        return None if rate is None else 1.0 / max(self.factor * rate, self._full_rate)
 
     def delay(self, now: float) -> float:
         """Seconds until the next paced admission may go (0: now)."""

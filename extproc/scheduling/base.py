@@ -46,6 +46,7 @@ class QueuedRequest:
     slots: int = 1
     light: bool = True
     enqueued_at: float = 0.0
+    admitted_at: float = 0.0  # when it took its slot (the pool's clock)
     client: str = ""
     seq: int = field(default_factory=lambda: next(_sequence))
 

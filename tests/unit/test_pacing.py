@@ -264,3 +264,27 @@ engines:
     assert pool.pacer is None
     g.apply(compile_policy(parse_policy(policy(1.1, "fifo")), 5))
     assert g.pools["e"].pacer is None  # arrival order for everyone: nobody is paced
+
+
+def test_a_pool_below_its_limit_is_refilled_at_the_rate_its_slots_turn_over() -> None:
+    """64 slots whose paced requests hold one for 5 s turn over 12.8 times a second when
+    full; a third full, the pool completes ~4/s, and paced at 1.1 x that it would grow
+    by a tenth per answer's length (minutes to fill). The turnover is the floor."""
+    pacer = AdmissionPacer(1.1, now=0.0, window_s=20.0)
+    for i in range(MIN_SAMPLES - 1):
+        pacer.completed(i * 0.25, held_s=5.0, slots=64)
+    pacer.completed(4.0, held_s=0.0, slots=64)  # a light request's: not a sample
+    for i in range(MIN_SAMPLES, 80):
+        pacer.completed(i * 0.25, held_s=5.0, slots=64)  # 4/s
+    assert pacer.rate(20.0) == pytest.approx(4.0)
+    assert pacer.interval(20.0) == pytest.approx(5.0 / 64)  # not 1 / 4.4
+
+
+def test_the_turnover_floor_waits_for_enough_paced_samples_and_never_slows_the_pace() -> None:
+    pacer = AdmissionPacer(1.1, now=0.0, window_s=10.0)
+    for i in range(100):  # 10/s, every one light (not a sample of a paced holding)
+        pacer.completed(i * 0.1, held_s=0.0, slots=64)
+    assert pacer.interval(10.0) == pytest.approx(1 / 11.0)
+    for _ in range(MIN_SAMPLES):  # paced ones held their slots 60 s: turnover ~1/s
+        pacer.completed(10.0, held_s=60.0, slots=64)
+    assert pacer.interval(10.0) == pytest.approx(1 / (1.1 * 11.6))  # the measured rate
