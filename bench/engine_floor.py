@@ -121,8 +121,10 @@ async def measure(arm: Arm, args: argparse.Namespace) -> None:
                 arm.flooder_tokens += 1
             first = False
         if pacer is not None:
-            pacer.completed(time.monotonic())
-            pacer.returned(time.monotonic(), turns)  # the quiet request's turn, as in the pool
+            now = time.monotonic()
+            # As in the pool: the flooder's (paced) holding times set the turnover floor.
+            pacer.completed(now, 0.0 if quiet else now - sent, arm.flooder_slots)
+            pacer.returned(now, turns)  # the quiet request's turn, as in the pool
         if not quiet:
             holding -= 1
         completion.set()
