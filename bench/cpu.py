@@ -1,4 +1,5 @@
-"""CPU time from /proc: per process, for the whole machine, and a process's children."""
+"""CPU time from /proc: per process, for the whole machine; and the process tree (children,
+descendants, alive, argv) that benchmarks and tests look up."""
 
 from __future__ import annotations
 
@@ -62,6 +63,27 @@ def children(pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             found += [int(p) for p in (task / "children").read_text().split()]
     return found
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``: its children, theirs, and so on."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children(todo.pop()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def cmdline(pid: int) -> list[str]:

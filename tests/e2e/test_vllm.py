@@ -37,6 +37,10 @@ CHAT = "/v1/chat/completions"
 TIMEOUT = aiohttp.ClientTimeout(total=60)
 QUEUE_TIMEOUT_S = 5
 RACE_ATTEMPTS = 5  # a race that cannot show a queue in vLLM is run again
+# Each race request takes ~1.4 s on 2 cores, so ten queue for ~14 s: longer than the
+# seconds by which vLLM's answers can reach us late, which made a late request look as
+# if it reached vLLM after the queue drained (240 tokens: 0-1 of 5 races conclusive).
+RACE_MAX_TOKENS = 480
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +230,7 @@ async def race(
     early: int = 10,
 ) -> Race:
     """`early` requests from tenant bulk (class batch), then, a second later (vLLM
-    serves about one a second: most are still queued), one request from late_tenant;
+    serves one in ~1.4 s: most are still queued), one request from late_tenant;
     again (up to RACE_ATTEMPTS) if the timings cannot show that the late request met
     a queue in vLLM (`Race.conclusive`).
 
@@ -238,7 +242,9 @@ async def race(
     """
 
     async def one(tenant: str, headers: dict[str, str] | None = None, **fields: Any) -> Timing:
-        status, _, body = await post(stack, chat(max_tokens=240, **fields), tenant, headers)
+        status, _, body = await post(
+            stack, chat(max_tokens=RACE_MAX_TOKENS, **fields), tenant, headers
+        )
         assert status == 200, body[:300]
         return Timing.of(json.loads(body), time.monotonic())
 

@@ -16,30 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from fairlane.bench.cpu import children
+from fairlane.bench.cpu import alive, descendants
 
 pytestmark = pytest.mark.integration
 
 STACK_PROCESSES = 4  # fairlane serve, the simulator, the worker, Envoy
-
-
-def _descendants(pid: int) -> set[int]:
-    found: set[int] = set()
-    frontier = [pid]
-    while frontier:
-        for child in children(frontier.pop()):
-            if child not in found:
-                found.add(child)
-                frontier.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.timeout(120)
@@ -57,7 +38,7 @@ async def test_sigterm_stops_the_benchmark_and_every_server_it_started(tmp_path:
         servers: set[int] = set()
         while len(servers) < STACK_PROCESSES and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
-            servers = _descendants(bench.pid)
+            servers = descendants(bench.pid)
         assert len(servers) >= STACK_PROCESSES, f"the stack did not start: {servers}"
         await asyncio.sleep(3)  # the load generator is sending
 
@@ -70,5 +51,5 @@ async def test_sigterm_stops_the_benchmark_and_every_server_it_started(tmp_path:
     assert bench.returncode == 128 + signal.SIGTERM
     assert "stopped by signal 15" in stderr.decode()
     assert "Traceback" not in stderr.decode()
-    assert not [pid for pid in servers if _alive(pid)], "a server outlived its benchmark"
+    assert not [pid for pid in servers if alive(pid)], "a server outlived its benchmark"
     assert not (tmp_path / "result.json").exists()  # no half-measured result

@@ -23,6 +23,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from fairlane.bench.cpu import alive
+
 pytestmark = pytest.mark.integration
 
 CHAT = "/v1/chat/completions"
@@ -185,13 +187,6 @@ def _descendants(root: int) -> list[tuple[int, list[str]]]:
             out.append((pid, argv))
             todo.append(pid)
     return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 async def wait_for_new_pid(stack: Any, old: int, match: Match, timeout_s: float = 30) -> int:

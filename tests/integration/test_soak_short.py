@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fairlane.bench.cpu import alive
 from fairlane.bench.soak import KINDS, SoakConfig, soak
 
 pytestmark = pytest.mark.integration
@@ -29,14 +30,6 @@ CONFIG = SoakConfig(
 )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.mark.timeout(400)
 async def test_short_soak_loses_nothing_and_leaks_nothing(tmp_path: Path) -> None:
     result = await soak(CONFIG, tmp_path)
@@ -51,4 +44,4 @@ async def test_short_soak_loses_nothing_and_leaks_nothing(tmp_path: Path) -> Non
     assert traffic["sent"] == traffic["answered"] > 0
     pids = {pid for trend in result["processes"].values() for pid in trend["pids"]}
     assert len(pids) == 4
-    assert not [pid for pid in pids if _alive(pid)], "a process outlived the stack"
+    assert not [pid for pid in pids if alive(pid)], "a process outlived the stack"
