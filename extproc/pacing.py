@@ -17,7 +17,7 @@ pool's slots turn over when full of paced requests (Little's law: slots / the me
 a paced request held one) if that is faster: without that floor a pool below its limit,
 after the flood's onset or a lull, grew by only ``factor`` - 1 of its completions per
 answer's length, and with ``pacing: 1.1`` a 64-slot pool took minutes to fill while its
-flooder got 0.79 of its fifo throughput (``docs/benchmarks.md``); with it, free slots
+flooder got 0.78 of its fifo throughput (``docs/benchmarks.md``); with it, free slots
 are refilled within about one answer's length, still one admission at a time. The rate
 is never below ``slow_start_rate`` (``for_pool``: capacity / window, as if the pool
 turned over once per window, but at least one per second). Before any answer has ended
@@ -114,9 +114,12 @@ class AdmissionPacer:
 
     def interval(self, now: float) -> float | None:
         """Seconds between paced admissions (None: unpaced for now): ``factor`` x the
-        rate, or the pool's turnover when full if that is faster."""
+        rate, or, once the rate is measured, the pool's turnover when full if faster."""
         rate = self.rate(now)
-        return None if rate is None else 1.0 / max(self.factor * rate, self._full_rate)
+        if rate is None:
+            return None
+        measured = len(self._completions) >= MIN_SAMPLES  # rate() pruned the window
+        return 1.0 / max(self.factor * rate, self._full_rate if measured else 0.0)
 
     def delay(self, now: float) -> float:
         """Seconds until the next paced admission may go (0: now)."""
@@ -128,7 +131,10 @@ class AdmissionPacer:
         turns taken. An unpaced one (a light tenant's) takes at most
         LIGHT_TURNS_AHEAD ahead of now, so possibly less than one, or none."""
         if self._last_activity is None or now - self._last_activity > self.window_s:
+            # A new busy period: its rate and holding times are measured afresh, so its
+            # onset gets the slow start, not the last flood's turnover.
             self._since = now
+            self._mean_held_s, self._held_samples, self._full_rate = 0.0, 0, 0.0
         self._last_activity = now
         if self._accrue(now) is None:
             return 0.0

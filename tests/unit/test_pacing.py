@@ -288,3 +288,16 @@ def test_the_turnover_floor_waits_for_enough_paced_samples_and_never_slows_the_p
     for _ in range(MIN_SAMPLES):  # paced ones held their slots 60 s: turnover ~1/s
         pacer.completed(10.0, held_s=60.0, slots=64)
     assert pacer.interval(10.0) == pytest.approx(1 / (1.1 * 11.6))  # the measured rate
+
+
+def test_a_new_busy_period_starts_slow_not_at_the_last_floods_turnover() -> None:
+    pacer = AdmissionPacer(1.0, now=0.0, window_s=10.0, slow_start_rate=0.5)
+    pacer.admitted(0.0)
+    for i in range(40):
+        pacer.completed(1.0 + i * 0.2, held_s=2.0, slots=64)  # turnover 32/s
+    assert pacer.interval(9.0) == pytest.approx(1 / 32.0)
+    pacer.admitted(100.0)  # after a lull longer than the window: slow start again
+    assert pacer.interval(100.0) == pytest.approx(1 / 0.5)
+    for i in range(MIN_SAMPLES):  # measured afresh once answers end again
+        pacer.completed(101.0 + i * 0.1, held_s=1.0, slots=64)
+    assert pacer.interval(103.0) == pytest.approx(1 / 64.0)
