@@ -14,6 +14,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+AUTOGROUP_ATTEMPTS = 20  # a tenth of a second apart: see lower_cpu_priority
+
 
 class ManagedProcess:
     def __init__(
@@ -26,8 +28,10 @@ class ManagedProcess:
         max_crashes: int = 5,
         crash_window_s: float = 300.0,
         max_backoff_s: float = 30.0,
+        nice: int = 0,
     ) -> None:
         self.name = name
+        self.nice = nice
         self.argv = argv
         self.log_path = log_path
         self.env = env
@@ -63,6 +67,8 @@ class ManagedProcess:
                 start_new_session=True,
             )
         self._exit_noted = False
+        if self.nice:
+            await lower_cpu_priority(self.process.pid, self.nice)
         log.info("%s started (pid %d): %s", self.name, self.process.pid, " ".join(self.argv))
 
     async def tend(self) -> None:
@@ -131,3 +137,37 @@ class ManagedProcess:
     def _signal_group(pid: int, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
+
+
+async def lower_cpu_priority(leader: int, nice: int) -> None:
+    """Run the session ``leader`` heads (a process started by ManagedProcess.start) at
+    ``nice``: every process now in its group, the ones it forks later (they inherit
+    it), and the session's autogroup. With autogroup scheduling (on in most distribution
+    and VM kernels) CPU time is shared between sessions first, and a nice value counts
+    only within its session. Measured on 2 cores: vLLM-CPU at nice 0 in its own session
+    kept Envoy and the worker off the CPU for 1-15 s (ext_proc timeouts, 503s); with
+    its session at nice 10 the gateway's ext_proc calls took at most 10 ms. Best effort:
+    without autogroups, or with a read-only /proc, the per-process nice stands alone."""
+    try:
+        os.setpriority(os.PRIO_PGRP, leader, nice)
+    except OSError as exc:
+        log.warning("could not set nice %d on process group %d: %s", nice, leader, exc)
+    # The kernel takes one autogroup change a tenth of a second (EAGAIN otherwise),
+    # across the whole machine.
+    for _ in range(AUTOGROUP_ATTEMPTS):
+        try:
+            _write_autogroup_nice(leader, nice)
+            return
+        except BlockingIOError:
+            await asyncio.sleep(0.1)
+        except FileNotFoundError:
+            return  # no autogroups in this kernel (or the engine already exited)
+        except OSError as exc:
+            log.warning("could not set the autogroup nice of pid %d: %s", leader, exc)
+            return
+    log.warning("could not set the autogroup nice of pid %d: the kernel kept refusing", leader)
+
+
+def _write_autogroup_nice(pid: int, nice: int) -> None:
+    with open(f"/proc/{pid}/autogroup", "w") as autogroup:
+        autogroup.write(str(nice))

@@ -49,6 +49,7 @@ LAUNCH_FIELDS = {
     "gpu_memory_gb",
     "lazy",
     "pinned",
+    "nice",
 }
 
 

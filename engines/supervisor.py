@@ -48,7 +48,9 @@ class EngineSupervisor:
         process = None
         if spec.managed:
             log_path = self.run_dir.log(f"engine-{name}")
-            process = ManagedProcess(f"engine {name}", spec.argv, log_path, spec.env)
+            process = ManagedProcess(
+                f"engine {name}", spec.argv, log_path, spec.env, nice=spec.config.cpu_nice
+            )
         return EngineRun(spec, process)
 
     async def start(self) -> None:

@@ -139,6 +139,10 @@ class EngineConfig(Strict):
     # true: as the engine reads it best (a header for vllm/sim, the body otherwise).
     inject_priority: bool | Literal["header", "body"] = False
     startup_timeout_s: float = Field(600.0, gt=0)
+    # The CPU priority (nice, 0-19) of a managed engine's processes; None: 10 for vllm and
+    # sglang, 0 for sim. An engine that saturates the CPUs must not starve Envoy and the
+    # worker, which every request passes through (docs/engines.md, "CPU priority").
+    nice: int | None = Field(None, ge=0, le=19)
     health: HealthConfig = HealthConfig()
     # External engines started with their own API key (vLLM's --api-key): the variable,
     # in `fairlane serve`'s environment, that holds it. Requests carry it to the engine
@@ -152,6 +156,14 @@ class EngineConfig(Strict):
             return "header" if self.kind in ("vllm", "sim") else "body"
         return self.inject_priority or None
 
+    @property
+    def cpu_nice(self) -> int:
+        """The nice value a managed engine runs at. The simulator stands in for a GPU, and
+        its timing is what benchmarks measure: it competes for the CPU on equal terms."""
+        if self.nice is not None:
+            return self.nice
+        return 0 if self.kind == "sim" else 10
+
     @model_validator(mode="after")
     def _url_matches_kind(self) -> EngineConfig:
         if self.kind == "external" and not self.url:
@@ -164,6 +176,8 @@ class EngineConfig(Strict):
             raise ValueError("an sglang engine serves exactly one model name")
         if self.kind == "external" and (self.lazy or self.pinned):
             raise ValueError("lazy and pinned are for engines Fairlane starts")
+        if self.kind == "external" and self.nice is not None:
+            raise ValueError("nice is for engines Fairlane starts (run an external one under nice)")
         if self.kind != "external" and self.api_key_env:
             raise ValueError("api_key_env is for external engines (Fairlane starts the others)")
         return self

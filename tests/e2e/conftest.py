@@ -41,6 +41,7 @@ if not VLLM_FOUND and os.environ.get("FAIRLANE_E2E_REQUIRED") == "1":
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 VLLM_ARGS = ["--max-model-len", "1024", "--dtype", "bfloat16", "--enforce-eager"]
 START_TIMEOUT_S = 300.0
+EXTERNAL_NICE = 10  # what the managed engines get by default
 
 
 def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None) -> float:
@@ -106,7 +107,11 @@ class ExternalVLLM:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        argv = [sys.executable, "-P", "-m", "vllm.entrypoints.openai.api_server"]
+        # As docs/engines.md ("CPU priority") advises for an engine beside Fairlane: a
+        # lower CPU priority for it and its session, or on 2 cores it starves Envoy and
+        # the worker for seconds.
+        argv = ["nice", "-n", str(EXTERNAL_NICE)]
+        argv += [sys.executable, "-P", "-m", "vllm.entrypoints.openai.api_server"]
         argv += ["--model", str(model_dir), "--served-model-name", MODEL]
         argv += ["--host", "127.0.0.1", "--port", str(self.port), *VLLM_ARGS, *args]
         self.process = subprocess.Popen(
@@ -117,6 +122,8 @@ class ExternalVLLM:
             env={**os.environ, **VLLM_ENV},
             start_new_session=True,
         )
+        with contextlib.suppress(FileNotFoundError):  # a kernel without autogroups
+            Path(f"/proc/{self.process.pid}/autogroup").write_text(str(EXTERNAL_NICE))
         try:
             self.start_s = wait_http_ok(f"{self.url}/health", START_TIMEOUT_S, self.process)
         except AssertionError as exc:

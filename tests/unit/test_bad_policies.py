@@ -46,6 +46,10 @@ EXPECTED = {
     "api_key_env_on_a_managed_engine.yaml": (
         "4 engines.local-vllm: api_key_env is for external engines (Fairlane starts the others)"
     ),
+    "nice_on_an_external_engine.yaml": (
+        "4 engines.shared-vllm: nice is for engines Fairlane starts "
+        "(run an external one under nice)"
+    ),
 }
 
 

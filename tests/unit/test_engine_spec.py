@@ -129,6 +129,19 @@ def test_external_is_a_url_and_never_started(url: str, host: str, port: int) -> 
     assert (spec.host, spec.port, spec.health_path) == (host, port, "/health")
 
 
+def test_real_engines_yield_the_cpu_to_the_gateway_by_default() -> None:
+    """vLLM and SGLang run at nice 10 unless the policy says otherwise; the simulator, a
+    stand-in for a GPU whose timing benchmarks measure, at 0."""
+    assert config(kind="vllm", models=["m"]).cpu_nice == 10
+    assert config(kind="sglang", models=["m"]).cpu_nice == 10
+    assert config(kind="sim", models=["m"]).cpu_nice == 0
+    assert config(kind="vllm", models=["m"], nice=0).cpu_nice == 0
+    assert config(kind="sim", models=["m"], nice=19).cpu_nice == 19
+    for bad in (-1, 20):
+        with pytest.raises(ValidationError):
+            config(kind="vllm", models=["m"], nice=bad)
+
+
 def test_ports_are_allocated_when_absent() -> None:
     cfg = config(kind="vllm", models=["m"])
     ports = {engine_spec("v", cfg).port for _ in range(5)}
