@@ -20,6 +20,8 @@ from fairlane.envoy.http_filters import PROMPT_COUNT_FILTER
 from fairlane.extproc.errors import Reason, error_body
 from fairlane.policy import Policy
 
+READ_METHODS = {"safe_regex": {"regex": "GET|HEAD"}}
+
 
 def routes(policy: Policy) -> dict[str, Any]:
     idle = seconds(policy.listener.stream_idle_timeout_s)
@@ -57,7 +59,9 @@ def routes(policy: Policy) -> dict[str, Any]:
             {
                 "match": {
                     **match,
-                    "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                    # HEAD too: load balancers probe /health with it (the worker answers
+                    # HEAD wherever it answers GET).
+                    "headers": [{"name": ":method", "string_match": READ_METHODS}],
                 },
                 "route": {"cluster": CONTROL_CLUSTER, "timeout": "10s"},
                 "typed_per_filter_config": bypass_filters(),

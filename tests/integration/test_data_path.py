@@ -295,6 +295,11 @@ async def test_health_and_models(stack: Any) -> None:
                 error = error_of(await resp.read())
             assert error["code"] == "model_not_found"
             assert error["message"] == f"The model `{missing}` does not exist."
+        # HEAD, as load balancers probe: the status and headers of GET, no body.
+        for path, status in [("/health", 200), ("/v1/models", 200), ("/v1/models/nope", 404)]:
+            async with session.head(stack.url + path) as resp:
+                assert (resp.status, await resp.read()) == (status, b""), path
+                assert resp.headers["content-type"].startswith("application/json"), path
 
 
 async def test_a_tenant_header_sent_twice_is_refused(stack: Any) -> None:
