@@ -103,14 +103,15 @@ async def test_two_engines_started_at_once_both_get_their_autogroup_nice(
 async def test_a_refused_autogroup_change_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without CAP_SYS_ADMIN the kernel takes one autogroup change a tenth of a second,
     machine-wide, and answers EAGAIN meanwhile (root, as here, is exempt: a fake kernel
-    that refuses twice stands in for it)."""
-    refusals, written = [BlockingIOError(), BlockingIOError()], []
+    that refuses twice stands in for it, and nothing real is reniced)."""
+    refusals, calls = [BlockingIOError(), BlockingIOError()], []
 
     def fake_write(pid: int, nice: int) -> None:
+        calls.append(("autogroup", pid, nice))
         if refusals:
             raise refusals.pop()
-        written.append((pid, nice))
 
     monkeypatch.setattr(process_module, "_write_autogroup_nice", fake_write)
-    await process_module.lower_cpu_priority(os.getpid(), os.getpriority(os.PRIO_PROCESS, 0))
-    assert written == [(os.getpid(), os.getpriority(os.PRIO_PROCESS, 0))]
+    monkeypatch.setattr(os, "setpriority", lambda *args: calls.append(("setpriority", *args)))
+    await process_module.lower_cpu_priority(4242, 10)
+    assert calls == [("setpriority", os.PRIO_PGRP, 4242, 10)] + [("autogroup", 4242, 10)] * 3
