@@ -37,9 +37,11 @@ CHAT = "/v1/chat/completions"
 TIMEOUT = aiohttp.ClientTimeout(total=60)
 QUEUE_TIMEOUT_S = 5
 RACE_ATTEMPTS = 5  # a race that cannot show a queue in vLLM is run again
-# Each race request takes ~1.4 s on 2 cores, so ten queue for ~14 s: longer than the
-# seconds by which vLLM's answers can reach us late, which made a late request look as
-# if it reached vLLM after the queue drained (240 tokens: 0-1 of 5 races conclusive).
+# Each race request takes ~1.5 s on 2 cores, so ten queue for ~15 s: longer than the
+# seconds by which a starved gateway or client can delay a request, which made a late
+# request look as if it reached vLLM after the queue drained (240 tokens: 0-1 of 5 races
+# conclusive). That starvation was vLLM at nice 0 (docs/engines.md, "CPU priority");
+# at nice 10 the late request reaches vLLM ~1.0 s after the early ones.
 RACE_MAX_TOKENS = 480
 
 
