@@ -1,5 +1,5 @@
 """CPU time from /proc: per process, for the whole machine; and the process tree (children,
-descendants, alive, argv) that benchmarks and tests look up."""
+descendants, alive, argv, process groups) that benchmarks and tests look up."""
 
 from __future__ import annotations
 
@@ -92,3 +92,24 @@ def cmdline(pid: int) -> list[str]:
     except OSError:
         return []
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def running_descendants(root: int) -> dict[int, list[str]]:
+    """The argv of every running process below ``root`` (zombies and processes gone
+    since they were listed left out)."""
+    return {pid: argv for pid in descendants(root) if alive(pid) and (argv := cmdline(pid))}
+
+
+def process_group(pgid: int) -> list[int]:
+    """The running members of a process group (``kill -- -PGID`` reaches these)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat[2] == str(pgid) and stat[0] != "Z":  # [state, ppid, pgrp, ...]
+            members.append(int(entry))
+    return members

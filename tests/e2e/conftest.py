@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from fairlane.bench.cpu import process_group
 from fairlane.ports import free_port
 
 MODEL = "tiny-llama"
@@ -58,45 +59,6 @@ def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes] | 
                 return time.monotonic() - start
         time.sleep(0.5)
     raise AssertionError(f"{url} did not answer 200 within {timeout_s:.0f}s")
-
-
-class Procs:
-    """Processes read from /proc (no psutil in the venv)."""
-
-    @staticmethod
-    def _stat(pid: int) -> list[str] | None:
-        try:
-            text = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        return text.rsplit(")", 1)[1].split()  # [state, ppid, pgrp, ...]
-
-    @classmethod
-    def all(cls) -> Iterator[tuple[int, list[str]]]:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and (stat := cls._stat(int(entry))) is not None:
-                yield int(entry), stat
-
-    @staticmethod
-    def cmdline(pid: int) -> str:
-        try:
-            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            return ""
-
-    @classmethod
-    def children(cls, ppid: int, marker: str) -> list[int]:
-        """Live children of ppid whose command line contains marker."""
-        return [
-            pid
-            for pid, stat in cls.all()
-            if stat[1] == str(ppid) and stat[0] != "Z" and marker in cls.cmdline(pid)
-        ]
-
-    @classmethod
-    def group(cls, pgid: int) -> list[int]:
-        """Live (not zombie) members of a process group."""
-        return [pid for pid, stat in cls.all() if stat[2] == str(pgid) and stat[0] != "Z"]
 
 
 class ExternalVLLM:
@@ -138,7 +100,7 @@ class ExternalVLLM:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=30)
         deadline = time.monotonic() + 15
-        while Procs.group(pgid) and time.monotonic() < deadline:
+        while process_group(pgid) and time.monotonic() < deadline:
             time.sleep(0.2)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
@@ -196,9 +158,4 @@ def external_vllm_factory(
     yield start
     for engine in started:
         engine.stop()
-        assert not Procs.group(engine.process.pid), "vLLM processes outlived their stop"
-
-
-@pytest.fixture(scope="session")
-def procs() -> type[Procs]:
-    return Procs
+        assert not process_group(engine.process.pid), "vLLM processes outlived their stop"

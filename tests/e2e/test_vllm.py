@@ -24,6 +24,8 @@ import aiohttp
 import openai
 import pytest
 
+from fairlane.bench.cpu import alive, children, cmdline, process_group
+
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(
@@ -293,8 +295,12 @@ async def test_client_cannot_choose_its_priority(stack: Any) -> None:
     assert result.late.queued_s > 2 * result.typical_service_s, result
 
 
-def vllm_pid(stack: Any, procs: Any) -> int:
-    found = procs.children(stack.process.pid, "vllm.entrypoints")
+def vllm_pid(stack: Any) -> int:
+    found = [
+        pid
+        for pid in children(stack.process.pid)
+        if alive(pid) and "vllm.entrypoints" in " ".join(cmdline(pid))
+    ]
     assert len(found) == 1, found
     return int(found[0])
 
@@ -306,10 +312,8 @@ def killed() -> dict[str, int]:
 
 
 @pytest.mark.timeout(600)
-async def test_engine_killed_gives_503_then_restarts(
-    stack: Any, procs: Any, killed: dict[str, int]
-) -> None:
-    pid = vllm_pid(stack, procs)
+async def test_engine_killed_gives_503_then_restarts(stack: Any, killed: dict[str, int]) -> None:
+    pid = vllm_pid(stack)
     restarts = stack.engine_states()["tiny"]["restarts"]
     # A stream in flight when the engine dies must end, not hang.
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -357,22 +361,22 @@ async def test_engine_killed_gives_503_then_restarts(
         f"{slowest:.1f}s, traffic back after {recovered_at - killed_at:.1f}s"
     )
     assert stack.engine_states()["tiny"]["restarts"] == restarts + 1
-    assert vllm_pid(stack, procs) != pid
+    assert vllm_pid(stack) != pid
     for _ in range(3):  # and it keeps working
         status, _, reply = await post(stack, chat(max_tokens=4, stream=True), "bulk")
         assert status == 200 and reply.rstrip().endswith(b"data: [DONE]"), reply[-200:]
 
 
-def test_killed_engine_leaves_no_orphans(stack: Any, procs: Any, killed: dict[str, int]) -> None:
+def test_killed_engine_leaves_no_orphans(stack: Any, killed: dict[str, int]) -> None:
     """vLLM's EngineCore and worker processes outlive a SIGKILLed API server unless the
     supervisor kills the whole process group; they hold the KV cache (and a GPU)."""
     pgid = killed.get("pgid")
     if pgid is None:
         pytest.skip("the kill test did not run")
     deadline = time.monotonic() + 30
-    while procs.group(pgid) and time.monotonic() < deadline:
+    while process_group(pgid) and time.monotonic() < deadline:
         time.sleep(0.5)
-    left = {pid: procs.cmdline(pid)[:80] for pid in procs.group(pgid)}
+    left = {pid: " ".join(cmdline(pid))[:80] for pid in process_group(pgid)}
     for pid in left:  # not ours to leave behind for the next test
         os.kill(pid, signal.SIGKILL)
     assert not left, f"processes of the killed vLLM still running: {left}"

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from fairlane.bench.cpu import alive
+from fairlane.bench.cpu import alive, running_descendants
 
 pytestmark = pytest.mark.integration
 
@@ -161,38 +161,15 @@ def sim(model: str) -> Match:
 
 def child_pid(stack: Any, match: Match) -> int:
     """The one live descendant of `fairlane serve` whose argv matches."""
-    found = [pid for pid, argv in _descendants(stack.process.pid) if match(argv)]
+    found = [pid for pid, argv in running_descendants(stack.process.pid).items() if match(argv)]
     assert len(found) == 1, found
     return found[0]
-
-
-def _descendants(root: int) -> list[tuple[int, list[str]]]:
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if fields[0] != "Z":
-                parents.setdefault(int(fields[1]), []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        for pid in parents.get(todo.pop(), []):
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-            except OSError:
-                continue
-            out.append((pid, argv))
-            todo.append(pid)
-    return out
 
 
 async def wait_for_new_pid(stack: Any, old: int, match: Match, timeout_s: float = 30) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        pids = [p for p, argv in _descendants(stack.process.pid) if match(argv)]
+        pids = [p for p, argv in running_descendants(stack.process.pid).items() if match(argv)]
         if pids and old not in pids:
             return pids[0]
         await asyncio.sleep(0.1)
@@ -626,7 +603,7 @@ async def test_sigterm_drains_in_flight_streams_and_refuses_new_ones(
     policy = _policy(fake)
     policy["listener"] = {"drain_grace_s": 10}
     stack = stack_factory(policy)
-    children = [pid for pid, _ in _descendants(stack.process.pid)]
+    children = list(running_descendants(stack.process.pid))
     events = [asyncio.Event() for _ in range(3)]
     streams = [
         asyncio.create_task(read_stream(stack, chat("model-a", 600, stream=True), "alice", e))

@@ -13,7 +13,6 @@ import contextlib
 import http.client
 import json
 import math
-import os
 import socket
 import time
 import uuid
@@ -25,6 +24,8 @@ import aiohttp
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+
+from fairlane.bench.cpu import running_descendants
 
 pytestmark = pytest.mark.integration
 
@@ -111,25 +112,11 @@ def value(text: str, name: str, **labels: str) -> float:
 def child_pid(root: int, word: str) -> int:
     """The one live descendant of root whose command line contains word (for Envoy: whose
     program is named ``envoy``)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                parents.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        for pid in parents.get(todo.pop(), []):
-            todo.append(pid)
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-            except OSError:
-                continue
-            if Path(argv[0]).name == word if word == "envoy" else word in " ".join(argv):
-                found.append(pid)
+    found = [
+        pid
+        for pid, argv in running_descendants(root).items()
+        if (Path(argv[0]).name == word if word == "envoy" else word in " ".join(argv))
+    ]
     assert len(found) == 1, (word, found)
     return found[0]
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from fairlane.bench.cpu import running_descendants
+
 pytestmark = pytest.mark.integration
 
 CHAT = "/v1/chat/completions"
@@ -106,28 +108,6 @@ def metric(port: int, name: str, **labels: str) -> float:
     return total
 
 
-def descendants(root: int) -> dict[int, list[str]]:
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                parents.setdefault(int(fields[1]), []).append(int(entry))
-    found: dict[int, list[str]] = {}
-    todo = [root]
-    while todo:
-        for pid in parents.get(todo.pop(), []):
-            todo.append(pid)
-            try:
-                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-            except OSError:
-                continue
-    return found
-
-
 def listening_tcp(pid: int) -> set[tuple[str, int]]:
     """(address, port) of every TCP socket the process listens on."""
     inodes = set()
@@ -162,7 +142,7 @@ def _address(hex_address: str, width: int) -> str:
 
 def test_only_loopback_and_unix_sockets(stack: Any) -> None:
     listener = stack.policy["listener"]
-    processes = descendants(stack.process.pid)
+    processes = running_descendants(stack.process.pid)
     by_role: dict[str, set[tuple[str, int]]] = {}
     for pid, argv in processes.items():
         role = "envoy" if Path(argv[0]).name == "envoy" else " ".join(argv[1:4])
