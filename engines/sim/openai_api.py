@@ -8,6 +8,7 @@ set ``ignore_eos``), so benchmarks get exact, reproducible lengths.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -112,7 +113,37 @@ def parse_generation(
     priority = body.get("priority")
     if priority is not None and not _is_int(priority):
         raise ApiError(400, "priority must be an integer", param="priority")
+    _check_sampling(body)
     return GenerationRequest(kind, model, prompts, n, max_tokens, stream, include_usage, priority)
+
+
+# The sampling parameters a client most often gets wrong, with vLLM's bounds. The
+# simulator ignores their values, but a request vLLM would refuse is refused here too.
+_SAMPLING_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "temperature": (lambda v: v >= 0, "of at least 0"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "presence_penalty": (lambda v: -2 <= v <= 2, "in [-2, 2]"),
+    "frequency_penalty": (lambda v: -2 <= v <= 2, "in [-2, 2]"),
+}
+
+
+def _check_sampling(body: dict[str, Any]) -> None:
+    for name, (valid, rule) in _SAMPLING_RANGES.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not valid(value):
+            raise ApiError(400, f"{name} must be a number {rule}, got {value!r}.", param=name)
+    stop = body.get("stop")
+    if not (stop is None or isinstance(stop, str) or _is_str_list(stop)):
+        raise ApiError(400, "stop must be a string or a list of strings", param="stop")
+    seed = body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise ApiError(400, f"seed must be an integer, got {seed!r}.", param="seed")
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def _is_int(value: object) -> bool:

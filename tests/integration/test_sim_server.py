@@ -204,6 +204,13 @@ async def test_streaming_is_incremental(base_url: str) -> None:
         ),
         ("/v1/chat/completions", {**CHAT, "n": "2"}, 400, "from 1 to 128, got '2'"),
         ("/v1/chat/completions", {**CHAT, "n": 129}, 400, "from 1 to 128, got 129"),
+        ("/v1/chat/completions", {**CHAT, "temperature": "hot"}, 400, "a number of at least 0"),
+        ("/v1/chat/completions", {**CHAT, "temperature": -1}, 400, "temperature must be"),
+        ("/v1/completions", {"prompt": "x", "top_p": 0}, 400, "top_p must be a number in (0, 1]"),
+        ("/v1/completions", {"prompt": "x", "top_p": True}, 400, "top_p must be a number"),
+        ("/v1/chat/completions", {**CHAT, "presence_penalty": 3}, 400, "in [-2, 2], got 3"),
+        ("/v1/chat/completions", {**CHAT, "stop": [1]}, 400, "stop must be a string or a list"),
+        ("/v1/chat/completions", {**CHAT, "seed": 1.5}, 400, "seed must be an integer"),
         (
             "/v1/completions",
             {"prompt": "x" * 8000, "max_tokens": 100},
@@ -218,6 +225,13 @@ async def test_errors(base_url: str, path: str, body: Any, status: int, message:
     assert set(resp["error"]) == {"message", "type", "param", "code"}
     assert resp["error"]["code"] == status
     assert message in resp["error"]["message"]
+
+
+async def test_valid_sampling_fields_are_accepted(base_url: str) -> None:
+    body = {**CHAT, "temperature": 0, "top_p": 1, "presence_penalty": -2, "stop": ["\n"]}
+    status, resp = await _post(base_url, "/v1/chat/completions", {**body, "seed": 7})
+    assert status == 200, resp
+    assert resp["object"] == "chat.completion"
 
 
 async def test_models_and_health(base_url: str) -> None:
