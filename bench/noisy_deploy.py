@@ -21,6 +21,7 @@ from fairlane.bench.stack import (
     write_policy,
 )
 from fairlane.bench.vllm_cpu import start_vllm_cpu
+from fairlane.policy import DEFAULT_ENGINE_NICE
 
 MODEL = "bench-model"
 SYNC_INTERVAL_S = 0.1  # fair-counter sync between gateways (docs/scaling.md)
@@ -90,13 +91,21 @@ async def deploy(
 async def _start_engine(engine: dict[str, Any], kind: str, work: Path) -> Server:
     """The shared engine, started as ``fairlane serve`` would start a managed one."""
     args = tuple(engine.get("args", ()))
+    nice = engine.get("nice")
     if kind == "vllm-cpu":
         # vLLM's priority policy changes nothing for requests without a priority.
-        return await start_vllm_cpu(MODEL, engine["port"], engine["max_inflight"], work, args)
+        return await start_vllm_cpu(
+            MODEL,
+            engine["port"],
+            engine["max_inflight"],
+            work,
+            args,
+            DEFAULT_ENGINE_NICE if nice is None else nice,
+        )
     # As `fairlane serve` starts a managed sim that gets priorities (engines/spec.py).
     if engine.get("inject_priority"):
         args = ("--scheduling-policy", "priority", *args)
-    return await start_sim(engine["preset"], engine["port"], MODEL, work, args)
+    return await start_sim(engine["preset"], engine["port"], MODEL, work, args, nice or 0)
 
 
 def _roles(stacks: list[FairlaneStack], servers: list[Server]) -> dict[str, int]:
@@ -124,7 +133,7 @@ def gateway_policy(
     engine = {
         key: value
         for key, value in policy["engines"]["sim"].items()
-        if key not in ("kind", "preset", "port", "args")
+        if key not in ("kind", "preset", "port", "args", "nice")  # the engine's, not ours
     }
     engine |= {
         "kind": "external",
@@ -166,6 +175,8 @@ def arm_policy(
     }
     if args.max_num_batched_tokens is not None:
         engine["args"] = ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
+    if args.engine_nice is not None:
+        engine["nice"] = args.engine_nice
     document = bench_policy(
         (port, admin, control),
         tenants,

@@ -152,6 +152,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fair arm: the policy's `pacing` (default: the policy default)",
     )
     parser.add_argument(
+        "--engine-nice",
+        type=int,
+        choices=range(20),
+        metavar="0-19",
+        help="all arms: the engine's CPU priority (default: as Fairlane runs a managed "
+        "one: 0 for the simulator, 10 for vLLM; docs/engines.md, 'CPU priority')",
+    )
+    parser.add_argument(
         "--max-num-batched-tokens",
         type=int,
         help="all arms: the engine's token budget per step (vLLM's flag, which the "

@@ -24,6 +24,7 @@ import aiohttp
 import yaml
 
 from fairlane.bench.cpu import children, cmdline
+from fairlane.engines.process import lower_cpu_priority
 from fairlane.policy_file import parse_policy
 from fairlane.ports import free_port
 
@@ -171,12 +172,19 @@ def sim_argv(preset: str, port: int, model: str, extra: tuple[str, ...] = ()) ->
 
 
 async def start_sim(
-    preset: str, port: int, model: str, log_dir: Path, extra: tuple[str, ...] = ()
+    preset: str,
+    port: int,
+    model: str,
+    log_dir: Path,
+    extra: tuple[str, ...] = (),
+    nice: int = 0,
 ) -> Server:
-    """The simulator on ``port``, once healthy; ``extra``: more of its flags."""
+    """The simulator on ``port`` at ``nice``, once healthy; ``extra``: more of its flags."""
     argv = sim_argv(preset, port, model, extra)
     server = Server(f"sim-{preset}", argv, log_dir / f"sim-{port}.log")
     await server.start()
+    if nice:
+        await lower_cpu_priority(server.pid, nice)
     await server.wait_healthy(f"http://127.0.0.1:{port}/health", 30)
     return server
 

@@ -110,6 +110,10 @@ class AdaptiveConfig(Strict):
     interval_s: float = Field(0.5, gt=0)
 
 
+# The nice of a managed vllm or sglang engine unless the policy says otherwise.
+DEFAULT_ENGINE_NICE = 10
+
+
 class EngineConfig(Strict):
     kind: Literal["sim", "vllm", "sglang", "external"]
     models: tuple[Name, ...] = Field(min_length=1)
@@ -162,7 +166,7 @@ class EngineConfig(Strict):
         its timing is what benchmarks measure: it competes for the CPU on equal terms."""
         if self.nice is not None:
             return self.nice
-        return 0 if self.kind == "sim" else 10
+        return 0 if self.kind == "sim" else DEFAULT_ENGINE_NICE
 
     @model_validator(mode="after")
     def _url_matches_kind(self) -> EngineConfig:

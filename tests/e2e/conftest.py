@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from fairlane.bench.cpu import process_group
+from fairlane.policy import DEFAULT_ENGINE_NICE
 from fairlane.ports import free_port
 
 MODEL = "tiny-llama"
@@ -42,7 +43,6 @@ if not VLLM_FOUND and os.environ.get("FAIRLANE_E2E_REQUIRED") == "1":
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 VLLM_ARGS = ["--max-model-len", "1024", "--dtype", "bfloat16", "--enforce-eager"]
 START_TIMEOUT_S = 300.0
-EXTERNAL_NICE = 10  # what the managed engines get by default
 
 
 def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None) -> float:
@@ -72,7 +72,7 @@ class ExternalVLLM:
         # As docs/engines.md ("CPU priority") advises for an engine beside Fairlane: a
         # lower CPU priority for it and its session, or on 2 cores it starves Envoy and
         # the worker for seconds.
-        argv = ["nice", "-n", str(EXTERNAL_NICE)]
+        argv = ["nice", "-n", str(DEFAULT_ENGINE_NICE)]
         argv += [sys.executable, "-P", "-m", "vllm.entrypoints.openai.api_server"]
         argv += ["--model", str(model_dir), "--served-model-name", MODEL]
         argv += ["--host", "127.0.0.1", "--port", str(self.port), *VLLM_ARGS, *args]
@@ -85,7 +85,7 @@ class ExternalVLLM:
             start_new_session=True,
         )
         with contextlib.suppress(FileNotFoundError):  # a kernel without autogroups
-            Path(f"/proc/{self.process.pid}/autogroup").write_text(str(EXTERNAL_NICE))
+            Path(f"/proc/{self.process.pid}/autogroup").write_text(str(DEFAULT_ENGINE_NICE))
         try:
             self.start_s = wait_http_ok(f"{self.url}/health", START_TIMEOUT_S, self.process)
         except AssertionError as exc:

@@ -98,6 +98,25 @@ def test_the_token_budget_goes_to_the_managed_engine_as_its_flag(tmp_path: Path)
     assert parsed.engines["sim"].args == ("--max-num-batched-tokens", "768")
 
 
+def test_the_engine_nice_goes_to_a_managed_engine_not_to_an_external_one(
+    tmp_path: Path,
+) -> None:
+    policy = arm_policy(_args("--engine-nice", "5"), "fair", ["quiet-1", FLOODER], 256, None)
+    assert (
+        parse_policy(write_policy(tmp_path, policy).read_text(), "p.yaml").engines["sim"].cpu_nice
+        == 5
+    )
+    # The bench starts a shared engine itself (at that nice); the policy may not name one.
+    shared = gateway_policy(policy, [11, 12, 13], "http://127.0.0.1:9000", 2, {"kind": "local"})
+    assert "nice" not in shared["engines"]["sim"]
+    parse_policy(write_policy(tmp_path, shared).read_text(), "p.yaml")
+    assert (
+        "nice" not in arm_policy(_args(), "fair", ["quiet-1", FLOODER], 256, None)["engines"]["sim"]
+    )
+    with pytest.raises(SystemExit):
+        _args("--engine-nice", "20")
+
+
 def test_unnamed_tenants_are_ids_of_the_shared_unknown_tenant(tmp_path: Path) -> None:
     policy = arm_policy(_args("--unnamed"), "fair", ["quiet-1", FLOODER], 256, None)
     assert (policy["tenants"], policy["unknown_tenants"]) == ({}, {"mode": "shared"})
