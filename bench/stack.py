@@ -93,12 +93,18 @@ class Server:
     """One server process in its own session, its output in a log file."""
 
     def __init__(
-        self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        nice: int = 0,
     ) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_path
         self.env = env  # added to this process's environment
+        self.nice = nice  # its session's CPU priority, as a managed engine's is set
         self.process: asyncio.subprocess.Process | None = None
 
     @property
@@ -116,6 +122,8 @@ class Server:
                 start_new_session=True,
                 env={**os.environ, **self.env} if self.env else None,
             )
+        if self.nice:
+            await lower_cpu_priority(self.process.pid, self.nice)
 
     def log_tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):
@@ -181,10 +189,8 @@ async def start_sim(
 ) -> Server:
     """The simulator on ``port`` at ``nice``, once healthy; ``extra``: more of its flags."""
     argv = sim_argv(preset, port, model, extra)
-    server = Server(f"sim-{preset}", argv, log_dir / f"sim-{port}.log")
+    server = Server(f"sim-{preset}", argv, log_dir / f"sim-{port}.log", nice=nice)
     await server.start()
-    if nice:
-        await lower_cpu_priority(server.pid, nice)
     await server.wait_healthy(f"http://127.0.0.1:{port}/health", 30)
     return server
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from fairlane.bench.stack import Server
 from fairlane.engines import tinymodel
-from fairlane.engines.process import lower_cpu_priority
 from fairlane.policy import DEFAULT_ENGINE_NICE
 
 MODEL_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fairlane/tiny-llama"
@@ -63,11 +62,9 @@ async def start_vllm_cpu(
         )
     model_dir = tinymodel.generate(MODEL_DIR)
     argv = vllm_argv(model_dir, name, port, max_num_seqs, extra)
-    server = Server("vllm", argv, log_dir / f"vllm-{port}.log", env=ENV)
+    # At nice 10 by default, as Fairlane runs a vLLM it manages and as docs/engines.md
+    # tells users to run an external one: at 0, on two cores, it starves Envoy and the worker.
+    server = Server("vllm", argv, log_dir / f"vllm-{port}.log", env=ENV, nice=nice)
     await server.start()
-    # As Fairlane runs a vLLM it manages, and as docs/engines.md tells users to run an
-    # external one: at nice 10, or on two cores it starves Envoy and the worker.
-    if nice:
-        await lower_cpu_priority(server.pid, nice)
     await server.wait_healthy(f"http://127.0.0.1:{port}/health", START_TIMEOUT_S)
     return server

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fairlane.bench.stack import Server
 from fairlane.engines import process as process_module
 from fairlane.engines.process import ManagedProcess
 
@@ -103,6 +104,20 @@ async def test_two_engines_started_at_once_both_get_their_autogroup_nice(
             assert autogroup_nice(process.pid) == 5 + i
     finally:
         await asyncio.gather(*(p.stop(grace_s=2) for p in processes))
+
+
+async def test_a_benchmark_engine_runs_at_its_nice_too(tmp_path: Path) -> None:
+    """The benchmarks start a shared engine outside Fairlane (bench/stack.py's Server) at
+    the nice a managed one gets."""
+    server = Server("engine", [sys.executable, "-c", "import time; time.sleep(60)"],
+                    tmp_path / "engine.log", nice=6)  # fmt: skip
+    await server.start()
+    try:
+        assert nice_of(server.pid) == 6
+        if AUTOGROUPS:
+            assert autogroup_nice(server.pid) == 6
+    finally:
+        await server.stop()
 
 
 async def test_a_refused_autogroup_change_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
