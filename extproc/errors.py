@@ -51,6 +51,9 @@ class Reason(Enum):
         return str(self.value[2])
 
 
+TOO_DEEP = "request body nests JSON too deeply"
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """A request answered by Fairlane itself instead of an engine."""

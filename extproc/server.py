@@ -30,7 +30,7 @@ from fairlane.envoy.common import (
     engine_cluster_name,
 )
 from fairlane.extproc.accounting import Usage
-from fairlane.extproc.errors import Rejection
+from fairlane.extproc.errors import TOO_DEEP, Reason, Rejection
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.outcomes import Admitted, Pending, SharedLimitCheck
 from fairlane.extproc.request import (
@@ -241,6 +241,8 @@ def _with_priority(body: bytes, priority: int) -> ep.ProcessingResponse:
         document = json.loads(body)
     except ValueError:
         document = None
+    except RecursionError:  # Envoy's parser takes ~1,000 levels of nesting; Python ~970
+        return _immediate(Rejection(Reason.INVALID_JSON, TOO_DEEP))
     if not isinstance(document, dict):  # json_to_metadata already vetted it; be safe
         return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse()))
     document["priority"] = priority

@@ -73,6 +73,8 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"JSON decode error: {exc}") from None
+    except RecursionError:  # nesting deeper than Python's recursion limit (~970 here)
+        raise ApiError(400, "JSON decode error: nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "Request body must be a JSON object")
     return body

@@ -453,6 +453,27 @@ def test_openai_sdk_streams_through_fairlane(stack: Any) -> None:
     assert "does not exist" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("model-p", "JSON decode error: nested too deeply"),  # the engine's own answer
+        ("model-q", "request body nests JSON too deeply"),  # Fairlane's, adding the priority
+    ],
+)
+async def test_json_nested_as_deep_as_envoy_takes_is_refused_not_crashed_on(
+    stack: Any, model: str, message: str
+) -> None:
+    """Envoy's parser takes up to 999 levels, Python's ~970: a body in between got 500
+    from the simulator and 503 from the worker (its handler raised RecursionError)."""
+    deep = b"[" * 990 + b"]" * 990
+    raw = json.dumps(chat(model, max_tokens=2)).encode()[:-1] + b', "x": ' + deep + b"}"
+    status, _, reply = await post(stack, None, raw=raw)
+    assert status == 400, reply
+    assert message in json.loads(reply)["error"]["message"]
+    status, _, reply = await post(stack, chat(model, max_tokens=2))
+    assert status == 200, reply  # and the slot it held is free again
+
+
 @pytest.mark.parametrize(("model", "how"), [("model-p", "header"), ("model-q", "body")])
 @pytest.mark.parametrize(("tenant", "priority"), [("alice", "0"), ("bob", "2")])
 async def test_priority_injected_for_priority_engines(

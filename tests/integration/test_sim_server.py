@@ -186,6 +186,12 @@ async def test_streaming_is_incremental(base_url: str) -> None:
     ("path", "body", "status", "message"),
     [
         ("/v1/chat/completions", b"{not json", 400, "JSON decode error"),
+        (
+            "/v1/chat/completions",
+            b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+            400,
+            "JSON decode error: nested too deeply",
+        ),
         ("/v1/chat/completions", {**CHAT, "model": "x"}, 404, "The model `x` does not exist."),
         ("/v1/chat/completions", {"model": MODEL}, 400, "messages"),
         ("/v1/completions", {"model": MODEL}, 400, "prompt"),
