@@ -118,7 +118,7 @@ class Gateway:
         runtime = self.runtime
         verdict = evaluate(info, runtime)
         if isinstance(verdict, Rejection):
-            self._count_rejection(verdict.tenant or UNKNOWN_TENANT, verdict)
+            self.count_rejection(verdict)
             return verdict
         ticket = verdict
         limits = ticket.tenant.limits
@@ -143,7 +143,7 @@ class Gateway:
                 f"{'daily token quota' if quota else 'rate limit'}",
                 retry_after_s=check.retry_after_s,
             )
-            self._count_rejection(self.label(ticket), rejection)
+            self.count_rejection(rejection, self.label(ticket))
             return rejection
         pool = self.pools[ticket.pool]
         pool.requests += 1
@@ -204,7 +204,7 @@ class Gateway:
     ) -> Rejection:
         """Refuse a request that had passed validation (and the rate limiter)."""
         self.refund(ticket, shared_limits)
-        self._count_rejection(self.label(ticket), rejection)
+        self.count_rejection(rejection, self.label(ticket))
         return rejection
 
     def refund(self, ticket: Ticket, shared_limits: bool) -> None:
@@ -296,5 +296,7 @@ class Gateway:
     def wall(self) -> float:
         return self._wall()
 
-    def _count_rejection(self, label: str, rejection: Rejection) -> None:
-        self.metrics.child(self.metrics.rejected, label, rejection.reason.code).inc()
+    def count_rejection(self, rejection: Rejection, label: str | None = None) -> None:
+        """Count a refusal against ``label`` (default: the rejection's tenant)."""
+        tenant = label or rejection.tenant or UNKNOWN_TENANT
+        self.metrics.child(self.metrics.rejected, tenant, rejection.reason.code).inc()

@@ -56,10 +56,10 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     async def Process(
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: Any
     ) -> AsyncIterator[ep.ProcessingResponse]:
-        priority: int | None = None  # set when this request's body must carry it
+        in_body: Admitted | None = None  # set when this request's body must carry its priority
         async for message in request_iterator:
-            if message.HasField("request_body") and priority is not None:
-                yield _with_priority(message.request_body.body, priority)
+            if message.HasField("request_body") and in_body is not None:
+                yield self._with_priority(message.request_body.body, in_body)
                 continue
             if not message.HasField("request_headers"):
                 # Only request headers are configured; anything else passes untouched.
@@ -82,9 +82,18 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             if transport == "body":
                 # Engines that read the priority from the body only (SGLang, and an
                 # external server of unknown version) pay a second round trip for it.
-                priority = outcome.engine_priority
+                in_body = outcome
                 response.mode_override.request_body_mode = BUFFERED
             yield response
+
+    def _with_priority(self, body: bytes, admitted: Admitted) -> ep.ProcessingResponse:
+        response = _with_priority(body, admitted.engine_priority)
+        if response is not None:
+            return response
+        tenant = self._gateway.label(admitted.ticket)
+        rejection = Rejection(Reason.INVALID_JSON, TOO_DEEP, tenant=tenant)
+        self._gateway.count_rejection(rejection)
+        return _immediate(rejection)  # the lease ends with the stream, as any other
 
     def _admit(
         self, admitted: Admitted, info: RequestInfo, priority_header: bool
@@ -235,14 +244,16 @@ def _immediate(rejection: Rejection) -> ep.ProcessingResponse:
     return response
 
 
-def _with_priority(body: bytes, priority: int) -> ep.ProcessingResponse:
-    """Add vLLM's ``priority`` (lower runs first) to the JSON body; fix content-length."""
+def _with_priority(body: bytes, priority: int) -> ep.ProcessingResponse | None:
+    """Add vLLM's ``priority`` (lower runs first) to the JSON body; fix content-length.
+    None: the body nests deeper than Python parses (Envoy's parser takes up to 999
+    levels, Python ~970)."""
     try:
         document = json.loads(body)
     except ValueError:
         document = None
-    except RecursionError:  # Envoy's parser takes ~1,000 levels of nesting; Python ~970
-        return _immediate(Rejection(Reason.INVALID_JSON, TOO_DEEP))
+    except RecursionError:
+        return None
     if not isinstance(document, dict):  # json_to_metadata already vetted it; be safe
         return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse()))
     document["priority"] = priority

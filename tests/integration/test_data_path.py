@@ -454,22 +454,26 @@ def test_openai_sdk_streams_through_fairlane(stack: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "message"),
+    ("model", "message", "refused_by_fairlane"),
     [
-        ("model-p", "JSON decode error: nested too deeply"),  # the engine's own answer
-        ("model-q", "request body nests JSON too deeply"),  # Fairlane's, adding the priority
+        ("model-p", "JSON decode error: nested too deeply", 0),  # the engine's own answer
+        ("model-q", "request body nests JSON too deeply", 1),  # Fairlane's, adding priority
     ],
 )
 async def test_json_nested_as_deep_as_envoy_takes_is_refused_not_crashed_on(
-    stack: Any, model: str, message: str
+    stack: Any, model: str, message: str, refused_by_fairlane: int
 ) -> None:
     """Envoy's parser takes up to 999 levels, Python's ~970: a body in between got 500
     from the simulator and 503 from the worker (its handler raised RecursionError)."""
+    labels = {"tenant": "alice", "reason": "invalid_json"}
+    before = await metric(stack, "fairlane_rejected_total", **labels)
     deep = b"[" * 990 + b"]" * 990
     raw = json.dumps(chat(model, max_tokens=2)).encode()[:-1] + b', "x": ' + deep + b"}"
     status, _, reply = await post(stack, None, raw=raw)
     assert status == 400, reply
     assert message in json.loads(reply)["error"]["message"]
+    after = await metric(stack, "fairlane_rejected_total", **labels)
+    assert after - before == refused_by_fairlane
     status, _, reply = await post(stack, chat(model, max_tokens=2))
     assert status == 200, reply  # and the slot it held is free again
 
