@@ -59,7 +59,7 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         in_body: Admitted | None = None  # set when this request's body must carry its priority
         async for message in request_iterator:
             if message.HasField("request_body") and in_body is not None:
-                yield self._with_priority(message.request_body.body, in_body)
+                yield self._priority_in_body(message.request_body.body, in_body)
                 continue
             if not message.HasField("request_headers"):
                 # Only request headers are configured; anything else passes untouched.
@@ -86,8 +86,8 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 response.mode_override.request_body_mode = BUFFERED
             yield response
 
-    def _with_priority(self, body: bytes, admitted: Admitted) -> ep.ProcessingResponse:
-        response = _with_priority(body, admitted.engine_priority)
+    def _priority_in_body(self, body: bytes, admitted: Admitted) -> ep.ProcessingResponse:
+        response = _body_with_priority(body, admitted.engine_priority)
         if response is not None:
             return response
         tenant = self._gateway.label(admitted.ticket)
@@ -244,7 +244,7 @@ def _immediate(rejection: Rejection) -> ep.ProcessingResponse:
     return response
 
 
-def _with_priority(body: bytes, priority: int) -> ep.ProcessingResponse | None:
+def _body_with_priority(body: bytes, priority: int) -> ep.ProcessingResponse | None:
     """Add vLLM's ``priority`` (lower runs first) to the JSON body; fix content-length.
     None: the body nests deeper than Python parses (Envoy's parser takes up to 999
     levels, Python ~970)."""

@@ -474,6 +474,10 @@ async def test_json_nested_as_deep_as_envoy_takes_is_refused_not_crashed_on(
     assert message in json.loads(reply)["error"]["message"]
     after = await metric(stack, "fairlane_rejected_total", **labels)
     assert after - before == refused_by_fairlane
+    engine = {"model-p": "prio", "model-q": "prio-external"}[model]
+    async with asyncio.timeout(5):  # the slot comes back with the access log entry
+        while await metric(stack, "fairlane_inflight", engine=engine):
+            await asyncio.sleep(0.05)
     status, _, reply = await post(stack, chat(model, max_tokens=2))
     assert status == 200, reply  # and the slot it held is free again
 
