@@ -10,13 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat after the command name: [state, ppid, pgrp, ...] (field 3 of
+    proc(5) onwards); None if the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads) in seconds; 0.0 if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    fields = _stat(pid)
+    if fields is None:
         return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -79,11 +86,8 @@ def descendants(pid: int) -> set[int]:
 
 def alive(pid: int) -> bool:
     """Running: neither gone nor a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def cmdline(pid: int) -> list[str]:
@@ -104,12 +108,7 @@ def process_group(pgid: int) -> list[int]:
     """The running members of a process group (``kill -- -PGID`` reaches these)."""
     members = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if stat[2] == str(pgid) and stat[0] != "Z":  # [state, ppid, pgrp, ...]
+        fields = _stat(entry) if entry.isdigit() else None
+        if fields is not None and fields[2] == str(pgid) and fields[0] != "Z":
             members.append(int(entry))
     return members
