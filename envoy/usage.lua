@@ -3,6 +3,19 @@
 -- so streaming latency is untouched. At the end of the response the counts are written
 -- to dynamic metadata, which reaches Fairlane's worker in the access-log record.
 local NAMESPACE = "fairlane.usage"
+-- One non-empty content (chat) or text (completions) delta per decode step. A delta
+-- cut between two body chunks is missed: rare, and the count is only the fallback for
+-- a stream without usage.
+local CONTENT = '"content":%s*"[^"]'
+local TEXT = '"text":%s*"[^"]'
+-- Enough of the previous chunks to complete a usage object cut in two.
+local TAIL = 200
+
+local function count(s, pattern)
+  local n = 0
+  for _ in string.gmatch(s, pattern) do n = n + 1 end
+  return n
+end
 
 function envoy_on_response(handle)
   local chunks = 0
@@ -11,18 +24,15 @@ function envoy_on_response(handle)
   local tail = ""
   for chunk in handle:bodyChunks() do
     local s = chunk:getBytes(0, chunk:length())
-    -- One non-empty content (chat) or text (completions) delta per decode step.
-    for _ in string.gmatch(s, '"content":%s*"[^"]') do chunks = chunks + 1 end
-    for _ in string.gmatch(s, '"text":%s*"[^"]') do chunks = chunks + 1 end
-    -- The usage object may straddle two chunks: search with the previous tail.
+    chunks = chunks + count(s, CONTENT) + count(s, TEXT)
     local text = tail .. s
+    -- The last count wins: with vLLM's continuous_usage_stats every event carries the
+    -- running count, and one chunk can hold several events (or the tail an older one).
     if string.find(text, '"usage"', 1, true) then
-      local p = string.match(text, '"prompt_tokens":%s*(%d+)')
-      local c = string.match(text, '"completion_tokens":%s*(%d+)')
-      if p then prompt = tonumber(p) end
-      if c then completion = tonumber(c) end
+      for p in string.gmatch(text, '"prompt_tokens":%s*(%d+)') do prompt = tonumber(p) end
+      for c in string.gmatch(text, '"completion_tokens":%s*(%d+)') do completion = tonumber(c) end
     end
-    tail = string.sub(s, -200)
+    tail = string.sub(text, -TAIL)
   end
   local meta = handle:streamInfo():dynamicMetadata()
   meta:set(NAMESPACE, "chunks", chunks)

@@ -61,6 +61,7 @@ class GenerationRequest:
     max_tokens: int
     stream: bool
     include_usage: bool
+    continuous_usage: bool  # vLLM's continuous_usage_stats: a running count on every chunk
     priority: int | None
 
 
@@ -111,12 +112,17 @@ def parse_generation(
     options = body.get("stream_options")
     if options is not None and not stream:
         raise ApiError(400, "Stream options can only be defined when `stream=True`.")
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    if not isinstance(options, dict):
+        options = {}
+    include_usage = options.get("include_usage") is True
+    continuous = include_usage and options.get("continuous_usage_stats") is True
     priority = body.get("priority")
     if priority is not None and not _is_int(priority):
         raise ApiError(400, "priority must be an integer", param="priority")
     _check_sampling(body)
-    return GenerationRequest(kind, model, prompts, n, max_tokens, stream, include_usage, priority)
+    return GenerationRequest(
+        kind, model, prompts, n, max_tokens, stream, include_usage, continuous, priority
+    )
 
 
 # The sampling parameters a client most often gets wrong, with vLLM's bounds. The
@@ -215,8 +221,31 @@ class StreamChunks:
         choice = {"index": index, "text": TOKEN_TEXT, "logprobs": None, "finish_reason": finish}
         return _sse({**self._head, "choices": [{**choice, "stop_reason": None}]})
 
+    def step(self, sent: int, new: int, max_tokens: int, prompt_tokens: int | None) -> bytes:
+        """The chunks of tokens ``sent + 1`` to ``sent + new``, the first one's role delta
+        before them; with ``prompt_tokens`` each carries the choice's running usage, as
+        vLLM writes it under ``continuous_usage_stats``."""
+        done = sent + new
+        tokens = [self.token] * new
+        if done == max_tokens:
+            tokens[-1] = self.last
+        if sent == 0 and self.first:
+            tokens.insert(0, self.first)
+        if prompt_tokens is None:
+            return b"".join(tokens)
+        first_count = done - len(tokens) + 1  # the role delta, if any, counts 0 tokens
+        return b"".join(
+            _with_usage(chunk, prompt_tokens, first_count + i) for i, chunk in enumerate(tokens)
+        )
+
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         return _sse({**self._head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+
+
+def _with_usage(chunk: bytes, prompt_tokens: int, completion_tokens: int) -> bytes:
+    """One encoded chunk (``data: {...}\\n\\n``) with a ``usage`` member added."""
+    counts = json.dumps(usage(prompt_tokens, completion_tokens), separators=(",", ":"))
+    return chunk[:-3] + b',"usage":' + counts.encode() + b"}\n\n"
 
 
 def sse_error(error: ApiError) -> bytes:

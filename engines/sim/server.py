@@ -168,15 +168,11 @@ class _Api:
         try:
             for chunks, req in zip(choices, reqs, strict=True):
                 sent = 0
+                running = req.prompt_tokens if gen.continuous_usage else None
                 async for n in req:
                     # One write per engine step; several tokens at once when we lag.
-                    data = chunks.first if sent == 0 else b""
+                    await resp.write(chunks.step(sent, n, req.max_tokens, running))
                     sent += n
-                    if sent == req.max_tokens:
-                        data += chunks.token * (n - 1) + chunks.last
-                    else:
-                        data += chunks.token * n
-                    await resp.write(data)
                 if req.finish_reason != "length":
                     await resp.write(sse_error(_engine_gone()) + _DONE)
                     return resp

@@ -418,11 +418,23 @@ async def test_disconnect_while_queued_leaves_queue(stack: Any) -> None:
     await hold
 
 
-async def test_usage_is_charged_to_the_tenant(stack: Any) -> None:
+@pytest.mark.parametrize(
+    ("extra", "choices"),
+    [
+        ({}, 1),  # counted from the content chunks
+        ({"stream_options": {"include_usage": True}}, 1),
+        # vLLM's running counts: each chunk its choice's, the last chunk the total.
+        ({"n": 2, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}, 2),
+    ],
+)
+async def test_usage_is_charged_to_the_tenant(
+    stack: Any, extra: dict[str, Any], choices: int
+) -> None:
     before = await metric(
         stack, "fairlane_tokens_total", tenant="bob", model="model-b", kind="completion"
     )
-    status, _, _ = await post(stack, chat("model-b", max_tokens=7, stream=True), tenant="bob")
+    body = chat("model-b", max_tokens=7, stream=True, **extra)
+    status, _, _ = await post(stack, body, tenant="bob")
     assert status == 200
     deadline = time.monotonic() + 3
     after = before
@@ -431,7 +443,7 @@ async def test_usage_is_charged_to_the_tenant(stack: Any) -> None:
         after = await metric(
             stack, "fairlane_tokens_total", tenant="bob", model="model-b", kind="completion"
         )
-    assert after - before == 7
+    assert after - before == 7 * choices
 
 
 def test_openai_sdk_streams_through_fairlane(stack: Any) -> None:

@@ -163,6 +163,34 @@ async def test_chat_stream_shapes(base_url: str) -> None:
     assert chunks[-1]["usage"]["completion_tokens"] == 5
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+async def test_continuous_usage_stats_put_a_running_count_on_every_chunk(
+    base_url: str, path: str
+) -> None:
+    """vLLM's extension: each chunk carries its choice's count; the last chunk the total."""
+    request = CHAT if path.endswith("chat/completions") else {"model": MODEL, "prompt": "hi"}
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    body = {**request, "max_tokens": 3, "n": 2, "stream": True, "stream_options": options}
+    chunks = [json.loads(p) for _, p in (await _stream(base_url, path, body))[:-1]]
+    per_choice: dict[int, list[int]] = {}
+    for chunk in chunks[:-1]:
+        per_choice.setdefault(chunk["choices"][0]["index"], []).append(
+            chunk["usage"]["completion_tokens"]
+        )
+    role = [0] if path.endswith("chat/completions") else []
+    assert per_choice == {0: [*role, 1, 2, 3], 1: [*role, 1, 2, 3]}
+    prompt = chunks[0]["usage"]["prompt_tokens"]
+    assert chunks[-1]["usage"] == {
+        "prompt_tokens": prompt,
+        "completion_tokens": 6,
+        "total_tokens": prompt + 6,
+    }
+    # Without include_usage the option is ignored, as in vLLM.
+    body["stream_options"] = {"continuous_usage_stats": True}
+    chunks = [json.loads(p) for _, p in (await _stream(base_url, path, body))[:-1]]
+    assert not any("usage" in c for c in chunks)
+
+
 async def test_completion_stream_usage_only_when_asked(base_url: str) -> None:
     body = {"model": MODEL, "prompt": "hi", "max_tokens": 4, "stream": True}
     payloads = [p for _, p in await _stream(base_url, "/v1/completions", body)]
