@@ -17,9 +17,9 @@ _TIMEOUT = aiohttp.ClientTimeout(total=2)
 class EngineWatcher:
     """The engine's own queue, once a second: is Fairlane keeping it empty?"""
 
-    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
+    def __init__(self, session: aiohttp.ClientSession, engine_url: str) -> None:
         self.session = session
-        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.url = f"{engine_url}/metrics"
         self.t0 = time.perf_counter()  # reset to the load generator's start
         self.samples: list[tuple[float, float, float]] = []  # (time, waiting, running)
 

@@ -12,8 +12,10 @@ generator's own stalls are the first suspect for a bad tail, so every run report
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +43,9 @@ class Workload:
     pinned: frozenset[str] = frozenset()  # tenants that only ever use base_url
     # Tenants whose answers have a max_tokens of their own (fixed), e.g. short chats.
     max_tokens_of: tuple[tuple[str, int], ...] = ()
+    # Each prompt starts with a word of its own, so an engine's prefix cache (vLLM's is
+    # on by default) never serves one: the words are otherwise the same in every request.
+    unique_prompts: bool = False
 
     def urls(self, tenant: str) -> tuple[str, ...]:
         """The base URLs ``tenant``'s requests take turns over."""
@@ -61,11 +66,13 @@ class Workload:
         """N distinct-looking four-character words: 5 characters (~1.25 tokens) each."""
         return " ".join(f"w{i % 1000:03d}" for i in range(self.prompt_words))
 
-    def body(self, max_tokens: int) -> bytes:
+    def body(self, max_tokens: int, lead: str = "") -> bytes:
+        """A request's body; ``lead``, if any, is the prompt's first word."""
+        content = f"{lead} {self.prompt()}" if lead else self.prompt()
         return json.dumps(
             {
                 "model": self.model,
-                "messages": [{"role": "user", "content": self.prompt()}],
+                "messages": [{"role": "user", "content": content}],
                 "max_tokens": max_tokens,
                 "stream": True,
             }
@@ -91,15 +98,22 @@ class Client:
     def __init__(self, workload: Workload) -> None:
         self.workload = workload
         self._url = workload.base_url + CHAT_PATH
-        self._bodies = [workload.body(n) for n in workload.lengths()]
-        self._own_bodies = {t: [workload.body(n)] for t, n in workload.max_tokens_of}
+        self._lengths = workload.lengths()
+        self._own_lengths = {t: [n] for t, n in workload.max_tokens_of}
+        every = {*self._lengths, *(n for _, n in workload.max_tokens_of)}
+        self._bodies = {n: workload.body(n) for n in every}
+        self._lead = f"r{secrets.token_hex(4)}-"  # + a count: unique across arms and runs
+        self._sent = itertools.count()
         self._rng = random.Random(workload.seed)
         self._turns: dict[str, int] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def body_for(self, tenant: str) -> bytes:
         """The body of ``tenant``'s next request (its max_tokens drawn, or its own)."""
-        return self._rng.choice(self._own_bodies.get(tenant, self._bodies))
+        max_tokens = self._rng.choice(self._own_lengths.get(tenant, self._lengths))
+        if self.workload.unique_prompts:
+            return self.workload.body(max_tokens, f"{self._lead}{next(self._sent)}")
+        return self._bodies[max_tokens]
 
     def url_for(self, tenant: str) -> str:
         """Where ``tenant``'s next request goes (and count the turn)."""

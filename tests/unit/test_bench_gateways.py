@@ -13,8 +13,8 @@ import pytest
 
 from fairlane.bench.engine_watch import pooled_queue_waits
 from fairlane.bench.loadgen import Client, Workload, round_robin
+from fairlane.bench.noisy_args import add_arguments, check_arguments, default_output
 from fairlane.bench.noisy_deploy import arm_policy, gateway_max_inflight, gateway_policy
-from fairlane.bench.noisy_neighbor import add_arguments, default_output
 from fairlane.bench.noisy_report import (
     FLOODER,
     PINNED,
@@ -70,6 +70,47 @@ def test_a_tenant_can_have_answers_of_its_own_length() -> None:
     assert others == set(workload.lengths()) and len(others) == 9  # the spread around 256
     args = _args("--quiet-max-tokens", "16")
     assert (args.quiet_max_tokens, _args().quiet_max_tokens) == (16, None)
+
+
+def test_unique_prompts_differ_in_their_first_word_only() -> None:
+    """For an engine with a prefix cache: no two requests, in this run or another, share
+    their prompt's start; the max_tokens drawn are the same as without."""
+    spread = {"max_tokens_spread": 0.5, "seed": 3}
+    plain = Client(Workload(A, "m", 5, 256, **spread))
+    unique = Client(Workload(A, "m", 5, 256, unique_prompts=True, **spread))
+    other_run = Client(Workload(A, "m", 5, 256, unique_prompts=True, **spread))
+    bodies = [json.loads(client.body_for(FLOODER)) for client in (plain, unique, other_run)]
+    for _ in range(20):
+        bodies += [json.loads(client.body_for(FLOODER)) for client in (plain, unique, other_run)]
+    plains, uniques, others = bodies[0::3], bodies[1::3], bodies[2::3]
+    assert [b["max_tokens"] for b in uniques] == [b["max_tokens"] for b in plains]
+    texts = [b["messages"][0]["content"] for b in uniques + others]
+    assert len({text.split()[0] for text in texts}) == len(texts)
+    assert {text.split(" ", 1)[1] for text in texts} == {plains[0]["messages"][0]["content"]}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--engine", "external"], "--engine external and --engine-url go together"),
+        (["--engine-url", A], "--engine external and --engine-url go together"),
+        (["--engine", "external", "--engine-url", A], "needs --max-inflight"),
+        (
+            ["--engine", "external", "--engine-url", A, "--max-inflight", "8",
+             "--max-num-batched-tokens", "768"],
+            "start yours with them instead",
+        ),
+    ],
+)  # fmt: skip
+def test_an_external_engine_takes_only_the_flags_that_fit_it(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        check_arguments(_args(*argv))
+
+
+def test_an_external_engine_url_loses_a_trailing_slash() -> None:
+    args = _args("--engine", "external", "--engine-url", A + "/", "--max-inflight", "8")
+    check_arguments(args)
+    assert (args.engine_url, args.max_inflight) == (A, 8)
 
 
 # -- policies --------------------------------------------------------------------------

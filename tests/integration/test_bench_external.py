@@ -1,0 +1,107 @@
+"""`fairlane bench noisy-neighbor --engine external`, end to end and short: the
+benchmark's arms in front of an engine it did not start (a simulator started here, as a
+user would start vLLM on a GPU), ~20 s."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fairlane.bench.procwatch import metric_sums
+from fairlane.bench.stack import free_port, sim_argv
+
+pytestmark = pytest.mark.integration
+
+MODEL = "my-model"
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[str]:
+    """A simulator serving MODEL with priority scheduling, as the user's own engine."""
+    port = free_port()
+    argv = sim_argv("h100-8b", port, MODEL, ("--scheduling-policy", "priority"))
+    with (tmp_path / "engine.log").open("wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield url
+        assert process.poll() is None, "the benchmark stopped an engine it did not start"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+def bench(*argv: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-P", "-m", "fairlane.cli", "bench", "noisy-neighbor", *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+
+def engine_metrics(url: str) -> dict[str, float]:
+    names = ("vllm:request_success_total", "fairlane_sim_priority_requests_total")
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+        return metric_sums(resp.read().decode(), names)
+
+
+def test_the_arms_run_in_front_of_an_engine_the_user_started(engine: str, tmp_path: Path) -> None:
+    output = tmp_path / "external.json"
+    done = bench(
+        "--engine", "external", "--engine-url", engine + "/", "--model", MODEL,
+        "--max-inflight", "16", "--arms", "solo", "fifo", "fair",
+        "--duration", "3", "--warmup", "1", "--prompt-words", "20", "--max-tokens", "16",
+        "--flood-rps", "10", "--no-realtime", "--output", str(output),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(output.read_text())
+    assert document["config"]["engine_url"] == engine
+    for arm in ("solo", "fifo", "fair"):
+        assert document["arms"][arm]["quiet"]["ttft_ms"]["count"] > 0, document["arms"][arm]
+    # Every arm's requests reached this engine, the fair arm's with engine priorities,
+    # and its queue was watched.
+    served = engine_metrics(engine)
+    measured = sum(arm["quiet"]["ttft_ms"]["count"] for arm in document["arms"].values())
+    assert served["vllm:request_success_total"] >= measured
+    assert served["fairlane_sim_priority_requests_total"] > 0
+    assert document["arms"]["fifo"]["engine"]["max_running"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "typo"], "serves my-model; name one of them with --model"),
+        (["--model", MODEL, "--engine-nice", "5"], "start yours with them instead"),
+    ],
+)
+def test_a_wrong_engine_setting_is_refused_before_any_arm(
+    engine: str, argv: list[str], message: str
+) -> None:
+    started = time.monotonic()
+    done = bench("--engine", "external", "--engine-url", engine, "--max-inflight", "8", *argv)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert time.monotonic() - started < 30
+    assert engine_metrics(engine)["vllm:request_success_total"] == 0
+
+
+def test_no_engine_at_the_url_is_refused(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    done = bench("--engine", "external", "--engine-url", url, "--max-inflight", "8")
+    assert done.returncode != 0
+    assert f"no OpenAI API at {url}" in done.stderr
