@@ -197,6 +197,32 @@ async def test_every_choice_of_n_is_served_and_charged(
         assert seen[-1] == (sequences, sequences), seen
 
 
+async def test_continuous_usage_stats_are_charged_once(stack: Any, vllm: Any) -> None:
+    """vLLM's continuous_usage_stats put each choice's running count on every chunk and
+    the total on the last: the tenant is charged the total, once (envoy/usage.lua)."""
+    before = await completion_tokens_charged(stack, "alice")
+    body = {
+        "model": MODEL, "prompt": "Once", "max_tokens": 6, "n": 3, "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }  # fmt: skip
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        session.post(
+            stack.url + "/v1/completions", json=body, headers={"x-tenant-id": "alice"}
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        text = await resp.text()
+    chunks = [json.loads(x[6:]) for x in text.splitlines() if x.startswith("data: {")]
+    assert all("usage" in c for c in chunks) and chunks[-1]["usage"]["completion_tokens"] == 18
+    deadline, charged = time.monotonic() + 15, 0.0
+    while charged < 18 and time.monotonic() < deadline:
+        charged = await completion_tokens_charged(stack, "alice") - before
+        await asyncio.sleep(0.2)
+    assert charged == 18
+
+
 def sample(text: str, name: str, labels: dict[str, str]) -> float:
     """The value of one Prometheus series, whatever order its labels come in."""
     for line in text.splitlines():
