@@ -3,17 +3,24 @@
 -- so streaming latency is untouched. At the end of the response the counts are written
 -- to dynamic metadata, which reaches Fairlane's worker in the access-log record.
 local NAMESPACE = "fairlane.usage"
--- One non-empty content (chat) or text (completions) delta per decode step. A delta
--- cut between two body chunks is missed: rare, and the count is only the fallback for
--- a stream without usage.
-local CONTENT = '"content":%s*"[^"]'
-local TEXT = '"text":%s*"[^"]'
+-- A non-empty delta per decode step: of the answer (chat `content`, completions
+-- `text`), of a reasoning model's thinking (vLLM's `reasoning`, formerly
+-- `reasoning_content`) or of a tool call's `arguments`. A delta cut between two body
+-- chunks is missed: rare, and the count is only the fallback for a stream without usage.
+local DELTA_KEYS = {
+  content = true, text = true, reasoning = true, reasoning_content = true, arguments = true,
+}
+-- Any member whose value is a non-empty string: one scan (faster than one per key).
+-- Inside a string quotes are escaped, so text that looks like a member never matches.
+local STRING_MEMBER = '"([%w_]+)":%s*"[^"]'
 -- Enough of the previous chunks to complete a usage object cut in two.
 local TAIL = 200
 
-local function count(s, pattern)
+local function deltas(s)
   local n = 0
-  for _ in string.gmatch(s, pattern) do n = n + 1 end
+  for key in string.gmatch(s, STRING_MEMBER) do
+    if DELTA_KEYS[key] then n = n + 1 end
+  end
   return n
 end
 
@@ -24,7 +31,7 @@ function envoy_on_response(handle)
   local tail = ""
   for chunk in handle:bodyChunks() do
     local s = chunk:getBytes(0, chunk:length())
-    chunks = chunks + count(s, CONTENT) + count(s, TEXT)
+    chunks = chunks + deltas(s)
     local text = tail .. s
     -- The last count wins: with vLLM's continuous_usage_stats every event carries the
     -- running count, and one chunk can hold several events (or the tail an older one).

@@ -3,10 +3,11 @@
 The Lua filter scans the response as it streams (in Envoy, no Python per chunk) and
 records the engine's ``usage`` object when there is one (non-streaming responses, and
 streams whose client asked for ``stream_options.include_usage``). Otherwise completion
-tokens are the number of content chunks (vLLM emits one per decode step) and prompt
-tokens stay the admission-time estimate. When nothing was observed at all (the client
-left before the stream ended) the admission estimate stands, so hanging up early never
-makes a request cheaper than it was allowed to be.
+tokens are the number of streamed deltas of content, reasoning or tool-call arguments
+(vLLM emits one per decode step) and prompt tokens stay the admission-time estimate.
+When nothing was observed at all (the client left before the stream ended) the
+admission estimate stands, so hanging up early never makes a request cheaper than it
+was allowed to be.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ from fairlane.policy import CostConfig
 class Usage:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    content_chunks: int | None = None
+    streamed_deltas: int | None = None
 
     def resolve(self, prompt_estimate: int, completion_estimate: int) -> tuple[int, int]:
         """(prompt, completion) tokens: exact where the engine said, else the best guess."""
         prompt = self.prompt_tokens if self.prompt_tokens is not None else prompt_estimate
         if self.completion_tokens is not None:
             completion = self.completion_tokens
-        elif self.content_chunks is not None:
-            completion = self.content_chunks
+        elif self.streamed_deltas is not None:
+            completion = self.streamed_deltas
         else:
             completion = completion_estimate
         return prompt, completion

@@ -93,8 +93,36 @@ def splits(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
-def test_a_response_without_usage_counts_its_content_chunks(scan: Any) -> None:
+def test_a_response_without_usage_counts_its_deltas(scan: Any) -> None:
     assert scan([chat_stream(7)]) == {"chunks": 7}
+
+
+def delta_stream(deltas: list[dict[str, Any]]) -> bytes:
+    chunks = [{"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+    return b"".join(event(c) for c in chunks) + b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("reasoning_key", ["reasoning", "reasoning_content"])
+def test_a_reasoning_models_thinking_counts_as_well_as_its_answer(
+    scan: Any, reasoning_key: str
+) -> None:
+    """Without usage, a thinking model's stream is mostly `reasoning` deltas (vLLM's
+    name since 0.10, `reasoning_content` before): charged as content, not as nothing."""
+    thinking = [{reasoning_key: f" step {i}"} for i in range(30)]
+    answer = [{"content": " yes"}, {"content": "."}]
+    got = scan([delta_stream([{"role": "assistant", "content": ""}, *thinking, *answer])])
+    assert got == {"chunks": 32}
+
+
+def test_tool_call_arguments_count_and_its_name_does_not(scan: Any) -> None:
+    call = {"index": 0, "id": "call_1", "type": "function"}
+    pieces = ['{"', "city", '": "', "Paris", '"}']
+    deltas = [
+        {"role": "assistant", "content": None},
+        {"tool_calls": [{**call, "function": {"name": "get_weather", "arguments": ""}}]},
+        *({"tool_calls": [{"index": 0, "function": {"arguments": a}}]} for a in pieces),
+    ]
+    assert scan([delta_stream(deltas)]) == {"chunks": 5}
 
 
 def test_the_final_usage_chunk_is_read(scan: Any) -> None:
