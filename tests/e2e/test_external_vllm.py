@@ -147,6 +147,28 @@ async def completion_tokens_charged(stack: Any, tenant: str) -> float:
             await asyncio.sleep(0.2)
 
 
+async def alice_completes(stack: Any, body: dict[str, Any]) -> str:
+    """POST /v1/completions as alice: the text of its 200 answer."""
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        session.post(
+            stack.url + "/v1/completions", json=body, headers={"x-tenant-id": "alice"}
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        return await resp.text()
+
+
+async def charged_since(stack: Any, before: float, want: float) -> float:
+    """Alice's completion tokens charged since she had ``before``, once they reach
+    ``want`` or 15 s have passed."""
+    deadline, charged = time.monotonic() + 15, 0.0
+    while charged < want and time.monotonic() < deadline:
+        charged = await completion_tokens_charged(stack, "alice") - before
+        await asyncio.sleep(0.2)
+    return charged
+
+
 @pytest.mark.parametrize(
     ("prompt", "choices", "sequences"),
     [("Once", 3, 3), (["Once", "Upon"], 2, 4)],  # a batch: each prompt has n choices
@@ -156,21 +178,10 @@ async def test_every_choice_of_n_is_served_and_charged(
 ) -> None:
     before = await completion_tokens_charged(stack, "alice")
     body = {"model": MODEL, "prompt": prompt, "max_tokens": 4, "n": choices, "ignore_eos": True}
-    async with (
-        aiohttp.ClientSession(timeout=TIMEOUT) as session,
-        session.post(
-            stack.url + "/v1/completions", json=body, headers={"x-tenant-id": "alice"}
-        ) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        reply = await resp.json()
+    reply = json.loads(await alice_completes(stack, body))
     assert sorted(c["index"] for c in reply["choices"]) == list(range(sequences))
     assert reply["usage"]["completion_tokens"] == 4 * sequences  # vLLM counts them all
-    deadline, charged = time.monotonic() + 15, 0.0
-    while charged < 4 * sequences and time.monotonic() < deadline:
-        charged = await completion_tokens_charged(stack, "alice") - before
-        await asyncio.sleep(0.2)
-    assert charged == 4 * sequences
+    assert await charged_since(stack, before, 4 * sequences) == 4 * sequences
     # While they run, vLLM counts each sequence as a request, as Fairlane counts slots.
     body.update(max_tokens=400, stream=True)
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
@@ -206,21 +217,10 @@ async def test_continuous_usage_stats_are_charged_once(stack: Any, vllm: Any) ->
         "stream": True,
         "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }  # fmt: skip
-    async with (
-        aiohttp.ClientSession(timeout=TIMEOUT) as session,
-        session.post(
-            stack.url + "/v1/completions", json=body, headers={"x-tenant-id": "alice"}
-        ) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        text = await resp.text()
+    text = await alice_completes(stack, body)
     chunks = [json.loads(x[6:]) for x in text.splitlines() if x.startswith("data: {")]
     assert all("usage" in c for c in chunks) and chunks[-1]["usage"]["completion_tokens"] == 18
-    deadline, charged = time.monotonic() + 15, 0.0
-    while charged < 18 and time.monotonic() < deadline:
-        charged = await completion_tokens_charged(stack, "alice") - before
-        await asyncio.sleep(0.2)
-    assert charged == 18
+    assert await charged_since(stack, before, 18) == 18
 
 
 def sample(text: str, name: str, labels: dict[str, str]) -> float:
