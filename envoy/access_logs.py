@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fairlane.envoy.common import DECISION_NAMESPACE, USAGE_NAMESPACE, WORKER_CLUSTER, T
-from fairlane.extproc.request import PROMPTS_KEY, REQUEST_NAMESPACE
+from fairlane.extproc.request import MEDIA_ITEMS_KEY, PROMPTS_KEY, REQUEST_NAMESPACE
 from fairlane.rundir import RunDir
 
 
@@ -37,6 +37,8 @@ def file_access_log(run_dir: RunDir) -> dict[str, Any]:
                     "usage": f"%DYNAMIC_METADATA({USAGE_NAMESPACE})%",
                     # A completions batch: its prompts (null for one).
                     "prompts": f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:{PROMPTS_KEY})%",
+                    # A chat's inline images, audio and video (null for none).
+                    "media": f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:{MEDIA_ITEMS_KEY})%",
                     "ext_proc": "%FILTER_STATE(envoy.filters.http.ext_proc:PLAIN)%",
                     "request_id": "%REQ(X-REQUEST-ID)%",
                     # Who sent it: the peer (a proxy in front is the peer) and its client.

@@ -1,6 +1,6 @@
 """The HTTP filter chain: strip internal headers, lift body fields into metadata, count a
-completions batch's prompts (Lua), ask the worker (ext_proc, headers only), watch usage
-(Lua), route."""
+completions batch's prompts or a chat's inline media (Lua), ask the worker (ext_proc,
+headers only), watch usage (Lua), route."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 from fairlane.envoy.common import CLUSTER_HEADER, DECISION_NAMESPACE, WORKER_CLUSTER, T, seconds
 from fairlane.extproc.request import JSON_ERROR_KEY, MODEL_MISSING_KEY, REQUEST_NAMESPACE
 
-# Runs on /v1/completions only (routes.py turns it off elsewhere).
-PROMPT_COUNT_FILTER = "fairlane.prompt_count"
+# Each runs on one path only (routes.py turns them off elsewhere).
+PROMPT_COUNT_FILTER = "fairlane.prompt_count"  # /v1/completions
+MEDIA_COUNT_FILTER = "fairlane.media_count"  # /v1/chat/completions
 FORWARDED_HEADERS = ("x-tenant-id", "authorization", "content-length", "content-type")
 # How far past the longest queue wait Envoy waits for the worker's decision on a request.
 EXT_PROC_MARGIN_S = 5.0
@@ -62,6 +63,7 @@ def http_filters(longest_wait: float, max_body_bytes: int) -> list[dict[str, Any
             },
         },
         _lua(PROMPT_COUNT_FILTER, "prompts.lua"),
+        _lua(MEDIA_COUNT_FILTER, "media.lua"),
         {
             "name": "envoy.filters.http.ext_proc",
             "typed_config": {

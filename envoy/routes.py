@@ -16,7 +16,7 @@ from fairlane.envoy.common import (
     header,
     seconds,
 )
-from fairlane.envoy.http_filters import PROMPT_COUNT_FILTER
+from fairlane.envoy.http_filters import MEDIA_COUNT_FILTER, PROMPT_COUNT_FILTER
 from fairlane.extproc.errors import Reason, error_body
 from fairlane.policy import Policy
 
@@ -43,11 +43,12 @@ def routes(policy: Policy) -> dict[str, Any]:
                     # saw the prompt twice). One that refuses again is quarantined.
                     "retry_policy": {"retry_on": "reset", "num_retries": 1},
                 },
-                **(
-                    {}
-                    if path == COMPLETIONS_PATH
-                    else {"typed_per_filter_config": {PROMPT_COUNT_FILTER: _lua_off()}}
-                ),
+                # A completions batch's prompts, or a chat's inline media: not both.
+                "typed_per_filter_config": {
+                    MEDIA_COUNT_FILTER if path == COMPLETIONS_PATH else PROMPT_COUNT_FILTER: (
+                        _lua_off()
+                    )
+                },
             }
         )
         routes.append(_direct(path, Reason.METHOD_NOT_ALLOWED, f"use POST for {path}"))
@@ -100,6 +101,7 @@ def bypass_filters() -> dict[str, Any]:
             "disabled": True,
         },
         PROMPT_COUNT_FILTER: _lua_off(),
+        MEDIA_COUNT_FILTER: _lua_off(),
         "envoy.filters.http.lua": _lua_off(),
     }
 

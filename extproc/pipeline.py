@@ -113,7 +113,10 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
     # of its own in the engine's batch; a prompt is prefilled once for its choices.
     per_prompt = max(_positive_int(info.choices, 1), _positive_int(info.best_of, 1))
     sequences = _positive_int(info.prompts, 1) * per_prompt
-    prompt_tokens = max(1, int(info.content_length / cost.chars_per_token))
+    # Inline media are counted per item, not per byte: base64 is not text.
+    text_bytes = max(0, info.content_length - info.media_bytes)
+    prompt_tokens = max(1, int(text_bytes / cost.chars_per_token))
+    prompt_tokens += info.media_items * cost.inline_media_tokens
     return Ticket(
         tenant=profile,
         tenant_id=tenant_id,

@@ -18,6 +18,9 @@ JSON_ERROR_KEY = "json_error"
 MODEL_MISSING_KEY = "model_missing"
 # The prompts envoy/prompts.lua counted in a completions batch (absent: one).
 PROMPTS_KEY = "prompts"
+# The inline media envoy/media.lua found in a chat, and their bytes (absent: none).
+MEDIA_ITEMS_KEY = "media_items"
+MEDIA_BYTES_KEY = "media_bytes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,8 @@ class RequestInfo:
     choices: Any  # `n`: sequences the engine generates per prompt
     best_of: Any  # legacy completions: sequences generated to return `n`
     prompts: Any  # a completions batch: prompts in its `prompt` list (None: one)
+    media_items: int  # a chat's inline images, audio and video (base64 in the body)
+    media_bytes: int  # the body bytes they take
     stream: bool
     include_usage: bool
     declared_json: bool  # content-type says JSON (curl -d sends a form type)
@@ -65,7 +70,15 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         choices=fields.get("n"),
         best_of=fields.get("best_of"),
         prompts=fields.get(PROMPTS_KEY),
+        media_items=_count(fields.get(MEDIA_ITEMS_KEY)),
+        media_bytes=_count(fields.get(MEDIA_BYTES_KEY)),
         stream=fields.get("stream") is True,
         include_usage=fields.get("include_usage") is True,
         declared_json=headers.get("content-type", "").startswith("application/json"),
     )
+
+
+def _count(value: Any) -> int:
+    """A count the Lua filters wrote (a number), 0 when absent."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    return int(value) if ok else 0

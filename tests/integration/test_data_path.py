@@ -446,6 +446,35 @@ async def test_usage_is_charged_to_the_tenant(
     assert after - before == 7 * choices
 
 
+IMAGE = "data:image/png;base64," + "iVBORw0KGgo" * 3600  # ~40 KB of base64
+
+
+@pytest.mark.parametrize(
+    ("part", "estimate"),
+    [
+        # An inline image: cost.inline_media_tokens (1,024), not 40 KB / 4 chars a token.
+        ({"type": "image_url", "image_url": {"url": IMAGE}}, (1024, 1100)),
+        # The same bytes as text are text: the engine tokenizes them.
+        ({"type": "text", "text": IMAGE}, (9900, 10200)),
+    ],
+)
+async def test_an_inline_image_is_estimated_per_image_not_per_byte(
+    stack: Any, part: dict[str, Any], estimate: tuple[int, int]
+) -> None:
+    """A stream without usage is charged the admission estimate of its prompt."""
+    labels = {"tenant": "alice", "model": "model-b", "kind": "prompt"}
+    before = await metric(stack, "fairlane_tokens_total", **labels)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, part]}]
+    body = chat("model-b", max_tokens=2, stream=True, messages=messages)
+    status, _, _ = await post(stack, body)
+    assert status == 200
+    deadline, charged = time.monotonic() + 3, 0.0
+    while time.monotonic() < deadline and not charged:
+        await asyncio.sleep(0.05)
+        charged = await metric(stack, "fairlane_tokens_total", **labels) - before
+    assert estimate[0] <= charged <= estimate[1]
+
+
 def test_openai_sdk_streams_through_fairlane(stack: Any) -> None:
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(

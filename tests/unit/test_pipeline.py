@@ -76,6 +76,21 @@ def test_each_prompt_of_a_batch_is_n_sequences() -> None:
         assert isinstance(ticket, Ticket) and ticket.sequences == 2, value
 
 
+def test_inline_media_are_estimated_per_item_not_per_byte() -> None:
+    """envoy/media.lua's count: 40,000 of the 40,400 bytes are two base64 images."""
+    headers = {"content-length": "40400", "x-tenant-id": "alice"}
+    fields = {"model": "m1", "max_tokens": 1, "media_items": 2.0, "media_bytes": 40000.0}
+    ticket = evaluate(request_info(headers, fields), runtime())
+    assert isinstance(ticket, Ticket)
+    assert ticket.prompt_tokens == 100 + 2 * 1024  # the text at 4 chars a token, + items
+    priced = runtime("cost: {inline_media_tokens: 300}\n")
+    ticket = evaluate(request_info(headers, fields), priced)
+    assert isinstance(ticket, Ticket) and ticket.prompt_tokens == 100 + 2 * 300
+    for junk in ("2", True, -1, None):
+        ticket = evaluate(info(media_items=junk, media_bytes=junk), runtime())
+        assert isinstance(ticket, Ticket) and ticket.prompt_tokens == 100, junk
+
+
 def test_max_tokens_estimate_is_clamped() -> None:
     for value, want in ((1e300, 1_000_000), (-5, 1), (True, 256), ("9", 256)):
         ticket = evaluate(info(max_tokens=value), runtime())

@@ -1,0 +1,58 @@
+-- Finds the inline media of a /v1/chat/completions body, for the worker's prompt
+-- estimate: an image, audio or video sent as a `data:` URL (an image_url part's `url`)
+-- or as base64 `data` (an input_audio part) is bytes the engine does not tokenize as
+-- text, so the worker counts it per item (cost.inline_media_tokens) instead of per
+-- character. Only the values of those two keys count: text anywhere else, however it
+-- looks, is still estimated as text. Plain searches (memchr) find the keys; a body
+-- without them costs two of them. Counts go to the request's metadata when above zero.
+local NAMESPACE = "fairlane.request"
+
+-- The index of the closing quote of the string value that follows the key ending at
+-- `after` (nil if the key is not followed by a string), and where that string starts.
+-- Base64 and URLs hold no quotes; an escaped one would end the count early, so more
+-- of the body is estimated as text, never less.
+local function string_value(s, after)
+  local open = string.match(s, "^%s*:%s*()\"", after)
+  if open == nil then return nil end
+  local close = string.find(s, '"', open + 1, true)
+  if close == nil then return nil end
+  return open, close
+end
+
+-- Items and bytes (quotes included) of the string values of `key` that `wanted` accepts.
+local function values(s, key, wanted)
+  local items, bytes, from = 0, 0, 1
+  while true do
+    local _, j = string.find(s, key, from, true)
+    if j == nil then return items, bytes end
+    local open, close = string_value(s, j + 1)
+    if open ~= nil and wanted(s, open, close) then
+      items, bytes, from = items + 1, bytes + close - open + 1, close + 1
+    else
+      from = j + 1
+    end
+  end
+end
+
+local function data_url(s, open, _) return string.sub(s, open + 1, open + 5) == "data:" end
+-- A `data` key is common enough elsewhere (a tool's JSON schema, say) that only a long
+-- value counts: a second of 16 kHz audio is 43 KB of base64.
+local MIN_DATA_BYTES = 1024
+local function long(_, open, close) return close - open > MIN_DATA_BYTES end
+
+local function media(s)
+  local url_items, url_bytes = values(s, '"url"', data_url)
+  local data_items, data_bytes = values(s, '"data"', long)
+  return url_items + data_items, url_bytes + data_bytes
+end
+
+function envoy_on_request(handle)
+  local body = handle:body()
+  if body == nil then return end
+  local items, bytes = media(body:getBytes(0, body:length()))
+  if items > 0 then
+    local meta = handle:streamInfo():dynamicMetadata()
+    meta:set(NAMESPACE, "media_items", items)
+    meta:set(NAMESPACE, "media_bytes", bytes)
+  end
+end

@@ -1,0 +1,77 @@
+"""envoy/media.lua, the filter that finds a chat body's inline media for the prompt
+estimate, run under LuaJIT (as in Envoy). Envoy runs it through the real data path in
+tests/integration/test_data_path.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from importlib import resources
+from typing import Any
+
+import lupa.luajit21 as luajit  # a dev dependency: no silent skip without it
+import pytest
+
+IMAGE = "data:image/png;base64," + base64.b64encode(bytes(range(256)) * 40).decode()
+AUDIO = base64.b64encode(bytes(3000)).decode()
+
+
+@pytest.fixture(scope="module")
+def media() -> Any:
+    source = resources.files("fairlane.envoy").joinpath("media.lua").read_text()
+    # The script keeps its scanner local; returning it is the only addition.
+    scan = luajit.LuaRuntime(encoding=None).execute(source + "\nreturn media")
+    return lambda body: tuple(scan(json.dumps(body).encode()))
+
+
+def chat(*parts: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": list(parts)}], **extra}
+
+
+def text(value: str) -> dict[str, Any]:
+    return {"type": "text", "text": value}
+
+
+def image(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def audio(data: str) -> dict[str, Any]:
+    return {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
+
+
+def test_a_text_chat_has_no_media(media: Any) -> None:
+    assert media({"model": "m", "messages": [{"role": "user", "content": "hi"}]}) == (0, 0)
+
+
+def test_inline_images_and_audio_are_counted_with_their_bytes(media: Any) -> None:
+    body = chat(text("what is this?"), image(IMAGE), image(IMAGE), audio(AUDIO))
+    assert media(body) == (3, 2 * (len(IMAGE) + 2) + len(AUDIO) + 2)
+
+
+def test_an_image_by_link_is_not_inline(media: Any) -> None:
+    assert media(chat(image("https://example.com/cat.png"))) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Text is estimated as text however it looks: the engine tokenizes it.
+        chat(text(IMAGE)),
+        chat(text(json.dumps({"url": IMAGE, "data": AUDIO}))),
+        {"model": "m", "messages": [{"role": "user", "content": IMAGE}]},
+        # A short `data` string is a schema's, not audio.
+        chat(text("hi"), tools=[{"function": {"parameters": {"data": "x" * 100}}}]),
+    ],
+)
+def test_text_that_looks_like_media_is_not_media(media: Any, body: dict[str, Any]) -> None:
+    assert media(body) == (0, 0)
+
+
+def test_many_keys_are_scanned_in_linear_time(media: Any) -> None:
+    """A body of 200,000 `url` keys with other values: one pass, not a quadratic one."""
+    body = chat(*(image(f"https://x/{i}") for i in range(200_000)))
+    started = time.monotonic()
+    assert media(body) == (0, 0)
+    assert time.monotonic() - started < 2.0
