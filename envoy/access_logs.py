@@ -37,7 +37,7 @@ def file_access_log(run_dir: RunDir) -> dict[str, Any]:
                     "usage": f"%DYNAMIC_METADATA({USAGE_NAMESPACE})%",
                     # A completions batch: its prompts (null for one).
                     "prompts": f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:{PROMPTS_KEY})%",
-                    # A chat's inline images, audio and video (null for none).
+                    # A chat's images, audio and video, linked or inline (null for none).
                     "media": f"%DYNAMIC_METADATA({REQUEST_NAMESPACE}:{MEDIA_ITEMS_KEY})%",
                     "ext_proc": "%FILTER_STATE(envoy.filters.http.ext_proc:PLAIN)%",
                     "request_id": "%REQ(X-REQUEST-ID)%",

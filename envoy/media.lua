@@ -1,10 +1,11 @@
--- Finds the inline media of a /v1/chat/completions body, for the worker's prompt
--- estimate: an image, audio or video sent as a `data:` URL (an image_url part's `url`)
--- or as base64 `data` (an input_audio part) is bytes the engine does not tokenize as
--- text, so the worker counts it per item (cost.inline_media_tokens) instead of per
--- character. Only the values of those two keys count: text anywhere else, however it
--- looks, is still estimated as text. Plain searches (memchr) find the keys; a body
--- without them costs two of them. Counts go to the request's metadata when above zero.
+-- Finds the media of a /v1/chat/completions body, for the worker's prompt estimate: an
+-- image, audio or video part's `url` (a link, or the media itself as a `data:` URL) or
+-- an input_audio part's base64 `data` is bytes the engine does not tokenize as text but
+-- turns into its own tokens, so the worker counts it per item (cost.inline_media_tokens)
+-- instead of per character. Only the values of those two keys count: text anywhere
+-- else, however it looks, is still estimated as text. Plain searches (memchr) find the
+-- keys; a body without them costs two of them. Counts go to the request's metadata
+-- when above zero.
 local NAMESPACE = "fairlane.request"
 
 -- The index of the closing quote of the string value that follows the key ending at
@@ -34,14 +35,14 @@ local function values(s, key, wanted)
   end
 end
 
-local function data_url(s, open, _) return string.sub(s, open + 1, open + 5) == "data:" end
+local function any(_, _, _) return true end
 -- A `data` key is common enough elsewhere (a tool's JSON schema, say) that only a long
 -- value counts: a second of 16 kHz audio is 43 KB of base64.
 local MIN_DATA_BYTES = 1024
 local function long(_, open, close) return close - open > MIN_DATA_BYTES end
 
 local function media(s)
-  local url_items, url_bytes = values(s, '"url"', data_url)
+  local url_items, url_bytes = values(s, '"url"', any)
   local data_items, data_bytes = values(s, '"data"', long)
   return url_items + data_items, url_bytes + data_bytes
 end

@@ -18,7 +18,7 @@ JSON_ERROR_KEY = "json_error"
 MODEL_MISSING_KEY = "model_missing"
 # The prompts envoy/prompts.lua counted in a completions batch (absent: one).
 PROMPTS_KEY = "prompts"
-# The inline media envoy/media.lua found in a chat, and their bytes (absent: none).
+# The media envoy/media.lua found in a chat, and their bytes (absent: none).
 MEDIA_ITEMS_KEY = "media_items"
 MEDIA_BYTES_KEY = "media_bytes"
 
@@ -34,7 +34,7 @@ class RequestInfo:
     choices: Any  # `n`: sequences the engine generates per prompt
     best_of: Any  # legacy completions: sequences generated to return `n`
     prompts: Any  # a completions batch: prompts in its `prompt` list (None: one)
-    media_items: int  # a chat's inline images, audio and video (base64 in the body)
+    media_items: int  # a chat's images, audio and video, linked or inline (base64)
     media_bytes: int  # the body bytes they take
     stream: bool
     include_usage: bool

@@ -452,13 +452,15 @@ IMAGE = "data:image/png;base64," + "iVBORw0KGgo" * 3600  # ~40 KB of base64
 @pytest.mark.parametrize(
     ("part", "estimate"),
     [
-        # An inline image: cost.inline_media_tokens (1,024), not 40 KB / 4 chars a token.
+        # An image, inline or linked: cost.inline_media_tokens (1,024), not 40 KB / 4
+        # chars a token (or the ~10 of a link).
         ({"type": "image_url", "image_url": {"url": IMAGE}}, (1024, 1100)),
+        ({"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}, (1024, 1100)),
         # The same bytes as text are text: the engine tokenizes them.
         ({"type": "text", "text": IMAGE}, (9900, 10200)),
     ],
 )
-async def test_an_inline_image_is_estimated_per_image_not_per_byte(
+async def test_an_image_is_estimated_per_image_not_per_byte(
     stack: Any, part: dict[str, Any], estimate: tuple[int, int]
 ) -> None:
     """A stream without usage is charged the admission estimate of its prompt."""
