@@ -1,7 +1,7 @@
 -- Finds the media of a /v1/chat/completions body, for the worker's prompt estimate: an
 -- image, audio or video part's `url` (a link, or the media itself as a `data:` URL) or
 -- an input_audio part's base64 `data` is bytes the engine does not tokenize as text but
--- turns into its own tokens, so the worker counts it per item (cost.inline_media_tokens)
+-- turns into its own tokens, so the worker counts it per item (cost.media_tokens)
 -- instead of per character. Only the values of those two keys count: text anywhere
 -- else, however it looks, is still estimated as text. Plain searches (memchr) find the
 -- keys; a body without them costs two of them. Counts go to the request's metadata

@@ -113,10 +113,10 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
     # of its own in the engine's batch; a prompt is prefilled once for its choices.
     per_prompt = max(_positive_int(info.choices, 1), _positive_int(info.best_of, 1))
     sequences = _positive_int(info.prompts, 1) * per_prompt
-    # Inline media are counted per item, not per byte: base64 is not text.
+    # Media are counted per item, not per byte: base64 and links are not prompt text.
     text_bytes = max(0, info.content_length - info.media_bytes)
     prompt_tokens = max(1, int(text_bytes / cost.chars_per_token))
-    prompt_tokens += info.media_items * cost.inline_media_tokens
+    prompt_tokens += info.media_items * cost.media_tokens
     return Ticket(
         tenant=profile,
         tenant_id=tenant_id,

@@ -45,7 +45,7 @@ class CostConfig(Strict):
     input_weight: float = Field(1.0, ge=0)
     output_weight: float = Field(2.0, ge=0)
     chars_per_token: float = Field(4.0, gt=0)
-    inline_media_tokens: int = Field(1024, ge=0)
+    media_tokens: int = Field(1024, ge=0)
     default_max_tokens: int = Field(256, ge=1)
 
 

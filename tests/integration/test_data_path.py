@@ -452,7 +452,7 @@ IMAGE = "data:image/png;base64," + "iVBORw0KGgo" * 3600  # ~40 KB of base64
 @pytest.mark.parametrize(
     ("part", "estimate"),
     [
-        # An image, inline or linked: cost.inline_media_tokens (1,024), not 40 KB / 4
+        # An image, inline or linked: cost.media_tokens (1,024), not 40 KB / 4
         # chars a token (or the ~10 of a link).
         ({"type": "image_url", "image_url": {"url": IMAGE}}, (1024, 1100)),
         ({"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}, (1024, 1100)),

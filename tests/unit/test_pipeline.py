@@ -83,7 +83,7 @@ def test_inline_media_are_estimated_per_item_not_per_byte() -> None:
     ticket = evaluate(request_info(headers, fields), runtime())
     assert isinstance(ticket, Ticket)
     assert ticket.prompt_tokens == 100 + 2 * 1024  # the text at 4 chars a token, + items
-    priced = runtime("cost: {inline_media_tokens: 300}\n")
+    priced = runtime("cost: {media_tokens: 300}\n")
     ticket = evaluate(request_info(headers, fields), priced)
     assert isinstance(ticket, Ticket) and ticket.prompt_tokens == 100 + 2 * 300
     for junk in ("2", True, -1, None):
