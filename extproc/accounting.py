@@ -7,7 +7,7 @@ tokens are the number of streamed deltas of content, reasoning or tool-call argu
 (vLLM emits one per decode step) and prompt tokens stay the admission-time estimate.
 When nothing was observed at all (the client left before the stream ended) the
 admission estimate stands, so hanging up early never makes a request cheaper than it
-was allowed to be.
+was allowed to be. A request answered with an error costs nothing.
 """
 
 from __future__ import annotations
@@ -23,8 +23,17 @@ class Usage:
     completion_tokens: int | None = None
     streamed_deltas: int | None = None
 
-    def resolve(self, prompt_estimate: int, completion_estimate: int) -> tuple[int, int]:
-        """(prompt, completion) tokens: exact where the engine said, else the best guess."""
+    def resolve(
+        self, prompt_estimate: int, completion_estimate: int, failed: bool = False
+    ) -> tuple[int, int]:
+        """(prompt, completion) tokens: exact where the engine said, else the best guess.
+
+        A request that ``failed`` (an error status: the engine refused it, say for a
+        prompt over its context, or could not be reached) and reported no usage was not
+        served: it costs what it streamed, and no prompt.
+        """
+        if failed and self.prompt_tokens is None:
+            return 0, self.streamed_deltas or 0
         prompt = self.prompt_tokens if self.prompt_tokens is not None else prompt_estimate
         if self.completion_tokens is not None:
             completion = self.completion_tokens

@@ -248,7 +248,8 @@ class Gateway:
             self.quarantine(lease.pool, lease.replica)
         ticket = lease.ticket
         cost = self.runtime.policy.cost
-        prompt, completion = usage.resolve(ticket.prompt_tokens, ticket.completion_budget)
+        failed = status >= 400
+        prompt, completion = usage.resolve(ticket.prompt_tokens, ticket.completion_budget, failed)
         actual = usage_cost(cost, prompt, completion)
         lease.pool.release(lease.queued, lease.replica, actual)
         if self.counter_sync is not None:

@@ -32,6 +32,7 @@ def _policy() -> dict[str, Any]:
             "bob": {"priority": "batch"},
             # A burst of 1,000 tokens, 100 a second.
             "metered": {"limits": {"tokens_per_minute": 6000, "burst_seconds": 10}},
+            "refused": {"limits": {"tokens_per_minute": 6000, "burst_seconds": 10}},
         },
         "engines": {
             "big": {"kind": "sim", "preset": "a100-8b", "models": ["model-a"]},
@@ -252,6 +253,22 @@ async def test_engine_error_keeps_engine_status(stack: Any, stream: bool) -> Non
     status, _, body = await post(stack, chat("model-a", max_tokens=10_000_000, stream=stream))
     assert status == 400
     assert "maximum context length" in json.loads(body)["error"]["message"]
+
+
+async def test_a_request_the_engine_refuses_costs_nothing(stack: Any) -> None:
+    """Refused by the engine (a sampling value vLLM refuses), a ~600-token prompt is
+    not served: the tenant's 1,000-token burst gets it back, and no tokens are counted."""
+    labels = {"tenant": "refused", "model": "model-a", "kind": "prompt"}
+    body = chat("model-a", max_tokens=1, temperature=-1)
+    body["messages"][0]["content"] = "x" * 2400
+    for _ in range(4):  # 2,400 tokens estimated in all: the burst would not hold them
+        status, _, answer = await post(stack, body, tenant="refused")
+        assert status == 400, answer
+        assert "temperature" in error_of(answer)["message"]
+        await asyncio.sleep(0.2)  # the end-of-request record that refunds it
+    assert await metric(stack, "fairlane_tokens_total", **labels) == 0
+    status, _, answer = await post(stack, chat("model-a", max_tokens=1), tenant="refused")
+    assert status == 200, answer
 
 
 async def test_unknown_path_and_wrong_method(stack: Any) -> None:

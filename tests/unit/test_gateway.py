@@ -151,3 +151,7 @@ def test_usage_resolution() -> None:
     assert Usage(3, 4, 9).resolve(100, 200) == (3, 4)  # the engine's own numbers win
     assert Usage(None, None, 9).resolve(100, 200) == (100, 9)  # streamed without usage
     assert Usage().resolve(100, 200) == (100, 200)  # nothing seen: the estimate stands
+    # Answered with an error: nothing served, nothing charged, unless the engine says.
+    assert Usage(None, None, 0).resolve(100, 200, failed=True) == (0, 0)
+    assert Usage().resolve(100, 200, failed=True) == (0, 0)
+    assert Usage(3, 4, 9).resolve(100, 200, failed=True) == (3, 4)
