@@ -68,7 +68,10 @@ def test_the_arms_run_in_front_of_an_engine_the_user_started(engine: str, tmp_pa
         "--duration", "3", "--warmup", "1", "--prompt-words", "20", "--max-tokens", "16",
         "--flood-rps", "10", "--no-realtime", "--output", str(output),
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    # 3: the load generator lagged (a busy box; the arms are flagged LAG!), results kept.
+    assert done.returncode == 0 or (done.returncode == 3 and "LAG!" in done.stdout), (
+        done.stdout + done.stderr
+    )
     document = json.loads(output.read_text())
     assert document["config"]["engine_url"] == engine
     for arm in ("solo", "fifo", "fair"):
