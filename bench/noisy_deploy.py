@@ -128,6 +128,11 @@ async def check_external_engine(url: str, model: str) -> None:
             session.get(url + "/v1/models") as resp,
         ):
             text = await resp.text()
+            if resp.status == 401:
+                raise SystemExit(
+                    f"{url} wants an API key (vLLM's --api-key); the benchmark sends none: "
+                    "run it against an engine started without one"
+                )
             if resp.status != 200:
                 raise SystemExit(f"{url}/v1/models answered {resp.status}: {text[:300]}")
             served = [m.get("id") for m in json.loads(text).get("data", [])]

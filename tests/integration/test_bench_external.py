@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
+from fairlane.bench.noisy_deploy import check_external_engine
 from fairlane.bench.procwatch import metric_sums
 from fairlane.bench.stack import free_port, sim_argv
 
@@ -108,3 +110,22 @@ def test_no_engine_at_the_url_is_refused(tmp_path: Path) -> None:
     done = bench("--engine", "external", "--engine-url", url, "--max-inflight", "8")
     assert done.returncode != 0
     assert f"no OpenAI API at {url}" in done.stderr
+
+
+async def test_an_engine_that_wants_a_key_is_refused_with_the_reason() -> None:
+    """A stand-in for vLLM started with --api-key: its 401 is explained, not dumped."""
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"error": "Unauthorized"}, status=401)
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        with pytest.raises(SystemExit, match="wants an API key"):
+            await check_external_engine(f"http://127.0.0.1:{port}", MODEL)
+    finally:
+        await runner.cleanup()
