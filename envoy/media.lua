@@ -20,14 +20,15 @@ local function string_value(s, after)
   return open, close
 end
 
--- Items and bytes (quotes included) of the string values of `key` that `wanted` accepts.
-local function values(s, key, wanted)
+-- Items and bytes (quotes included) of the string values of `key` longer than
+-- `min_bytes`.
+local function values(s, key, min_bytes)
   local items, bytes, from = 0, 0, 1
   while true do
     local _, j = string.find(s, key, from, true)
     if j == nil then return items, bytes end
     local open, close = string_value(s, j + 1)
-    if open ~= nil and wanted(s, open, close) then
+    if open ~= nil and close - open > min_bytes then
       items, bytes, from = items + 1, bytes + close - open + 1, close + 1
     else
       from = j + 1
@@ -35,15 +36,13 @@ local function values(s, key, wanted)
   end
 end
 
-local function any(_, _, _) return true end
 -- A `data` key is common enough elsewhere (a tool's JSON schema, say) that only a long
 -- value counts: a second of 16 kHz audio is 43 KB of base64.
 local MIN_DATA_BYTES = 1024
-local function long(_, open, close) return close - open > MIN_DATA_BYTES end
 
 local function media(s)
-  local url_items, url_bytes = values(s, '"url"', any)
-  local data_items, data_bytes = values(s, '"data"', long)
+  local url_items, url_bytes = values(s, '"url"', 0)
+  local data_items, data_bytes = values(s, '"data"', MIN_DATA_BYTES)
   return url_items + data_items, url_bytes + data_bytes
 end
 
