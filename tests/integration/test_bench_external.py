@@ -5,21 +5,20 @@ user would start vLLM on a GPU), ~20 s."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from fairlane.bench.cpu import alive
 from fairlane.bench.noisy_deploy import check_external_engine
 from fairlane.bench.procwatch import metric_sums
-from fairlane.bench.stack import free_port, sim_argv
+from fairlane.bench.stack import free_port, start_sim
 
 pytestmark = pytest.mark.integration
 
@@ -27,28 +26,16 @@ MODEL = "my-model"
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[str]:
-    """A simulator serving MODEL with priority scheduling, as the user's own engine."""
+async def engine(tmp_path: Path) -> AsyncIterator[str]:
+    """A simulator serving MODEL with priority scheduling, as the user's own engine,
+    started the way the benchmark starts its own (``start_sim``)."""
     port = free_port()
-    argv = sim_argv("h100-8b", port, MODEL, ("--scheduling-policy", "priority"))
-    with (tmp_path / "engine.log").open("wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server = await start_sim("h100-8b", port, MODEL, tmp_path, ("--scheduling-policy", "priority"))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.2)
-        yield url
-        assert process.poll() is None, "the benchmark stopped an engine it did not start"
+        yield f"http://127.0.0.1:{port}"
+        assert alive(server.pid), "the benchmark stopped an engine it did not start"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
+        await server.stop()
 
 
 def bench(*argv: str) -> subprocess.CompletedProcess[str]:
