@@ -6,7 +6,8 @@ grpc.aio client plays Envoy over the worker's unix socket: each decision is one
 content-length headers, the ``fairlane.request`` metadata json_to_metadata would add),
 answered once; its lease goes back on one long-lived ``StreamAccessLogs`` stream, batched
 like Envoy's gRPC access logger, so the slot is released. The worker's CPU time comes
-from /proc; decisions per core = 1 / CPU per decision.
+from /proc; decisions per core = 1 / CPU per decision. The client's messages:
+``fake_envoy.py``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from envoy.config.core.v3 import base_pb2
-from envoy.data.accesslog.v3 import accesslog_pb2
-from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
 from fairlane.bench.cpu import CpuSnapshot, cpu_seconds
+from fairlane.bench.fake_envoy import decision_request, lease_of, release_leases
 from fairlane.bench.realtime import add_realtime_argument, realtime
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, table, write_json
 from fairlane.bench.stack import Server, free_ports, run_until_stopped, write_policy
@@ -37,7 +36,6 @@ from fairlane.bench.stats import fmt, per_unit, summarize
 MODEL = "bench-model"
 ENGINE = "sim"
 TARGET_PER_CORE = 3000.0
-RELEASE_BATCH = 64
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,9 +140,11 @@ async def _cell(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     process = ep_grpc.ExternalProcessorStub(channel).Process
-    requests = [_decision_request(t, args.max_tokens) for t in tenants]
+    requests = [decision_request(t, MODEL, args.max_tokens) for t in tenants]
     leases: asyncio.Queue[str] = asyncio.Queue()
-    releaser = asyncio.create_task(_release(als_pb2_grpc.AccessLogServiceStub(channel), leases))
+    releaser = asyncio.create_task(
+        release_leases(als_pb2_grpc.AccessLogServiceStub(channel), leases)
+    )
     latencies: list[float] = []
     errors = 0
 
@@ -154,7 +154,7 @@ async def _cell(
             started = time.perf_counter()
             async for response in process(iter([requests[(offset + i) % len(requests)]])):
                 latencies.append(time.perf_counter() - started)
-                lease = _lease(response)
+                lease = lease_of(response)
                 if lease is None:
                     errors += 1
                 else:
@@ -200,64 +200,6 @@ async def _together(
 
 async def _drained(leases: asyncio.Queue[str], timeout_s: float = 30.0) -> None:
     await asyncio.wait_for(leases.join(), timeout_s)
-
-
-async def _release(stub: als_pb2_grpc.AccessLogServiceStub, leases: asyncio.Queue[str]) -> None:
-    """Envoy's gRPC access logger, reduced: batches of end-of-request records."""
-    call = stub.StreamAccessLogs()
-    identifier = als_pb2.StreamAccessLogsMessage.Identifier(log_name="fairlane")
-    identifier.node.id = "bench"
-    first = True
-    try:
-        while True:
-            batch = [await leases.get()]
-            while not leases.empty() and len(batch) < RELEASE_BATCH:
-                batch.append(leases.get_nowait())
-            message = als_pb2.StreamAccessLogsMessage(
-                http_logs=als_pb2.StreamAccessLogsMessage.HTTPAccessLogEntries(
-                    log_entry=[_log_entry(lease) for lease in batch]
-                )
-            )
-            if first:
-                message.identifier.CopyFrom(identifier)
-                first = False
-            await call.write(message)
-            for _ in batch:
-                leases.task_done()
-    finally:
-        call.cancel()
-
-
-def _decision_request(tenant: str, max_tokens: int) -> ep.ProcessingRequest:
-    headers = [
-        base_pb2.HeaderValue(key="x-tenant-id", raw_value=tenant.encode()),
-        base_pb2.HeaderValue(key="content-length", raw_value=b"180"),
-        base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"),
-    ]
-    request = ep.ProcessingRequest(
-        request_headers=ep.HttpHeaders(headers=base_pb2.HeaderMap(headers=headers))
-    )
-    request.metadata_context.filter_metadata["fairlane.request"].update(
-        {"model": MODEL, "max_tokens": max_tokens, "stream": True}
-    )
-    return request
-
-
-def _log_entry(lease: str) -> accesslog_pb2.HTTPAccessLogEntry:
-    entry = accesslog_pb2.HTTPAccessLogEntry()
-    entry.common_properties.metadata.filter_metadata["fairlane"].update({"lease": lease})
-    entry.response.response_code.value = 200
-    return entry
-
-
-def _lease(response: ep.ProcessingResponse) -> str | None:
-    if not response.HasField("request_headers"):
-        return None
-    decision = response.dynamic_metadata.fields.get("fairlane")
-    if decision is None:
-        return None
-    lease = decision.struct_value.fields.get("lease")
-    return lease.string_value if lease is not None else None
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

@@ -24,7 +24,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from fairlane.extproc.pacing import AdmissionPacer
+from fairlane.extproc.pool_pacing import PoolPacing
 from fairlane.extproc.replicas import (
     EngineState,
     EngineUnavailable,
@@ -56,10 +56,7 @@ class EnginePool:
         self.headroom_admissions = 0  # admitted into the reserved slots so far
         self._waiting: dict[QueuedRequest, asyncio.Future[str]] = {}
         self.shares = Shares(clock)  # linger_s: set from the policy (pools.py)
-        self.pacer: AdmissionPacer | None = None  # spaces heavy tenants' admissions out
-        self._light_turns: dict[QueuedRequest, float] = {}  # in flight: pacer turns taken
-        self._pacing_timer: asyncio.TimerHandle | None = None
-        self._pacing_due = 0.0  # when the pacing timer fires, on self._clock
+        self.pacing = PoolPacing(clock, self._dispatch)  # its pacer: set from the policy
 
     # -- state ----------------------------------------------------------------------
 
@@ -127,7 +124,7 @@ class EnginePool:
         if replica is None:
             return None
         request.light = self._light(request)
-        if self._paced(request, self._clock()):
+        if self.pacing.holds_back(request, self._clock()):
             return None  # queued; the pacing timer dispatches it
         if self._waiting or self._only_reserved_left():
             # Others wait, or only reserved slots are left: both are for a tenant under
@@ -137,7 +134,7 @@ class EnginePool:
                 return None
             self.headroom_admissions += 1
         self.scheduler.admit_direct(request, self._clock())
-        self._note_paced(request)
+        self.pacing.admitted(request)
         self._take(replica, request)
         return replica.name
 
@@ -180,13 +177,7 @@ class EnginePool:
         self._unhold(request, inflight=request.slots)
         now = self._clock()
         self.scheduler.complete(request, actual_cost, now)
-        turns = self._light_turns.pop(request, 0.0)
-        if self.pacer is not None:
-            # How long paced (heavy) requests hold a slot: how fast the slots they may
-            # fill turn over. Light ones, short or long, take turns and give them back.
-            held_s = 0.0 if request.light else now - request.admitted_at
-            self.pacer.completed(now, held_s, self.capacity - self.reserved)
-            self.pacer.returned(now, turns)
+        self.pacing.released(request, now, self.capacity - self.reserved)
         self._dispatch()
 
     def _take(self, replica: Replica, request: QueuedRequest) -> None:
@@ -222,7 +213,7 @@ class EnginePool:
             if reserved and not self._may_take_reserved(head):
                 return  # the reserved slots are not for the tenant next in line
             head.light = self._light(head)
-            if self._paced(head, now):
+            if self.pacing.holds_back(head, now):
                 return
             if reserved:
                 self.headroom_admissions += 1
@@ -235,40 +226,9 @@ class EnginePool:
                 # Its waiter gave up this very tick: undo the charge pop() made.
                 self.scheduler.complete(request, 0.0, now)
                 continue
-            self._note_paced(request)
+            self.pacing.admitted(request)
             self._take(replica, request)
             future.set_result(replica.name)
-
-    # -- pacing -------------------------------------------------------------------------
-
-    def _paced(self, request: QueuedRequest, now: float) -> bool:
-        """Must this request of a tenant that is not light (``request.light``, just
-        decided) wait for the pacer? Then a timer is set to dispatch when it may go."""
-        if self.pacer is None or request.light:
-            return False
-        delay = self.pacer.delay(now)
-        if delay <= 0:
-            return False
-        if self._pacing_timer is not None and now + delay < self._pacing_due - 0.001:
-            self._pacing_timer.cancel()  # the turn came closer (the measured rate rose)
-            self._pacing_timer = None
-        if self._pacing_timer is None:
-            self._pacing_due = now + delay
-            self._pacing_timer = asyncio.get_running_loop().call_later(delay, self._paced_turn)
-        return True
-
-    def _paced_turn(self) -> None:
-        self._pacing_timer = None
-        self._dispatch()
-
-    def _note_paced(self, request: QueuedRequest) -> None:
-        """The admission takes a pacer turn; a light tenant's comes back at release
-        (``pacing.py``: light tenants' growth, not their steady holdings, slows the rest)."""
-        if self.pacer is None:
-            return
-        turns = self.pacer.admitted(self._clock(), paced=not request.light)
-        if request.light and turns > 0:
-            self._light_turns[request] = turns
 
     # -- shares -------------------------------------------------------------------------
 

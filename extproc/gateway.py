@@ -10,31 +10,27 @@ gRPC servicers translate protobuf to these calls and nothing else.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import logging
 import secrets
 import time
 from collections.abc import Callable
 
 from fairlane.extproc.accounting import Usage, usage_cost
 from fairlane.extproc.admission import EnginePool
+from fairlane.extproc.engine_health import EngineHealth
 from fairlane.extproc.errors import Reason, Rejection, engine_down
 from fairlane.extproc.limits import RateLimiter, Verdict
 from fairlane.extproc.metrics import Metrics
 from fairlane.extproc.outcomes import Admitted, Lease, Pending, SharedLimitCheck
 from fairlane.extproc.pipeline import Ticket, evaluate
 from fairlane.extproc.pools import sync_pools
-from fairlane.extproc.replicas import EngineState, EngineUnavailable
+from fairlane.extproc.replicas import EngineUnavailable
 from fairlane.extproc.request import RequestInfo
 from fairlane.extproc.runtime import UNKNOWN_TENANT, Runtime
 from fairlane.extproc.scheduling import QueuedRequest, QueueFull
 from fairlane.extproc.shared import SharedStateUnavailable
 from fairlane.extproc.shared.counter_sync import CounterSync
 from fairlane.extproc.shared.redis_limits import RedisRateLimiter
-
-log = logging.getLogger(__name__)
-QUARANTINE_S = 2.0
 
 
 class Gateway:
@@ -49,7 +45,7 @@ class Gateway:
         self.pools: dict[str, EnginePool] = {}
         self.limiter = RateLimiter()
         self.leases: dict[str, Lease] = {}
-        self.engine_states: dict[str, EngineState] = {}  # as the supervisor last said
+        self.health = EngineHealth(self.pool_of)
         # state: redis — set by the worker; None keeps everything in this process.
         self.shared_limiter: RedisRateLimiter | None = None
         self.counter_sync: CounterSync | None = None
@@ -67,7 +63,7 @@ class Gateway:
     def apply(self, runtime: Runtime) -> None:
         """Swap in a new policy: new limits and weights apply to the next decision."""
         self.runtime = runtime
-        sync_pools(self.pools, runtime, self.engine_states, self._clock)
+        sync_pools(self.pools, runtime, self.health.states, self._clock)
         self.metrics.config_generation.set(runtime.generation)
 
     def pool_of(self, engine: str) -> EnginePool | None:
@@ -85,32 +81,6 @@ class Gateway:
                     "queued": pool.queued,
                 }
         return out
-
-    def quarantine(self, pool: EnginePool, replica: str) -> None:
-        """Passive health check: a replica that refused a connection gets no requests
-        for QUARANTINE_S (or until the supervisor reports on it), so a crashed replica
-        cannot drain the shared queue into instant failures."""
-        slot = pool.replicas.get(replica)
-        if slot is None or slot.state is not EngineState.UP:
-            return
-        log.warning("engine %s refused a connection: quarantined for %.0fs", replica, QUARANTINE_S)
-        pool.set_state(replica, EngineState.DOWN)
-
-        def restore() -> None:
-            current = self.pool_of(replica)
-            if current is not None and current.replicas[replica].state is EngineState.DOWN:
-                state = self.engine_states.get(replica, EngineState.STARTING)
-                current.set_state(replica, state)
-
-        with contextlib.suppress(RuntimeError):  # no running loop (pure unit use)
-            asyncio.get_running_loop().call_later(QUARANTINE_S, restore)
-
-    def set_engine_state(self, engine: str, state: EngineState) -> None:
-        self.engine_states[engine] = state
-        pool = self.pool_of(engine)
-        if pool is not None and pool.replicas[engine].state is not state:
-            log.info("engine %s is %s", engine, state.value)
-            pool.set_state(engine, state)
 
     # -- decisions ------------------------------------------------------------------
 
@@ -245,7 +215,7 @@ class Gateway:
         if lease is None:
             return
         if engine_failed:
-            self.quarantine(lease.pool, lease.replica)
+            self.health.quarantine(lease.pool, lease.replica)
         ticket = lease.ticket
         cost = self.runtime.policy.cost
         failed = status >= 400

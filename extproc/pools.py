@@ -44,10 +44,10 @@ def sync_pools(
         pool.shares.linger_s = config.linger_s
         pacing = config.pacing if config.scheduler == "fair" else 0.0
         if not pacing:
-            pool.pacer = None
-        elif pool.pacer is None or pool.pacer.factor != pacing:
+            pool.pacing.pacer = None
+        elif pool.pacing.pacer is None or pool.pacing.pacer.factor != pacing:
             slots = sum(policy.engines[r].max_inflight for r in replicas)
-            pool.pacer = AdmissionPacer.for_pool(pacing, clock(), slots)
+            pool.pacing.pacer = AdmissionPacer.for_pool(pacing, clock(), slots)
         for replica in replicas:
             if policy.engines[replica].adaptive is None:
                 pool.set_capacity(replica, policy.engines[replica].max_inflight)

@@ -162,7 +162,7 @@ class Worker:
                 "down": EngineState.DOWN,
                 "restarting": EngineState.DOWN,
             }.get(info.get("state", ""), EngineState.STARTING)
-            self.gateway.set_engine_state(engine, state)
+            self.gateway.health.set_state(engine, state)
 
     async def _publish_demand(self) -> None:
         """Tell the supervisor which engines are asked for (lazy loading, eviction)."""

@@ -1,22 +1,7 @@
-"""The continuous-batching core of the simulator, modelled on vLLM v1's scheduler.
+"""The simulated engine: requests in, steps of a vLLM v1-like batch, tokens out.
 
-Each request has ``num_tokens`` known tokens (prompt + generated so far) and
-``computed`` tokens whose KV is in the cache. Every step schedules, per request, the
-tokens still to compute (capped by the step's token budget, which is chunked prefill);
-when a request's computed tokens catch up with its known tokens the step produces its
-next token. So a fresh request prefills its prompt (maybe over several steps), emits its
-first token at the end of the step that completes the prompt, then decodes one token per
-step.
-
-Scheduling follows vLLM: running requests first, oldest first; when the KV cache cannot
-hold a decode's next token the newest running request is preempted (recompute: its KV is
-dropped and it goes back to the front of the waiting queue, to prefill prompt + output
-again). Waiting requests are admitted strictly FCFS while there is a free sequence slot,
-token budget and room in the KV cache for their whole prompt plus a small reserve; none
-are admitted in a step that preempted. With ``scheduling_policy="priority"`` (vLLM's
-``--scheduling-policy priority``) the waiting queue is ordered by (priority, arrival),
-lower first, and the victim of a preemption is the running request with the largest
-(priority, arrival) instead of the newest.
+A request enters after the API's overhead delay; which requests each step runs, and what
+it produces, is the scheduler's (``scheduler.py``).
 
 Time is simulated with ``asyncio.sleep``: a step lasts ``preset.step_ms(...)``, measured
 from the previous step's planned end so the loop's own CPU work does not stretch it.
@@ -25,27 +10,20 @@ from the previous step's planned end so the loop's own CPU work does not stretch
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-from collections import deque
-from typing import Literal
 
 from .presets import SimPreset
 from .request import FinishReason, SimRequest
+from .scheduler import BatchScheduler, SchedulingPolicy
 from .stats import EngineStats
 
-__all__ = ["EngineOverloaded", "FinishReason", "SchedulingPolicy", "SimEngine", "SimRequest"]
-
-SchedulingPolicy = Literal["fcfs", "priority"]
+__all__ = ["EngineOverloaded", "FinishReason", "SimEngine", "SimRequest"]
 
 # The idle loop re-checks this often even without a wakeup; costs nothing measurable.
 _IDLE_RECHECK_S = 30.0
 # Lag the loop absorbs by shortening later steps; beyond it, it restarts the clock
 # rather than emit a burst of zero-length steps after a long stall.
 _MAX_CATCH_UP_S = 0.02
-# Like vLLM's watermark: keep 1% of the cache free when admitting, so admitted requests
-# can decode a while before anything must be preempted.
-_KV_RESERVE_FRACTION = 0.01
 _STOP_TIMEOUT_S = 5.0
 # asyncio timers fire late: on Linux the selector rounds timeouts up to whole
 # milliseconds, ~1 ms late on average. The engine learns that lateness (moving average,
@@ -87,11 +65,8 @@ class SimEngine:
         self._arrivals = 0  # ticket of the latest submission: the FCFS tie-break
         self.stats = EngineStats()
         self._stall_timeout_s = stall_timeout_s
-        self._running: list[SimRequest] = []
-        self._waiting: deque[SimRequest] = deque()
+        self._batch = BatchScheduler(preset, scheduling_policy, self.stats)
         self._arriving = 0  # submitted, still in the API-overhead delay
-        self._kv_used = 0
-        self._kv_reserve = int(preset.kv_cache_tokens * _KV_RESERVE_FRACTION)
         self._abort_pending = False
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -99,16 +74,16 @@ class SimEngine:
 
     @property
     def num_running(self) -> int:
-        return len(self._running)
+        return len(self._batch.running)
 
     @property
     def num_waiting(self) -> int:
-        return len(self._waiting)
+        return len(self._batch.waiting)
 
     @property
     def kv_usage(self) -> float:
         """Fraction (0-1) of the KV cache held by running requests."""
-        return self._kv_used / self.preset.kv_cache_tokens
+        return self._batch.kv_used / self.preset.kv_cache_tokens
 
     async def start(self) -> None:
         if self._task is None:
@@ -121,12 +96,7 @@ class SimEngine:
             return
         task.cancel()
         await asyncio.wait([task], timeout=_STOP_TIMEOUT_S)
-        for req in (*self._running, *self._waiting):
-            req._close("abort")
-        self.stats.requests_aborted += len(self._running) + len(self._waiting)
-        self._running.clear()
-        self._waiting.clear()
-        self._kv_used = 0
+        self._batch.abort_all()
 
     def submit(self, prompt_tokens: int, max_tokens: int, priority: int = 0) -> SimRequest:
         """Queue a generation of exactly ``max_tokens`` tokens after a prompt;
@@ -149,7 +119,7 @@ class SimEngine:
             raise RuntimeError("the simulated engine is not running")
         # Bound everything in the engine, not just the waiting deque: requests still in
         # the API delay count too, or a burst on an idle engine could overrun it.
-        in_engine = self._arriving + len(self._waiting) + len(self._running)
+        in_engine = self._arriving + len(self._batch.waiting) + len(self._batch.running)
         if in_engine >= self.preset.max_num_seqs + self.max_waiting:
             raise EngineOverloaded(f"too many requests waiting ({self.max_waiting})")
         loop = asyncio.get_running_loop()
@@ -172,36 +142,18 @@ class SimEngine:
             req._close("abort")
             self.stats.requests_aborted += 1
             return
-        self._wait(req)
+        self._batch.wait(req)
         self._wakeup.set()
-
-    def _wait(self, req: SimRequest) -> None:
-        """Into the waiting queue at its place: by (priority, arrival), which under FCFS
-        is the end (a preempted request keeps its arrival ticket)."""
-        waiting = self._waiting
-        if not waiting or waiting[-1].order < req.order:
-            waiting.append(req)  # the common case, O(1)
-        else:
-            waiting.insert(bisect.bisect(waiting, req.order, key=_order), req)
-
-    def _drop_aborted(self) -> None:
-        self._abort_pending = False
-        gone = [r for r in (*self._running, *self._waiting) if r._aborted]
-        for req in gone:
-            self._kv_used -= req._kv
-            req._kv = 0
-            req._close("abort")
-        self.stats.requests_aborted += len(gone)
-        self._running = [r for r in self._running if not r._aborted]
-        self._waiting = deque(r for r in self._waiting if not r._aborted)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         deadline: float | None = None
+        batch = self._batch
         while True:
             if self._abort_pending:
-                self._drop_aborted()
-            if not self._running and not self._waiting:
+                self._abort_pending = False
+                batch.drop_aborted()
+            if not batch.running and not batch.waiting:
                 deadline = None
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
@@ -209,10 +161,10 @@ class SimEngine:
                 continue
             now = loop.time()
             start = deadline if deadline is not None and now - deadline < _MAX_CATCH_UP_S else now
-            scheduled, step_s = self._schedule()
+            scheduled, step_s = batch.schedule()
             deadline = start + step_s
             await self._sleep_until(deadline - self._timer_lag, loop)
-            self._finish_step(scheduled, step_s, loop.time())
+            batch.finish_step(scheduled, step_s, loop.time())
 
     async def _sleep_until(self, wake: float, loop: asyncio.AbstractEventLoop) -> None:
         delay = wake - loop.time()
@@ -222,102 +174,3 @@ class SimEngine:
         await asyncio.sleep(delay)
         lag = self._timer_lag + _TIMER_LAG_ALPHA * (loop.time() - wake - self._timer_lag)
         self._timer_lag = min(_MAX_TIMER_LAG_S, max(0.0, lag))
-
-    def _schedule(self) -> tuple[list[SimRequest], float]:
-        """Pick this step's batch and reserve its KV; returns it and the step duration."""
-        preset = self.preset
-        budget = preset.max_num_batched_tokens
-        running = self._running
-        scheduled: list[SimRequest] = []
-        prefill_tokens = 0
-        preemptions_before = self.stats.preemptions
-        i = 0
-        while i < len(running) and budget > 0:
-            req = running[i]
-            num_tokens = req.prompt_tokens + req.generated
-            new = min(num_tokens - req._computed, budget)
-            grow = req._computed + new - req._kv  # > 0 only for a decode's next token
-            if grow > 0:
-                if not self._make_room(grow, req):
-                    break  # req itself was preempted; it was the last running request
-                req._kv += grow
-                self._kv_used += grow
-            if req.generated == 0 or req._computed + 1 < num_tokens:
-                prefill_tokens += new
-            req._new = new
-            budget -= new
-            scheduled.append(req)
-            i += 1
-        if self.stats.preemptions == preemptions_before:
-            waiting = self._waiting
-            while waiting and budget > 0 and len(running) < preset.max_num_seqs:
-                req = waiting[0]
-                need = req.prompt_tokens + req.generated
-                # Alone, a request always fits (max_model_len <= KV size); never deadlock.
-                if running and self._kv_used + need + self._kv_reserve > preset.kv_cache_tokens:
-                    break
-                waiting.popleft()
-                req._kv = need
-                self._kv_used += need
-                req._new = min(need, budget)
-                budget -= req._new
-                prefill_tokens += req._new
-                running.append(req)
-                scheduled.append(req)
-        step_ms = preset.step_ms(len(scheduled), prefill_tokens, self._kv_used)
-        return scheduled, step_ms / 1000.0
-
-    def _make_room(self, tokens: int, req: SimRequest) -> bool:
-        """Preempt newest running requests until ``tokens`` more fit in the KV cache;
-        False when ``req`` itself had to be preempted."""
-        while self._kv_used + tokens > self.preset.kv_cache_tokens:
-            priority = self.scheduling_policy == "priority"
-            if priority:
-                victim = max(self._running, key=_order)
-                self._running.remove(victim)
-            else:
-                victim = self._running.pop()
-            self._kv_used -= victim._kv
-            victim._kv = 0
-            victim._computed = 0
-            if priority:
-                self._wait(victim)
-            else:
-                self._waiting.appendleft(victim)  # vLLM's FCFS: back to the front
-            self.stats.preemptions += 1
-            if victim is req:
-                return False
-        return True
-
-    def _finish_step(self, scheduled: list[SimRequest], step_s: float, now: float) -> None:
-        stats = self.stats
-        generated = 0
-        finished = False
-        for req in scheduled:
-            req._computed += req._new
-            if req._computed < req.prompt_tokens + req.generated:
-                continue  # a prefill chunk that did not complete the prompt
-            req.generated += 1
-            generated += 1
-            if req.first_token_at is None:
-                req.first_token_at = now
-                stats.ttft.observe(now - req.arrival)
-                stats.prompt_tokens += req.prompt_tokens
-            if req.generated == req.max_tokens:
-                self._kv_used -= req._kv
-                req._kv = 0
-                stats.e2e.observe(now - req.arrival)
-                stats.requests_finished += 1
-                finished = True
-                req._close("length")
-            else:
-                req._wake()
-        if finished:
-            self._running = [r for r in self._running if r.finish_reason is None]
-        stats.generation_tokens += generated
-        stats.steps += 1
-        stats.step_seconds += step_s
-
-
-def _order(req: SimRequest) -> tuple[int, int]:
-    return req.order

@@ -1,7 +1,7 @@
 """A request inside the simulated engine, and how its tokens reach the consumer.
 
-The engine (``engine.py``) owns the underscore fields; consumers read the public ones,
-iterate the request for new tokens and call ``abort()``.
+The engine (``engine.py``, ``scheduler.py``) owns the underscore fields; consumers read
+the public ones, iterate the request for new tokens and call ``abort()``.
 """
 
 from __future__ import annotations

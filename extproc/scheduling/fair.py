@@ -11,38 +11,23 @@ and fairness holds within a class. Per decision the cost is O(log backlogged ten
 heap per class keyed by counter, with lazy invalidation (a tenant's newest entry carries
 its current ``key``; older entries are skipped when they surface). Within a tenant,
 arrival order; within the tenant that unnamed clients share, turns between them
-(``rotation.py``).
+(``rotation.py``). Each tenant's state, and forgetting it once idle: ``tenants.py``.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from fairlane.extproc.scheduling.base import QueuedRequest, QueueFull
-from fairlane.extproc.scheduling.rotation import ClientTurns
+from fairlane.extproc.scheduling.tenants import TenantState, TenantTable
 
-# Idle tenants expired per call: more than the at most one a call makes idle, so the
-# sweep keeps up while no single call does unbounded work.
-_SWEEP_PER_CALL = 16
 # Rebuild a class heap once it holds this many more stale entries than live ones.
 _HEAP_SLACK = 64
 
 # (counter, served_at, key, tenant): equal counters go to the least recently served.
 _Entry = tuple[float, int, int, str]
-
-
-@dataclass(eq=False, slots=True)
-class _Tenant:
-    counter: float = 0.0
-    pending: float = 0.0  # the part of counter that is in-flight estimates, not yet settled
-    priority: int = 0
-    served_at: int = -1  # ticket of its latest admission; -1: never served
-    key: int = -1  # ticket of its live heap entry; -1: not backlogged
-    queue: ClientTurns = field(default_factory=ClientTurns)
-    inflight: set[QueuedRequest] = field(default_factory=set)
 
 
 @dataclass(eq=False, slots=True)
@@ -66,10 +51,9 @@ class FairScheduler:
         self.max_queue_per_tenant = max_queue_per_tenant
         self.max_queue_total = max_queue_total
         self.idle_ttl_s = idle_ttl_s
-        self._tenants: dict[str, _Tenant] = {}
+        self._tenants = TenantTable()
         self._backlogged: set[str] = set()
         self._classes: dict[int, _Class] = {}
-        self._idle: OrderedDict[str, float] = OrderedDict()  # tenant -> idle since
         self._tickets = itertools.count()
         self._queued = 0
         self._now = float("-inf")  # latest time seen: remove() is given none
@@ -86,7 +70,7 @@ class FairScheduler:
         ):
             # What the sender holds: all of a named tenant's queue (its one client, "").
             raise QueueFull(request.tenant, state.queue.depth(request.client))
-        tenant = self._busy(request.tenant)
+        tenant = self._tenants.busy(request.tenant)
         tenant.queue.append(request)
         self._queued += 1
         if len(tenant.queue) == 1:
@@ -123,7 +107,7 @@ class FairScheduler:
         request = tenant.queue.popleft()
         assert request is not None  # a backlogged tenant has a live request
         self._queued -= 1
-        self._charge(tenant, request)
+        tenant.charge(request, next(self._tickets))
         if tenant.queue:
             self._rekey(name, tenant, cls)
         else:
@@ -137,17 +121,17 @@ class FairScheduler:
         self._queued -= 1
         if not tenant.queue:
             self._depart(request.tenant, tenant)
-            self._maybe_idle(request.tenant, tenant)
+            self._tenants.maybe_idle(request.tenant, tenant, self._now)
         return True
 
     def admit_direct(self, request: QueuedRequest, now: float) -> None:
         self._tick(now)
         name = request.tenant
-        tenant = self._busy(name)
+        tenant = self._tenants.busy(name)
         if tenant.queue:  # the caller only does this with an empty queue; stay consistent
             if request.priority != tenant.priority:
                 self._move(name, tenant, request.priority)
-            self._charge(tenant, request)
+            tenant.charge(request, next(self._tickets))
             self._rekey(name, tenant, self._classes[tenant.priority])
             return
         # Joins the class's queue and leaves it at once: lift, charge, then it is the
@@ -155,7 +139,7 @@ class FairScheduler:
         tenant.priority = request.priority
         cls = self._class(request.priority)
         self._lift(tenant, cls)
-        self._charge(tenant, request)
+        tenant.charge(request, next(self._tickets))
         cls.floor = tenant.counter - tenant.pending
 
     def complete(self, request: QueuedRequest, actual_cost: float, now: float) -> None:
@@ -168,7 +152,7 @@ class FairScheduler:
         tenant.counter += correction
         tenant.pending = max(0.0, tenant.pending - request.cost / request.weight)
         if not tenant.queue:
-            self._maybe_idle(request.tenant, tenant)
+            self._tenants.maybe_idle(request.tenant, tenant, self._now)
         elif correction:
             self._rekey(request.tenant, tenant, self._classes[tenant.priority])
 
@@ -212,34 +196,9 @@ class FairScheduler:
     # -- internals ---------------------------------------------------------------------
 
     def _tick(self, now: float) -> None:
-        """Advance the clock and expire a few tenants idle for longer than the TTL.
-
-        Expiry is safe because of the lift rule: a returning tenant's counter becomes
-        max(own, the class's minimum or floor), and a fresh tenant starts at 0, so all
-        that dropping the state can forgive is how far the tenant was ahead of its class
-        when it left (about one request's charge, as it was served at the minimum) plus
-        later upward corrections. Credit is never created. Class floors are kept.
-        """
+        """Advance the clock and expire a few tenants idle for longer than the TTL."""
         self._now = max(self._now, now)
-        for _ in range(_SWEEP_PER_CALL):
-            oldest = next(iter(self._idle.items()), None)
-            if oldest is None or oldest[1] + self.idle_ttl_s > self._now:
-                return
-            del self._idle[oldest[0]]
-            del self._tenants[oldest[0]]
-
-    def _busy(self, name: str) -> _Tenant:
-        """The tenant's state, created if needed, and no longer a candidate for expiry."""
-        self._idle.pop(name, None)
-        tenant = self._tenants.get(name)
-        if tenant is None:
-            tenant = self._tenants[name] = _Tenant()
-        return tenant
-
-    def _maybe_idle(self, name: str, tenant: _Tenant) -> None:
-        if not tenant.queue and not tenant.inflight:
-            self._idle[name] = self._now
-            self._idle.move_to_end(name)
+        self._tenants.expire(self._now, self.idle_ttl_s)
 
     def _class(self, priority: int) -> _Class:
         cls = self._classes.get(priority)
@@ -247,7 +206,7 @@ class FairScheduler:
             cls = self._classes[priority] = _Class()
         return cls
 
-    def _lift(self, tenant: _Tenant, cls: _Class) -> None:
+    def _lift(self, tenant: TenantState, cls: _Class) -> None:
         """VTC's rule for a tenant that becomes backlogged: no credit banked by idling.
 
         Algorithm 2 of the paper: when client u arrives and is not in the queue Q,
@@ -268,7 +227,7 @@ class FairScheduler:
             reference = cls.floor
         tenant.counter = max(tenant.counter, reference)
 
-    def _join(self, name: str, tenant: _Tenant, priority: int) -> None:
+    def _join(self, name: str, tenant: TenantState, priority: int) -> None:
         tenant.priority = priority
         cls = self._class(priority)
         self._lift(tenant, cls)
@@ -276,12 +235,12 @@ class FairScheduler:
         self._backlogged.add(name)
         self._rekey(name, tenant, cls)
 
-    def _move(self, name: str, tenant: _Tenant, priority: int) -> None:
+    def _move(self, name: str, tenant: TenantState, priority: int) -> None:
         """A backlogged tenant's newest request names another class: it moves there."""
         self._classes[tenant.priority].backlogged -= 1  # its entry there turns stale
         self._join(name, tenant, priority)
 
-    def _depart(self, name: str, tenant: _Tenant) -> None:
+    def _depart(self, name: str, tenant: TenantState) -> None:
         """The tenant's queue emptied: it leaves its class and becomes the class's floor."""
         cls = self._classes[tenant.priority]
         cls.backlogged -= 1
@@ -291,13 +250,7 @@ class FairScheduler:
         tenant.key = -1
         self._backlogged.discard(name)
 
-    def _charge(self, tenant: _Tenant, request: QueuedRequest) -> None:
-        tenant.counter += request.cost / request.weight
-        tenant.pending += request.cost / request.weight
-        tenant.served_at = next(self._tickets)
-        tenant.inflight.add(request)
-
-    def _rekey(self, name: str, tenant: _Tenant, cls: _Class) -> None:
+    def _rekey(self, name: str, tenant: TenantState, cls: _Class) -> None:
         """Give a backlogged tenant a fresh heap entry; its older ones become stale."""
         tenant.key = next(self._tickets)
         heapq.heappush(cls.heap, (tenant.counter, tenant.served_at, tenant.key, name))

@@ -30,7 +30,7 @@ engines:
 
 def gateway(policy: str = POLICY) -> Gateway:
     g = Gateway(compile_policy(parse_policy(policy), 1), Metrics())
-    g.set_engine_state("e", EngineState.UP)
+    g.health.set_state("e", EngineState.UP)
     return g
 
 
@@ -107,7 +107,7 @@ async def test_engine_down_refuses_and_flushes_the_queue() -> None:
     assert isinstance(pending, Pending)
     task = asyncio.create_task(pending.result())
     await asyncio.sleep(0)
-    g.set_engine_state("e", EngineState.DOWN)
+    g.health.set_state("e", EngineState.DOWN)
     result = await task
     assert isinstance(result, Rejection) and result.reason is Reason.ENGINE_UNAVAILABLE
     now = g.begin(ask("bob"))  # type: ignore[arg-type]
@@ -139,7 +139,7 @@ async def test_every_choice_is_charged_to_the_token_bucket() -> None:
 async def test_stale_leases_are_reclaimed() -> None:
     now = [0.0]
     g = Gateway(compile_policy(parse_policy(POLICY), 1), Metrics(), clock=lambda: now[0])
-    g.set_engine_state("e", EngineState.UP)
+    g.health.set_state("e", EngineState.UP)
     admitted(g.begin(ask("alice")))  # type: ignore[arg-type]
     now[0] = 10.0
     admitted(g.begin(ask("alice")))  # type: ignore[arg-type]

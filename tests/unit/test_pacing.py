@@ -69,9 +69,9 @@ def paced_pool(clock: Clock) -> EnginePool:
     scheduler = make_scheduler("fair", max_queue_per_tenant=100, max_queue_total=1000)
     p = EnginePool("e", scheduler, {"e": 8}, clock=clock)  # no headroom: pacing alone
     p.set_state("e", EngineState.UP)
-    p.pacer = AdmissionPacer(1.0, now=0.0, window_s=10.0)
+    p.pacing.pacer = pacer = AdmissionPacer(1.0, now=0.0, window_s=10.0)
     for i in range(20):
-        p.pacer.completed(clock.now - 10 + i * 0.5)  # 2 completions/s: one admission per 0.5 s
+        pacer.completed(clock.now - 10 + i * 0.5)  # 2 completions/s: one admission per 0.5 s
     return p
 
 
@@ -92,8 +92,8 @@ async def test_an_over_share_tenant_is_admitted_one_interval_at_a_time() -> None
     # Below its share of 4 slots it is not held back, but those admissions (and the
     # quiet tenant's) took the turns, at most LIGHT_TURNS_AHEAD ahead: at its share it
     # waits for them to come round.
-    assert len(held) == 4 and p.pacer is not None
-    assert p.pacer.delay(clock.now) == pytest.approx((1 + LIGHT_TURNS_AHEAD) * 0.5)
+    assert len(held) == 4 and p.pacing.pacer is not None
+    assert p.pacing.pacer.delay(clock.now) == pytest.approx((1 + LIGHT_TURNS_AHEAD) * 0.5)
     blocked = req("flood")
     assert p.try_admit(blocked) is None  # free slots, but paced
     future = p.enqueue(blocked)
@@ -116,7 +116,7 @@ async def test_light_tenants_growth_comes_out_of_the_flooders_pace(
     scheduler = make_scheduler("fair", max_queue_per_tenant=100, max_queue_total=1000)
     p = EnginePool("e", scheduler, {"e": 1000}, clock=clock)
     p.set_state("e", EngineState.UP)
-    p.pacer = pacer = AdmissionPacer(1.0, now=clock.now - 10, window_s=10.0)
+    p.pacing.pacer = pacer = AdmissionPacer(1.0, now=clock.now - 10, window_s=10.0)
     for i in range(100):
         pacer.completed(clock.now - 10 + i * 0.1)  # 10 completions/s
     p.shares.hold("flood", 1.0, inflight=600)  # over its share of the two tenants (500)
@@ -180,7 +180,7 @@ async def test_a_pending_turn_comes_closer_when_the_measured_rate_rises() -> Non
     p = EnginePool("e", scheduler, {"e": 8}, clock=clock)
     p.set_state("e", EngineState.UP)
     # Slow start: one admission per 10 s.
-    p.pacer = AdmissionPacer(1.0, now=clock.now - 10, window_s=10.0, slow_start_rate=0.1)
+    p.pacing.pacer = AdmissionPacer(1.0, now=clock.now - 10, window_s=10.0, slow_start_rate=0.1)
     assert p.try_admit(req("quiet")) == "e"
     while p.try_admit(req("flood")) is not None:
         pass  # to its share, then one paced admission: the next turn is 10 s away
@@ -189,7 +189,7 @@ async def test_a_pending_turn_comes_closer_when_the_measured_rate_rises() -> Non
     # The turns taken ahead (the quiet tenant's and the flooder's under its share) are
     # counted in turns, not seconds of slow start: at the new rate they take ~1 s.
     for i in range(40):  # now measured: 4 completions/s, a turn every 0.25 s
-        p.pacer.completed(clock.now - 10 + i * 0.25)
+        p.pacing.pacer.completed(clock.now - 10 + i * 0.25)
     assert p.try_admit(req("flood")) is None  # still paced, but the timer is re-armed
     clock.now += 2.5
     assert await asyncio.wait_for(future, timeout=4.0) == "e"  # not 30 s
@@ -201,12 +201,12 @@ async def test_a_backlogged_tenant_is_paced_and_not_light_under_its_share() -> N
     its refills are paced one at a time and go to the engine behind light requests."""
     clock = Clock()
     p = paced_pool(clock)  # 8 slots, a turn every 0.5 s
-    pacer, p.pacer = p.pacer, None  # the flood's first admissions, before pacing
+    pacer, p.pacing.pacer = p.pacing.pacer, None  # the flood's first admissions, before pacing
     quiet = req("quiet")
     assert p.try_admit(quiet) == "e" and quiet.light
     wave = [req("flood") for _ in range(4)]  # its share of 4
     assert all(p.try_admit(r) == "e" for r in wave)
-    p.pacer = pacer
+    p.pacing.pacer = pacer
     backlog = [req("flood") for _ in range(5)]
     waiting = [p.enqueue(r) for r in backlog]
     for r in wave[:3]:
@@ -252,18 +252,18 @@ engines:
 
     g = Gateway(compile_policy(parse_policy(policy(1.1)), 1), Metrics())
     pool = g.pools["e"]
-    pacer = pool.pacer
+    pacer = pool.pacing.pacer
     assert pacer is not None and pacer.factor == 1.1
     assert pacer.slow_start_rate == pytest.approx(60 / 30.0)
     assert AdmissionPacer.for_pool(1.1, 0.0, slots=1).slow_start_rate == 1.0  # the floor
     g.apply(compile_policy(parse_policy(policy(1.1)), 2))
-    assert pool.pacer is pacer  # unchanged: its measured rate survives the reload
+    assert pool.pacing.pacer is pacer  # unchanged: its measured rate survives the reload
     g.apply(compile_policy(parse_policy(policy(1.5)), 3))
-    assert pool.pacer is not None and pool.pacer.factor == 1.5
+    assert pool.pacing.pacer is not None and pool.pacing.pacer.factor == 1.5
     g.apply(compile_policy(parse_policy(policy(0)), 4))
-    assert pool.pacer is None
+    assert pool.pacing.pacer is None
     g.apply(compile_policy(parse_policy(policy(1.1, "fifo")), 5))
-    assert g.pools["e"].pacer is None  # arrival order for everyone: nobody is paced
+    assert g.pools["e"].pacing.pacer is None  # arrival order for everyone: nobody is paced
 
 
 def test_a_pool_below_its_limit_is_refilled_at_the_rate_its_slots_turn_over() -> None:

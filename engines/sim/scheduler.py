@@ -1,0 +1,180 @@
+"""The simulator's scheduler, modelled on vLLM v1's: which requests each step runs.
+
+Each request has ``num_tokens`` known tokens (prompt + generated so far) and
+``computed`` tokens whose KV is in the cache. Every step schedules, per request, the
+tokens still to compute (capped by the step's token budget, which is chunked prefill);
+when a request's computed tokens catch up with its known tokens the step produces its
+next token. So a fresh request prefills its prompt (maybe over several steps), emits its
+first token at the end of the step that completes the prompt, then decodes one token per
+step.
+
+Scheduling follows vLLM: running requests first, oldest first; when the KV cache cannot
+hold a decode's next token the newest running request is preempted (recompute: its KV is
+dropped and it goes back to the front of the waiting queue, to prefill prompt + output
+again). Waiting requests are admitted strictly FCFS while there is a free sequence slot,
+token budget and room in the KV cache for their whole prompt plus a small reserve; none
+are admitted in a step that preempted. With ``scheduling_policy="priority"`` (vLLM's
+``--scheduling-policy priority``) the waiting queue is ordered by (priority, arrival),
+lower first, and the victim of a preemption is the running request with the largest
+(priority, arrival) instead of the newest.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from typing import Literal
+
+from .presets import SimPreset
+from .request import SimRequest
+from .stats import EngineStats
+
+SchedulingPolicy = Literal["fcfs", "priority"]
+
+# Like vLLM's watermark: keep 1% of the cache free when admitting, so admitted requests
+# can decode a while before anything must be preempted.
+_KV_RESERVE_FRACTION = 0.01
+
+
+class BatchScheduler:
+    """The running batch, the waiting queue and the KV cache they share. Synchronous:
+    the engine's loop calls ``schedule``, sleeps the step's duration, then calls
+    ``finish_step``."""
+
+    def __init__(
+        self, preset: SimPreset, scheduling_policy: SchedulingPolicy, stats: EngineStats
+    ) -> None:
+        self.preset = preset
+        self.scheduling_policy = scheduling_policy
+        self.stats = stats
+        self.running: list[SimRequest] = []
+        self.waiting: deque[SimRequest] = deque()
+        self.kv_used = 0
+        self._kv_reserve = int(preset.kv_cache_tokens * _KV_RESERVE_FRACTION)
+
+    def wait(self, req: SimRequest) -> None:
+        """Into the waiting queue at its place: by (priority, arrival), which under FCFS
+        is the end (a preempted request keeps its arrival ticket)."""
+        waiting = self.waiting
+        if not waiting or waiting[-1].order < req.order:
+            waiting.append(req)  # the common case, O(1)
+        else:
+            waiting.insert(bisect.bisect(waiting, req.order, key=_order), req)
+
+    def drop_aborted(self) -> None:
+        gone = [r for r in (*self.running, *self.waiting) if r._aborted]
+        for req in gone:
+            self.kv_used -= req._kv
+            req._kv = 0
+            req._close("abort")
+        self.stats.requests_aborted += len(gone)
+        self.running = [r for r in self.running if not r._aborted]
+        self.waiting = deque(r for r in self.waiting if not r._aborted)
+
+    def abort_all(self) -> None:
+        """End every unfinished request with ``finish_reason="abort"``."""
+        for req in (*self.running, *self.waiting):
+            req._close("abort")
+        self.stats.requests_aborted += len(self.running) + len(self.waiting)
+        self.running.clear()
+        self.waiting.clear()
+        self.kv_used = 0
+
+    def schedule(self) -> tuple[list[SimRequest], float]:
+        """Pick this step's batch and reserve its KV; returns it and the step duration."""
+        preset = self.preset
+        budget = preset.max_num_batched_tokens
+        running = self.running
+        scheduled: list[SimRequest] = []
+        prefill_tokens = 0
+        preemptions_before = self.stats.preemptions
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            num_tokens = req.prompt_tokens + req.generated
+            new = min(num_tokens - req._computed, budget)
+            grow = req._computed + new - req._kv  # > 0 only for a decode's next token
+            if grow > 0:
+                if not self._make_room(grow, req):
+                    break  # req itself was preempted; it was the last running request
+                req._kv += grow
+                self.kv_used += grow
+            if req.generated == 0 or req._computed + 1 < num_tokens:
+                prefill_tokens += new
+            req._new = new
+            budget -= new
+            scheduled.append(req)
+            i += 1
+        if self.stats.preemptions == preemptions_before:
+            waiting = self.waiting
+            while waiting and budget > 0 and len(running) < preset.max_num_seqs:
+                req = waiting[0]
+                need = req.prompt_tokens + req.generated
+                # Alone, a request always fits (max_model_len <= KV size); never deadlock.
+                if running and self.kv_used + need + self._kv_reserve > preset.kv_cache_tokens:
+                    break
+                waiting.popleft()
+                req._kv = need
+                self.kv_used += need
+                req._new = min(need, budget)
+                budget -= req._new
+                prefill_tokens += req._new
+                running.append(req)
+                scheduled.append(req)
+        step_ms = preset.step_ms(len(scheduled), prefill_tokens, self.kv_used)
+        return scheduled, step_ms / 1000.0
+
+    def _make_room(self, tokens: int, req: SimRequest) -> bool:
+        """Preempt newest running requests until ``tokens`` more fit in the KV cache;
+        False when ``req`` itself had to be preempted."""
+        while self.kv_used + tokens > self.preset.kv_cache_tokens:
+            priority = self.scheduling_policy == "priority"
+            if priority:
+                victim = max(self.running, key=_order)
+                self.running.remove(victim)
+            else:
+                victim = self.running.pop()
+            self.kv_used -= victim._kv
+            victim._kv = 0
+            victim._computed = 0
+            if priority:
+                self.wait(victim)
+            else:
+                self.waiting.appendleft(victim)  # vLLM's FCFS: back to the front
+            self.stats.preemptions += 1
+            if victim is req:
+                return False
+        return True
+
+    def finish_step(self, scheduled: list[SimRequest], step_s: float, now: float) -> None:
+        stats = self.stats
+        generated = 0
+        finished = False
+        for req in scheduled:
+            req._computed += req._new
+            if req._computed < req.prompt_tokens + req.generated:
+                continue  # a prefill chunk that did not complete the prompt
+            req.generated += 1
+            generated += 1
+            if req.first_token_at is None:
+                req.first_token_at = now
+                stats.ttft.observe(now - req.arrival)
+                stats.prompt_tokens += req.prompt_tokens
+            if req.generated == req.max_tokens:
+                self.kv_used -= req._kv
+                req._kv = 0
+                stats.e2e.observe(now - req.arrival)
+                stats.requests_finished += 1
+                finished = True
+                req._close("length")
+            else:
+                req._wake()
+        if finished:
+            self.running = [r for r in self.running if r.finish_reason is None]
+        stats.generation_tokens += generated
+        stats.steps += 1
+        stats.step_seconds += step_s
+
+
+def _order(req: SimRequest) -> tuple[int, int]:
+    return req.order

@@ -1,0 +1,50 @@
+"""Which engine replicas take requests: the supervisor's word, and a passive check.
+
+The supervisor reports each engine's state (the worker follows ``engines.json``); a
+replica that refused a connection meanwhile is taken out at once, for a short while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from fairlane.extproc.admission import EnginePool
+from fairlane.extproc.replicas import EngineState
+
+log = logging.getLogger(__name__)
+QUARANTINE_S = 2.0
+
+
+class EngineHealth:
+    def __init__(self, pool_of: Callable[[str], EnginePool | None]) -> None:
+        self.states: dict[str, EngineState] = {}  # as the supervisor last said
+        self._pool_of = pool_of  # the pool a replica is in now (a reload may move it)
+
+    def set_state(self, engine: str, state: EngineState) -> None:
+        self.states[engine] = state
+        pool = self._pool_of(engine)
+        if pool is not None and pool.replicas[engine].state is not state:
+            log.info("engine %s is %s", engine, state.value)
+            pool.set_state(engine, state)
+
+    def quarantine(self, pool: EnginePool, replica: str) -> None:
+        """Passive health check: a replica that refused a connection gets no requests
+        for QUARANTINE_S (or until the supervisor reports on it), so a crashed replica
+        cannot drain the shared queue into instant failures."""
+        slot = pool.replicas.get(replica)
+        if slot is None or slot.state is not EngineState.UP:
+            return
+        log.warning("engine %s refused a connection: quarantined for %.0fs", replica, QUARANTINE_S)
+        pool.set_state(replica, EngineState.DOWN)
+
+        def restore() -> None:
+            current = self._pool_of(replica)
+            if current is not None and current.replicas[replica].state is EngineState.DOWN:
+                state = self.states.get(replica, EngineState.STARTING)
+                current.set_state(replica, state)
+
+        with contextlib.suppress(RuntimeError):  # no running loop (pure unit use)
+            asyncio.get_running_loop().call_later(QUARANTINE_S, restore)
