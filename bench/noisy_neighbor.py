@@ -63,8 +63,8 @@ from fairlane.bench.realtime import realtime
 from fairlane.bench.records import RunResult
 from fairlane.bench.report import config_of, machine, write_json
 from fairlane.bench.stack import run_until_stopped
-from fairlane.engines.sim.openai_api import count_tokens
 from fairlane.engines.sim.presets import PRESETS
+from fairlane.engines.sim.validation import count_tokens
 
 __all__ = ["add_arguments", "run"]  # what `fairlane bench` calls
 

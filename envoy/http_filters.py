@@ -1,6 +1,6 @@
 """The HTTP filter chain: strip internal headers, lift body fields into metadata, count a
-completions batch's prompts or a chat's inline media (Lua), ask the worker (ext_proc,
-headers only), watch usage (Lua), route."""
+completions batch's prompts or a chat's or a response's media (Lua), ask the worker
+(ext_proc, headers only), watch usage (Lua), route."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from fairlane.extproc.request import JSON_ERROR_KEY, MODEL_MISSING_KEY, REQUEST_
 
 # Each runs on one path only (routes.py turns them off elsewhere).
 PROMPT_COUNT_FILTER = "fairlane.prompt_count"  # /v1/completions
-MEDIA_COUNT_FILTER = "fairlane.media_count"  # /v1/chat/completions
-FORWARDED_HEADERS = ("x-tenant-id", "authorization", "content-length", "content-type")
+MEDIA_COUNT_FILTER = "fairlane.media_count"  # /v1/chat/completions, /v1/responses
+# `:path` tells the worker which API's fields the body holds.
+FORWARDED_HEADERS = (
+    ":path", "x-tenant-id", "authorization", "content-length", "content-type",
+)  # fmt: skip
 # How far past the longest queue wait Envoy waits for the worker's decision on a request.
 EXT_PROC_MARGIN_S = 5.0
 
@@ -143,8 +146,8 @@ def _body_rules() -> list[dict[str, Any]]:
         model,
         field("max_tokens", key="max_tokens"),
         field("max_completion_tokens", key="max_completion_tokens"),
+        field("max_output_tokens", key="max_output_tokens"),  # /v1/responses
         field("n", key="n"),
         field("best_of", key="best_of"),
         field("stream", key="stream"),
-        field("stream_options", "include_usage", key="include_usage"),
     ]

@@ -1,11 +1,12 @@
--- Finds the media of a /v1/chat/completions body, for the worker's prompt estimate: an
--- image, audio or video part's `url` (a link, or the media itself as a `data:` URL) or
--- an input_audio part's base64 `data` is bytes the engine does not tokenize as text but
--- turns into its own tokens, so the worker counts it per item (cost.media_tokens)
--- instead of per character. Only the values of those two keys count: text anywhere
--- else, however it looks, is still estimated as text. Plain searches (memchr) find the
--- keys; a body without them costs two of them. Counts go to the request's metadata
--- when above zero.
+-- Finds the media of a /v1/chat/completions or /v1/responses body, for the worker's
+-- prompt estimate: an image, audio or video part's `url` (a link, or the media itself as
+-- a `data:` URL), a Responses input_image's `image_url` string (a chat's is an object
+-- holding the `url`) or an input_audio part's base64 `data` is bytes the engine does not
+-- tokenize as text but turns into its own tokens, so the worker counts it per item
+-- (cost.media_tokens) instead of per character. Only the values of those keys count:
+-- text anywhere else, however it looks, is still estimated as text. Plain searches
+-- (memchr) find the keys; a body without them costs three of them. Counts go to the
+-- request's metadata when above zero.
 local NAMESPACE = "fairlane.request"
 
 -- The index of the closing quote of the string value that follows the key ending at
@@ -42,8 +43,9 @@ local MIN_DATA_BYTES = 1024
 
 local function media(s)
   local url_items, url_bytes = values(s, '"url"', 0)
+  local image_items, image_bytes = values(s, '"image_url"', 0)
   local data_items, data_bytes = values(s, '"data"', MIN_DATA_BYTES)
-  return url_items + data_items, url_bytes + data_bytes
+  return url_items + image_items + data_items, url_bytes + image_bytes + data_bytes
 end
 
 function envoy_on_request(handle)

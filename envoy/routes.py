@@ -43,7 +43,7 @@ def routes(policy: Policy) -> dict[str, Any]:
                     # saw the prompt twice). One that refuses again is quarantined.
                     "retry_policy": {"retry_on": "reset", "num_retries": 1},
                 },
-                # A completions batch's prompts, or a chat's inline media: not both.
+                # A completions batch's prompts, or a chat's or a response's media.
                 "typed_per_filter_config": {
                     MEDIA_COUNT_FILTER if path == COMPLETIONS_PATH else PROMPT_COUNT_FILTER: (
                         _lua_off()

@@ -5,16 +5,21 @@
 local NAMESPACE = "fairlane.usage"
 -- A non-empty delta per decode step: of the answer (chat `content`, completions
 -- `text`), of a reasoning model's thinking (vLLM's `reasoning`, formerly
--- `reasoning_content`) or of a tool call's `arguments`. A delta cut between two body
--- chunks is missed: rare, and the count is only the fallback for a stream without usage.
+-- `reasoning_content`), of a tool call's `arguments`, or any of those in a Responses
+-- stream's `*.delta` events (`delta`: a chat's is an object, never counted). A delta cut
+-- between two body chunks is missed: rare, and the count is only the fallback for a
+-- stream without usage (a Responses stream always ends with it).
 local DELTA_KEYS = {
   content = true, text = true, reasoning = true, reasoning_content = true, arguments = true,
+  delta = true,
 }
 -- Any member whose value is a non-empty string: one scan (faster than one per key).
 -- Inside a string quotes are escaped, so text that looks like a member never matches.
 local STRING_MEMBER = '"([%w_]+)":%s*"[^"]'
--- Enough of the previous chunks to complete a usage object cut in two.
-local TAIL = 200
+-- Enough of the previous chunks to complete a usage object cut in two (a Responses
+-- usage object puts its details between its two counts: ~170 bytes, more per turn of a
+-- tool loop).
+local TAIL = 400
 
 local function deltas(s)
   local n = 0
@@ -35,9 +40,12 @@ function envoy_on_response(handle)
     local text = tail .. s
     -- The last count wins: with vLLM's continuous_usage_stats every event carries the
     -- running count, and one chunk can hold several events (or the tail an older one).
+    -- The Responses API names the counts input_tokens and output_tokens.
     if string.find(text, '"usage"', 1, true) then
       for p in string.gmatch(text, '"prompt_tokens":%s*(%d+)') do prompt = tonumber(p) end
       for c in string.gmatch(text, '"completion_tokens":%s*(%d+)') do completion = tonumber(c) end
+      for p in string.gmatch(text, '"input_tokens":%s*(%d+)') do prompt = tonumber(p) end
+      for c in string.gmatch(text, '"output_tokens":%s*(%d+)') do completion = tonumber(c) end
     end
     tail = string.sub(text, -TAIL)
   end

@@ -234,7 +234,7 @@ class Gateway:
         m.child(m.tokens, label, ticket.model, "completion").inc(completion)
         outcome = "ok" if 200 <= status < 400 else ("client_closed" if status == 0 else "error")
         m.child(m.requests, label, ticket.model, outcome).inc()
-        if ttft_s is not None and ticket.stream and status == 200:
+        if ttft_s is not None and ticket.first_byte_is_token and status == 200:
             m.child(m.ttft, label, ticket.model).observe(ttft_s)
 
     def expire_leases(self, max_age_s: float) -> int:

@@ -47,7 +47,7 @@ class Metrics:
         )
         self.ttft = Histogram(
             "fairlane_ttft_seconds",
-            "Time to first response byte of streaming requests, measured by Envoy",
+            "Time to first response byte of chat and completions streams, measured by Envoy",
             ["tenant", "model"],
             buckets=LATENCY_BUCKETS,
             registry=r,

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass, replace
 
 from fairlane.extproc.errors import Reason, Rejection, model_not_found
-from fairlane.extproc.request import RequestInfo
+from fairlane.extproc.request import Api, RequestInfo
 from fairlane.extproc.runtime import TENANT_ID, Runtime, TenantProfile
 
 
@@ -26,8 +26,9 @@ class Ticket:
     max_tokens: int  # per sequence
     sequences: int  # generated at once (prompts x `n`): engine slots the request holds
     cost: float
-    stream: bool
-    include_usage: bool
+    # A stream whose first byte is its first token, so Envoy's time to first byte is
+    # its TTFT: chat and completions (a Responses stream opens with events before it).
+    first_byte_is_token: bool
 
     @property
     def completion_budget(self) -> int:
@@ -126,8 +127,7 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
         max_tokens=max_tokens,
         sequences=sequences,
         cost=cost.input_weight * prompt_tokens + cost.output_weight * max_tokens * sequences,
-        stream=info.stream,
-        include_usage=info.include_usage,
+        first_byte_is_token=info.stream and info.api is not Api.RESPONSES,
     )
 
 

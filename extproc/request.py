@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
+
+from fairlane.envoy.common import RESPONSES_PATH
 
 # The metadata namespace the bootstrap's json_to_metadata rules write into.
 REQUEST_NAMESPACE = "fairlane.request"
@@ -23,8 +26,16 @@ MEDIA_ITEMS_KEY = "media_items"
 MEDIA_BYTES_KEY = "media_bytes"
 
 
+class Api(StrEnum):
+    """Which OpenAI API a request is for: it says where the body keeps its fields."""
+
+    CHAT_OR_COMPLETIONS = "chat_or_completions"  # max_tokens, n, best_of
+    RESPONSES = "responses"  # max_output_tokens; one sequence
+
+
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
+    api: Api
     tenant_header: str | None
     authorization: str | None
     content_length: int
@@ -37,7 +48,6 @@ class RequestInfo:
     media_items: int  # a chat's images, audio and video, linked or inline (base64)
     media_bytes: int  # the body bytes they take
     stream: bool
-    include_usage: bool
     declared_json: bool  # content-type says JSON (curl -d sends a form type)
 
 
@@ -59,21 +69,29 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
     except ValueError:
         length = 0
     model_missing = bool(fields.get(MODEL_MISSING_KEY))
-    max_tokens = fields.get("max_completion_tokens", fields.get("max_tokens"))
+    path = headers.get(":path", "").partition("?")[0]
+    api = Api.RESPONSES if path == RESPONSES_PATH else Api.CHAT_OR_COMPLETIONS
+    # Only the API's own fields count: the engine ignores the others', so a client
+    # could otherwise lower its estimate with a field that limits nothing.
+    if api is Api.RESPONSES:
+        max_tokens, choices, best_of = fields.get("max_output_tokens"), None, None
+    else:
+        max_tokens = fields.get("max_completion_tokens", fields.get("max_tokens"))
+        choices, best_of = fields.get("n"), fields.get("best_of")
     return RequestInfo(
+        api=api,
         tenant_header=headers.get("x-tenant-id"),
         authorization=headers.get("authorization"),
         content_length=length,
         body_is_json=not fields.get(JSON_ERROR_KEY),
         model=None if model_missing else fields.get("model"),
         max_tokens=max_tokens,
-        choices=fields.get("n"),
-        best_of=fields.get("best_of"),
+        choices=choices,
+        best_of=best_of,
         prompts=fields.get(PROMPTS_KEY),
         media_items=_count(fields.get(MEDIA_ITEMS_KEY)),
         media_bytes=_count(fields.get(MEDIA_BYTES_KEY)),
         stream=fields.get("stream") is True,
-        include_usage=fields.get("include_usage") is True,
         declared_json=headers.get("content-type", "").startswith("application/json"),
     )
 

@@ -17,17 +17,10 @@ from prometheus_client import generate_latest
 from .engine import EngineOverloaded, SimEngine, SimRequest
 from .flags import configured_preset, parse_args
 from .metrics import build_registry
-from .openai_api import (
-    ApiError,
-    GenerationRequest,
-    Kind,
-    StreamChunks,
-    full_response,
-    parse_body,
-    parse_generation,
-    sse_error,
-)
+from .openai_api import TOKEN_TEXT, StreamChunks, full_response, sse_error
 from .presets import SimPreset
+from .responses_api import ResponseEvents, response_object, response_usage
+from .validation import ApiError, GenerationRequest, Kind, parse_body, parse_generation
 
 _DONE = b"data: [DONE]\n\n"
 # The text format generate_latest() writes, whatever newer format prometheus_client
@@ -37,6 +30,7 @@ _MAX_BODY_BYTES = 32 * 1024 * 1024
 _SHUTDOWN_TIMEOUT_S = 5.0
 _SIGNAL_RECHECK_S = 3600.0
 PRIORITY_HEADER = "X-Vllm-Priority"
+_ID_PREFIX: dict[Kind, str] = {"chat": "chatcmpl-", "completion": "cmpl-", "response": "resp_"}
 
 
 def _engine_gone() -> ApiError:
@@ -60,6 +54,9 @@ class _Api:
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, "completion")
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "response")
 
     async def models(self, request: web.Request) -> web.Response:
         data: list[dict[str, object]] = [
@@ -99,8 +96,10 @@ class _Api:
             self._priority_requests.inc()
             headers["x-sim-priority"] = str(gen.priority)
             headers["x-sim-priority-from"] = "body" if from_header is None else "header"
-        request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        request_id = _ID_PREFIX[kind] + uuid.uuid4().hex
         try:
+            if gen.stream and kind == "response":
+                return await self._stream_events(request, gen, reqs[0], request_id, headers)
             if gen.stream:
                 return await self._stream(request, gen, reqs, request_id, headers)
             return await self._complete(gen, reqs, request_id, headers)
@@ -146,7 +145,13 @@ class _Api:
         except ApiError as exc:
             return web.json_response(exc.body(), status=exc.status)
         completion_tokens = sum(req.generated for req in reqs)
-        body = full_response(gen, request_id, int(time.time()), completion_tokens)
+        created = int(time.time())
+        if gen.kind == "response":
+            usage = response_usage(sum(gen.prompt_tokens), completion_tokens)
+            text = TOKEN_TEXT * completion_tokens
+            body = response_object(gen, request_id, created, text, usage)
+        else:
+            body = full_response(gen, request_id, created, completion_tokens)
         return web.json_response(body, headers=headers)
 
     async def _stream(
@@ -157,10 +162,7 @@ class _Api:
         request_id: str,
         headers: dict[str, str],
     ) -> web.StreamResponse:
-        resp = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
-        )
-        await resp.prepare(request)
+        resp = await _open_stream(request, headers)
         created = int(time.time())
         choices = [
             StreamChunks(gen.kind, request_id, created, gen.model, i) for i in range(len(reqs))
@@ -187,6 +189,41 @@ class _Api:
             await resp.write(sse_error(ApiError(500, str(exc), "InternalServerError")) + _DONE)
         return resp
 
+    async def _stream_events(
+        self,
+        request: web.Request,
+        gen: GenerationRequest,
+        req: SimRequest,
+        response_id: str,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        """A Responses stream: typed events from ``response.created`` on (before the
+        first token, as vLLM's), the usage in the last; no ``[DONE]``."""
+        resp = await _open_stream(request, headers)
+        events = ResponseEvents(gen, response_id, int(time.time()))
+        try:
+            await resp.write(events.opening())
+            async for n in req:
+                await resp.write(events.deltas(n))  # one write per engine step
+            if req.finish_reason != "length":
+                await resp.write(events.error(_engine_gone()))
+                return resp
+            await resp.write(events.closing(req.generated, req.prompt_tokens))
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass  # the client left; _generate aborts the request
+        except TimeoutError as exc:
+            await resp.write(events.error(ApiError(500, str(exc), "InternalServerError")))
+        return resp
+
+
+async def _open_stream(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
+    )
+    await resp.prepare(request)
+    return resp
+
 
 def build_app(engine: SimEngine, models: list[str], preset: SimPreset) -> web.Application:
     """The HTTP app for a started (or soon started) engine; ``models`` are the served
@@ -197,6 +234,7 @@ def build_app(engine: SimEngine, models: list[str], preset: SimPreset) -> web.Ap
     app = web.Application(client_max_size=_MAX_BODY_BYTES)
     app.router.add_post("/v1/chat/completions", api.chat)
     app.router.add_post("/v1/completions", api.completions)
+    app.router.add_post("/v1/responses", api.responses)
     app.router.add_get("/v1/models", api.models)
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)

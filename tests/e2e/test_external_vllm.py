@@ -223,6 +223,29 @@ async def test_continuous_usage_stats_are_charged_once(stack: Any, vllm: Any) ->
     assert await charged_since(stack, before, 18) == 18
 
 
+async def test_a_streamed_response_is_served_and_charged(stack: Any) -> None:
+    """OpenAI's Responses API through Fairlane, with the unmodified SDK: vLLM's own
+    event stream, and its `response.completed` usage charged (envoy/usage.lua)."""
+    import openai  # vLLM's dependency
+
+    before = await completion_tokens_charged(stack, "alice")
+    client = openai.OpenAI(
+        base_url=stack.url + "/v1", api_key="unused", default_headers={"X-Tenant-ID": "alice"}
+    )
+
+    def stream() -> tuple[list[str], Any]:
+        items = [{"role": "user", "content": "Once upon a time"}]
+        with client.responses.stream(model=MODEL, input=items, max_output_tokens=7) as events:
+            kinds = [event.type for event in events]
+            return kinds, events.get_final_response()
+
+    kinds, final = await asyncio.to_thread(stream)
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert final.usage is not None and 1 <= final.usage.output_tokens <= 7
+    charged = await charged_since(stack, before, final.usage.output_tokens)
+    assert charged == final.usage.output_tokens
+
+
 def sample(text: str, name: str, labels: dict[str, str]) -> float:
     """The value of one Prometheus series, whatever order its labels come in."""
     for line in text.splitlines():

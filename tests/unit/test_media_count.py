@@ -1,4 +1,4 @@
-"""envoy/media.lua, the filter that finds a chat body's inline media for the prompt
+"""envoy/media.lua, the filter that finds a chat's or a response's media for the prompt
 estimate, run under LuaJIT (as in Envoy). Envoy runs it through the real data path in
 tests/integration/test_data_path.py."""
 
@@ -56,12 +56,26 @@ def test_an_image_by_link_is_an_image_too(media: Any) -> None:
     assert media(chat(image(url), image(IMAGE))) == (2, len(url) + 2 + len(IMAGE) + 2)
 
 
+def test_a_responses_input_image_is_an_image(media: Any) -> None:
+    """/v1/responses puts the link or data URL straight in `image_url` (vLLM also takes
+    that form in a chat); a chat's usual `image_url` object is counted once, by its `url`."""
+    url = "https://example.com/cat.png"
+    content = [
+        {"type": "input_text", "text": "what is this?"},
+        {"type": "input_image", "image_url": IMAGE},
+        {"type": "input_image", "image_url": url, "detail": "auto"},
+    ]
+    body = {"model": "m", "input": [{"role": "user", "content": content}]}
+    assert media(body) == (2, len(IMAGE) + 2 + len(url) + 2)
+    assert media(chat(image(url))) == (1, len(url) + 2)
+
+
 @pytest.mark.parametrize(
     "body",
     [
         # Text is estimated as text however it looks: the engine tokenizes it.
         chat(text(IMAGE)),
-        chat(text(json.dumps({"url": IMAGE, "data": AUDIO}))),
+        chat(text(json.dumps({"url": IMAGE, "data": AUDIO, "image_url": IMAGE}))),
         {"model": "m", "messages": [{"role": "user", "content": IMAGE}]},
         # A short `data` string is a schema's, not audio.
         chat(text("hi"), tools=[{"function": {"parameters": {"data": "x" * 100}}}]),

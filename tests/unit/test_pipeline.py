@@ -91,6 +91,27 @@ def test_inline_media_are_estimated_per_item_not_per_byte() -> None:
         assert isinstance(ticket, Ticket) and ticket.prompt_tokens == 100, junk
 
 
+def test_a_responses_request_is_estimated_from_its_own_fields() -> None:
+    """/v1/responses limits the answer with `max_output_tokens` and has no `n`: the other
+    APIs' fields, which the engine ignores there, cannot lower the estimate (or raise it),
+    and chat's ignore `max_output_tokens` likewise."""
+    fields = {"model": "m1", "max_output_tokens": 40, "max_tokens": 1, "n": 8, "stream": True}
+    for path in ("/v1/responses", "/v1/responses?x=1"):
+        headers = {":path": path, "content-length": "400", "x-tenant-id": "alice"}
+        ticket = evaluate(request_info(headers, fields), runtime())
+        assert isinstance(ticket, Ticket), path
+        assert (ticket.max_tokens, ticket.sequences) == (40, 1), path
+        assert not ticket.first_byte_is_token  # its stream opens before the first token
+    headers = {":path": "/v1/chat/completions", "content-length": "400", "x-tenant-id": "alice"}
+    ticket = evaluate(request_info(headers, fields), runtime())
+    assert isinstance(ticket, Ticket)
+    assert (ticket.max_tokens, ticket.sequences, ticket.first_byte_is_token) == (1, 8, True)
+    no_limit = {"model": "m1", "max_tokens": 1}
+    headers = {":path": "/v1/responses", "content-length": "400", "x-tenant-id": "alice"}
+    ticket = evaluate(request_info(headers, no_limit), runtime())
+    assert isinstance(ticket, Ticket) and ticket.max_tokens == 256  # the policy default
+
+
 def test_max_tokens_estimate_is_clamped() -> None:
     for value, want in ((1e300, 1_000_000), (-5, 1), (True, 256), ("9", 256)):
         ticket = evaluate(info(max_tokens=value), runtime())

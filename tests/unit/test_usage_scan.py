@@ -179,3 +179,69 @@ def test_usage_written_inside_the_content_is_text_not_usage(scan: Any) -> None:
     assert (got["prompt_tokens"], got["completion_tokens"]) == (40, 30)
     faked = {"choices": [{"message": {"content": text}}]}
     assert "completion_tokens" not in scan([json.dumps(faked).encode()])
+
+
+def responses_stream(tokens: int, completed: bool = True) -> bytes:
+    """A /v1/responses stream as vLLM 0.32 writes it: typed events, `usage: null` while
+    in progress, the counts (and their details) in `response.completed` only."""
+    response: dict[str, Any] = {
+        "id": "resp_1", "object": "response", "status": "in_progress", "output": [],
+        "max_output_tokens": tokens, "usage": None,
+    }  # fmt: skip
+    part = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("response.created", {"response": response}),
+        ("response.in_progress", {"response": response}),
+        ("response.content_part.added", {**part, "part": {"type": "output_text", "text": ""}}),
+        *(("response.output_text.delta", {**part, "delta": " tok"}) for _ in range(tokens)),
+    ]
+    if completed:
+        text = " tok" * tokens
+        turns = [1000 + turn for turn in range(10)]  # a 10-turn tool loop's counts
+        details = {
+            "cached_tokens": 0, "cache_write_tokens": 0,
+            "input_tokens_per_turn": turns, "cached_tokens_per_turn": turns,
+        }  # fmt: skip
+        usage = {
+            "input_tokens": 9, "input_tokens_details": details, "output_tokens": tokens,
+            "output_tokens_details": {"reasoning_tokens": 0, "output_tokens_per_turn": []},
+            "total_tokens": 9 + tokens,
+        }  # fmt: skip
+        events += [
+            ("response.output_text.done", {**part, "text": text}),
+            (
+                "response.completed",
+                {"response": {**response, "status": "completed", "usage": usage}},
+            ),
+        ]
+    out = b""
+    for seq, (kind, body) in enumerate(events):
+        data = json.dumps({**body, "sequence_number": seq, "type": kind}, separators=(",", ":"))
+        out += f"event: {kind}\ndata: {data}\n\n".encode()
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.lists(st.integers(0, 10_000), max_size=12), tokens=st.integers(1, 20))
+def test_a_responses_stream_is_read_from_its_completed_event(
+    scan: Any, cuts: list[int], tokens: int
+) -> None:
+    """/v1/responses names the counts input_tokens/output_tokens, with details between
+    them that grow with the turns of a tool loop (here ~250 bytes)."""
+    got = scan(splits(responses_stream(tokens), cuts))
+    assert (got["prompt_tokens"], got["completion_tokens"]) == (9, tokens)
+
+
+def test_a_responses_stream_cut_short_counts_its_deltas(scan: Any) -> None:
+    """No `response.completed`: the text deltas are the count (`max_output_tokens` is
+    no count of anything)."""
+    assert scan([responses_stream(6, completed=False)]) == {"chunks": 6}
+
+
+def test_a_whole_response_object_is_read(scan: Any) -> None:
+    body = {"object": "response", "max_output_tokens": 50, "usage": {
+        "input_tokens": 31, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 12, "total_tokens": 43,
+    }}  # fmt: skip
+    got = scan([json.dumps(body).encode()])
+    assert (got["prompt_tokens"], got["completion_tokens"]) == (31, 12)

@@ -1,0 +1,211 @@
+"""Request validation for the simulator's OpenAI endpoints, with vLLM's rules and errors.
+
+There is no tokenizer: prompt length is estimated from characters (a chat's messages
+with the Llama-3 template's tokens around them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+# The simulator's answer when a request leaves out max_tokens. vLLM would generate up to
+# the context limit (until EOS); with no EOS here that would be tens of thousands of
+# tokens, so a typical chat answer length is used instead.
+DEFAULT_MAX_TOKENS = 128
+# Choices per prompt: OpenAI's own limit (vLLM sets none; each choice is one sequence).
+MAX_N = 128
+# Llama-3 chat template: per message <|start_header_id|>role<|end_header_id|>\n\n ...
+# <|eot_id|>; per prompt <|begin_of_text|> plus the assistant header that opens the answer.
+_TOKENS_PER_MESSAGE = 4
+_TOKENS_PER_CHAT = 4
+
+Kind = Literal["chat", "completion", "response"]
+
+
+class ApiError(Exception):
+    """An error answered with vLLM's error object and an HTTP status."""
+
+    def __init__(
+        self, status: int, message: str, err_type: str = "BadRequestError", param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.err_type = err_type
+        self.param = param
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.err_type,
+                "param": self.param,
+                "code": self.status,
+            }
+        }
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What the simulator needs from a validated request; ``n`` choices per prompt."""
+
+    kind: Kind
+    model: str
+    prompt_tokens: list[int]
+    n: int
+    max_tokens: int
+    stream: bool
+    include_usage: bool
+    continuous_usage: bool  # vLLM's continuous_usage_stats: a running count on every chunk
+    priority: int | None
+
+
+def count_tokens(text: str, chars_per_token: float) -> int:
+    return max(1, round(len(text) / chars_per_token))
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"JSON decode error: {exc}") from None
+    except RecursionError:  # nesting deeper than Python's recursion limit (~970 here)
+        raise ApiError(400, "JSON decode error: nested too deeply") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return body
+
+
+def parse_generation(
+    kind: Kind, body: dict[str, Any], models: list[str], chars_per_token: float
+) -> GenerationRequest:
+    """Validate a chat, completions or Responses body (unknown fields are ignored, like
+    vLLM)."""
+    model = body.get("model", models[0])
+    if model not in models:
+        raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+    max_name = "max_tokens"
+    if kind == "chat":
+        prompts = [chat_tokens(body.get("messages"), chars_per_token)]
+        max_tokens = body.get("max_completion_tokens")
+        if max_tokens is None:
+            max_tokens = body.get("max_tokens")
+    elif kind == "response":
+        prompts = [_response_input_tokens(body, chars_per_token)]
+        max_name = "max_output_tokens"
+        max_tokens = body.get(max_name)
+    else:
+        prompts = _completion_tokens(body.get("prompt"), chars_per_token)
+        max_tokens = body.get("max_tokens")
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_TOKENS
+    if not is_int(max_tokens) or max_tokens < 1:
+        message = f"{max_name} must be an integer of at least 1, got {max_tokens!r}."
+        raise ApiError(400, message, param=max_name)
+    # The Responses API has neither `n` nor `stream_options`: vLLM ignores them there.
+    n = 1 if kind == "response" else body.get("n")
+    if n is None:
+        n = 1
+    if not is_int(n) or not 1 <= n <= MAX_N:
+        raise ApiError(400, f"n must be an integer from 1 to {MAX_N}, got {n!r}.", param="n")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "stream must be a boolean", param="stream")
+    options = None if kind == "response" else body.get("stream_options")
+    if options is not None and not stream:
+        raise ApiError(400, "Stream options can only be defined when `stream=True`.")
+    if not isinstance(options, dict):
+        options = {}
+    include_usage = options.get("include_usage") is True
+    continuous = include_usage and options.get("continuous_usage_stats") is True
+    priority = body.get("priority")
+    if priority is not None and not is_int(priority):
+        raise ApiError(400, "priority must be an integer", param="priority")
+    check_sampling(body)
+    return GenerationRequest(
+        kind, model, prompts, n, max_tokens, stream, include_usage, continuous, priority
+    )
+
+
+# The sampling parameters a client most often gets wrong, with vLLM's bounds. The
+# simulator ignores their values, but a request vLLM would refuse is refused here too.
+_SAMPLING_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "temperature": (lambda v: v >= 0, "of at least 0"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "presence_penalty": (lambda v: -2 <= v <= 2, "in [-2, 2]"),
+    "frequency_penalty": (lambda v: -2 <= v <= 2, "in [-2, 2]"),
+}
+
+
+def check_sampling(body: dict[str, Any]) -> None:
+    for name, (valid, rule) in _SAMPLING_RANGES.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not valid(value):
+            raise ApiError(400, f"{name} must be a number {rule}, got {value!r}.", param=name)
+    stop = body.get("stop")
+    if not (stop is None or isinstance(stop, str) or _is_str_list(stop)):
+        raise ApiError(400, "stop must be a string or a list of strings", param="stop")
+    seed = body.get("seed")
+    if seed is not None and not is_int(seed):
+        raise ApiError(400, f"seed must be an integer, got {seed!r}.", param="seed")
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def chat_tokens(messages: object, chars_per_token: float) -> int:
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages: Field required (a non-empty list)", param="messages")
+    tokens = _TOKENS_PER_CHAT
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ApiError(400, "each message must be an object with a role", param="messages")
+        content = message.get("content")
+        if isinstance(content, list):  # content parts; only text parts count
+            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        text = content if isinstance(content, str) else ""
+        tokens += _TOKENS_PER_MESSAGE + (count_tokens(text, chars_per_token) if text else 0)
+    return tokens
+
+
+def _response_input_tokens(body: dict[str, Any], chars_per_token: float) -> int:
+    """A Responses ``input``: a text or a list of items (messages, and tool outputs
+    under ``output`` with no role), after ``instructions`` as a system message;
+    counted as a chat."""
+    items = body.get("input")
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    if not isinstance(items, list) or not items:
+        raise ApiError(400, "input: Field required (a string or a non-empty list)", param="input")
+    if not all(isinstance(item, dict) for item in items):
+        raise ApiError(400, "each input item must be an object", param="input")
+    instructions = body.get("instructions")
+    messages = [{"role": "system", "content": instructions}] if instructions else []
+    for item in items:
+        content = item.get("content", item.get("output"))
+        messages.append({"role": str(item.get("role", "tool")), "content": content})
+    return chat_tokens(messages, chars_per_token)
+
+
+def _completion_tokens(prompt: object, chars_per_token: float) -> list[int]:
+    """A string, token ids, or a batch of either: one token count per prompt."""
+    if isinstance(prompt, str):
+        return [count_tokens(prompt, chars_per_token)]
+    if isinstance(prompt, list) and prompt:
+        if all(is_int(t) for t in prompt):
+            return [len(prompt)]
+        if all(isinstance(p, str) for p in prompt):
+            return [count_tokens(p, chars_per_token) for p in prompt]
+        if all(isinstance(p, list) and p and all(is_int(t) for t in p) for p in prompt):
+            return [len(p) for p in prompt]
+    raise ApiError(400, "prompt: Field required (a string or a list of strings)", param="prompt")
