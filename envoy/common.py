@@ -12,7 +12,10 @@ USAGE_NAMESPACE = "fairlane.usage"  # written by usage.lua
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 RESPONSES_PATH = "/v1/responses"  # OpenAI's Responses API, stateless (vLLM serves it)
-INFERENCE_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH)
+EMBEDDINGS_PATH = "/v1/embeddings"  # an engine serving an embedding (pooling) model
+INFERENCE_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH, EMBEDDINGS_PATH)
+# Whose body may be a batch: a list of prompts, each a sequence of its own.
+BATCH_PATHS = (COMPLETIONS_PATH, EMBEDDINGS_PATH)
 CONTROL_PATHS = ("/health", "/v1/models", "/metrics")
 MODEL_PATH_PREFIX = "/v1/models/"  # GET /v1/models/{model}, the worker's too
 T = "type.googleapis.com/"

@@ -1,6 +1,6 @@
 """The HTTP filter chain: strip internal headers, lift body fields into metadata, count a
-completions batch's prompts or a chat's or a response's media (Lua), ask the worker
-(ext_proc, headers only), watch usage (Lua), route."""
+batch's prompts or a chat's or a response's media (Lua), ask the worker (ext_proc,
+headers only), watch usage (Lua), route."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fairlane.envoy.common import CLUSTER_HEADER, DECISION_NAMESPACE, WORKER_CLU
 from fairlane.extproc.request import JSON_ERROR_KEY, MODEL_MISSING_KEY, REQUEST_NAMESPACE
 
 # Each runs on one path only (routes.py turns them off elsewhere).
-PROMPT_COUNT_FILTER = "fairlane.prompt_count"  # /v1/completions
+PROMPT_COUNT_FILTER = "fairlane.prompt_count"  # /v1/completions, /v1/embeddings
 MEDIA_COUNT_FILTER = "fairlane.media_count"  # /v1/chat/completions, /v1/responses
 # `:path` tells the worker which API's fields the body holds.
 FORWARDED_HEADERS = (

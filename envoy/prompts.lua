@@ -1,6 +1,7 @@
 -- Counts the prompts of a /v1/completions body, for the worker's slot count: vLLM and
 -- SGLang run a `prompt` list of texts or of token-id lists as one sequence per item
--- (times `n`), and json_to_metadata cannot count a list. A body without a '[' is one
+-- (times `n`), and json_to_metadata cannot count a list. A /v1/embeddings body's
+-- `input` list is the same: one sequence per item. A body without a '[' is one
 -- prompt (one search); one with is walked once between structural characters with
 -- string.find (plain searches where it can: memchr), nothing decoded or copied but
 -- short keys. The count goes to the request's metadata as `prompts` when above one,
@@ -113,27 +114,28 @@ local function walker(s)
   return walk
 end
 
--- Is the key s[i, j) (quotes included) "prompt", escapes decoded as JSON would?
-local function is_prompt_key(s, i, j)
-  if j - i == 8 then return string.sub(s, i + 1, j - 2) == "prompt" end
+-- Is the key s[i, j) (quotes included) `name`, escapes decoded as JSON would?
+local function is_key(s, i, j, name)
+  if j - i == #name + 2 then return string.sub(s, i + 1, j - 2) == name end
   if j - i > 40 then return false end
   local key = string.sub(s, i + 1, j - 2)
   if not string.find(key, "\\", 1, true) then return false end
   key = string.gsub(key, "\\u00(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end)
   key = string.gsub(key, "\\(.)", "%1")
-  return key == "prompt"
+  return key == name
 end
 
--- The number of prompts in the body: the last `prompt` key wins, as in the engines' JSON
--- parsers. A list of texts or of lists is one prompt per item; anything else is one.
-local function prompts(s)
+-- The number of prompts in the body under `name`: the last such key wins, as in the
+-- engines' JSON parsers. A list of texts or of lists is one prompt per item; anything
+-- else is one.
+local function prompts(s, name)
   local start = string.find(s, "{", 1, true)
   if start == nil then return 1 end
   local walk = walker(s)
   local count = 1
   -- After each top-level key: the index to go on from (past the value if it read it).
   local function on_key(i, j)
-    if not is_prompt_key(s, i, j) then return j end
+    if not is_key(s, i, j, name) then return j end
     count = 1
     local value = string.find(s, "[^ \t\r\n:]", j)
     if value == nil or string.byte(s, value) ~= 91 then return j end
@@ -146,11 +148,17 @@ local function prompts(s)
   return count
 end
 
+-- The key that holds the prompts on the path asked for (this filter runs on two routes).
+local function prompt_key(path)
+  if string.find(path or "", "/v1/embeddings", 1, true) == 1 then return "input" end
+  return "prompt"
+end
+
 function envoy_on_request(handle)
   local body = handle:body()
   if body == nil then return end
   local s = body:getBytes(0, body:length())
   if not string.find(s, "[", 1, true) then return end
-  local count = prompts(s)
+  local count = prompts(s, prompt_key(handle:headers():get(":path")))
   if count > 1 then handle:streamInfo():dynamicMetadata():set(NAMESPACE, "prompts", count) end
 end

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from fairlane.envoy.common import (
+    BATCH_PATHS,
     CLUSTER_HEADER,
-    COMPLETIONS_PATH,
     CONTROL_CLUSTER,
     CONTROL_PATHS,
     INFERENCE_PATHS,
@@ -43,11 +43,9 @@ def routes(policy: Policy) -> dict[str, Any]:
                     # saw the prompt twice). One that refuses again is quarantined.
                     "retry_policy": {"retry_on": "reset", "num_retries": 1},
                 },
-                # A completions batch's prompts, or a chat's or a response's media.
+                # A batch's prompts, or a chat's or a response's media.
                 "typed_per_filter_config": {
-                    MEDIA_COUNT_FILTER if path == COMPLETIONS_PATH else PROMPT_COUNT_FILTER: (
-                        _lua_off()
-                    )
+                    MEDIA_COUNT_FILTER if path in BATCH_PATHS else PROMPT_COUNT_FILTER: (_lua_off())
                 },
             }
         )

@@ -23,7 +23,7 @@ class Ticket:
     model: str
     pool: str  # the replica group serving the model
     prompt_tokens: int  # estimate from the body size; corrected from usage later
-    max_tokens: int  # per sequence
+    max_tokens: int  # per sequence (0 for an embedding)
     sequences: int  # generated at once (prompts x `n`): engine slots the request holds
     cost: float
     # A stream whose first byte is its first token, so Envoy's time to first byte is
@@ -109,7 +109,10 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
             Rejection(Reason.MODEL_NOT_ALLOWED, f"tenant {tenant_id!r} may not use `{model}`"),
         )
     cost = runtime.policy.cost
-    max_tokens = _positive_int(info.max_tokens, cost.default_max_tokens)
+    if info.api is Api.EMBEDDINGS:
+        max_tokens = 0  # pooling: the prompt's one pass is the whole answer
+    else:
+        max_tokens = _positive_int(info.max_tokens, cost.default_max_tokens)
     # Each of `n` choices (`best_of` candidates) of each prompt of a batch is a sequence
     # of its own in the engine's batch; a prompt is prefilled once for its choices.
     per_prompt = max(_positive_int(info.choices, 1), _positive_int(info.best_of, 1))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from fairlane.envoy.common import RESPONSES_PATH
+from fairlane.envoy.common import EMBEDDINGS_PATH, RESPONSES_PATH
 
 # The metadata namespace the bootstrap's json_to_metadata rules write into.
 REQUEST_NAMESPACE = "fairlane.request"
@@ -31,6 +31,10 @@ class Api(StrEnum):
 
     CHAT_OR_COMPLETIONS = "chat_or_completions"  # max_tokens, n, best_of
     RESPONSES = "responses"  # max_output_tokens; one sequence
+    EMBEDDINGS = "embeddings"  # nothing generated; a sequence per input
+
+
+_API_BY_PATH = {RESPONSES_PATH: Api.RESPONSES, EMBEDDINGS_PATH: Api.EMBEDDINGS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +74,13 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         length = 0
     model_missing = bool(fields.get(MODEL_MISSING_KEY))
     path = headers.get(":path", "").partition("?")[0]
-    api = Api.RESPONSES if path == RESPONSES_PATH else Api.CHAT_OR_COMPLETIONS
+    api = _API_BY_PATH.get(path, Api.CHAT_OR_COMPLETIONS)
     # Only the API's own fields count: the engine ignores the others', so a client
     # could otherwise lower its estimate with a field that limits nothing.
     if api is Api.RESPONSES:
         max_tokens, choices, best_of = fields.get("max_output_tokens"), None, None
+    elif api is Api.EMBEDDINGS:
+        max_tokens, choices, best_of = None, None, None
     else:
         max_tokens = fields.get("max_completion_tokens", fields.get("max_tokens"))
         choices, best_of = fields.get("n"), fields.get("best_of")

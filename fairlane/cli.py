@@ -52,7 +52,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from fairlane.engines.sim.server import main as sim_main
+    from fairlane.engines.sim.main import main as sim_main
 
     return sim_main(args.sim_args)
 

@@ -1,5 +1,5 @@
 """``python -P -m fairlane.engines.sim``: run the engine simulator."""
 
-from .server import main
+from .main import main
 
 raise SystemExit(main())

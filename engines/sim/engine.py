@@ -99,14 +99,15 @@ class SimEngine:
         self._batch.abort_all()
 
     def submit(self, prompt_tokens: int, max_tokens: int, priority: int = 0) -> SimRequest:
-        """Queue a generation of exactly ``max_tokens`` tokens after a prompt;
-        ``priority`` orders the waiting queue under the priority policy (lower first).
+        """Queue a generation of exactly ``max_tokens`` tokens after a prompt (0: pooling,
+        as for an embedding: the request ends with its prompt's prefill); ``priority``
+        orders the waiting queue under the priority policy (lower first).
 
         Raises ValueError for an invalid or too long request, EngineOverloaded when the
         queue is full and RuntimeError when the engine is not running.
         """
-        if prompt_tokens < 1 or max_tokens < 1:
-            raise ValueError("prompt_tokens and max_tokens must be at least 1")
+        if prompt_tokens < 1 or max_tokens < 0:
+            raise ValueError("prompt_tokens must be at least 1 and max_tokens at least 0")
         total = prompt_tokens + max_tokens
         if total > self.preset.max_model_len:
             raise ValueError(

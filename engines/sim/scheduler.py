@@ -154,6 +154,11 @@ class BatchScheduler:
             req._computed += req._new
             if req._computed < req.prompt_tokens + req.generated:
                 continue  # a prefill chunk that did not complete the prompt
+            if req.max_tokens == 0:  # pooling: the prompt's pass was the whole request
+                stats.prompt_tokens += req.prompt_tokens
+                self._finish(req, now)
+                finished = True
+                continue
             req.generated += 1
             generated += 1
             if req.first_token_at is None:
@@ -161,12 +166,8 @@ class BatchScheduler:
                 stats.ttft.observe(now - req.arrival)
                 stats.prompt_tokens += req.prompt_tokens
             if req.generated == req.max_tokens:
-                self.kv_used -= req._kv
-                req._kv = 0
-                stats.e2e.observe(now - req.arrival)
-                stats.requests_finished += 1
+                self._finish(req, now)
                 finished = True
-                req._close("length")
             else:
                 req._wake()
         if finished:
@@ -174,6 +175,13 @@ class BatchScheduler:
         stats.generation_tokens += generated
         stats.steps += 1
         stats.step_seconds += step_s
+
+    def _finish(self, req: SimRequest, now: float) -> None:
+        self.kv_used -= req._kv
+        req._kv = 0
+        self.stats.e2e.observe(now - req.arrival)
+        self.stats.requests_finished += 1
+        req._close("length")
 
 
 def _order(req: SimRequest) -> tuple[int, int]:

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
-import signal
-import sys
 import time
 import uuid
 from dataclasses import replace
@@ -15,22 +10,28 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from .engine import EngineOverloaded, SimEngine, SimRequest
-from .flags import configured_preset, parse_args
 from .metrics import build_registry
-from .openai_api import TOKEN_TEXT, StreamChunks, full_response, sse_error
+from .openai_api import TOKEN_TEXT, StreamChunks, embeddings_response, full_response, sse_error
 from .presets import SimPreset
 from .responses_api import ResponseEvents, response_object, response_usage
-from .validation import ApiError, GenerationRequest, Kind, parse_body, parse_generation
+from .validation import (
+    ApiError,
+    GenerationRequest,
+    Kind,
+    parse_body,
+    parse_embedding,
+    parse_generation,
+)
 
 _DONE = b"data: [DONE]\n\n"
 # The text format generate_latest() writes, whatever newer format prometheus_client
 # would advertise by default.
 _METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _MAX_BODY_BYTES = 32 * 1024 * 1024
-_SHUTDOWN_TIMEOUT_S = 5.0
-_SIGNAL_RECHECK_S = 3600.0
 PRIORITY_HEADER = "X-Vllm-Priority"
-_ID_PREFIX: dict[Kind, str] = {"chat": "chatcmpl-", "completion": "cmpl-", "response": "resp_"}
+_ID_PREFIX: dict[Kind, str] = {
+    "chat": "chatcmpl-", "completion": "cmpl-", "response": "resp_", "embedding": "embd-",
+}  # fmt: skip
 
 
 def _engine_gone() -> ApiError:
@@ -58,6 +59,9 @@ class _Api:
     async def responses(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, "response")
 
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "embedding")
+
     async def models(self, request: web.Request) -> web.Response:
         data: list[dict[str, object]] = [
             {
@@ -84,7 +88,11 @@ class _Api:
     async def _generate(self, request: web.Request, kind: Kind) -> web.StreamResponse:
         try:
             body = parse_body(await request.read())
-            gen = parse_generation(kind, body, self._models, self._preset.chars_per_token)
+            cpt = self._preset.chars_per_token
+            if kind == "embedding":
+                gen = parse_embedding(body, self._models, cpt)
+            else:
+                gen = parse_generation(kind, body, self._models, cpt)
             from_header = _header_priority(request)
             if from_header is not None:
                 gen = replace(gen, priority=from_header)
@@ -146,7 +154,9 @@ class _Api:
             return web.json_response(exc.body(), status=exc.status)
         completion_tokens = sum(req.generated for req in reqs)
         created = int(time.time())
-        if gen.kind == "response":
+        if gen.kind == "embedding":
+            body = embeddings_response(gen, request_id, created)
+        elif gen.kind == "response":
             usage = response_usage(sum(gen.prompt_tokens), completion_tokens)
             text = TOKEN_TEXT * completion_tokens
             body = response_object(gen, request_id, created, text, usage)
@@ -235,6 +245,7 @@ def build_app(engine: SimEngine, models: list[str], preset: SimPreset) -> web.Ap
     app.router.add_post("/v1/chat/completions", api.chat)
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_post("/v1/responses", api.responses)
+    app.router.add_post("/v1/embeddings", api.embeddings)
     app.router.add_get("/v1/models", api.models)
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)
@@ -247,42 +258,3 @@ def _header_priority(request: web.Request) -> int | None:
         return int(request.headers[PRIORITY_HEADER])
     except (KeyError, ValueError):
         return None
-
-
-async def _serve(args: argparse.Namespace) -> int:
-    preset = configured_preset(args)
-    engine = SimEngine(preset, max_waiting=args.max_queue, scheduling_policy=args.scheduling_policy)
-    app = build_app(engine, args.model or ["sim-model"], preset)
-    # handler_cancellation: a client that disconnects while its request is still queued
-    # cancels the handler, which aborts the request (vLLM also aborts on disconnect).
-    runner = web.AppRunner(
-        app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_TIMEOUT_S
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await engine.start()
-    await runner.setup()
-    try:
-        try:
-            await web.TCPSite(runner, args.host, args.port).start()
-        except OSError as exc:
-            print(f"fairlane-sim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-            return 1
-        print(
-            f"fairlane-sim ready on http://{args.host}:{args.port} (preset {preset.name})",
-            flush=True,
-        )
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), _SIGNAL_RECHECK_S)
-    finally:
-        await engine.stop()  # ends in-flight streams first, so the cleanup is quick
-        await runner.cleanup()
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the simulator until SIGINT/SIGTERM; 0 on a clean shutdown."""
-    return asyncio.run(_serve(parse_args(argv)))

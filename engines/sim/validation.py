@@ -22,7 +22,8 @@ MAX_N = 128
 _TOKENS_PER_MESSAGE = 4
 _TOKENS_PER_CHAT = 4
 
-Kind = Literal["chat", "completion", "response"]
+Kind = Literal["chat", "completion", "response", "embedding"]
+ENCODINGS = ("float", "base64")  # an embedding's `encoding_format`
 
 
 class ApiError(Exception):
@@ -61,6 +62,7 @@ class GenerationRequest:
     include_usage: bool
     continuous_usage: bool  # vLLM's continuous_usage_stats: a running count on every chunk
     priority: int | None
+    base64: bool = False  # an embedding's encoding_format
 
 
 def count_tokens(text: str, chars_per_token: float) -> int:
@@ -84,9 +86,7 @@ def parse_generation(
 ) -> GenerationRequest:
     """Validate a chat, completions or Responses body (unknown fields are ignored, like
     vLLM)."""
-    model = body.get("model", models[0])
-    if model not in models:
-        raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+    model = _served_model(body, models)
     max_name = "max_tokens"
     if kind == "chat":
         prompts = [chat_tokens(body.get("messages"), chars_per_token)]
@@ -98,7 +98,7 @@ def parse_generation(
         max_name = "max_output_tokens"
         max_tokens = body.get(max_name)
     else:
-        prompts = _completion_tokens(body.get("prompt"), chars_per_token)
+        prompts = _completion_tokens(body.get("prompt"), chars_per_token, "prompt")
         max_tokens = body.get("max_tokens")
     if max_tokens is None:
         max_tokens = DEFAULT_MAX_TOKENS
@@ -121,13 +121,47 @@ def parse_generation(
         options = {}
     include_usage = options.get("include_usage") is True
     continuous = include_usage and options.get("continuous_usage_stats") is True
-    priority = body.get("priority")
-    if priority is not None and not is_int(priority):
-        raise ApiError(400, "priority must be an integer", param="priority")
     check_sampling(body)
     return GenerationRequest(
-        kind, model, prompts, n, max_tokens, stream, include_usage, continuous, priority
+        kind, model, prompts, n, max_tokens, stream, include_usage, continuous, _priority(body)
     )
+
+
+def parse_embedding(
+    body: dict[str, Any], models: list[str], chars_per_token: float
+) -> GenerationRequest:
+    """Validate a /v1/embeddings body: ``input`` as a completions ``prompt`` (each item
+    pooled on its own), or vLLM's chat form, ``messages`` (one); no tokens are generated
+    (``max_tokens`` 0), nothing streams."""
+    model = _served_model(body, models)
+    if "input" not in body and "messages" in body:
+        prompts = [chat_tokens(body["messages"], chars_per_token)]
+    else:
+        prompts = _completion_tokens(body.get("input"), chars_per_token, "input")
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ENCODINGS:
+        message = f"encoding_format must be one of {', '.join(ENCODINGS)}, got {encoding!r}."
+        raise ApiError(400, message, param="encoding_format")
+    return GenerationRequest(
+        "embedding", model, prompts, 1, 0, False, False, False, _priority(body),
+        base64=encoding == "base64",
+    )  # fmt: skip
+
+
+def _served_model(body: dict[str, Any], models: list[str]) -> str:
+    model = body.get("model", models[0])
+    if model not in models:
+        raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+    return str(model)
+
+
+def _priority(body: dict[str, Any]) -> int | None:
+    priority = body.get("priority")
+    if priority is None:
+        return None
+    if not is_int(priority):
+        raise ApiError(400, "priority must be an integer", param="priority")
+    return int(priority)
 
 
 # The sampling parameters a client most often gets wrong, with vLLM's bounds. The
@@ -197,7 +231,7 @@ def _response_input_tokens(body: dict[str, Any], chars_per_token: float) -> int:
     return chat_tokens(messages, chars_per_token)
 
 
-def _completion_tokens(prompt: object, chars_per_token: float) -> list[int]:
+def _completion_tokens(prompt: object, chars_per_token: float, field: str) -> list[int]:
     """A string, token ids, or a batch of either: one token count per prompt."""
     if isinstance(prompt, str):
         return [count_tokens(prompt, chars_per_token)]
@@ -208,4 +242,5 @@ def _completion_tokens(prompt: object, chars_per_token: float) -> list[int]:
             return [count_tokens(p, chars_per_token) for p in prompt]
         if all(isinstance(p, list) and p and all(is_int(t) for t in p) for p in prompt):
             return [len(p) for p in prompt]
-    raise ApiError(400, "prompt: Field required (a string or a list of strings)", param="prompt")
+    message = f"{field}: Field required (a string or a list of strings)"
+    raise ApiError(400, message, param=field)

@@ -112,6 +112,18 @@ def test_a_responses_request_is_estimated_from_its_own_fields() -> None:
     assert isinstance(ticket, Ticket) and ticket.max_tokens == 256  # the policy default
 
 
+def test_an_embeddings_request_costs_its_prompt_only() -> None:
+    """An embedding generates nothing: no completion budget whatever the body says, one
+    sequence per `input` item (counted by envoy/prompts.lua)."""
+    headers = {":path": "/v1/embeddings", "content-length": "400", "x-tenant-id": "alice"}
+    fields = {"model": "m1", "max_tokens": 500, "n": 4, "prompts": 3.0}
+    ticket = evaluate(request_info(headers, fields), runtime())
+    assert isinstance(ticket, Ticket)
+    assert (ticket.max_tokens, ticket.sequences, ticket.completion_budget) == (0, 3, 0)
+    assert ticket.cost == 1.0 * 100  # the prompt estimate at the input weight
+    assert not ticket.first_byte_is_token
+
+
 def test_max_tokens_estimate_is_clamped() -> None:
     for value, want in ((1e300, 1_000_000), (-5, 1), (True, 256), ("9", 256)):
         ticket = evaluate(info(max_tokens=value), runtime())

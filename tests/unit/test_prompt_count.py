@@ -1,5 +1,5 @@
-"""envoy/prompts.lua, the filter that counts a completions batch's prompts, run under
-LuaJIT (as in Envoy) and checked against Python's own JSON parser: what the engine will
+"""envoy/prompts.lua, the filter that counts a completions or embeddings batch's prompts,
+run under LuaJIT (as in Envoy) and checked against Python's own JSON parser: what the engine will
 see. Envoy runs it through the real data path in tests/integration/test_data_path.py."""
 
 from __future__ import annotations
@@ -15,10 +15,17 @@ from hypothesis import strategies as st
 
 
 @pytest.fixture(scope="module")
-def count() -> Any:
+def script() -> Any:
     source = resources.files("fairlane.envoy").joinpath("prompts.lua").read_text()
-    # The script keeps its scanner local; returning it is the only addition.
-    return luajit.LuaRuntime(encoding=None).execute(source + "\nreturn prompts")
+    # The script keeps its functions local; returning them is the only addition.
+    return luajit.LuaRuntime(encoding=None).execute(source + "\nreturn prompts, prompt_key")
+
+
+@pytest.fixture(scope="module")
+def count(script: Any) -> Any:
+    """The prompts of a completions body."""
+    prompts, _ = script
+    return lambda body: prompts(body, b"prompt")
 
 
 def engine_count(body: str) -> int:
@@ -113,3 +120,23 @@ def test_agrees_with_the_json_parser_on_any_body(
     ]
     body = "{" + sep[0].join(members) + "}"
     assert count(body.encode()) == engine_count(body), body
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "want"),
+    [
+        ("/v1/embeddings", '{"model": "m", "input": ["a", "b", "c"], "prompt": ["x"]}', 3),
+        ("/v1/embeddings?x=1", '{"input": [[1, 2], [3]], "model": "m"}', 2),
+        ("/v1/embeddings", '{"input": [1, 2, 3]}', 1),  # one input, as token ids
+        ("/v1/completions", '{"input": ["a", "b", "c"], "prompt": ["x", "y"]}', 2),
+        (None, '{"prompt": ["x", "y"]}', 2),
+    ],
+)
+def test_an_embeddings_batch_is_counted_by_its_input(
+    script: Any, path: str | None, body: str, want: int
+) -> None:
+    """/v1/embeddings runs each item of its `input` list as a sequence; `input` means
+    nothing to completions (and `prompt` nothing to embeddings)."""
+    prompts, prompt_key = script
+    key = prompt_key(path.encode() if path else None)
+    assert prompts(body.encode(), key) == want

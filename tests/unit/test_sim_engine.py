@@ -204,8 +204,23 @@ async def test_invalid_and_too_long_requests_raise(make_engine: MakeEngine) -> N
     engine = await make_engine(TINY)
     with pytest.raises(ValueError, match="maximum context length is 2048 tokens"):
         engine.submit(prompt_tokens=2000, max_tokens=100)
-    with pytest.raises(ValueError, match="at least 1"):
-        engine.submit(prompt_tokens=10, max_tokens=0)
+    with pytest.raises(ValueError, match="max_tokens at least 0"):
+        engine.submit(prompt_tokens=10, max_tokens=-1)
+    with pytest.raises(ValueError, match="prompt_tokens must be at least 1"):
+        engine.submit(prompt_tokens=0, max_tokens=5)
+
+
+async def test_a_pooling_request_ends_with_its_prefill(make_engine: MakeEngine) -> None:
+    """max_tokens 0 (an embedding): done in the step that completes the prompt, beside
+    decodes, with no token generated."""
+    engine = await make_engine(TINY)
+    decode = engine.submit(prompt_tokens=10, max_tokens=50)
+    pooled = engine.submit(prompt_tokens=300, max_tokens=0)
+    async for _ in pooled:
+        raise AssertionError("a pooling request yields no tokens")
+    assert (pooled.finish_reason, pooled.generated) == ("length", 0)
+    assert decode.finish_reason is None  # still decoding beside it
+    decode.abort()
 
 
 async def test_full_queue_raises_overloaded(make_engine: MakeEngine) -> None:

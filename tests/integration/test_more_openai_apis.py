@@ -1,5 +1,6 @@
-"""OpenAI's Responses API (`POST /v1/responses`) through the real Envoy and worker to the
-simulator, which answers it as vLLM 0.32 does (tests/e2e runs it against a real vLLM)."""
+"""OpenAI's Responses API (`POST /v1/responses`) and embeddings (`POST /v1/embeddings`)
+through the real Envoy and worker to the simulator, which answers them as vLLM 0.32 does
+(tests/e2e runs the Responses API against a real vLLM)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from fairlane.ports import free_port
 pytestmark = pytest.mark.integration
 
 RESPONSES = "/v1/responses"
+EMBEDDINGS = "/v1/embeddings"
 PORT = free_port()
 
 
@@ -65,6 +67,13 @@ async def post(
         return resp.status, dict(resp.headers), await resp.read()
 
 
+def sdk(stack: Any, tenant: str = "alice") -> Any:
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(
+        base_url=stack.url + "/v1", api_key="unused", default_headers={"X-Tenant-ID": tenant}
+    )
+
+
 async def tokens_charged(stack: Any, tenant: str, kind: str) -> float:
     async with aiohttp.ClientSession() as session, session.get(stack.url + "/metrics") as resp:
         text = await resp.text()
@@ -88,9 +97,7 @@ async def charged_after(stack: Any, tenant: str, before: tuple[float, float]) ->
 
 def test_the_openai_sdk_creates_and_streams_responses(stack: Any) -> None:
     openai = pytest.importorskip("openai")
-    client = openai.OpenAI(
-        base_url=stack.url + "/v1", api_key="unused", default_headers={"X-Tenant-ID": "alice"}
-    )
+    client = sdk(stack)
     reply = client.responses.create(
         model="model-r", input="Say hi", instructions="Be brief.", max_output_tokens=5
     )
@@ -200,3 +207,75 @@ async def test_other_methods_are_refused(stack: Any) -> None:
         assert resp.status == 405
         error = json.loads(await resp.read())["error"]
     assert (error["code"], error["message"]) == ("method_not_allowed", f"use POST for {RESPONSES}")
+
+
+# -- /v1/embeddings ----------------------------------------------------------------------
+
+
+def test_the_openai_sdk_gets_embeddings(stack: Any) -> None:
+    """The SDK asks for base64 unless told otherwise, and decodes it."""
+    client = sdk(stack)
+    for encoding in ("float", None):
+        extra = {"encoding_format": encoding} if encoding else {}
+        reply = client.embeddings.create(model="model-r", input=["one", "two", "three"], **extra)
+        assert [item.index for item in reply.data] == [0, 1, 2]
+        assert all(len(item.embedding) == 16 for item in reply.data), encoding
+        assert reply.usage.prompt_tokens > 0
+    # vLLM's chat form: one sequence from the messages.
+    chat = {"model": "model-r", "messages": [{"role": "user", "content": "hi"}]}
+    reply = client.post("/embeddings", body=chat, cast_to=object)
+    assert len(reply["data"]) == 1 and reply["usage"]["prompt_tokens"] > 0
+
+
+async def inflight(stack: Any) -> float:
+    async with aiohttp.ClientSession() as session, session.get(stack.url + "/metrics") as resp:
+        text = await resp.text()
+    lines = [x for x in text.splitlines() if x.startswith('fairlane_inflight{engine="sim"}')]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+async def test_an_embeddings_batch_is_charged_its_prompts_and_holds_a_slot_each(
+    stack: Any,
+) -> None:
+    """Five inputs of ~3,000 tokens: a second or so of prefill, five sequences in the
+    engine's batch (envoy/prompts.lua counts the `input` list), and no completion."""
+    before = (
+        await tokens_charged(stack, "bob", "prompt"),
+        await tokens_charged(stack, "bob", "completion"),
+    )
+    inputs = [f"text number {i} " * 900 for i in range(5)]
+    body = {"model": "model-r", "input": inputs}
+    request = asyncio.create_task(post(stack, body, "bob", EMBEDDINGS))
+    held = 0.0
+    while not request.done():
+        held = max(held, await inflight(stack))
+        await asyncio.sleep(0.02)
+    status, _, reply = await request
+    assert status == 200, reply
+    assert held == 5
+    usage = json.loads(reply)["usage"]
+    # The completion count does not move: wait for the prompt's instead.
+    deadline, charged = time.monotonic() + 3, 0.0
+    while not charged and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        charged = await tokens_charged(stack, "bob", "prompt") - before[0]
+    assert charged == usage["prompt_tokens"]
+    assert await tokens_charged(stack, "bob", "completion") == before[1]
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        ({"model": "model-r"}, 400, "input: Field required"),
+        ({"model": "model-r", "input": "x", "encoding_format": "hex"}, 400, "encoding_format"),
+        ({"model": "nope", "input": "x"}, "model_not_found", "`nope` does not exist"),
+    ],
+)
+async def test_bad_embeddings_requests_get_openai_errors(
+    stack: Any, body: dict[str, Any], code: Any, message: str
+) -> None:
+    status, _, reply = await post(stack, body, path=EMBEDDINGS)
+    assert status == (404 if code == "model_not_found" else 400), reply
+    error = json.loads(reply)["error"]
+    assert error["code"] == code
+    assert message in error["message"]

@@ -1,0 +1,57 @@
+"""The simulator as a process: listen, serve until SIGINT/SIGTERM, shut down cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+
+from aiohttp import web
+
+from .engine import SimEngine
+from .flags import configured_preset, parse_args
+from .server import build_app
+
+_SHUTDOWN_TIMEOUT_S = 5.0
+_SIGNAL_RECHECK_S = 3600.0
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    preset = configured_preset(args)
+    engine = SimEngine(preset, max_waiting=args.max_queue, scheduling_policy=args.scheduling_policy)
+    app = build_app(engine, args.model or ["sim-model"], preset)
+    # handler_cancellation: a client that disconnects while its request is still queued
+    # cancels the handler, which aborts the request (vLLM also aborts on disconnect).
+    runner = web.AppRunner(
+        app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_TIMEOUT_S
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await engine.start()
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, args.host, args.port).start()
+        except OSError as exc:
+            print(f"fairlane-sim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"fairlane-sim ready on http://{args.host}:{args.port} (preset {preset.name})",
+            flush=True,
+        )
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _SIGNAL_RECHECK_S)
+    finally:
+        await engine.stop()  # ends in-flight streams first, so the cleanup is quick
+        await runner.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the simulator until SIGINT/SIGTERM; 0 on a clean shutdown."""
+    return asyncio.run(_serve(parse_args(argv)))

@@ -1,0 +1,76 @@
+"""Embeddings through Fairlane from a real vLLM serving the tiny Llama as an embedding
+model (`--runner pooling --convert embed`), started by hand as a user would."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None,
+        reason="vllm is not installed in this venv: run `make e2e` (it creates .venv-e2e)",
+    ),
+]
+
+MODEL = "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def vllm(external_vllm_factory: Any) -> Any:
+    engine = external_vllm_factory("--runner", "pooling", "--convert", "embed")
+    print(f"\nexternal vLLM (pooling) healthy after {engine.start_s:.1f}s")
+    return engine
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory: Any, vllm: Any) -> Any:
+    policy = {
+        "version": 1,
+        "tenants": {"alice": {}},
+        "engines": {
+            "embed": {"kind": "external", "url": vllm.url, "models": [MODEL], "max_inflight": 8}
+        },
+    }
+    stack = stack_factory(policy, healthy=False)
+    stack.wait_healthy(timeout_s=60)
+    return stack
+
+
+async def prompt_tokens_charged(stack: Any) -> float:
+    async with aiohttp.ClientSession() as session, session.get(stack.url + "/metrics") as resp:
+        text = await resp.text()
+    want = f'fairlane_tokens_total{{kind="prompt",model="{MODEL}",tenant="alice"}} '
+    lines = [line for line in text.splitlines() if line.startswith(want)]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+async def test_embeddings_are_served_and_their_prompts_charged(stack: Any) -> None:
+    """The unmodified SDK (base64 by default, decoded by it); the engine's usage is
+    what the tenant is charged, prompt tokens only."""
+    import openai  # vLLM's dependency
+
+    before = await prompt_tokens_charged(stack)
+    client = openai.OpenAI(
+        base_url=stack.url + "/v1", api_key="unused", default_headers={"X-Tenant-ID": "alice"}
+    )
+    inputs = ["Once upon a time", "there was a tiny model", "that embedded text"]
+    reply = await asyncio.to_thread(client.embeddings.create, model=MODEL, input=inputs)
+    assert [item.index for item in reply.data] == [0, 1, 2]
+    dims = {len(item.embedding) for item in reply.data}
+    assert len(dims) == 1 and dims.pop() > 0
+    deadline, charged = time.monotonic() + 10, 0.0
+    while not charged and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        charged = await prompt_tokens_charged(stack) - before
+    assert charged == reply.usage.prompt_tokens
+    async with aiohttp.ClientSession() as session, session.get(stack.url + "/metrics") as resp:
+        text = await resp.text()
+    completion = f'fairlane_tokens_total{{kind="completion",model="{MODEL}",tenant="alice"}} 0.0'
+    assert completion in text.splitlines()
