@@ -128,16 +128,11 @@ def embeddings_response(gen: GenerationRequest, request_id: str, created: int) -
         {"object": "embedding", "index": i, "embedding": encoded}
         for i in range(len(gen.prompt_tokens))
     ]
-    prompt_tokens = sum(gen.prompt_tokens)
     return {
         "id": request_id,
         "object": "list",
         "created": created,
         "model": gen.model,
         "data": data,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "total_tokens": prompt_tokens,
-            "completion_tokens": 0,
-        },
+        "usage": usage(sum(gen.prompt_tokens), 0),
     }
