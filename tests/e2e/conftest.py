@@ -37,6 +37,20 @@ if not VLLM_FOUND and os.environ.get("FAIRLANE_E2E_REQUIRED") == "1":
         f"FAIRLANE_E2E_REQUIRED=1 but vllm is not importable from {sys.executable}"
     )
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test of this tier is marked `e2e` and skips where vLLM is not installed."""
+    tier = Path(__file__).parent
+    no_vllm = pytest.mark.skip(
+        reason="vllm is not installed in this venv: run `make e2e` (it creates .venv-e2e)"
+    )
+    for item in items:
+        if tier in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+            if not VLLM_FOUND:
+                item.add_marker(no_vllm)
+
+
 # vLLM on 2 CPU cores: a small KV cache (GiB), no downloads, and eager mode. Eager skips
 # the ~60 s torch.compile warm-up that a cold cache costs on every new configuration;
 # the tiny model is dominated by Python overhead either way.

@@ -4,20 +4,11 @@ model (`--runner pooling --convert embed`), started by hand as a user would."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import time
 from typing import Any
 
 import aiohttp
 import pytest
-
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None,
-        reason="vllm is not installed in this venv: run `make e2e` (it creates .venv-e2e)",
-    ),
-]
 
 MODEL = "tiny-llama"
 

@@ -9,7 +9,6 @@ it reads from its own environment (`api_key_env`), and clients send none.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import secrets
 import subprocess
@@ -21,14 +20,6 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None,
-        reason="vllm is not installed in this venv: run `make e2e` (it creates .venv-e2e)",
-    ),
-]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "configs" / "external-vllm.yaml"

@@ -12,7 +12,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import os
 import signal
@@ -25,14 +24,6 @@ import openai
 import pytest
 
 from fairlane.bench.cpu import alive, children, cmdline, process_group
-
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None,
-        reason="vllm is not installed in this venv: run `make e2e` (it creates .venv-e2e)",
-    ),
-]
 
 MODEL = "tiny-llama"
 CHAT = "/v1/chat/completions"
