@@ -15,7 +15,11 @@ the tenants now in flight or waiting): a tenant over its share fills the pool on
 ``capacity - reserved``, and a tenant under it is admitted into the rest at once, even
 while the over-share tenant waits. Alone, any tenant's share is the whole pool, so
 nothing is held back from a single flooder; the price is up to ``reserved`` idle slots
-while an over-share tenant waits and a light one is active but needs fewer.
+while an over-share tenant waits and a light one is active but needs fewer. A tenant that
+arrives while a lone flooder holds every slot would wait for its next completion (one
+answer's length when the flood's answers end in waves), so light requests may also go
+over the limit, by at most ``reserved`` slots in all, while the pool is full: the flooder,
+now over its share, is not refilled until the pool is back under ``capacity - reserved``.
 """
 
 from __future__ import annotations
@@ -120,15 +124,16 @@ class EnginePool:
         """
         if self.state is EngineState.DOWN:
             raise EngineUnavailable(self.name)
-        replica = self._roomiest()
+        replica = self._slot(request)
         if replica is None:
             return None
-        request.light = self._light(request)
+        self._classify(request)
         if self.pacing.holds_back(request, self._clock()):
             return None  # queued; the pacing timer dispatches it
         if self._waiting or self._only_reserved_left():
-            # Others wait, or only reserved slots are left: both are for a tenant under
-            # its share, and one with nothing of its own queued (its order holds).
+            # Others wait, or only reserved slots (or slots over the limit) are left: both
+            # are for a tenant under its share, with nothing of its own queued (its order
+            # holds).
             queued_own = self.shares.waiting(request.tenant, request.client)
             if queued_own or not self._may_take_reserved(request):
                 return None
@@ -190,9 +195,20 @@ class EnginePool:
         replica.inflight += request.slots
         self._hold(request, inflight=request.slots)
 
-    def _roomiest(self) -> Replica | None:
+    def _slot(self, request: QueuedRequest) -> Replica | None:
+        """The replica with the most free slots; with none free, while the pool is less
+        than ``reserved`` over its limit and the request's tenant is not the one holding
+        them all, the healthy replica least over it (callers admit only a tenant that
+        may take the reserve there, as for ``_only_reserved_left``)."""
         best = max(self.replicas.values(), key=lambda r: r.free)
-        return best if best.free > 0 else None
+        if best.free > 0:
+            return best
+        if self._busy >= self.capacity + self.reserved:
+            return None
+        if self.shares.alone(request.tenant, request.client):
+            return None
+        up = [r for r in self.replicas.values() if r.state is EngineState.UP]
+        return max(up, key=lambda r: r.free) if up else None
 
     def _abandon(self, request: QueuedRequest) -> None:
         """Take a request that gave up out of the queue (if dispatch has not already)."""
@@ -203,16 +219,16 @@ class EnginePool:
     def _dispatch(self) -> None:
         now = self._clock()
         while self._waiting:
-            replica = self._roomiest()
-            if replica is None:
-                return
             head = self.scheduler.peek()
             if head is None:
+                return
+            replica = self._slot(head)
+            if replica is None:
                 return
             reserved = self._only_reserved_left()
             if reserved and not self._may_take_reserved(head):
                 return  # the reserved slots are not for the tenant next in line
-            head.light = self._light(head)
+            self._classify(head)
             if self.pacing.holds_back(head, now):
                 return
             if reserved:
@@ -244,12 +260,15 @@ class EnginePool:
     def _under_share(self, request: QueuedRequest) -> bool:
         return self.shares.under(request.tenant, self.capacity, request.client)
 
-    def _light(self, request: QueuedRequest) -> bool:
+    def _classify(self, request: QueuedRequest) -> None:
         """Is the request's tenant light: its slots held and other requests waiting
         under its weighted share? Light tenants are never paced, and the engine serves
-        them first (``Admitted.engine_priority``)."""
+        them first (``Admitted.engine_priority``), except a tenant alone in the pool:
+        its prompts must not go before those of a tenant that arrives next."""
         besides = 1 if request in self._waiting else 0
-        return self.shares.light(request.tenant, self.capacity, besides, request.client)
+        tenant, client = request.tenant, request.client
+        request.light = self.shares.light(tenant, self.capacity, besides, client)
+        request.alone = self.shares.alone(tenant, client)
 
     def _hold(self, request: QueuedRequest, inflight: int = 0, waiting: int = 0) -> None:
         self.shares.hold(request.tenant, request.weight, inflight, waiting, request.client)

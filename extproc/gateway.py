@@ -166,7 +166,7 @@ class Gateway:
             self.metrics.child(self.metrics.queue_wait, label).observe(now - queued.enqueued_at)
         else:
             self.metrics.child(self.metrics.queue_wait, label).observe(0.0)
-        heavy = not queued.light
+        heavy = queued.alone or not queued.light
         return Admitted(lease_id, ticket, replica, 2 * ticket.tenant.priority + heavy)
 
     def refuse_admitted(

@@ -41,8 +41,9 @@ class Admitted:
     replica: str  # the engine it goes to
     # For engines that schedule by priority (lower first): the tenant's class rank
     # twice, plus 1 unless the tenant was light at admission (slots held plus requests
-    # waiting under its share), so in the engine's own waiting queue a light tenant's
-    # prompt goes before a flooder's.
+    # waiting under its share) and not alone in the pool, so in the engine's own waiting
+    # queue a light tenant's prompt goes before a flooder's, and a newcomer's before
+    # those of a tenant that had the engine to itself.
     engine_priority: int = 0
 
 

@@ -59,6 +59,11 @@ class Shares:
         self._expire()
         return len(self._tenants)
 
+    def alone(self, tenant: str, client: str = "") -> bool:
+        """Is no other client active in the pool (in flight, waiting or lingering)?"""
+        self._expire()
+        return len(self._holdings) == int((tenant, client) in self._holdings)
+
     def waiting(self, tenant: str, client: str = "") -> int:
         holding = self._holdings.get((tenant, client))
         return 0 if holding is None else holding.waiting

@@ -44,6 +44,7 @@ def _policy() -> dict[str, Any]:
                 "port": PRIO_PORT,
                 "args": ["--model", "model-q"],  # for prio-external, below
                 "inject_priority": True,
+                "linger_s": 0,  # each test's tenant alone in the pool
             },
             # The same simulator as an external engine: it gets the priority in the body.
             "prio-external": {
@@ -51,6 +52,7 @@ def _policy() -> dict[str, Any]:
                 "url": f"http://127.0.0.1:{PRIO_PORT}",
                 "models": ["model-q"],
                 "inject_priority": True,
+                "linger_s": 0,
             },
             "one": {
                 "kind": "sim",
@@ -543,12 +545,13 @@ async def test_json_nested_as_deep_as_envoy_takes_is_refused_not_crashed_on(
 
 
 @pytest.mark.parametrize(("model", "how"), [("model-p", "header"), ("model-q", "body")])
-@pytest.mark.parametrize(("tenant", "priority"), [("alice", "0"), ("bob", "2")])
+@pytest.mark.parametrize(("tenant", "priority"), [("alice", "1"), ("bob", "3")])
 async def test_priority_injected_for_priority_engines(
     stack: Any, model: str, how: str, tenant: str, priority: str
 ) -> None:
-    """Class rank x 2 (+1 while over its share): interactive 0, batch 2. Managed vLLM
-    and sim engines get it as X-Vllm-Priority, others in the body (a second round trip)."""
+    """Class rank x 2, + 1 while over its share or alone in the pool (as here, so that a
+    tenant arriving next goes first): interactive 1, batch 3. Managed vLLM and sim
+    engines get it as X-Vllm-Priority, others in the body (a second round trip)."""
     body = chat(model, max_tokens=2, priority=-50)  # a client's own priority never counts
     body["messages"][0]["content"] = "long " * 3000  # the body mutation must fix the length
     forged = {"x-vllm-priority": "-100"}

@@ -72,12 +72,37 @@ async def test_queued_light_tenant_is_dispatched_into_the_reserve() -> None:
     flood = fill(p, "flood", 5)
     late_flood = p.enqueue(req("flood"))
     fill(p, "quiet", 2)  # into the reserve: the pool is full
-    late_quiet = p.enqueue(req("quiet"))  # no slot at all: it queues
+    late_quiet = p.enqueue(req("quiet"))  # queued, as behind others waiting
     # A flooder slot frees: 7 in flight, so only a reserved slot is free. The head of
     # the fair queue is the quiet tenant (lower counter), holding 3 < its share of 4.
     p.release(flood[0], "e", 100.0)
     assert late_quiet.done() and not late_flood.done()
     assert p.headroom_admissions == 3
+
+
+async def test_a_newcomer_goes_over_the_limit_while_a_lone_flooder_holds_every_slot() -> None:
+    p = pool()  # 8 slots, 2 reserved
+    flood = fill(p, "flood", 8)  # alone, its share is the whole pool
+    assert all(r.alone and r.light for r in flood)  # unpaced, but last in the engine
+    assert p.try_admit(req("flood")) is None  # full, and not under its share
+    late_flood = p.enqueue(req("flood"))
+    # Under its share (4 of 8 now), the newcomer does not wait for a completion: it goes
+    # over the limit, by the reserve at most, and first in the engine's queue.
+    first = req("quiet")
+    assert p.try_admit(first) == "e" and first.light and not first.alone
+    assert p.try_admit(req("quiet")) == "e"
+    assert p.inflight == 10 and p.headroom_admissions == 4
+    assert p.try_admit(req("quiet")) is None
+    late_quiet = p.enqueue(req("quiet"))
+    # The flooder's completions go to the quiet tenant first, and the flooder, over its
+    # share, is not refilled while the pool is over capacity - reserved (6).
+    p.release(flood[0], "e", 100.0)
+    assert late_quiet.done() and not late_flood.done() and p.inflight == 10
+    for r in flood[1:4]:
+        p.release(r, "e", 100.0)
+    assert not late_flood.done() and p.inflight == 7  # flooder 4 of its share of 4
+    p.release(flood[4], "e", 100.0)  # 3 held: under its share, it may take a slot
+    assert late_flood.done() and p.inflight == 7
 
 
 async def test_fifo_holds_nothing_back() -> None:
@@ -202,8 +227,9 @@ async def test_the_reserve_outlasts_a_short_request_by_the_linger(
     linger_s: float, reserved_kept: bool
 ) -> None:
     """A chat-like tenant: one short request, a pause, the next. While it lingers, a
-    flooder's freed slots down to the reserve go to its queue, the reserve stays free,
-    and the next short request is admitted at once instead of after a completion."""
+    flooder's freed slots down to the reserve go to its queue and the reserve stays
+    free for the next short request; without the linger the flooder, alone, fills every
+    slot, and the next request goes over the limit into an engine full of its prompts."""
     now = [0.0]
     scheduler = make_scheduler("fair", max_queue_per_tenant=100, max_queue_total=1000)
     p = EnginePool("e", scheduler, {"e": 8}, clock=lambda: now[0], headroom=0.25)
@@ -217,4 +243,5 @@ async def test_the_reserve_outlasts_a_short_request_by_the_linger(
     p.release(flood[0], "e", 100.0)  # a flood slot frees: 4 held, 6 allowed
     admitted = sum(f.done() for f in waiting)
     assert admitted == (2 if reserved_kept else 4)  # alone, the flooder fills all 8
-    assert (p.try_admit(req("quiet")) is not None) is reserved_kept
+    assert p.try_admit(req("quiet")) is not None
+    assert p.inflight == (7 if reserved_kept else 9)
