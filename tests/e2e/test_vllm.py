@@ -56,6 +56,9 @@ def stack(stack_factory: Any, vllm_engine: Any) -> Any:
                 "--enable-per-request-metrics",
                 inject_priority=True,
                 max_inflight=64,
+                # A tenant is alone in the pool (its prompts yield to a newcomer's) as
+                # soon as the others' requests end, whatever ran before.
+                linger_s=0,
                 # While the engine (re)starts, requests wait this long, then get a 503.
                 queue={"timeout_s": QUEUE_TIMEOUT_S},
             )
