@@ -38,6 +38,7 @@ def _policy() -> dict[str, Any]:
                 "port": PORT,
                 "args": ["--model", "model-x"],
                 "inject_priority": True,
+                "linger_s": 0,  # each test's tenant alone in the pool
             },
             # The same simulator as an external engine: the priority goes in the body.
             "external": {
@@ -45,6 +46,7 @@ def _policy() -> dict[str, Any]:
                 "url": f"http://127.0.0.1:{PORT}",
                 "models": ["model-x"],
                 "inject_priority": True,
+                "linger_s": 0,
             },
         },
     }
@@ -171,7 +173,7 @@ async def test_admission_reads_max_output_tokens(stack: Any) -> None:
 
 
 @pytest.mark.parametrize(("model", "how"), [("model-r", "header"), ("model-x", "body")])
-@pytest.mark.parametrize(("tenant", "priority"), [("alice", "0"), ("bob", "2")])
+@pytest.mark.parametrize(("tenant", "priority"), [("alice", "1"), ("bob", "3")])
 async def test_the_engine_gets_the_tenants_priority(
     stack: Any, model: str, how: str, tenant: str, priority: str
 ) -> None:
