@@ -242,6 +242,20 @@ async def closed_loop(
     return await run.finish(tasks, drain_timeout_s)
 
 
+def arrival_schedule(
+    rates: dict[str, float], seed: int, horizon_s: float, starts: dict[str, float]
+) -> list[tuple[float, str]]:
+    """(time, tenant) of every send up to ``horizon_s``, in order: each tenant's seeded
+    Poisson times, those before its ``starts`` time (default 0 s) left out, so a late
+    start keeps the same times after it."""
+    return sorted(
+        (t, tenant)
+        for index, (tenant, rate) in enumerate(rates.items())
+        for t in poisson_arrivals(rate, horizon_s, tenant_rng(seed, index))
+        if t >= starts.get(tenant, 0.0)
+    )
+
+
 async def open_loop(
     client: Client,
     rates: dict[str, float],
@@ -249,16 +263,13 @@ async def open_loop(
     warmup_s: float,
     duration_s: float,
     drain_timeout_s: float = 120.0,
+    starts: dict[str, float] | None = None,
 ) -> RunResult:
-    """Each tenant sends at Poisson times of its rate (req/s), seeded per tenant index;
-    a request's fate never delays the next send."""
+    """Each tenant sends at Poisson times of its rate (req/s), seeded per tenant index,
+    from its ``starts`` time on (default 0 s); a request's fate never delays the next
+    send."""
     run = _Run(client, warmup_s, duration_s)
-    horizon = run.window[1]
-    schedule = sorted(
-        (t, tenant)
-        for index, (tenant, rate) in enumerate(rates.items())
-        for t in poisson_arrivals(rate, horizon, tenant_rng(seed, index))
-    )
+    schedule = arrival_schedule(rates, seed, run.window[1], starts or {})
     in_flight: set[asyncio.Task[RequestRecord]] = set()
 
     async def dispatch() -> None:

@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "a quiet tenant with nothing in flight between its requests",
     )
     parser.add_argument(
+        "--quiet-late",
+        action="store_true",
+        help="the quiet tenants send nothing during the warm-up: they arrive into a flood "
+        "already running, which the flooder had to itself (the default starts all together)",
+    )
+    parser.add_argument(
         "--max-tokens-spread",
         type=float,
         default=0.0,

@@ -157,6 +157,7 @@ async def _arm(
     work: Path,
 ) -> tuple[RunResult, dict[str, Any]]:
     deployed = deploy(arm, policy, args.gateways, args.engine, work, args.engine_url)
+    quiet = [tenant for tenant in rates if tenant not in (FLOODER, PINNED, SPREAD)]
     async with deployed as deployment:
         urls = deployment.urls
         workload = Workload(
@@ -169,9 +170,7 @@ async def _arm(
             more_urls=tuple(urls[1:]),
             pinned=frozenset({PINNED}),
             max_tokens_of=tuple(
-                (tenant, args.quiet_max_tokens)
-                for tenant in rates
-                if args.quiet_max_tokens and tenant not in (FLOODER, PINNED, SPREAD)
+                (tenant, args.quiet_max_tokens) for tenant in quiet if args.quiet_max_tokens
             ),
             # The benchmark's own engines have no prefix cache; yours may well have.
             unique_prompts=args.engine == "external",
@@ -184,8 +183,15 @@ async def _arm(
                 async with Client(workload) as client:
                     with realtime(args.realtime) as used:
                         watcher.t0 = time.perf_counter()
+                        late = dict.fromkeys(quiet, args.warmup) if args.quiet_late else None
                         result = await open_loop(
-                            client, rates, args.seed, args.warmup, args.duration, 120.0
+                            client,
+                            rates,
+                            args.seed,
+                            args.warmup,
+                            args.duration,
+                            120.0,
+                            starts=late,
                         )
                 cpu = CpuSnapshot.take(deployment.pids).since(before)
             finally:

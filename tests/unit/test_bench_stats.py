@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from fairlane.bench.loadgen import Workload
+from fairlane.bench.loadgen import Workload, arrival_schedule
 from fairlane.bench.noisy_neighbor import default_max_inflight
 from fairlane.bench.records import RequestRecord, RunResult
 from fairlane.bench.report import table
@@ -156,3 +156,16 @@ def test_table_aligns_columns() -> None:
     assert lines[0] == "| a   | long header |"
     assert lines[1] == "|-----|-------------|"
     assert lines[3] == "| 333 | 4           |"
+
+
+def test_a_late_start_leaves_out_the_sends_before_it_and_keeps_the_rest() -> None:
+    """`--quiet-late`: the quiet tenant sends nothing in the warm-up, and after it the
+    same seeded times as when it starts with the flooder."""
+    rates = {"quiet-1": 1.0, "flooder": 32.0}
+    together = arrival_schedule(rates, seed=2, horizon_s=60.0, starts={})
+    late = arrival_schedule(rates, seed=2, horizon_s=60.0, starts={"quiet-1": 20.0})
+    quiet_late = [t for t, tenant in late if tenant == "quiet-1"]
+    assert quiet_late and min(quiet_late) >= 20.0
+    assert quiet_late == [t for t, tenant in together if tenant == "quiet-1" and t >= 20.0]
+    assert [x for x in late if x[1] == "flooder"] == [x for x in together if x[1] == "flooder"]
+    assert late == sorted(late)
