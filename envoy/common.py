@@ -19,6 +19,15 @@ BATCH_PATHS = (COMPLETIONS_PATH, EMBEDDINGS_PATH)
 CONTROL_PATHS = ("/health", "/v1/models", "/metrics")
 MODEL_PATH_PREFIX = "/v1/models/"  # GET /v1/models/{model}, the worker's too
 T = "type.googleapis.com/"
+# Request bodies Envoy decompresses before anything reads them: Content-Encoding value
+# -> the decompressor library that undoes it.
+DECOMPRESSORS = {
+    "gzip": "envoy.extensions.compression.gzip.decompressor.v3.Gzip",
+    "br": "envoy.extensions.compression.brotli.decompressor.v3.Brotli",
+    "zstd": "envoy.extensions.compression.zstd.decompressor.v3.Zstd",
+}
+# Envoy wants a runtime key beside some constant values; Fairlane never sets this one.
+UNSET_RUNTIME_KEY = "fairlane.no_such_key"
 # Envoy's overload manager refuses connections past this. Over HTTP/1.1 it also bounds
 # how many requests can wait for the worker's decision at once (one ext_proc stream
 # each); over HTTP/2 the worker's own limit on pending calls (the same) bounds it.

@@ -1,21 +1,31 @@
-"""The HTTP filter chain: strip internal headers, lift body fields into metadata, count a
-batch's prompts or a chat's or a response's media (Lua), ask the worker (ext_proc,
-headers only), watch usage (Lua), route."""
+"""The HTTP filter chain: strip internal headers, decompress a compressed upload, lift
+body fields into metadata, count a batch's prompts or a chat's or a response's media
+(Lua), ask the worker (ext_proc, headers only), watch usage (Lua), route."""
 
 from __future__ import annotations
 
 from importlib import resources
 from typing import Any
 
-from fairlane.envoy.common import CLUSTER_HEADER, DECISION_NAMESPACE, WORKER_CLUSTER, T, seconds
+from fairlane.envoy.common import (
+    CLUSTER_HEADER,
+    DECISION_NAMESPACE,
+    DECOMPRESSORS,
+    UNSET_RUNTIME_KEY,
+    WORKER_CLUSTER,
+    T,
+    seconds,
+)
 from fairlane.extproc.request import JSON_ERROR_KEY, MODEL_MISSING_KEY, REQUEST_NAMESPACE
 
 # Each runs on one path only (routes.py turns them off elsewhere).
 PROMPT_COUNT_FILTER = "fairlane.prompt_count"  # /v1/completions, /v1/embeddings
 MEDIA_COUNT_FILTER = "fairlane.media_count"  # /v1/chat/completions, /v1/responses
-# `:path` tells the worker which API's fields the body holds.
+# `:path` tells the worker which API's fields the body holds; a `content-encoding` left
+# after the decompressors is one Envoy cannot undo.
 FORWARDED_HEADERS = (
     ":path", "x-tenant-id", "authorization", "content-length", "content-type",
+    "content-encoding",
 )  # fmt: skip
 # How far past the longest queue wait Envoy waits for the worker's decision on a request.
 EXT_PROC_MARGIN_S = 5.0
@@ -41,9 +51,11 @@ def http_filters(longest_wait: float, max_body_bytes: int) -> list[dict[str, Any
                 },
             },
         },
+        *(_decompressor(encoding, library) for encoding, library in DECOMPRESSORS.items()),
         {
             # Buffers the whole body (json_to_metadata would anyway) and sets its
-            # content-length: a chunked upload's prompt is estimated from its size too.
+            # content-length: a chunked upload's prompt is estimated from its size too,
+            # and a compressed one from its size once decompressed (which this limits).
             "name": "envoy.filters.http.buffer",
             "typed_config": {
                 "@type": T + "envoy.extensions.filters.http.buffer.v3.Buffer",
@@ -110,6 +122,34 @@ def http_filters(longest_wait: float, max_body_bytes: int) -> list[dict[str, Any
             "typed_config": {"@type": T + "envoy.extensions.filters.http.router.v3.Router"},
         },
     ]
+
+
+def _decompressor(encoding: str, library: str) -> dict[str, Any]:
+    """Undoes one Content-Encoding of request bodies (and removes the header), so the
+    body fields, the size estimate and the engine all see plain JSON. Responses are
+    left alone: engines do not compress them."""
+
+    def enabled(on: bool) -> dict[str, Any]:
+        flag = {"default_value": on, "runtime_key": UNSET_RUNTIME_KEY}
+        return {"enabled": flag, "ignore_no_transform_header": True}
+
+    library_config: dict[str, Any] = {"@type": T + library}
+    if encoding == "gzip":
+        # gzip stops at 100x by default; the buffer's max_body_bytes bounds the result
+        # anyway, so allow the most (a repetitive prompt compresses far past 100x).
+        library_config["max_inflate_ratio"] = 1032
+    return {
+        "name": f"fairlane.decompress.{encoding}",
+        "typed_config": {
+            "@type": T + "envoy.extensions.filters.http.decompressor.v3.Decompressor",
+            "decompressor_library": {"name": encoding, "typed_config": library_config},
+            "request_direction_config": {
+                "common_config": enabled(True),
+                "advertise_accept_encoding": False,
+            },
+            "response_direction_config": {"common_config": enabled(False)},
+        },
+    }
 
 
 def _lua(name: str, script: str) -> dict[str, Any]:

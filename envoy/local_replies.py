@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fairlane.envoy.common import CONTROL_PATHS, MODEL_PATH_PREFIX, T, header
+from fairlane.envoy.common import CONTROL_PATHS, MODEL_PATH_PREFIX, UNSET_RUNTIME_KEY, T, header
 from fairlane.extproc.errors import Reason, error_body
 from fairlane.policy import Policy
 
@@ -81,7 +81,7 @@ def local_replies(policy: Policy) -> dict[str, Any]:
                     "status_code_filter": {
                         "comparison": {
                             "op": "EQ",
-                            "value": {"default_value": 413, "runtime_key": "fairlane.no_such_key"},
+                            "value": {"default_value": 413, "runtime_key": UNSET_RUNTIME_KEY},
                         }
                     }
                 },

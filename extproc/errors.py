@@ -30,6 +30,7 @@ class Reason(Enum):
     METHOD_NOT_ALLOWED = (405, "invalid_request_error", "method_not_allowed")
     REQUEST_TIMEOUT = (408, "invalid_request_error", "request_timeout")
     BODY_TOO_LARGE = (413, "invalid_request_error", "body_too_large")
+    UNSUPPORTED_ENCODING = (415, "invalid_request_error", "unsupported_content_encoding")
     RATE_LIMIT_EXCEEDED = (429, "rate_limit_error", "rate_limit_exceeded")
     INSUFFICIENT_QUOTA = (429, "insufficient_quota", "insufficient_quota")
     QUEUE_FULL = (429, "rate_limit_error", "queue_full")

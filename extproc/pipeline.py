@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 
+from fairlane.envoy.common import DECOMPRESSORS
 from fairlane.extproc.errors import Reason, Rejection, model_not_found
 from fairlane.extproc.request import Api, RequestInfo
 from fairlane.extproc.runtime import TENANT_ID, Runtime, TenantProfile
@@ -90,6 +91,11 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
     profile = runtime.profile_for(tenant_id)
     if profile is None:
         return _not_allowed(tenant_id)
+    encoding = info.content_encoding
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        known = ", ".join(DECOMPRESSORS)
+        message = f"Content-Encoding {encoding!r} is not supported; send {known} or none"
+        return _for(profile, Rejection(Reason.UNSUPPORTED_ENCODING, message))
     if not info.body_is_json:
         return _for(profile, Rejection(Reason.INVALID_JSON, "request body is not valid JSON"))
     model = info.model

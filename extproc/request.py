@@ -43,6 +43,7 @@ class RequestInfo:
     tenant_header: str | None
     authorization: str | None
     content_length: int
+    content_encoding: str | None  # one Envoy's decompressors left (they remove theirs)
     body_is_json: bool
     model: Any  # whatever JSON value the client sent; validated by the pipeline
     max_tokens: Any
@@ -89,6 +90,7 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         tenant_header=headers.get("x-tenant-id"),
         authorization=headers.get("authorization"),
         content_length=length,
+        content_encoding=headers.get("content-encoding"),
         body_is_json=not fields.get(JSON_ERROR_KEY),
         model=None if model_missing else fields.get("model"),
         max_tokens=max_tokens,
