@@ -18,6 +18,7 @@ from fairlane.envoy.common import (
 )
 from fairlane.extproc.request import JSON_ERROR_KEY, MODEL_MISSING_KEY, REQUEST_NAMESPACE
 
+CORS_FILTER = "envoy.filters.http.cors"  # its policy is the virtual host's (routes.py)
 # Each runs on one path only (routes.py turns them off elsewhere).
 PROMPT_COUNT_FILTER = "fairlane.prompt_count"  # /v1/completions, /v1/embeddings
 MEDIA_COUNT_FILTER = "fairlane.media_count"  # /v1/chat/completions, /v1/responses
@@ -33,6 +34,13 @@ EXT_PROC_MARGIN_S = 5.0
 
 def http_filters(longest_wait: float, max_body_bytes: int) -> list[dict[str, Any]]:
     return [
+        {
+            # Answers a browser's preflight before anything reads the body; adds the CORS
+            # headers to every answer, Fairlane's refusals included. Inert without
+            # `listener.cors_allow_origins`.
+            "name": CORS_FILTER,
+            "typed_config": {"@type": T + "envoy.extensions.filters.http.cors.v3.Cors"},
+        },
         {
             # A client must never pick its own engine cluster or engine priority.
             "name": "envoy.filters.http.header_mutation",

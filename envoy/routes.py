@@ -16,7 +16,7 @@ from fairlane.envoy.common import (
     header,
     seconds,
 )
-from fairlane.envoy.http_filters import MEDIA_COUNT_FILTER, PROMPT_COUNT_FILTER
+from fairlane.envoy.http_filters import CORS_FILTER, MEDIA_COUNT_FILTER, PROMPT_COUNT_FILTER
 from fairlane.extproc.errors import Reason, error_body
 from fairlane.policy import Policy
 
@@ -26,6 +26,9 @@ READ_METHODS = {"safe_regex": {"regex": "GET|HEAD"}}
 def routes(policy: Policy) -> dict[str, Any]:
     idle = seconds(policy.listener.stream_idle_timeout_s)
     routes: list[dict[str, Any]] = []
+    origins = policy.listener.cors_allow_origins
+    if origins:
+        routes.append(_preflights())
     for path in INFERENCE_PATHS:
         routes.append(
             {
@@ -74,7 +77,46 @@ def routes(policy: Policy) -> dict[str, Any]:
     served = [f"POST {path}" for path in INFERENCE_PATHS] + ["GET /v1/models"]
     unknown = f"unknown path; this API serves {', '.join(served)}"
     routes.append({"match": {"prefix": "/"}, **direct_body(Reason.NOT_FOUND, unknown)})
-    return {"virtual_hosts": [{"name": "fairlane", "domains": ["*"], "routes": routes}]}
+    host: dict[str, Any] = {"name": "fairlane", "domains": ["*"], "routes": routes}
+    if origins:
+        host["typed_per_filter_config"] = {CORS_FILTER: cors_policy(origins)}
+    return {"virtual_hosts": [host]}
+
+
+def _preflights() -> dict[str, Any]:
+    """Envoy's CORS filter answers a preflight only on a route to a cluster, not on a
+    direct response: this one never reaches its cluster, whatever the origin."""
+    return {
+        "match": {
+            "prefix": "/",
+            "headers": [
+                {"name": ":method", "string_match": {"exact": "OPTIONS"}},
+                {"name": "access-control-request-method", "present_match": True},
+            ],
+        },
+        "route": {"cluster": CONTROL_CLUSTER, "timeout": "10s"},
+        "typed_per_filter_config": bypass_filters(),
+    }
+
+
+def cors_policy(origins: tuple[str, ...]) -> dict[str, Any]:
+    """What browsers on these origins may do: any method and header an OpenAI client
+    sends (the SDKs add their own `x-stainless-*`), read every response header
+    (`Retry-After`, `X-Request-ID`). No credentials: keys travel in a header."""
+    return {
+        "@type": T + "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [
+            {"safe_regex": {"regex": ".*"}} if origin == "*" else {"exact": origin}
+            for origin in origins
+        ],
+        "allow_methods": "GET, HEAD, POST, OPTIONS",
+        "allow_headers": "*",
+        "expose_headers": "*",
+        "max_age": "600",
+        # A preflight from another origin gets a plain 200 without CORS headers, which
+        # the browser refuses.
+        "forward_not_matching_preflights": False,
+    }
 
 
 def _direct(path: str, reason: Reason, message: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+ORIGIN = re.compile(r"^(\*|https?://[^/\s]+)$")  # scheme://host[:port], no path; * is any
 
 
 class Strict(BaseModel):
@@ -37,6 +38,19 @@ class ListenerConfig(Strict):
     request_timeout_s: float = Field(60.0, gt=0)
     drain_grace_s: float = Field(10.0, ge=0)
     expose_metrics: bool = True
+    # Browser pages from these origins may call the API (CORS). None by default: a page
+    # on another origin cannot then send a tenant header or key (vLLM allows any: "*").
+    cors_allow_origins: tuple[str, ...] = ()
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in origins:
+            if not ORIGIN.match(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme://host[:port] with no path, or *"
+                )
+        return origins
 
 
 class CostConfig(Strict):

@@ -43,6 +43,10 @@ EXPECTED = {
         "9 engines.e.queue.timeout_s: must be below listener.stream_idle_timeout_s (10)"
     ),
     "port_clash.yaml": "5 listener.admin_port: 8000 is also listener.port",
+    "cors_origin_with_a_path.yaml": (
+        "4 listener.cors_allow_origins: 'https://app.example.com/chat' is not an origin: "
+        "scheme://host[:port] with no path, or *"
+    ),
     "api_key_env_on_a_managed_engine.yaml": (
         "4 engines.local-vllm: api_key_env is for external engines (Fairlane starts the others)"
     ),
