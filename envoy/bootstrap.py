@@ -33,6 +33,8 @@ from fairlane.envoy.routes import routes
 from fairlane.policy import Policy
 from fairlane.rundir import RunDir
 
+CONNECTION_BUFFER_BYTES = 1024 * 1024  # Envoy's default
+
 
 def render_bootstrap(policy: Policy, run_dir: RunDir) -> dict[str, Any]:
     listener = policy.listener
@@ -136,9 +138,10 @@ def _listener(policy: Policy, run_dir: RunDir, longest_wait: float) -> dict[str,
     return {
         "name": "fairlane_openai",
         "address": socket_address(listener.host, listener.port),
-        # json_to_metadata buffers the request body up to this size; beyond it Envoy
-        # answers 413 (mapped to an OpenAI error below).
-        "per_connection_buffer_limit_bytes": listener.max_body_bytes,
+        # What one connection may hold in Envoy's buffers: a client that stops reading
+        # a stream pins this much (the engine is pushed back beyond it). A request body
+        # is not bound by it: the buffer filter holds up to listener.max_body_bytes.
+        "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES,
         "filter_chains": [
             {
                 "filters": [

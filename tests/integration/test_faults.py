@@ -519,7 +519,9 @@ async def test_slow_client_is_isolated_and_bounded(stack: Any, fake: Any) -> Non
         f"{statistics.median(during) * 1000:.0f} ms, max {max(during) * 1000:.0f} ms"
     )
     assert written < 64 * 2**20, "the engine was never pushed back"
-    assert peak - memory_before < 32 * 2**20
+    # Envoy holds ~1 MiB for it (its per-connection buffer), not listener.max_body_bytes:
+    # measured +1.6 MiB, and +17 MiB when that was the limit.
+    assert peak - memory_before < 6 * 2**20
     assert max(during) < 2.0
     assert statistics.median(during) < 3 * statistics.median(baseline) + 0.2
     await assert_at_rest(stack)
