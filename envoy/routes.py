@@ -79,7 +79,7 @@ def routes(policy: Policy) -> dict[str, Any]:
     routes.append({"match": {"prefix": "/"}, **direct_body(Reason.NOT_FOUND, unknown)})
     host: dict[str, Any] = {"name": "fairlane", "domains": ["*"], "routes": routes}
     if origins:
-        host["typed_per_filter_config"] = {CORS_FILTER: cors_policy(origins)}
+        host["typed_per_filter_config"] = {CORS_FILTER: _cors_policy(origins)}
     return {"virtual_hosts": [host]}
 
 
@@ -99,7 +99,7 @@ def _preflights() -> dict[str, Any]:
     }
 
 
-def cors_policy(origins: tuple[str, ...]) -> dict[str, Any]:
+def _cors_policy(origins: tuple[str, ...]) -> dict[str, Any]:
     """What browsers on these origins may do: any method and header an OpenAI client
     sends (the SDKs add their own `x-stainless-*`), read every response header
     (`Retry-After`, `X-Request-ID`). No credentials: keys travel in a header."""
