@@ -332,6 +332,14 @@ async def test_flooder_spread_over_two_gateways_gains_no_extra_share(
     for sync in gateways.values():
         sync.watch(["pool"])
         assert await sync.sync(lambda *_: None)  # baselines
+    # Both gateways track the flooder from the start. A scheduler drops service applied
+    # to a tenant it does not track (by design: the lift rule bounds it on arrival), so
+    # otherwise A's sync could read B's first request before A ever saw the flooder, and
+    # A's counter would stay one request behind for good (a CI run did exactly that).
+    for sched in scheds.values():
+        known = QueuedRequest("flood", 0.0, weight=2.0)
+        sched.admit_direct(known, float(next(clock)))
+        sched.complete(known, 0.0, float(next(clock)))
     tasks = [asyncio.create_task(s.run(applier(n))) for n, s in gateways.items()]
     served = {"flood": 0.0, "quiet": 0.0}
     history: list[tuple[float, float]] = []  # (time, flooder's global service)
@@ -369,8 +377,8 @@ async def test_flooder_spread_over_two_gateways_gains_no_extra_share(
                     assert counter >= stale - 1e-6
                     assert counter <= served["flood"] + 1e-6
                     gaps.append(served["flood"] - counter)
-        # The last records reach the other gateway within a few intervals; on a loaded
-        # box (a CI run) 4 were once not enough, so wait for it, up to a deadline.
+        # The last records reach the other gateway within a few intervals: wait for
+        # them, up to a deadline.
         deadline = time.perf_counter() + 2.0
         while time.perf_counter() < deadline and any(
             sched.counter("flood") != pytest.approx(served["flood"], rel=1e-9)
