@@ -10,6 +10,8 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from .engine import EngineOverloaded, SimEngine, SimRequest
+from .messages_api import MessageEvents, message_object, message_usage, parse_message
+from .messages_api import error_body as message_error_body
 from .metrics import build_registry
 from .openai_api import TOKEN_TEXT, StreamChunks, embeddings_response, full_response, sse_error
 from .presets import SimPreset
@@ -31,6 +33,7 @@ _MAX_BODY_BYTES = 32 * 1024 * 1024
 PRIORITY_HEADER = "X-Vllm-Priority"
 _ID_PREFIX: dict[Kind, str] = {
     "chat": "chatcmpl-", "completion": "cmpl-", "response": "resp_", "embedding": "embd-",
+    "message": "msg_",
 }  # fmt: skip
 
 
@@ -62,6 +65,9 @@ class _Api:
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, "embedding")
 
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "message")
+
     async def models(self, request: web.Request) -> web.Response:
         data: list[dict[str, object]] = [
             {
@@ -91,6 +97,8 @@ class _Api:
             cpt = self._preset.chars_per_token
             if kind == "embedding":
                 gen = parse_embedding(body, self._models, cpt)
+            elif kind == "message":
+                gen = parse_message(body, self._models, cpt)
             else:
                 gen = parse_generation(kind, body, self._models, cpt)
             from_header = _header_priority(request)
@@ -98,7 +106,7 @@ class _Api:
                 gen = replace(gen, priority=from_header)
             reqs = self._submit(gen)
         except ApiError as exc:
-            return web.json_response(exc.body(), status=exc.status)
+            return _error_response(kind, exc)
         headers: dict[str, str] = {}
         if gen.priority is not None:
             self._priority_requests.inc()
@@ -108,6 +116,8 @@ class _Api:
         try:
             if gen.stream and kind == "response":
                 return await self._stream_events(request, gen, reqs[0], request_id, headers)
+            if gen.stream and kind == "message":
+                return await self._stream_message(request, gen, reqs[0], request_id, headers)
             if gen.stream:
                 return await self._stream(request, gen, reqs, request_id, headers)
             return await self._complete(gen, reqs, request_id, headers)
@@ -148,14 +158,16 @@ class _Api:
                 if req.finish_reason != "length":
                     raise _engine_gone()
         except TimeoutError as exc:
-            error = ApiError(500, str(exc), "InternalServerError")
-            return web.json_response(error.body(), status=500)
+            return _error_response(gen.kind, ApiError(500, str(exc), "InternalServerError"))
         except ApiError as exc:
-            return web.json_response(exc.body(), status=exc.status)
+            return _error_response(gen.kind, exc)
         completion_tokens = sum(req.generated for req in reqs)
         created = int(time.time())
         if gen.kind == "embedding":
             body = embeddings_response(gen, request_id, created)
+        elif gen.kind == "message":
+            usage = message_usage(sum(gen.prompt_tokens), completion_tokens)
+            body = message_object(gen, request_id, TOKEN_TEXT * completion_tokens, usage)
         elif gen.kind == "response":
             usage = response_usage(sum(gen.prompt_tokens), completion_tokens)
             text = TOKEN_TEXT * completion_tokens
@@ -226,6 +238,38 @@ class _Api:
             await resp.write(events.error(ApiError(500, str(exc), "InternalServerError")))
         return resp
 
+    async def _stream_message(
+        self,
+        request: web.Request,
+        gen: GenerationRequest,
+        req: SimRequest,
+        message_id: str,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        """A Messages stream: ``message_start`` with the first token, as vLLM's."""
+        resp = await _open_stream(request, headers)
+        events = MessageEvents(gen, message_id)
+        try:
+            sent = 0
+            async for n in req:
+                await resp.write(events.deltas(sent, n, req.prompt_tokens))  # one per step
+                sent += n
+            if req.finish_reason != "length":
+                await resp.write(events.error(_engine_gone()))
+                return resp
+            await resp.write(events.closing(req.generated, req.prompt_tokens))
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass  # the client left; _generate aborts the request
+        except TimeoutError as exc:
+            await resp.write(events.error(ApiError(500, str(exc), "InternalServerError")))
+        return resp
+
+
+def _error_response(kind: Kind, error: ApiError) -> web.Response:
+    body = message_error_body(error) if kind == "message" else error.body()
+    return web.json_response(body, status=error.status)
+
 
 async def _open_stream(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
     resp = web.StreamResponse(
@@ -246,6 +290,7 @@ def build_app(engine: SimEngine, models: list[str], preset: SimPreset) -> web.Ap
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_post("/v1/responses", api.responses)
     app.router.add_post("/v1/embeddings", api.embeddings)
+    app.router.add_post("/v1/messages", api.messages)
     app.router.add_get("/v1/models", api.models)
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)

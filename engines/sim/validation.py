@@ -22,7 +22,7 @@ MAX_N = 128
 _TOKENS_PER_MESSAGE = 4
 _TOKENS_PER_CHAT = 4
 
-Kind = Literal["chat", "completion", "response", "embedding"]
+Kind = Literal["chat", "completion", "response", "embedding", "message"]
 ENCODINGS = ("float", "base64")  # an embedding's `encoding_format`
 
 
@@ -86,7 +86,7 @@ def parse_generation(
 ) -> GenerationRequest:
     """Validate a chat, completions or Responses body (unknown fields are ignored, like
     vLLM)."""
-    model = _served_model(body, models)
+    model = served_model(body, models)
     max_name = "max_tokens"
     if kind == "chat":
         prompts = [chat_tokens(body.get("messages"), chars_per_token)]
@@ -123,7 +123,7 @@ def parse_generation(
     continuous = include_usage and options.get("continuous_usage_stats") is True
     check_sampling(body)
     return GenerationRequest(
-        kind, model, prompts, n, max_tokens, stream, include_usage, continuous, _priority(body)
+        kind, model, prompts, n, max_tokens, stream, include_usage, continuous, priority_field(body)
     )
 
 
@@ -133,7 +133,7 @@ def parse_embedding(
     """Validate a /v1/embeddings body: ``input`` as a completions ``prompt`` (each item
     pooled on its own), or vLLM's chat form, ``messages`` (one); no tokens are generated
     (``max_tokens`` 0), nothing streams."""
-    model = _served_model(body, models)
+    model = served_model(body, models)
     if "input" not in body and "messages" in body:
         prompts = [chat_tokens(body["messages"], chars_per_token)]
     else:
@@ -143,19 +143,19 @@ def parse_embedding(
         message = f"encoding_format must be one of {', '.join(ENCODINGS)}, got {encoding!r}."
         raise ApiError(400, message, param="encoding_format")
     return GenerationRequest(
-        "embedding", model, prompts, 1, 0, False, False, False, _priority(body),
+        "embedding", model, prompts, 1, 0, False, False, False, priority_field(body),
         base64=encoding == "base64",
     )  # fmt: skip
 
 
-def _served_model(body: dict[str, Any], models: list[str]) -> str:
+def served_model(body: dict[str, Any], models: list[str]) -> str:
     model = body.get("model", models[0])
     if model not in models:
         raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
     return str(model)
 
 
-def _priority(body: dict[str, Any]) -> int | None:
+def priority_field(body: dict[str, Any]) -> int | None:
     priority = body.get("priority")
     if priority is None:
         return None
