@@ -13,7 +13,10 @@ CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 RESPONSES_PATH = "/v1/responses"  # OpenAI's Responses API, stateless (vLLM serves it)
 EMBEDDINGS_PATH = "/v1/embeddings"  # an engine serving an embedding (pooling) model
-INFERENCE_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH, EMBEDDINGS_PATH)
+# Anthropic's Messages API (vLLM serves it, so Anthropic SDKs and agents work): its
+# errors take Anthropic's shape, Envoy's own included.
+MESSAGES_PATH = "/v1/messages"
+INFERENCE_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH, EMBEDDINGS_PATH, MESSAGES_PATH)
 # Whose body may be a batch: a list of prompts, each a sequence of its own.
 BATCH_PATHS = (COMPLETIONS_PATH, EMBEDDINGS_PATH)
 CONTROL_PATHS = ("/health", "/v1/models", "/metrics")

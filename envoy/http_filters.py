@@ -25,7 +25,7 @@ MEDIA_COUNT_FILTER = "fairlane.media_count"  # /v1/chat/completions, /v1/respons
 # `:path` tells the worker which API's fields the body holds; a `content-encoding` left
 # after the decompressors is one Envoy cannot undo.
 FORWARDED_HEADERS = (
-    ":path", "x-tenant-id", "authorization", "content-length", "content-type",
+    ":path", "x-tenant-id", "authorization", "x-api-key", "content-length", "content-type",
     "content-encoding",
 )  # fmt: skip
 # How far past the longest queue wait Envoy waits for the worker's decision on a request.

@@ -1,33 +1,27 @@
-"""Envoy's own error replies, rewritten into the OpenAI error shape."""
+"""Envoy's own error replies, rewritten into the OpenAI error shape (Anthropic's on
+its Messages API)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from fairlane.envoy.common import CONTROL_PATHS, MODEL_PATH_PREFIX, UNSET_RUNTIME_KEY, T, header
+from fairlane.envoy.common import (
+    CONTROL_PATHS,
+    MESSAGES_PATH,
+    MODEL_PATH_PREFIX,
+    UNSET_RUNTIME_KEY,
+    T,
+    header,
+)
 from fairlane.extproc.errors import Reason, error_body
 from fairlane.policy import Policy
 
 
 def local_replies(policy: Policy) -> dict[str, Any]:
-    """Envoy's own errors, rewritten into the OpenAI error shape."""
+    """Envoy's own errors, rewritten into the OpenAI error shape (Anthropic's on
+    /v1/messages)."""
     limit_mib = policy.listener.max_body_bytes / (1024 * 1024)
-
-    def mapper(
-        filter_: dict[str, Any], reason: Reason, message: str, retry_after: int | None = None
-    ) -> dict[str, Any]:
-        m: dict[str, Any] = {
-            "filter": filter_,
-            "status_code": reason.status,
-            "body": {"inline_string": error_body(reason, message).decode()},
-            "body_format_override": {
-                "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
-                "content_type": "application/json",
-            },
-        }
-        if retry_after is not None:
-            m["headers_to_add"] = [header("retry-after", str(retry_after))]
-        return m
 
     def flags(*names: str) -> dict[str, Any]:
         return {"response_flag_filter": {"flags": list(names)}}
@@ -36,80 +30,100 @@ def local_replies(policy: Policy) -> dict[str, Any]:
     control_paths = {
         "or_filter": {
             "filters": [
-                {"header_filter": {"header": {"name": ":path", "string_match": match}}}
+                _path_filter(match)
                 for match in [{"exact": path} for path in CONTROL_PATHS]
                 + [{"prefix": MODEL_PATH_PREFIX}]
             ]
         }
     }
+    ext_proc_failed = _cel("response.code_details.startsWith('ext_proc_error')")
+    status_413 = {
+        "status_code_filter": {
+            "comparison": {
+                "op": "EQ",
+                "value": {"default_value": 413, "runtime_key": UNSET_RUNTIME_KEY},
+            }
+        }
+    }
+    worker_restarting = _Reply(
+        {"and_filter": {"filters": [control_paths, flags("UH", "UF", "UC", "UR")]}},
+        Reason.GATEWAY_UNAVAILABLE,
+        "the Fairlane worker is restarting",
+        retry_after=1,
+    )
+    # Those of an inference request, on any API.
+    replies = [
+        _Reply(
+            flags("NC", "UH", "UF", "UC", "UR", "URX", "UO", "UMSDR"),
+            Reason.ENGINE_UNAVAILABLE,
+            "the engine for this model is not reachable right now",
+            retry_after=1,
+        ),
+        _Reply(
+            flags("SI"),
+            Reason.STREAM_IDLE_TIMEOUT,
+            "the response stalled longer than the stream idle timeout",
+        ),
+        _Reply(
+            ext_proc_failed,
+            Reason.GATEWAY_UNAVAILABLE,
+            "the Fairlane decision service is unavailable",
+            retry_after=1,
+        ),
+        _Reply(
+            status_413, Reason.BODY_TOO_LARGE, f"request body exceeds the {limit_mib:g} MiB limit"
+        ),
+        _Reply(_envoy_error(404, 406), Reason.NOT_FOUND, "unknown path or method"),
+        _Reply(
+            _envoy_error(408, 409), Reason.REQUEST_TIMEOUT, "the request took too long to arrive"
+        ),
+    ]
+    messages = _path_filter({"prefix": MESSAGES_PATH})
     return {
-        "mappers": [
-            mapper(
-                {"and_filter": {"filters": [control_paths, flags("UH", "UF", "UC", "UR")]}},
-                Reason.GATEWAY_UNAVAILABLE,
-                "the Fairlane worker is restarting",
-                retry_after=1,
-            ),
-            mapper(
-                flags("NC", "UH", "UF", "UC", "UR", "URX", "UO", "UMSDR"),
-                Reason.ENGINE_UNAVAILABLE,
-                "the engine for this model is not reachable right now",
-                retry_after=1,
-            ),
-            mapper(
-                flags("SI"),
-                Reason.STREAM_IDLE_TIMEOUT,
-                "the response stalled longer than the stream idle timeout",
-            ),
-            mapper(
-                {
-                    "extension_filter": {
-                        "name": "envoy.access_loggers.extension_filters.cel",
-                        "typed_config": {
-                            "@type": T
-                            + "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                            "expression": "response.code_details.startsWith('ext_proc_error')",
-                        },
-                    }
-                },
-                Reason.GATEWAY_UNAVAILABLE,
-                "the Fairlane decision service is unavailable",
-                retry_after=1,
-            ),
-            mapper(
-                {
-                    "status_code_filter": {
-                        "comparison": {
-                            "op": "EQ",
-                            "value": {"default_value": 413, "runtime_key": UNSET_RUNTIME_KEY},
-                        }
-                    }
-                },
-                Reason.BODY_TOO_LARGE,
-                f"request body exceeds the {limit_mib:g} MiB limit",
-            ),
-            mapper(_envoy_error(404, 406), Reason.NOT_FOUND, "unknown path or method"),
-            mapper(
-                _envoy_error(408, 409),
-                Reason.REQUEST_TIMEOUT,
-                "the request took too long to arrive",
-            ),
-            # Anything else Envoy answers by itself (malformed HTTP, oversize headers...):
-            # keep its status, wrap its text in the OpenAI error shape.
+        "mappers": [worker_restarting.mapper(None, anthropic=False)]
+        + [reply.mapper(messages, anthropic=True) for reply in replies]
+        + [reply.mapper(None, anthropic=False) for reply in replies]
+        # Anything else Envoy answers by itself (malformed HTTP, oversize headers...),
+        # mostly before it has read a path: keep its status, wrap its text in OpenAI's
+        # shape.
+        + [
             _wrapped(_envoy_error(400, 500), "invalid_request_error", "bad_request"),
             _wrapped(_envoy_error(500, 600), "service_unavailable", "gateway_error"),
         ]
     }
 
 
-def _envoy_error(low: int, high: int) -> dict[str, Any]:
-    """A local reply of Envoy's own in [low, high): not a route's direct response, not an
-    answer Fairlane's worker already shaped."""
-    expression = (
-        f"response.code >= {low} && response.code < {high}"
-        " && response.code_details != 'direct_response'"
-        " && !response.code_details.startsWith('fairlane_')"
-    )
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """One kind of Envoy error and the reply Fairlane gives for it."""
+
+    filter: dict[str, Any]
+    reason: Reason
+    message: str
+    retry_after: int | None = None
+
+    def mapper(self, only: dict[str, Any] | None, anthropic: bool) -> dict[str, Any]:
+        """The local-reply mapper; ``only`` narrows it (to a path)."""
+        filter_ = self.filter if only is None else {"and_filter": {"filters": [only, self.filter]}}
+        m: dict[str, Any] = {
+            "filter": filter_,
+            "status_code": self.reason.status,
+            "body": {"inline_string": error_body(self.reason, self.message, anthropic).decode()},
+            "body_format_override": {
+                "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+                "content_type": "application/json",
+            },
+        }
+        if self.retry_after is not None:
+            m["headers_to_add"] = [header("retry-after", str(self.retry_after))]
+        return m
+
+
+def _path_filter(match: dict[str, str]) -> dict[str, Any]:
+    return {"header_filter": {"header": {"name": ":path", "string_match": match}}}
+
+
+def _cel(expression: str) -> dict[str, Any]:
     return {
         "extension_filter": {
             "name": "envoy.access_loggers.extension_filters.cel",
@@ -119,6 +133,16 @@ def _envoy_error(low: int, high: int) -> dict[str, Any]:
             },
         }
     }
+
+
+def _envoy_error(low: int, high: int) -> dict[str, Any]:
+    """A local reply of Envoy's own in [low, high): not a route's direct response, not an
+    answer Fairlane's worker already shaped."""
+    return _cel(
+        f"response.code >= {low} && response.code < {high}"
+        " && response.code_details != 'direct_response'"
+        " && !response.code_details.startsWith('fairlane_')"
+    )
 
 
 def _wrapped(filter_: dict[str, Any], error_type: str, code: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from fairlane.envoy.common import (
     CONTROL_CLUSTER,
     CONTROL_PATHS,
     INFERENCE_PATHS,
+    MESSAGES_PATH,
     MODEL_PATH_PREFIX,
     T,
     header,
@@ -76,6 +77,9 @@ def routes(policy: Policy) -> dict[str, Any]:
         )
     served = [f"POST {path}" for path in INFERENCE_PATHS] + ["GET /v1/models"]
     unknown = f"unknown path; this API serves {', '.join(served)}"
+    # Anthropic clients call more of that API (count_tokens, batches): in its shape.
+    anthropic_404 = direct_body(Reason.NOT_FOUND, unknown, anthropic=True)
+    routes.append({"match": {"prefix": MESSAGES_PATH + "/"}, **anthropic_404})
     routes.append({"match": {"prefix": "/"}, **direct_body(Reason.NOT_FOUND, unknown)})
     host: dict[str, Any] = {"name": "fairlane", "domains": ["*"], "routes": routes}
     if origins:
@@ -120,14 +124,15 @@ def _cors_policy(origins: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _direct(path: str, reason: Reason, message: str) -> dict[str, Any]:
-    return {"match": {"path": path}, **direct_body(reason, message)}
+    body = direct_body(reason, message, anthropic=path == MESSAGES_PATH)
+    return {"match": {"path": path}, **body}
 
 
-def direct_body(reason: Reason, message: str) -> dict[str, Any]:
+def direct_body(reason: Reason, message: str, anthropic: bool = False) -> dict[str, Any]:
     return {
         "direct_response": {
             "status": reason.status,
-            "body": {"inline_string": error_body(reason, message).decode()},
+            "body": {"inline_string": error_body(reason, message, anthropic).decode()},
         },
         "response_headers_to_add": [header("content-type", "application/json")],
         "typed_per_filter_config": bypass_filters(),

@@ -3,7 +3,9 @@
 Both the ext_proc service (immediate responses) and the Envoy bootstrap (local replies
 for errors Envoy itself produces: oversize body, engine unreachable, worker down) render
 their bodies from this table, so a client always sees the same shape:
-``{"error": {"message", "type", "param", "code"}}``.
+``{"error": {"message", "type", "param", "code"}}``; on Anthropic's Messages API
+(``/v1/messages``) Anthropic's, ``{"type": "error", "error": {"type", "message"}}``, so
+its SDKs raise the right error.
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ class Rejection:
     def status(self) -> int:
         return self.reason.status
 
-    def body(self) -> bytes:
-        return error_body(self.reason, self.message)
+    def body(self, anthropic: bool = False) -> bytes:
+        return error_body(self.reason, self.message, anthropic)
 
     def headers(self) -> list[tuple[str, str]]:
         headers = [("content-type", "application/json")]
@@ -82,18 +84,32 @@ def model_not_found(model: str) -> str:
     return f"The model `{model[:200]}` does not exist."
 
 
-def error_body(reason: Reason, message: str) -> bytes:
-    return json.dumps(
-        {
-            "error": {
-                "message": message,
-                "type": reason.error_type,
-                "param": None,
-                "code": reason.code,
-            }
-        },
-        separators=(",", ":"),
-    ).encode()
+def error_body(reason: Reason, message: str, anthropic: bool = False) -> bytes:
+    if anthropic:
+        error = {"type": anthropic_error_type(reason.status), "message": message}
+        return json.dumps({"type": "error", "error": error}, separators=(",", ":")).encode()
+    fields = {"message": message, "type": reason.error_type, "param": None, "code": reason.code}
+    return json.dumps({"error": fields}, separators=(",", ":")).encode()
+
+
+# Anthropic's error types by status (https://docs.anthropic.com/en/api/errors); its
+# SDKs pick the exception from the status, clients read the type. Fairlane's 503s are
+# load it sheds, which Anthropic calls overloaded.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    default = "api_error" if status >= 500 else "invalid_request_error"
+    return _ANTHROPIC_TYPES.get(status, default)
 
 
 def engine_down(engine: str) -> Rejection:

@@ -28,7 +28,8 @@ class Ticket:
     sequences: int  # generated at once (prompts x `n`): engine slots the request holds
     cost: float
     # A stream whose first byte is its first token, so Envoy's time to first byte is
-    # its TTFT: chat and completions (a Responses stream opens with events before it).
+    # its TTFT: chat, completions and messages (vLLM's `message_start` comes with the
+    # first token; a Responses stream opens with events before it).
     first_byte_is_token: bool
 
     @property
@@ -40,10 +41,11 @@ class Ticket:
 def identify(info: RequestInfo, runtime: Runtime) -> str | Rejection:
     """The tenant id: from the API key when keys are on, else the trusted header."""
     if runtime.api_keys_enabled:
-        token = _bearer(info.authorization)
+        token = _bearer(info.authorization) or _bare(info.api_key)
         if token is None:
             return Rejection(
-                Reason.INVALID_API_KEY, "missing API key: send Authorization: Bearer <key>"
+                Reason.INVALID_API_KEY,
+                "missing API key: send Authorization: Bearer <key> (or x-api-key: <key>)",
             )
         digest = hashlib.sha256(token.encode()).hexdigest()
         # Looking up the sha256 digest, not the key, keeps the comparison timing-safe: an
@@ -155,6 +157,11 @@ def _bearer(value: str | None) -> str | None:
     scheme, _, token = value.strip().partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
+
+
+def _bare(value: str | None) -> str | None:
+    token = value.strip() if value is not None else ""
+    return token or None
 
 
 def _positive_int(value: object, default: int) -> int:

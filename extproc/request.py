@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from fairlane.envoy.common import EMBEDDINGS_PATH, RESPONSES_PATH
+from fairlane.envoy.common import EMBEDDINGS_PATH, MESSAGES_PATH, RESPONSES_PATH
 
 # The metadata namespace the bootstrap's json_to_metadata rules write into.
 REQUEST_NAMESPACE = "fairlane.request"
@@ -32,9 +32,14 @@ class Api(StrEnum):
     CHAT_OR_COMPLETIONS = "chat_or_completions"  # max_tokens, n, best_of
     RESPONSES = "responses"  # max_output_tokens; one sequence
     EMBEDDINGS = "embeddings"  # nothing generated; a sequence per input
+    MESSAGES = "messages"  # Anthropic's: max_tokens (required); one sequence
 
 
-_API_BY_PATH = {RESPONSES_PATH: Api.RESPONSES, EMBEDDINGS_PATH: Api.EMBEDDINGS}
+_API_BY_PATH = {
+    RESPONSES_PATH: Api.RESPONSES,
+    EMBEDDINGS_PATH: Api.EMBEDDINGS,
+    MESSAGES_PATH: Api.MESSAGES,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,7 @@ class RequestInfo:
     api: Api
     tenant_header: str | None
     authorization: str | None
+    api_key: str | None  # x-api-key: where Anthropic's SDKs send the key
     content_length: int
     content_encoding: str | None  # one Envoy's decompressors left (they remove theirs)
     body_is_json: bool
@@ -82,6 +88,8 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         max_tokens, choices, best_of = fields.get("max_output_tokens"), None, None
     elif api is Api.EMBEDDINGS:
         max_tokens, choices, best_of = None, None, None
+    elif api is Api.MESSAGES:
+        max_tokens, choices, best_of = fields.get("max_tokens"), None, None
     else:
         max_tokens = fields.get("max_completion_tokens", fields.get("max_tokens"))
         choices, best_of = fields.get("n"), fields.get("best_of")
@@ -89,6 +97,7 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         api=api,
         tenant_header=headers.get("x-tenant-id"),
         authorization=headers.get("authorization"),
+        api_key=headers.get("x-api-key"),
         content_length=length,
         content_encoding=headers.get("content-encoding"),
         body_is_json=not fields.get(JSON_ERROR_KEY),

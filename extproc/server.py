@@ -35,6 +35,7 @@ from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.outcomes import Admitted, Pending, SharedLimitCheck
 from fairlane.extproc.request import (
     REQUEST_NAMESPACE,
+    Api,
     RequestInfo,
     combined_headers,
     request_info,
@@ -57,15 +58,17 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: Any
     ) -> AsyncIterator[ep.ProcessingResponse]:
         in_body: Admitted | None = None  # set when this request's body must carry its priority
+        anthropic = False  # errors in Anthropic's shape (/v1/messages)
         async for message in request_iterator:
             if message.HasField("request_body") and in_body is not None:
-                yield self._priority_in_body(message.request_body.body, in_body)
+                yield self._priority_in_body(message.request_body.body, in_body, anthropic)
                 continue
             if not message.HasField("request_headers"):
                 # Only request headers are configured; anything else passes untouched.
                 yield _passthrough(message)
                 continue
             info = _request_info(message)
+            anthropic = info.api is Api.MESSAGES
             outcome = self._gateway.begin(info)
             if isinstance(outcome, Pending | SharedLimitCheck):
                 yield ep.ProcessingResponse(
@@ -75,7 +78,7 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 )
                 outcome = await outcome.result()
             if isinstance(outcome, Rejection):
-                yield _immediate(outcome)
+                yield _immediate(outcome, anthropic)
                 continue
             transport = self._gateway.runtime.engine(outcome.replica).priority_transport
             response = self._admit(outcome, info, transport == "header")
@@ -86,14 +89,16 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 response.mode_override.request_body_mode = BUFFERED
             yield response
 
-    def _priority_in_body(self, body: bytes, admitted: Admitted) -> ep.ProcessingResponse:
+    def _priority_in_body(
+        self, body: bytes, admitted: Admitted, anthropic: bool
+    ) -> ep.ProcessingResponse:
         response = _body_with_priority(body, admitted.engine_priority)
         if response is not None:
             return response
         tenant = self._gateway.label(admitted.ticket)
         rejection = Rejection(Reason.INVALID_JSON, TOO_DEEP, tenant=tenant)
         self._gateway.count_rejection(rejection)
-        return _immediate(rejection)  # the lease ends with the stream, as any other
+        return _immediate(rejection, anthropic)  # the lease ends with the stream, as any other
 
     def _admit(
         self, admitted: Admitted, info: RequestInfo, priority_header: bool
@@ -148,6 +153,8 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             headers.append(_header("authorization", auth))
         elif keyed:
             removed.append("authorization")
+        if keyed:
+            removed.append("x-api-key")
         mutation = ep.HeaderMutation(set_headers=headers, remove_headers=removed)
         if len(self._cluster_mutations) < 4096:  # bounded: keyed tenants are policy-named
             self._cluster_mutations[key] = mutation
@@ -229,12 +236,12 @@ def _usage(fields: struct_pb2.Struct) -> Usage:
     return Usage(number("prompt_tokens"), number("completion_tokens"), number("chunks"))
 
 
-def _immediate(rejection: Rejection) -> ep.ProcessingResponse:
+def _immediate(rejection: Rejection, anthropic: bool) -> ep.ProcessingResponse:
     response = ep.ProcessingResponse(
         immediate_response=ep.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=rejection.status),
             headers=ep.HeaderMutation(set_headers=[_header(k, v) for k, v in rejection.headers()]),
-            body=rejection.body(),
+            body=rejection.body(anthropic),
             details=f"fairlane_{rejection.reason.code}",
         )
     )

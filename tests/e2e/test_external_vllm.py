@@ -237,6 +237,38 @@ async def test_a_streamed_response_is_served_and_charged(stack: Any) -> None:
     assert charged == final.usage.output_tokens
 
 
+async def test_anthropics_messages_api_is_served_and_charged(stack: Any) -> None:
+    """Anthropic's Messages API, which vLLM serves, through Fairlane with the unmodified
+    `anthropic` SDK: vLLM's messages and event stream, `message_delta`'s usage
+    charged, and Fairlane's own refusal in Anthropic's shape."""
+    import anthropic  # a dev dependency
+
+    client = anthropic.Anthropic(
+        base_url=stack.url, api_key="unused", default_headers={"X-Tenant-ID": "alice"}
+    )
+    prompt = [{"role": "user", "content": "Once upon a time"}]
+
+    def create_and_stream() -> tuple[Any, list[str], Any]:
+        reply = client.messages.create(model=MODEL, max_tokens=5, messages=prompt)
+        with client.messages.stream(model=MODEL, max_tokens=7, messages=prompt) as events:
+            kinds = [event.type for event in events]
+            return reply, kinds, events.get_final_message()
+
+    before = await completion_tokens_charged(stack, "alice")
+    reply, kinds, final = await asyncio.to_thread(create_and_stream)
+    assert reply.type == "message" and 1 <= reply.usage.output_tokens <= 5
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    assert 1 <= final.usage.output_tokens <= 7
+    want = reply.usage.output_tokens + final.usage.output_tokens
+    assert await charged_since(stack, before, want) == want
+    with pytest.raises(anthropic.NotFoundError) as info:
+        client.messages.create(model="nope", max_tokens=5, messages=prompt)
+    assert info.value.body == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "The model `nope` does not exist."},
+    }
+
+
 def sample(text: str, name: str, labels: dict[str, str]) -> float:
     """The value of one Prometheus series, whatever order its labels come in."""
     for line in text.splitlines():

@@ -281,7 +281,8 @@ async def test_unknown_path_and_wrong_method(stack: Any) -> None:
             assert error["code"] == "not_found"
             assert error["message"] == (
                 "unknown path; this API serves POST /v1/chat/completions, "
-                "POST /v1/completions, POST /v1/responses, POST /v1/embeddings, GET /v1/models"
+                "POST /v1/completions, POST /v1/responses, POST /v1/embeddings, "
+                "POST /v1/messages, GET /v1/models"
             )
         async with session.get(stack.url + CHAT) as resp:
             assert resp.status == 405

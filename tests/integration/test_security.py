@@ -269,7 +269,9 @@ BAD_CREDENTIALS: list[dict[str, str]] = [
     {"Authorization": f"Bearer {KEY_A}x"},
     {"Authorization": f"Bearer {KEY_A[:-1]}"},
     {"Authorization": f"Bearer {hashlib.sha256(KEY_A.encode()).hexdigest()}"},  # the stored hash
-    {"X-Api-Key": KEY_A},
+    {"X-Api-Key": "sk-wrong"},
+    {"X-Api-Key": f"Bearer {KEY_A}"},  # the header holds the bare key
+    {"Authorization": "Bearer sk-wrong", "X-Api-Key": KEY_A},  # the Bearer one is read
     {"X-Tenant-ID": "alice"},
     {"X-Tenant-ID": "alice", "Authorization": "Bearer sk-wrong"},
 ]
@@ -315,6 +317,22 @@ def test_tenant_header_cannot_override_the_key(stack: Any, fake: Any) -> None:
     assert metric(stack.port, "fairlane_requests_total", tenant="bob") == before["bob"]
     entries = _access_log(stack, lambda e: e["path"] == CHAT and e["status"] == 200, 2)
     assert {e["tenant"] for e in entries} == {"alice"}
+
+
+def test_anthropics_x_api_key_header_is_a_key_too(stack: Any, fake: Any) -> None:
+    """Anthropic's SDKs send the key as `x-api-key`: it names the tenant as a Bearer key
+    does, and is removed before the engine as well."""
+    headers = {"Content-Type": "application/json", "X-Api-Key": KEY_B, "X-Tenant-ID": "alice"}
+    status, _, body = request(stack.port, "POST", CHAT, headers, chat_body("model-a"))
+    assert status == 200, body
+    status, got, body = request(stack.port, "POST", CHAT, headers, chat_body("fake-echo"))
+    assert (status, error_code(status, got, body)) == (403, "model_not_allowed")  # bob's key
+    headers["X-Api-Key"] = KEY_A
+    status, _, body = request(stack.port, "POST", CHAT, headers, chat_body("fake-echo"))
+    assert status == 200, body
+    seen = fake.stats()["headers"][-1]
+    assert seen["x-tenant-id"] == "alice" and "x-api-key" not in seen
+    assert KEY_A not in json.dumps(seen)
 
 
 def _access_log(stack: Any, keep: Any, want: int) -> list[dict[str, Any]]:

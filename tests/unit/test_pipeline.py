@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -124,6 +125,17 @@ def test_an_embeddings_request_costs_its_prompt_only() -> None:
     assert not ticket.first_byte_is_token
 
 
+def test_a_messages_request_is_estimated_from_its_max_tokens() -> None:
+    """Anthropic's Messages API: `max_tokens` for one sequence (no `n` there), and its
+    stream's first byte comes with the first token (vLLM's `message_start`)."""
+    fields = {"model": "m1", "max_tokens": 30, "max_completion_tokens": 1, "n": 8, "stream": True}
+    for path in ("/v1/messages", "/v1/messages?beta=true"):
+        headers = {":path": path, "content-length": "400", "x-tenant-id": "alice"}
+        ticket = evaluate(request_info(headers, fields), runtime())
+        assert isinstance(ticket, Ticket), path
+        assert (ticket.max_tokens, ticket.sequences, ticket.first_byte_is_token) == (30, 1, True)
+
+
 def test_max_tokens_estimate_is_clamped() -> None:
     for value, want in ((1e300, 1_000_000), (-5, 1), (True, 256), ("9", 256)):
         ticket = evaluate(info(max_tokens=value), runtime())
@@ -184,6 +196,13 @@ def test_api_keys_decide_the_tenant() -> None:
     rejected(identify(info("alice"), rt), Reason.INVALID_API_KEY)
     rejected(identify(info("alice", auth="Bearer sk-wrong"), rt), Reason.INVALID_API_KEY)
     rejected(identify(info("alice", auth="Basic sk-alice"), rt), Reason.INVALID_API_KEY)
+    # Anthropic's SDKs send the bare key as x-api-key; a Bearer key is read first.
+    headers = {"x-tenant-id": "bob", "x-api-key": " sk-alice "}
+    assert identify(request_info(headers, {"model": "m1"}), rt) == "alice"
+    headers["authorization"] = "Bearer sk-wrong"
+    rejected(identify(request_info(headers, {"model": "m1"}), rt), Reason.INVALID_API_KEY)
+    empty = request_info({"x-api-key": "  "}, {"model": "m1"})
+    assert "x-api-key" in rejected(identify(empty, rt), Reason.INVALID_API_KEY).message
 
 
 def test_rejection_renders_openai_error_with_retry_after() -> None:
@@ -196,6 +215,31 @@ def test_rejection_renders_openai_error_with_retry_after() -> None:
     )
     codes = [reason.code for reason in Reason]
     assert len(codes) == len(set(codes))  # no two reasons share a code (no enum aliases)
+
+
+@pytest.mark.parametrize(
+    ("reason", "error_type"),
+    [
+        (Reason.INVALID_JSON, "invalid_request_error"),
+        (Reason.INVALID_API_KEY, "authentication_error"),
+        (Reason.MODEL_NOT_ALLOWED, "permission_error"),
+        (Reason.MODEL_NOT_FOUND, "not_found_error"),
+        (Reason.METHOD_NOT_ALLOWED, "invalid_request_error"),
+        (Reason.BODY_TOO_LARGE, "request_too_large"),
+        (Reason.UNSUPPORTED_ENCODING, "invalid_request_error"),
+        (Reason.QUEUE_FULL, "rate_limit_error"),
+        (Reason.INSUFFICIENT_QUOTA, "rate_limit_error"),
+        (Reason.QUEUE_TIMEOUT, "overloaded_error"),
+        (Reason.STREAM_IDLE_TIMEOUT, "timeout_error"),
+    ],
+)
+def test_rejection_renders_anthropics_error_on_its_api(reason: Reason, error_type: str) -> None:
+    r = Rejection(reason, 'say "why"', retry_after_s=1.0)
+    assert json.loads(r.body(anthropic=True)) == {
+        "type": "error",
+        "error": {"type": error_type, "message": 'say "why"'},
+    }
+    assert ("retry-after", "1") in r.headers()  # the same headers and status either way
 
 
 def test_models_listed_are_those_the_caller_may_use() -> None:

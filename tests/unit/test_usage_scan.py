@@ -245,3 +245,85 @@ def test_a_whole_response_object_is_read(scan: Any) -> None:
     }}  # fmt: skip
     got = scan([json.dumps(body).encode()])
     assert (got["prompt_tokens"], got["completion_tokens"]) == (31, 12)
+
+
+def messages_stream(tokens: int, cached: int = 0, completed: bool = True) -> bytes:
+    """A /v1/messages stream as vLLM 0.32 writes it: `message_start` with the first
+    token, text deltas, the final counts in `message_delta`. Anthropic's input_tokens
+    leave out the prompt tokens found in the prefix cache (`cache_read_input_tokens`)."""
+    usage: dict[str, int] = {"input_tokens": 9 - cached, "output_tokens": 0}
+    if cached:
+        usage["cache_read_input_tokens"] = cached
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "content": [],
+               "model": "m", "stop_reason": None, "usage": usage}  # fmt: skip
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"message": message}),
+        ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        *(
+            ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": " tok"}})
+            for _ in range(tokens)
+        ),
+    ]
+    if completed:
+        events += [
+            ("content_block_stop", {"index": 0}),
+            (
+                "message_delta",
+                {
+                    "delta": {"stop_reason": "max_tokens"},
+                    "usage": {**usage, "output_tokens": tokens},
+                },
+            ),
+            ("message_stop", {}),
+        ]
+    out = b""
+    for kind, body in events:
+        data = json.dumps({"type": kind, **body}, separators=(",", ":"))
+        out += f"event: {kind}\ndata: {data}\n\n".encode()
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cuts=st.lists(st.integers(0, 10_000), max_size=12),
+    tokens=st.integers(1, 20),
+    cached=st.sampled_from([0, 4]),
+)
+def test_a_messages_stream_is_read_from_its_message_delta(
+    scan: Any, cuts: list[int], tokens: int, cached: int
+) -> None:
+    """Anthropic's counts, cached prompt tokens counted back in: the engine holds the
+    whole prompt whether or not its prefix was cached."""
+    got = scan(splits(messages_stream(tokens, cached), cuts))
+    assert (got["prompt_tokens"], got["completion_tokens"]) == (9, tokens)
+
+
+def test_a_messages_stream_cut_short_counts_its_text_deltas(scan: Any) -> None:
+    """No `message_delta`: the deltas are the count, not message_start's zero (the
+    prompt is exact from message_start)."""
+    assert scan([messages_stream(5, completed=False)]) == {"chunks": 5, "prompt_tokens": 9}
+
+
+def test_a_messages_thinking_and_tool_input_deltas_count(scan: Any) -> None:
+    deltas = [
+        {"type": "thinking_delta", "thinking": "hm"},
+        {"type": "text_delta", "text": "ok"},
+        {"type": "input_json_delta", "partial_json": '{"a":'},
+        {"type": "signature_delta", "signature": "abc"},  # not a decode step
+    ]
+    stream = b"".join(
+        b"event: content_block_delta\ndata: "
+        + json.dumps({"type": "content_block_delta", "index": 0, "delta": d}).encode()
+        + b"\n\n"
+        for d in deltas
+    )
+    assert scan([stream]) == {"chunks": 3}
+
+
+def test_a_whole_message_object_is_read(scan: Any) -> None:
+    body = {"type": "message", "content": [{"type": "text", "text": "hi"}], "usage": {
+        "input_tokens": 20, "cache_creation_input_tokens": 3, "cache_read_input_tokens": 8,
+        "output_tokens": 12,
+    }}  # fmt: skip
+    got = scan([json.dumps(body).encode()])
+    assert (got["prompt_tokens"], got["completion_tokens"]) == (31, 12)
