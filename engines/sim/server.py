@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from aiohttp import web
@@ -14,9 +15,11 @@ from .messages_api import MessageEvents, message_object, message_usage, parse_me
 from .messages_api import error_body as message_error_body
 from .metrics import build_registry
 from .openai_api import TOKEN_TEXT, StreamChunks, embeddings_response, full_response, sse_error
+from .pooling_api import parse_pooling, pooling_response
 from .presets import SimPreset
 from .responses_api import ResponseEvents, response_object, response_usage
 from .validation import (
+    POOLING_KINDS,
     ApiError,
     GenerationRequest,
     Kind,
@@ -31,9 +34,16 @@ _DONE = b"data: [DONE]\n\n"
 _METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _MAX_BODY_BYTES = 32 * 1024 * 1024
 PRIORITY_HEADER = "X-Vllm-Priority"
+_GENERATION_PATHS: dict[str, Kind] = {
+    "/v1/chat/completions": "chat", "/v1/completions": "completion",
+    "/v1/responses": "response", "/v1/embeddings": "embedding", "/v1/messages": "message",
+    "/rerank": "rerank", "/v1/rerank": "rerank", "/v2/rerank": "rerank",
+    "/score": "score", "/v1/score": "score", "/classify": "classify", "/pooling": "pooling",
+}  # fmt: skip
 _ID_PREFIX: dict[Kind, str] = {
     "chat": "chatcmpl-", "completion": "cmpl-", "response": "resp_", "embedding": "embd-",
-    "message": "msg_",
+    "message": "msg_", "rerank": "score-", "score": "score-", "classify": "classify-",
+    "pooling": "pooling-",
 }  # fmt: skip
 
 
@@ -53,20 +63,13 @@ class _Api:
         self._registry, self._priority_requests = build_registry(engine, models[0])
         self._created = int(time.time())
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, "chat")
+    def generation(self, kind: Kind) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """The handler of one API."""
 
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, "completion")
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._generate(request, kind)
 
-    async def responses(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, "response")
-
-    async def embeddings(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, "embedding")
-
-    async def messages(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, "message")
+        return handle
 
     async def models(self, request: web.Request) -> web.Response:
         data: list[dict[str, object]] = [
@@ -99,6 +102,8 @@ class _Api:
                 gen = parse_embedding(body, self._models, cpt)
             elif kind == "message":
                 gen = parse_message(body, self._models, cpt)
+            elif kind in POOLING_KINDS:
+                gen = parse_pooling(kind, body, self._models, cpt)
             else:
                 gen = parse_generation(kind, body, self._models, cpt)
             from_header = _header_priority(request)
@@ -165,6 +170,8 @@ class _Api:
         created = int(time.time())
         if gen.kind == "embedding":
             body = embeddings_response(gen, request_id, created)
+        elif gen.kind in POOLING_KINDS:
+            body = pooling_response(gen, request_id, created)
         elif gen.kind == "message":
             usage = message_usage(sum(gen.prompt_tokens), completion_tokens)
             body = message_object(gen, request_id, TOKEN_TEXT * completion_tokens, usage)
@@ -286,11 +293,8 @@ def build_app(engine: SimEngine, models: list[str], preset: SimPreset) -> web.Ap
         raise ValueError("at least one model name is required")
     api = _Api(engine, models, preset)
     app = web.Application(client_max_size=_MAX_BODY_BYTES)
-    app.router.add_post("/v1/chat/completions", api.chat)
-    app.router.add_post("/v1/completions", api.completions)
-    app.router.add_post("/v1/responses", api.responses)
-    app.router.add_post("/v1/embeddings", api.embeddings)
-    app.router.add_post("/v1/messages", api.messages)
+    for path, kind in _GENERATION_PATHS.items():
+        app.router.add_post(path, api.generation(kind))
     app.router.add_get("/v1/models", api.models)
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)

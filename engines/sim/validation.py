@@ -22,7 +22,12 @@ MAX_N = 128
 _TOKENS_PER_MESSAGE = 4
 _TOKENS_PER_CHAT = 4
 
-Kind = Literal["chat", "completion", "response", "embedding", "message"]
+Kind = Literal[
+    "chat", "completion", "response", "embedding", "message", "rerank", "score", "classify",
+    "pooling",
+]  # fmt: skip
+# Kinds that generate nothing: each prompt is prefilled and done.
+POOLING_KINDS = ("embedding", "rerank", "score", "classify", "pooling")
 ENCODINGS = ("float", "base64")  # an embedding's `encoding_format`
 
 
@@ -63,6 +68,8 @@ class GenerationRequest:
     continuous_usage: bool  # vLLM's continuous_usage_stats: a running count on every chunk
     priority: int | None
     base64: bool = False  # an embedding's encoding_format
+    documents: tuple[str, ...] = ()  # a rerank's, echoed in its results
+    top_n: int = 0  # a rerank's results kept (0: all)
 
 
 def count_tokens(text: str, chars_per_token: float) -> int:
