@@ -13,12 +13,18 @@ CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 RESPONSES_PATH = "/v1/responses"  # OpenAI's Responses API, stateless (vLLM serves it)
 EMBEDDINGS_PATH = "/v1/embeddings"  # an engine serving an embedding (pooling) model
+# vLLM's other pooling APIs: a cross-encoder's rerank (Jina's, Cohere's v2) and score, a
+# classifier's classify, raw pooling. Like embeddings they generate nothing, and run a
+# sequence per input, document or pair.
+RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank")
+SCORE_PATHS = ("/score", "/v1/score")
+POOLING_PATHS = (EMBEDDINGS_PATH, *RERANK_PATHS, *SCORE_PATHS, "/classify", "/pooling")
 # Anthropic's Messages API (vLLM serves it, so Anthropic SDKs and agents work): its
 # errors take Anthropic's shape, Envoy's own included.
 MESSAGES_PATH = "/v1/messages"
-INFERENCE_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH, EMBEDDINGS_PATH, MESSAGES_PATH)
+INFERENCE_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH, MESSAGES_PATH, *POOLING_PATHS)
 # Whose body may be a batch: a list of prompts, each a sequence of its own.
-BATCH_PATHS = (COMPLETIONS_PATH, EMBEDDINGS_PATH)
+BATCH_PATHS = (COMPLETIONS_PATH, *POOLING_PATHS)
 CONTROL_PATHS = ("/health", "/v1/models", "/metrics")
 MODEL_PATH_PREFIX = "/v1/models/"  # GET /v1/models/{model}, the worker's too
 T = "type.googleapis.com/"

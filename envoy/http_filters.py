@@ -20,8 +20,8 @@ from fairlane.extproc.request import JSON_ERROR_KEY, MODEL_MISSING_KEY, REQUEST_
 
 CORS_FILTER = "envoy.filters.http.cors"  # its policy is the virtual host's (routes.py)
 # Each runs on one path only (routes.py turns them off elsewhere).
-PROMPT_COUNT_FILTER = "fairlane.prompt_count"  # /v1/completions, /v1/embeddings
-MEDIA_COUNT_FILTER = "fairlane.media_count"  # /v1/chat/completions, /v1/responses
+PROMPT_COUNT_FILTER = "fairlane.prompt_count"  # /v1/completions and the pooling APIs
+MEDIA_COUNT_FILTER = "fairlane.media_count"  # /v1/chat/completions, /responses, /messages
 # `:path` tells the worker which API's fields the body holds; a `content-encoding` left
 # after the decompressors is one Envoy cannot undo.
 FORWARDED_HEADERS = (

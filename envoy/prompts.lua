@@ -1,11 +1,13 @@
 -- Counts the prompts of a /v1/completions body, for the worker's slot count: vLLM and
 -- SGLang run a `prompt` list of texts or of token-id lists as one sequence per item
--- (times `n`), and json_to_metadata cannot count a list. A /v1/embeddings body's
--- `input` list is the same: one sequence per item. A body without a '[' is one
--- prompt (one search); one with is walked once between structural characters with
--- string.find (plain searches where it can: memchr), nothing decoded or copied but
--- short keys. The count goes to the request's metadata as `prompts` when above one,
--- before ext_proc reads it.
+-- (times `n`), and json_to_metadata cannot count a list. vLLM's pooling APIs are the
+-- same: an `input` list (/v1/embeddings, /classify, /pooling) is a sequence per item, a
+-- rerank's `documents` a (query, document) pair each, and a score's lists (`text_1` and
+-- `text_2`, or `data_*`, `queries`, `documents`, `items`) as many pairs as the longer
+-- one. A body without a '[' is one prompt (one search); one with is walked once
+-- between structural characters with string.find (plain searches where it can:
+-- memchr), nothing decoded or copied but short keys. The count goes to the request's
+-- metadata as `prompts` when above one, before ext_proc reads it.
 local NAMESPACE = "fairlane.request"
 local STRUCTURAL = '[%[%]{}",]'
 local OPENERS = { "[", "{", '"' } -- what a flat array of numbers cannot hold
@@ -125,33 +127,56 @@ local function is_key(s, i, j, name)
   return key == name
 end
 
--- The number of prompts in the body under `name`: the last such key wins, as in the
--- engines' JSON parsers. A list of texts or of lists is one prompt per item; anything
+-- The number of prompts in the body: the longest list under one of `names` (a set).
+-- For each key the last one wins, as in the engines' JSON parsers. A list of texts, of
+-- lists or of objects (a score's multimodal items) is one prompt per item; anything
 -- else is one.
-local function prompts(s, name)
+local function prompts(s, names)
   local start = string.find(s, "{", 1, true)
   if start == nil then return 1 end
   local walk = walker(s)
-  local count = 1
+  local counts = {}
   -- After each top-level key: the index to go on from (past the value if it read it).
   local function on_key(i, j)
-    if not is_key(s, i, j, name) then return j end
-    count = 1
+    local name = nil
+    for candidate in pairs(names) do
+      if is_key(s, i, j, candidate) then name = candidate end
+    end
+    if name == nil then return j end
+    counts[name] = 1
     local value = string.find(s, "[^ \t\r\n:]", j)
     if value == nil or string.byte(s, value) ~= 91 then return j end
     local items, first, past = walk(value, nil)
-    if past ~= nil and (first == 34 or first == 91) then count = math.max(items, 1) end
+    if past ~= nil and (first == 34 or first == 91 or first == 123) then
+      counts[name] = math.max(items, 1)
+    end
     return past
   end
   -- Over MAX_STEPS: MANY. A body that ends early is not JSON: the engine answers 400.
   if not pcall(walk, start, on_key) then return MANY end
+  local count = 1
+  for _, n in pairs(counts) do count = math.max(count, n) end
   return count
 end
 
--- The key that holds the prompts on the path asked for (this filter runs on two routes).
-local function prompt_key(path)
-  if string.find(path or "", "/v1/embeddings", 1, true) == 1 then return "input" end
-  return "prompt"
+local COMPLETIONS = { prompt = true }
+local INPUTS = { input = true }
+local RERANK = { documents = true }
+local SCORE = {
+  text_1 = true, text_2 = true, data_1 = true, data_2 = true,
+  queries = true, documents = true, items = true,
+}
+local KEYS_BY_PATH = {
+  ["/v1/embeddings"] = INPUTS, ["/classify"] = INPUTS, ["/pooling"] = INPUTS,
+  ["/rerank"] = RERANK, ["/v1/rerank"] = RERANK, ["/v2/rerank"] = RERANK,
+  ["/score"] = SCORE, ["/v1/score"] = SCORE,
+}
+
+-- The keys that hold the prompts on the path asked for (this filter runs on several
+-- routes; the query string is not part of the path).
+local function prompt_keys(path)
+  local bare = string.match(path or "", "^[^?]*")
+  return KEYS_BY_PATH[bare] or COMPLETIONS
 end
 
 function envoy_on_request(handle)
@@ -159,6 +184,6 @@ function envoy_on_request(handle)
   if body == nil then return end
   local s = body:getBytes(0, body:length())
   if not string.find(s, "[", 1, true) then return end
-  local count = prompts(s, prompt_key(handle:headers():get(":path")))
+  local count = prompts(s, prompt_keys(handle:headers():get(":path")))
   if count > 1 then handle:streamInfo():dynamicMetadata():set(NAMESPACE, "prompts", count) end
 end

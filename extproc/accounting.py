@@ -32,9 +32,14 @@ class Usage:
         prompt over its context, or could not be reached) and reported no usage was not
         served: it costs what it streamed, and no prompt.
         """
+        # Pooling (no completion budget) generates nothing, whatever text its answer
+        # holds: a rerank's documents would read as deltas.
+        generates = completion_estimate > 0
         if failed and self.prompt_tokens is None:
-            return 0, self.streamed_deltas or 0
+            return 0, (self.streamed_deltas or 0) if generates else 0
         prompt = self.prompt_tokens if self.prompt_tokens is not None else prompt_estimate
+        if not generates:
+            return prompt, 0
         if self.completion_tokens is not None:
             completion = self.completion_tokens
         elif self.streamed_deltas is not None:

@@ -117,8 +117,8 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
             Rejection(Reason.MODEL_NOT_ALLOWED, f"tenant {tenant_id!r} may not use `{model}`"),
         )
     cost = runtime.policy.cost
-    if info.api is Api.EMBEDDINGS:
-        max_tokens = 0  # pooling: the prompt's one pass is the whole answer
+    if info.api is Api.POOLING:
+        max_tokens = 0  # the prompt's one pass is the whole answer
     else:
         max_tokens = _positive_int(info.max_tokens, cost.default_max_tokens)
     # Each of `n` choices (`best_of` candidates) of each prompt of a batch is a sequence

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from fairlane.envoy.common import EMBEDDINGS_PATH, MESSAGES_PATH, RESPONSES_PATH
+from fairlane.envoy.common import MESSAGES_PATH, POOLING_PATHS, RESPONSES_PATH
 
 # The metadata namespace the bootstrap's json_to_metadata rules write into.
 REQUEST_NAMESPACE = "fairlane.request"
@@ -31,14 +31,14 @@ class Api(StrEnum):
 
     CHAT_OR_COMPLETIONS = "chat_or_completions"  # max_tokens, n, best_of
     RESPONSES = "responses"  # max_output_tokens; one sequence
-    EMBEDDINGS = "embeddings"  # nothing generated; a sequence per input
+    POOLING = "pooling"  # embeddings, rerank, score...: nothing generated; a sequence per item
     MESSAGES = "messages"  # Anthropic's: max_tokens (required); one sequence
 
 
 _API_BY_PATH = {
     RESPONSES_PATH: Api.RESPONSES,
-    EMBEDDINGS_PATH: Api.EMBEDDINGS,
     MESSAGES_PATH: Api.MESSAGES,
+    **dict.fromkeys(POOLING_PATHS, Api.POOLING),
 }
 
 
@@ -86,7 +86,7 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
     # could otherwise lower its estimate with a field that limits nothing.
     if api is Api.RESPONSES:
         max_tokens, choices, best_of = fields.get("max_output_tokens"), None, None
-    elif api is Api.EMBEDDINGS:
+    elif api is Api.POOLING:
         max_tokens, choices, best_of = None, None, None
     elif api is Api.MESSAGES:
         max_tokens, choices, best_of = fields.get("max_tokens"), None, None

@@ -1,5 +1,6 @@
-"""Embeddings through Fairlane from a real vLLM serving the tiny Llama as an embedding
-model (`--runner pooling --convert embed`), started by hand as a user would."""
+"""Embeddings, and vLLM's other pooling APIs (rerank, score, pooling), through Fairlane
+from a real vLLM serving the tiny Llama as an embedding model (`--runner pooling
+--convert embed`), started by hand as a user would."""
 
 from __future__ import annotations
 
@@ -61,6 +62,42 @@ async def test_embeddings_are_served_and_their_prompts_charged(stack: Any) -> No
         await asyncio.sleep(0.2)
         charged = await prompt_tokens_charged(stack) - before
     assert charged == reply.usage.prompt_tokens
+    async with aiohttp.ClientSession() as session, session.get(stack.url + "/metrics") as resp:
+        text = await resp.text()
+    completion = f'fairlane_tokens_total{{kind="completion",model="{MODEL}",tenant="alice"}} 0.0'
+    assert completion in text.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/rerank", {"query": "Once", "documents": ["upon a time", "there was", "a model"]}),
+        ("/v2/rerank", {"query": "Once", "documents": ["upon a time", "there was"], "top_n": 1}),
+        ("/v1/score", {"text_1": "Once", "text_2": ["upon a time", "there was"]}),
+        ("/pooling", {"input": ["upon a time", "there was"]}),
+    ],
+)
+async def test_vllms_other_pooling_apis_are_served_and_their_prompts_charged(
+    stack: Any, path: str, body: dict[str, Any]
+) -> None:
+    """vLLM scores and reranks with an embedding model too (cosine similarity): the
+    engine's prompt_tokens are charged, and a rerank's documents echoed in its answer
+    are not taken for generated text."""
+    before = await prompt_tokens_charged(stack)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            stack.url + path, json={"model": MODEL, **body}, headers={"x-tenant-id": "alice"}
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        reply = await resp.json()
+    assert reply.get("results") or reply.get("data")
+    deadline, charged = time.monotonic() + 10, 0.0
+    while not charged and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        charged = await prompt_tokens_charged(stack) - before
+    assert charged == reply["usage"]["prompt_tokens"] > 0
     async with aiohttp.ClientSession() as session, session.get(stack.url + "/metrics") as resp:
         text = await resp.text()
     completion = f'fairlane_tokens_total{{kind="completion",model="{MODEL}",tenant="alice"}} 0.0'

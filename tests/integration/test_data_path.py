@@ -275,14 +275,15 @@ async def test_a_request_the_engine_refuses_costs_nothing(stack: Any) -> None:
 
 async def test_unknown_path_and_wrong_method(stack: Any) -> None:
     async with aiohttp.ClientSession() as session:
-        async with session.get(stack.url + "/v1/rerank") as resp:
+        async with session.get(stack.url + "/v1/audio/transcriptions") as resp:
             assert resp.status == 404
             error = error_of(await resp.read())
             assert error["code"] == "not_found"
             assert error["message"] == (
                 "unknown path; this API serves POST /v1/chat/completions, "
-                "POST /v1/completions, POST /v1/responses, POST /v1/embeddings, "
-                "POST /v1/messages, GET /v1/models"
+                "POST /v1/completions, POST /v1/responses, POST /v1/messages, "
+                "POST /v1/embeddings, POST /rerank, POST /v1/rerank, POST /v2/rerank, "
+                "POST /score, POST /v1/score, POST /classify, POST /pooling, GET /v1/models"
             )
         async with session.get(stack.url + CHAT) as resp:
             assert resp.status == 405

@@ -244,7 +244,7 @@ paths = st.one_of(
             b"/status",
             b"/admin",
             b"/../etc/passwd",
-            b"/v1/rerank",
+            b"/v1/audio/transcriptions",
             b"*",
             b"/" + b"a" * 5000,
         ]

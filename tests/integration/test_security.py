@@ -208,7 +208,7 @@ HIDDEN = [
     "/logging?level=trace",
     "/runtime_modify?x=1",
     "/fake/stats",
-    "/v1/rerank",
+    "/v1/audio/transcriptions",
     "/v1/models/../../status",
     "/v1/models/",
     "/health/../status",

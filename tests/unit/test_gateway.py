@@ -155,3 +155,7 @@ def test_usage_resolution() -> None:
     assert Usage(None, None, 0).resolve(100, 200, failed=True) == (0, 0)
     assert Usage().resolve(100, 200, failed=True) == (0, 0)
     assert Usage(3, 4, 9).resolve(100, 200, failed=True) == (3, 4)
+    # Pooling (no completion budget) generates nothing, whatever its answer holds.
+    assert Usage(3, None, 5).resolve(100, 0) == (3, 0)
+    assert Usage(None, None, 5).resolve(100, 0) == (100, 0)
+    assert Usage(None, None, 5).resolve(100, 0, failed=True) == (0, 0)

@@ -1,6 +1,7 @@
-"""envoy/prompts.lua, the filter that counts a completions or embeddings batch's prompts,
-run under LuaJIT (as in Envoy) and checked against Python's own JSON parser: what the engine will
-see. Envoy runs it through the real data path in tests/integration/test_data_path.py."""
+"""envoy/prompts.lua, the filter that counts the prompts of a completions or pooling
+batch (embeddings, classify, pooling, rerank, score), run under LuaJIT (as in Envoy) and
+checked against Python's own JSON parser: what the engine will see. Envoy runs it through
+the real data path in tests/integration/test_data_path.py and test_pooling_apis.py."""
 
 from __future__ import annotations
 
@@ -18,21 +19,22 @@ from hypothesis import strategies as st
 def script() -> Any:
     source = resources.files("fairlane.envoy").joinpath("prompts.lua").read_text()
     # The script keeps its functions local; returning them is the only addition.
-    return luajit.LuaRuntime(encoding=None).execute(source + "\nreturn prompts, prompt_key")
+    return luajit.LuaRuntime(encoding=None).execute(source + "\nreturn prompts, prompt_keys")
 
 
 @pytest.fixture(scope="module")
 def count(script: Any) -> Any:
     """The prompts of a completions body."""
-    prompts, _ = script
-    return lambda body: prompts(body, b"prompt")
+    prompts, prompt_keys = script
+    return lambda body: prompts(body, prompt_keys(b"/v1/completions"))
 
 
 def engine_count(body: str) -> int:
     """Prompts as vLLM and SGLang take them: the last `prompt` key wins; a list of texts
-    or of token-id lists is one prompt per item; anything else is one."""
+    or of token-id lists is one prompt per item (a list of objects, which only a score
+    takes, counts the same); anything else is one."""
     prompt = json.loads(body).get("prompt")
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list | dict):
         return len(prompt)
     return 1
 
@@ -137,6 +139,31 @@ def test_an_embeddings_batch_is_counted_by_its_input(
 ) -> None:
     """/v1/embeddings runs each item of its `input` list as a sequence; `input` means
     nothing to completions (and `prompt` nothing to embeddings)."""
-    prompts, prompt_key = script
-    key = prompt_key(path.encode() if path else None)
-    assert prompts(body.encode(), key) == want
+    prompts, prompt_keys = script
+    assert prompts(body.encode(), prompt_keys(path.encode() if path else None)) == want
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "want"),
+    [
+        ("/classify", '{"model": "m", "input": ["a", "b"]}', 2),
+        ("/pooling", '{"input": [[1, 2], [3], [4]]}', 3),
+        # A rerank is a (query, document) pair per document.
+        ("/v1/rerank", '{"query": "q", "documents": ["a", "b", "c"], "top_n": 2}', 3),
+        ("/rerank?x=1", '{"query": ["q1", "q2"], "documents": ["a"]}', 1),
+        ("/v2/rerank", '{"query": "q", "documents": [{"content": []}, {"content": []}]}', 2),
+        # A score pairs one text with many, or many with as many: the longer list.
+        ("/v1/score", '{"text_1": "q", "text_2": ["a", "b", "c", "d"]}', 4),
+        ("/score", '{"text_1": ["q1", "q2"], "text_2": ["a", "b"]}', 2),
+        ("/score", '{"data_1": "q", "data_2": [{"content": []}, {"content": []}]}', 2),
+        ("/v1/score", '{"queries": "q", "documents": ["a", "b", "c"]}', 3),
+        ("/v1/score", '{"queries": ["q1", "q2", "q3", "q4", "q5"], "items": ["a"]}', 5),
+        ("/v1/score", '{"text_2": ["a", "b"], "text_2": "c"}', 1),  # the last key wins
+        ("/v1/score", '{"text_1": "q", "text_2": "a"}', 1),
+    ],
+)
+def test_a_pooling_request_is_counted_by_its_own_lists(
+    script: Any, path: str, body: str, want: int
+) -> None:
+    prompts, prompt_keys = script
+    assert prompts(body.encode(), prompt_keys(path.encode())) == want
