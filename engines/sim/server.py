@@ -11,13 +11,15 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from .engine import EngineOverloaded, SimEngine, SimRequest
-from .messages_api import MessageEvents, message_object, message_usage, parse_message
 from .messages_api import error_body as message_error_body
+from .messages_api import message_object, message_usage, parse_message
 from .metrics import build_registry
-from .openai_api import TOKEN_TEXT, StreamChunks, embeddings_response, full_response, sse_error
+from .openai_api import TOKEN_TEXT, embeddings_response, full_response
 from .pooling_api import parse_pooling, pooling_response
 from .presets import SimPreset
-from .responses_api import ResponseEvents, response_object, response_usage
+from .responses_api import response_object, response_usage
+from .streams import engine_gone, stream_chunks, stream_message_events, stream_response_events
+from .tokenizer_api import count_message_tokens, detokenize, tokenize
 from .validation import (
     POOLING_KINDS,
     ApiError,
@@ -28,7 +30,6 @@ from .validation import (
     parse_generation,
 )
 
-_DONE = b"data: [DONE]\n\n"
 # The text format generate_latest() writes, whatever newer format prometheus_client
 # would advertise by default.
 _METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -45,12 +46,6 @@ _ID_PREFIX: dict[Kind, str] = {
     "message": "msg_", "rerank": "score-", "score": "score-", "classify": "classify-",
     "pooling": "pooling-",
 }  # fmt: skip
-
-
-def _engine_gone() -> ApiError:
-    return ApiError(
-        503, "The engine stopped before the request finished.", "ServiceUnavailableError"
-    )
 
 
 class _Api:
@@ -70,6 +65,22 @@ class _Api:
             return await self._generate(request, kind)
 
         return handle
+
+    async def tokenizer(self, request: web.Request) -> web.Response:
+        """/tokenize, /detokenize and the Messages API's count_tokens."""
+        path = request.path
+        try:
+            body = parse_body(await request.read())
+            cpt = self._preset.chars_per_token
+            if path == "/tokenize":
+                answer = tokenize(body, self._models, cpt, self._preset.max_model_len)
+            elif path == "/detokenize":
+                answer = detokenize(body, self._models)
+            else:
+                answer = count_message_tokens(body, self._models, cpt)
+        except ApiError as exc:
+            return _error_response("message" if path.startswith("/v1/messages") else "chat", exc)
+        return web.json_response(answer)
 
     async def models(self, request: web.Request) -> web.Response:
         data: list[dict[str, object]] = [
@@ -120,11 +131,11 @@ class _Api:
         request_id = _ID_PREFIX[kind] + uuid.uuid4().hex
         try:
             if gen.stream and kind == "response":
-                return await self._stream_events(request, gen, reqs[0], request_id, headers)
+                return await stream_response_events(request, gen, reqs[0], request_id, headers)
             if gen.stream and kind == "message":
-                return await self._stream_message(request, gen, reqs[0], request_id, headers)
+                return await stream_message_events(request, gen, reqs[0], request_id, headers)
             if gen.stream:
-                return await self._stream(request, gen, reqs, request_id, headers)
+                return await stream_chunks(request, gen, reqs, request_id, headers)
             return await self._complete(gen, reqs, request_id, headers)
         finally:
             # Client gone (write error or handler cancelled) or engine stall: free the
@@ -161,7 +172,7 @@ class _Api:
                 async for _ in req:
                     pass
                 if req.finish_reason != "length":
-                    raise _engine_gone()
+                    raise engine_gone()
         except TimeoutError as exc:
             return _error_response(gen.kind, ApiError(500, str(exc), "InternalServerError"))
         except ApiError as exc:
@@ -183,107 +194,10 @@ class _Api:
             body = full_response(gen, request_id, created, completion_tokens)
         return web.json_response(body, headers=headers)
 
-    async def _stream(
-        self,
-        request: web.Request,
-        gen: GenerationRequest,
-        reqs: list[SimRequest],
-        request_id: str,
-        headers: dict[str, str],
-    ) -> web.StreamResponse:
-        resp = await _open_stream(request, headers)
-        created = int(time.time())
-        choices = [
-            StreamChunks(gen.kind, request_id, created, gen.model, i) for i in range(len(reqs))
-        ]
-        try:
-            for chunks, req in zip(choices, reqs, strict=True):
-                sent = 0
-                running = req.prompt_tokens if gen.continuous_usage else None
-                async for n in req:
-                    # One write per engine step; several tokens at once when we lag.
-                    await resp.write(chunks.step(sent, n, req.max_tokens, running))
-                    sent += n
-                if req.finish_reason != "length":
-                    await resp.write(sse_error(_engine_gone()) + _DONE)
-                    return resp
-            if gen.include_usage:
-                completion_tokens = sum(req.generated for req in reqs)
-                await resp.write(choices[0].usage(sum(gen.prompt_tokens), completion_tokens))
-            await resp.write(_DONE)
-            await resp.write_eof()
-        except ConnectionResetError:
-            pass  # the client left; _generate aborts the requests
-        except TimeoutError as exc:
-            await resp.write(sse_error(ApiError(500, str(exc), "InternalServerError")) + _DONE)
-        return resp
-
-    async def _stream_events(
-        self,
-        request: web.Request,
-        gen: GenerationRequest,
-        req: SimRequest,
-        response_id: str,
-        headers: dict[str, str],
-    ) -> web.StreamResponse:
-        """A Responses stream: typed events from ``response.created`` on (before the
-        first token, as vLLM's), the usage in the last; no ``[DONE]``."""
-        resp = await _open_stream(request, headers)
-        events = ResponseEvents(gen, response_id, int(time.time()))
-        try:
-            await resp.write(events.opening())
-            async for n in req:
-                await resp.write(events.deltas(n))  # one write per engine step
-            if req.finish_reason != "length":
-                await resp.write(events.error(_engine_gone()))
-                return resp
-            await resp.write(events.closing(req.generated, req.prompt_tokens))
-            await resp.write_eof()
-        except ConnectionResetError:
-            pass  # the client left; _generate aborts the request
-        except TimeoutError as exc:
-            await resp.write(events.error(ApiError(500, str(exc), "InternalServerError")))
-        return resp
-
-    async def _stream_message(
-        self,
-        request: web.Request,
-        gen: GenerationRequest,
-        req: SimRequest,
-        message_id: str,
-        headers: dict[str, str],
-    ) -> web.StreamResponse:
-        """A Messages stream: ``message_start`` with the first token, as vLLM's."""
-        resp = await _open_stream(request, headers)
-        events = MessageEvents(gen, message_id)
-        try:
-            sent = 0
-            async for n in req:
-                await resp.write(events.deltas(sent, n, req.prompt_tokens))  # one per step
-                sent += n
-            if req.finish_reason != "length":
-                await resp.write(events.error(_engine_gone()))
-                return resp
-            await resp.write(events.closing(req.generated, req.prompt_tokens))
-            await resp.write_eof()
-        except ConnectionResetError:
-            pass  # the client left; _generate aborts the request
-        except TimeoutError as exc:
-            await resp.write(events.error(ApiError(500, str(exc), "InternalServerError")))
-        return resp
-
 
 def _error_response(kind: Kind, error: ApiError) -> web.Response:
     body = message_error_body(error) if kind == "message" else error.body()
     return web.json_response(body, status=error.status)
-
-
-async def _open_stream(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
-    resp = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
-    )
-    await resp.prepare(request)
-    return resp
 
 
 def build_app(engine: SimEngine, models: list[str], preset: SimPreset) -> web.Application:
@@ -295,6 +209,8 @@ def build_app(engine: SimEngine, models: list[str], preset: SimPreset) -> web.Ap
     app = web.Application(client_max_size=_MAX_BODY_BYTES)
     for path, kind in _GENERATION_PATHS.items():
         app.router.add_post(path, api.generation(kind))
+    for path in ("/tokenize", "/detokenize", "/v1/messages/count_tokens"):
+        app.router.add_post(path, api.tokenizer)
     app.router.add_get("/v1/models", api.models)
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)
