@@ -23,6 +23,9 @@ POOLING_PATHS = (EMBEDDINGS_PATH, *RERANK_PATHS, *SCORE_PATHS, "/classify", "/po
 # errors take Anthropic's shape, Envoy's own included.
 MESSAGES_PATH = "/v1/messages"
 INFERENCE_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH, MESSAGES_PATH, *POOLING_PATHS)
+# The engine's tokenizer (vLLM's, and Anthropic's token count): routed by model like the
+# others, but they take no engine slot and cost no tokens.
+TOKENIZER_PATHS = ("/tokenize", "/detokenize", MESSAGES_PATH + "/count_tokens")
 # Whose body may be a batch: a list of prompts, each a sequence of its own.
 BATCH_PATHS = (COMPLETIONS_PATH, *POOLING_PATHS)
 CONTROL_PATHS = ("/health", "/v1/models", "/metrics")

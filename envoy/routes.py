@@ -13,6 +13,7 @@ from fairlane.envoy.common import (
     INFERENCE_PATHS,
     MESSAGES_PATH,
     MODEL_PATH_PREFIX,
+    TOKENIZER_PATHS,
     T,
     header,
     seconds,
@@ -30,7 +31,8 @@ def routes(policy: Policy) -> dict[str, Any]:
     origins = policy.listener.cors_allow_origins
     if origins:
         routes.append(_preflights())
-    for path in INFERENCE_PATHS:
+    engine_paths = (*INFERENCE_PATHS, *TOKENIZER_PATHS)
+    for path in engine_paths:
         routes.append(
             {
                 "match": {
@@ -47,10 +49,7 @@ def routes(policy: Policy) -> dict[str, Any]:
                     # saw the prompt twice). One that refuses again is quarantined.
                     "retry_policy": {"retry_on": "reset", "num_retries": 1},
                 },
-                # A batch's prompts, or a chat's or a response's media.
-                "typed_per_filter_config": {
-                    MEDIA_COUNT_FILTER if path in BATCH_PATHS else PROMPT_COUNT_FILTER: (_lua_off())
-                },
+                "typed_per_filter_config": {name: _lua_off() for name in _counts_off(path)},
             }
         )
         routes.append(_direct(path, Reason.METHOD_NOT_ALLOWED, f"use POST for {path}"))
@@ -75,7 +74,7 @@ def routes(policy: Policy) -> dict[str, Any]:
         routes.append(
             {"match": match, **direct_body(Reason.METHOD_NOT_ALLOWED, f"use GET for {where}")}
         )
-    served = [f"POST {path}" for path in INFERENCE_PATHS] + ["GET /v1/models"]
+    served = [f"POST {path}" for path in engine_paths] + ["GET /v1/models"]
     unknown = f"unknown path; this API serves {', '.join(served)}"
     # Anthropic clients call more of that API (count_tokens, batches): in its shape.
     anthropic_404 = direct_body(Reason.NOT_FOUND, unknown, anthropic=True)
@@ -85,6 +84,14 @@ def routes(policy: Policy) -> dict[str, Any]:
     if origins:
         host["typed_per_filter_config"] = {CORS_FILTER: _cors_policy(origins)}
     return {"virtual_hosts": [host]}
+
+
+def _counts_off(path: str) -> tuple[str, ...]:
+    """The Lua counters a route does not need: a batch's prompts are counted, a chat's
+    or a response's media; the tokenizer's requests hold no slot and cost nothing."""
+    if path in TOKENIZER_PATHS:
+        return (MEDIA_COUNT_FILTER, PROMPT_COUNT_FILTER)
+    return (MEDIA_COUNT_FILTER,) if path in BATCH_PATHS else (PROMPT_COUNT_FILTER,)
 
 
 def _preflights() -> dict[str, Any]:
@@ -124,7 +131,7 @@ def _cors_policy(origins: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _direct(path: str, reason: Reason, message: str) -> dict[str, Any]:
-    body = direct_body(reason, message, anthropic=path == MESSAGES_PATH)
+    body = direct_body(reason, message, anthropic=path.startswith(MESSAGES_PATH))
     return {"match": {"path": path}, **body}
 
 

@@ -117,6 +117,14 @@ class EnginePool:
 
     # -- admission --------------------------------------------------------------------
 
+    def least_busy(self) -> str:
+        """The healthy replica with the fewest requests in flight, for a request that
+        holds no slot. Raises EngineUnavailable when none is up."""
+        up = [r for r in self.replicas.values() if r.state is EngineState.UP]
+        if not up:
+            raise EngineUnavailable(self.name)
+        return min(up, key=lambda r: r.inflight).name
+
     def try_admit(self, request: QueuedRequest) -> str | None:
         """A replica at once if one has a free slot and nobody waits; else None.
 

@@ -116,6 +116,11 @@ class Gateway:
             self.count_rejection(rejection, self.label(ticket))
             return rejection
         pool = self.pools[ticket.pool]
+        if not ticket.sequences:  # the engine's tokenizer: routed, no slot, no lease
+            try:
+                return Admitted("", ticket, pool.least_busy())
+            except EngineUnavailable:
+                return self.refuse_admitted(ticket, shared_limits, engine_down(ticket.pool))
         pool.requests += 1
         pool.last_request = self.wall()
         queued = QueuedRequest(

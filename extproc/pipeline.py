@@ -26,6 +26,7 @@ class Ticket:
     prompt_tokens: int  # estimate from the body size; corrected from usage later
     max_tokens: int  # per sequence (0 for an embedding)
     sequences: int  # generated at once (prompts x `n`): engine slots the request holds
+    # (0: the engine's tokenizer only, routed without a slot)
     cost: float
     # A stream whose first byte is its first token, so Envoy's time to first byte is
     # its TTFT: chat, completions and messages (vLLM's `message_start` comes with the
@@ -117,18 +118,23 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
             Rejection(Reason.MODEL_NOT_ALLOWED, f"tenant {tenant_id!r} may not use `{model}`"),
         )
     cost = runtime.policy.cost
-    if info.api is Api.POOLING:
-        max_tokens = 0  # the prompt's one pass is the whole answer
+    if info.api is Api.TOKENIZER:
+        # The engine's tokenizer, not its batch: no slot, nothing to charge.
+        max_tokens, sequences, prompt_tokens = 0, 0, 0
     else:
-        max_tokens = _positive_int(info.max_tokens, cost.default_max_tokens)
-    # Each of `n` choices (`best_of` candidates) of each prompt of a batch is a sequence
-    # of its own in the engine's batch; a prompt is prefilled once for its choices.
-    per_prompt = max(_positive_int(info.choices, 1), _positive_int(info.best_of, 1))
-    sequences = _positive_int(info.prompts, 1) * per_prompt
-    # Media are counted per item, not per byte: base64 and links are not prompt text.
-    text_bytes = max(0, info.content_length - info.media_bytes)
-    prompt_tokens = max(1, int(text_bytes / cost.chars_per_token))
-    prompt_tokens += info.media_items * cost.media_tokens
+        if info.api is Api.POOLING:
+            max_tokens = 0  # the prompt's one pass is the whole answer
+        else:
+            max_tokens = _positive_int(info.max_tokens, cost.default_max_tokens)
+        # Each of `n` choices (`best_of` candidates) of each prompt of a batch is a
+        # sequence of its own in the engine's batch; a prompt is prefilled once for its
+        # choices.
+        per_prompt = max(_positive_int(info.choices, 1), _positive_int(info.best_of, 1))
+        sequences = _positive_int(info.prompts, 1) * per_prompt
+        # Media are counted per item, not per byte: base64 and links are not prompt text.
+        text_bytes = max(0, info.content_length - info.media_bytes)
+        prompt_tokens = max(1, int(text_bytes / cost.chars_per_token))
+        prompt_tokens += info.media_items * cost.media_tokens
     return Ticket(
         tenant=profile,
         tenant_id=tenant_id,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from fairlane.envoy.common import MESSAGES_PATH, POOLING_PATHS, RESPONSES_PATH
+from fairlane.envoy.common import MESSAGES_PATH, POOLING_PATHS, RESPONSES_PATH, TOKENIZER_PATHS
 
 # The metadata namespace the bootstrap's json_to_metadata rules write into.
 REQUEST_NAMESPACE = "fairlane.request"
@@ -33,18 +33,21 @@ class Api(StrEnum):
     RESPONSES = "responses"  # max_output_tokens; one sequence
     POOLING = "pooling"  # embeddings, rerank, score...: nothing generated; a sequence per item
     MESSAGES = "messages"  # Anthropic's: max_tokens (required); one sequence
+    TOKENIZER = "tokenizer"  # /tokenize and the like: no sequence at all
 
 
 _API_BY_PATH = {
     RESPONSES_PATH: Api.RESPONSES,
     MESSAGES_PATH: Api.MESSAGES,
     **dict.fromkeys(POOLING_PATHS, Api.POOLING),
+    **dict.fromkeys(TOKENIZER_PATHS, Api.TOKENIZER),
 }
 
 
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
     api: Api
+    anthropic: bool  # on Anthropic's API (/v1/messages...): its error shape
     tenant_header: str | None
     authorization: str | None
     api_key: str | None  # x-api-key: where Anthropic's SDKs send the key
@@ -86,7 +89,7 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
     # could otherwise lower its estimate with a field that limits nothing.
     if api is Api.RESPONSES:
         max_tokens, choices, best_of = fields.get("max_output_tokens"), None, None
-    elif api is Api.POOLING:
+    elif api in (Api.POOLING, Api.TOKENIZER):
         max_tokens, choices, best_of = None, None, None
     elif api is Api.MESSAGES:
         max_tokens, choices, best_of = fields.get("max_tokens"), None, None
@@ -95,6 +98,7 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         choices, best_of = fields.get("n"), fields.get("best_of")
     return RequestInfo(
         api=api,
+        anthropic=path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/"),
         tenant_header=headers.get("x-tenant-id"),
         authorization=headers.get("authorization"),
         api_key=headers.get("x-api-key"),

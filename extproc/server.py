@@ -35,7 +35,6 @@ from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.outcomes import Admitted, Pending, SharedLimitCheck
 from fairlane.extproc.request import (
     REQUEST_NAMESPACE,
-    Api,
     RequestInfo,
     combined_headers,
     request_info,
@@ -68,7 +67,7 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 yield _passthrough(message)
                 continue
             info = _request_info(message)
-            anthropic = info.api is Api.MESSAGES
+            anthropic = info.anthropic
             outcome = self._gateway.begin(info)
             if isinstance(outcome, Pending | SharedLimitCheck):
                 yield ep.ProcessingResponse(
@@ -81,6 +80,8 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 yield _immediate(outcome, anthropic)
                 continue
             transport = self._gateway.runtime.engine(outcome.replica).priority_transport
+            if not outcome.ticket.sequences:
+                transport = None  # the tokenizer: nothing to put before anything
             response = self._admit(outcome, info, transport == "header")
             if transport == "body":
                 # Engines that read the priority from the body only (SGLang, and an
@@ -107,7 +108,8 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         metadata = struct_pb2.Struct()
         # Field by field: several times cheaper than Struct.update() on a nested dict.
         fields = metadata.fields[DECISION_NAMESPACE].struct_value.fields
-        fields["lease"].string_value = admitted.lease_id
+        if admitted.lease_id:  # none for a request that holds no slot
+            fields["lease"].string_value = admitted.lease_id
         fields["tenant"].string_value = ticket.tenant_id
         fields["model"].string_value = ticket.model
         fields["engine"].string_value = admitted.replica

@@ -269,6 +269,27 @@ async def test_anthropics_messages_api_is_served_and_charged(stack: Any) -> None
     }
 
 
+async def test_the_tokenizer_endpoints_are_served(stack: Any) -> None:
+    """vLLM's /tokenize and /detokenize, and the Messages API's count_tokens, routed to
+    the model's engine with its key, outside the fair queue."""
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+
+        async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            headers = {"x-tenant-id": "alice"}
+            async with session.post(stack.url + path, json=body, headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+                answer: dict[str, Any] = await resp.json()
+                return answer
+
+        tokens = await post("/tokenize", {"model": MODEL, "prompt": "Once upon a time"})
+        assert tokens["count"] == len(tokens["tokens"]) > 0
+        text = await post("/detokenize", {"model": MODEL, "tokens": tokens["tokens"]})
+        assert "upon a time" in text["prompt"]
+        messages = [{"role": "user", "content": "Once upon a time"}]
+        counted = await post("/v1/messages/count_tokens", {"model": MODEL, "messages": messages})
+        assert counted["input_tokens"] > 0
+
+
 def sample(text: str, name: str, labels: dict[str, str]) -> float:
     """The value of one Prometheus series, whatever order its labels come in."""
     for line in text.splitlines():

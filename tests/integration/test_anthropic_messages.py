@@ -252,7 +252,7 @@ async def test_other_methods_and_paths_of_the_api_are_refused_in_its_shape(stack
                 "type": "invalid_request_error",
                 "message": "use POST for /v1/messages",
             }
-        async with session.post(stack.url + MESSAGES + "/count_tokens", json=message()) as resp:
+        async with session.post(stack.url + MESSAGES + "/batches", json=message()) as resp:
             assert resp.status == 404
             error = anthropic_error(await resp.read())
             assert error["type"] == "not_found_error"

@@ -283,7 +283,8 @@ async def test_unknown_path_and_wrong_method(stack: Any) -> None:
                 "unknown path; this API serves POST /v1/chat/completions, "
                 "POST /v1/completions, POST /v1/responses, POST /v1/messages, "
                 "POST /v1/embeddings, POST /rerank, POST /v1/rerank, POST /v2/rerank, "
-                "POST /score, POST /v1/score, POST /classify, POST /pooling, GET /v1/models"
+                "POST /score, POST /v1/score, POST /classify, POST /pooling, POST /tokenize, "
+                "POST /detokenize, POST /v1/messages/count_tokens, GET /v1/models"
             )
         async with session.get(stack.url + CHAT) as resp:
             assert resp.status == 405

@@ -159,3 +159,31 @@ def test_usage_resolution() -> None:
     assert Usage(3, None, 5).resolve(100, 0) == (3, 0)
     assert Usage(None, None, 5).resolve(100, 0) == (100, 0)
     assert Usage(None, None, 5).resolve(100, 0, failed=True) == (0, 0)
+
+
+def tokenizer(tenant: str) -> object:
+    return request_info(
+        {":path": "/tokenize", "x-tenant-id": tenant, "content-length": "4000"},
+        {"model": "m", "max_tokens": 500},
+    )
+
+
+async def test_a_tokenizer_request_is_routed_without_a_slot() -> None:
+    """/tokenize and the like: to a healthy replica at once, even with every slot held
+    and a queue; no lease, no charge; the tenant's request rate still counts them."""
+    g = gateway()
+    admitted(g.begin(tokenizer("metered")))  # ~1,000 tokens of text, not charged:
+    g.finish(admitted(g.begin(ask("metered", max_tokens=80))).lease_id, 200, Usage(), None)
+    for tenant in ("alice", "bob"):
+        admitted(g.begin(ask(tenant)))
+    assert isinstance(g.begin(ask("alice")), Pending)
+    routed = admitted(g.begin(tokenizer("alice")))
+    assert (routed.lease_id, routed.replica, routed.ticket.cost) == ("", "e", 0)
+    assert g.pools["e"].inflight == 2 and g.pools["e"].queued == 1
+    for _ in range(2):  # limited: a burst of two requests
+        admitted(g.begin(tokenizer("limited")))
+    refused = g.begin(tokenizer("limited"))
+    assert isinstance(refused, Rejection) and refused.reason is Reason.RATE_LIMIT_EXCEEDED
+    g.health.set_state("e", EngineState.DOWN)
+    down = g.begin(tokenizer("alice"))
+    assert isinstance(down, Rejection) and down.reason is Reason.ENGINE_UNAVAILABLE
