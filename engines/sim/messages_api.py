@@ -82,21 +82,30 @@ class MessageEvents:
     """The SSE events of one streamed message. Every token's ``content_block_delta`` is
     the same bytes, encoded once."""
 
-    def __init__(self, gen: GenerationRequest, message_id: str) -> None:
+    def __init__(self, gen: GenerationRequest, message_id: str, prompt_tokens: int) -> None:
         self._gen = gen
         self._id = message_id
+        self._prompt_tokens = prompt_tokens
+        self._started = False
         delta = {"type": "text_delta", "text": TOKEN_TEXT}
         self._delta = _event("content_block_delta", {"index": 0, "delta": delta})
 
-    def deltas(self, sent: int, new: int, prompt_tokens: int) -> bytes:
+    @staticmethod
+    def opening() -> bytes:
+        """Nothing before the first token: vLLM starts the message with it."""
+        return b""
+
+    def deltas(self, new: int) -> bytes:
         """The text deltas of ``new`` tokens; before the first, ``message_start`` and
         the text block's start."""
         out = [self._delta] * new
-        if sent == 0:
-            opening = message_object(self._gen, self._id, None, message_usage(prompt_tokens, 0))
+        if not self._started:
+            self._started = True
+            usage = message_usage(self._prompt_tokens, 0)
+            message = message_object(self._gen, self._id, None, usage)
             block = {"index": 0, "content_block": {"type": "text", "text": ""}}
             out[:0] = [
-                _event("message_start", {"message": opening}),
+                _event("message_start", {"message": message}),
                 _event("content_block_start", block),
             ]
         return b"".join(out)

@@ -6,17 +6,12 @@ request set ``ignore_eos``), so benchmarks get exact, reproducible lengths.
 
 from __future__ import annotations
 
-import base64
 import json
-import math
-import struct
 from typing import Any
 
 from .validation import ApiError, GenerationRequest, Kind
 
 TOKEN_TEXT = " tok"
-EMBEDDING_DIMENSIONS = 16
-EMBEDDING_VALUE = 1 / math.sqrt(EMBEDDING_DIMENSIONS)
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
@@ -114,25 +109,4 @@ def full_response(
         "model": gen.model,
         "choices": choices,
         "usage": usage(sum(gen.prompt_tokens), completion_tokens),
-    }
-
-
-def embeddings_response(gen: GenerationRequest, request_id: str, created: int) -> dict[str, Any]:
-    """One vector per input, as vLLM's /v1/embeddings writes them. With no model there
-    is nothing to embed: every vector is the same unit vector of ``EMBEDDING_DIMENSIONS``."""
-    vector = [EMBEDDING_VALUE] * EMBEDDING_DIMENSIONS
-    encoded: list[float] | str = vector
-    if gen.base64:  # little-endian float32, as vLLM encodes it
-        encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-    data = [
-        {"object": "embedding", "index": i, "embedding": encoded}
-        for i in range(len(gen.prompt_tokens))
-    ]
-    return {
-        "id": request_id,
-        "object": "list",
-        "created": created,
-        "model": gen.model,
-        "data": data,
-        "usage": usage(sum(gen.prompt_tokens), 0),
     }

@@ -1,19 +1,23 @@
-"""vLLM's pooling APIs other than embeddings, as 0.32 serves them for a model that
-supports them (the simulator answers them for any): a cross-encoder's rerank
-(``/rerank``, ``/v1/rerank``, ``/v2/rerank``) and score (``/score``, ``/v1/score``), a
-classifier's ``/classify``, and raw ``/pooling``.
+"""vLLM's pooling APIs as 0.32 serves them for a model that supports them (the
+simulator answers them for any): ``/v1/embeddings`` (parsed in ``validation.py``), a
+cross-encoder's rerank (``/rerank``, ``/v1/rerank``, ``/v2/rerank``) and score
+(``/score``, ``/v1/score``), a classifier's ``/classify``, and raw ``/pooling``.
 
 Each input, (query, document) or (text, text) pair is a sequence of its own, prefilled
-and then done, as an embedding is; nothing is generated. With no model there is nothing
-to rank: every pair scores ``SCORE``, every input is ``LABEL``.
+and then done; nothing is generated. With no model there is nothing to embed or rank:
+every vector is the same unit vector of ``EMBEDDING_DIMENSIONS``, every pair scores
+``SCORE``, every input is ``LABEL``.
 """
 
 from __future__ import annotations
 
+import base64
+import math
+import struct
 from dataclasses import replace
 from typing import Any
 
-from .openai_api import EMBEDDING_DIMENSIONS, EMBEDDING_VALUE, usage
+from .openai_api import usage
 from .validation import (
     ApiError,
     GenerationRequest,
@@ -25,6 +29,8 @@ from .validation import (
     served_model,
 )
 
+EMBEDDING_DIMENSIONS = 16
+EMBEDDING_VALUE = 1 / math.sqrt(EMBEDDING_DIMENSIONS)
 SCORE = 0.5
 LABEL = "LABEL_0"
 # A score's two sides, by the names its request forms give them.
@@ -97,12 +103,17 @@ def pooling_response(gen: GenerationRequest, request_id: str, created: int) -> d
             "results": results[: gen.top_n] if gen.top_n else results,
         }
     data: list[dict[str, Any]]
-    if gen.kind == "score":
+    vector = [EMBEDDING_VALUE] * EMBEDDING_DIMENSIONS
+    if gen.kind == "embedding":
+        encoded: list[float] | str = vector
+        if gen.base64:  # little-endian float32, as vLLM encodes it
+            encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data = [{"object": "embedding", "index": i, "embedding": encoded} for i in items]
+    elif gen.kind == "score":
         data = [{"index": i, "object": "score", "score": SCORE} for i in items]
     elif gen.kind == "classify":
         data = [{"index": i, "label": LABEL, "probs": [1.0], "num_classes": 1} for i in items]
     else:
-        vector = [EMBEDDING_VALUE] * EMBEDDING_DIMENSIONS
         data = [{"index": i, "object": "pooling", "data": vector} for i in items]
     return {
         "id": request_id,

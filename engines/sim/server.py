@@ -11,14 +11,14 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from .engine import EngineOverloaded, SimEngine, SimRequest
+from .messages_api import MessageEvents, message_object, message_usage, parse_message
 from .messages_api import error_body as message_error_body
-from .messages_api import message_object, message_usage, parse_message
 from .metrics import build_registry
-from .openai_api import TOKEN_TEXT, embeddings_response, full_response
+from .openai_api import TOKEN_TEXT, full_response
 from .pooling_api import parse_pooling, pooling_response
 from .presets import SimPreset
-from .responses_api import response_object, response_usage
-from .streams import engine_gone, stream_chunks, stream_message_events, stream_response_events
+from .responses_api import ResponseEvents, response_object, response_usage
+from .streams import engine_gone, stream_chunks, stream_events
 from .tokenizer_api import count_message_tokens, detokenize, tokenize
 from .validation import (
     POOLING_KINDS,
@@ -131,9 +131,11 @@ class _Api:
         request_id = _ID_PREFIX[kind] + uuid.uuid4().hex
         try:
             if gen.stream and kind == "response":
-                return await stream_response_events(request, gen, reqs[0], request_id, headers)
+                events = ResponseEvents(gen, request_id, int(time.time()))
+                return await stream_events(request, reqs[0], events, headers)
             if gen.stream and kind == "message":
-                return await stream_message_events(request, gen, reqs[0], request_id, headers)
+                messages = MessageEvents(gen, request_id, reqs[0].prompt_tokens)
+                return await stream_events(request, reqs[0], messages, headers)
             if gen.stream:
                 return await stream_chunks(request, gen, reqs, request_id, headers)
             return await self._complete(gen, reqs, request_id, headers)
@@ -179,9 +181,7 @@ class _Api:
             return _error_response(gen.kind, exc)
         completion_tokens = sum(req.generated for req in reqs)
         created = int(time.time())
-        if gen.kind == "embedding":
-            body = embeddings_response(gen, request_id, created)
-        elif gen.kind in POOLING_KINDS:
+        if gen.kind in POOLING_KINDS:
             body = pooling_response(gen, request_id, created)
         elif gen.kind == "message":
             usage = message_usage(sum(gen.prompt_tokens), completion_tokens)

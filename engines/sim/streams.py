@@ -5,13 +5,12 @@ leaves ends the writer; the handler aborts the requests."""
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from aiohttp import web
 
 from .engine import SimRequest
-from .messages_api import MessageEvents
 from .openai_api import StreamChunks, sse_error
-from .responses_api import ResponseEvents
 from .validation import ApiError, GenerationRequest
 
 _DONE = b"data: [DONE]\n\n"
@@ -64,48 +63,26 @@ async def stream_chunks(
     return resp
 
 
-async def stream_response_events(
-    request: web.Request,
-    gen: GenerationRequest,
-    req: SimRequest,
-    response_id: str,
-    headers: dict[str, str],
+class TypedEvents(Protocol):
+    """A stream of typed SSE events (Responses, Messages): no ``[DONE]``, an ``error``
+    event when the engine fails."""
+
+    def opening(self) -> bytes: ...
+    def deltas(self, new: int) -> bytes: ...
+    def closing(self, generated: int, prompt_tokens: int) -> bytes: ...
+    def error(self, error: ApiError) -> bytes: ...
+
+
+async def stream_events(
+    request: web.Request, req: SimRequest, events: TypedEvents, headers: dict[str, str]
 ) -> web.StreamResponse:
-    """A Responses stream: typed events from ``response.created`` on (before the
-    first token, as vLLM's), the usage in the last; no ``[DONE]``."""
+    """One request's events: the opening, its tokens' deltas one write per engine step,
+    the closing (with the usage)."""
     resp = await _open_stream(request, headers)
-    events = ResponseEvents(gen, response_id, int(time.time()))
     try:
         await resp.write(events.opening())
         async for n in req:
-            await resp.write(events.deltas(n))  # one write per engine step
-        if req.finish_reason != "length":
-            await resp.write(events.error(engine_gone()))
-            return resp
-        await resp.write(events.closing(req.generated, req.prompt_tokens))
-        await resp.write_eof()
-    except ConnectionResetError:
-        pass  # the client left; _generate aborts the request
-    except TimeoutError as exc:
-        await resp.write(events.error(ApiError(500, str(exc), "InternalServerError")))
-    return resp
-
-
-async def stream_message_events(
-    request: web.Request,
-    gen: GenerationRequest,
-    req: SimRequest,
-    message_id: str,
-    headers: dict[str, str],
-) -> web.StreamResponse:
-    """A Messages stream: ``message_start`` with the first token, as vLLM's."""
-    resp = await _open_stream(request, headers)
-    events = MessageEvents(gen, message_id)
-    try:
-        sent = 0
-        async for n in req:
-            await resp.write(events.deltas(sent, n, req.prompt_tokens))  # one per step
-            sent += n
+            await resp.write(events.deltas(n))
         if req.finish_reason != "length":
             await resp.write(events.error(engine_gone()))
             return resp
