@@ -24,7 +24,7 @@ class Ticket:
     model: str
     pool: str  # the replica group serving the model
     prompt_tokens: int  # estimate from the body size; corrected from usage later
-    max_tokens: int  # per sequence (0 for an embedding)
+    max_tokens: int  # per sequence (0 for pooling)
     sequences: int  # generated at once (prompts x `n`): engine slots the request holds
     # (0: the engine's tokenizer only, routed without a slot)
     cost: float
