@@ -26,8 +26,18 @@ INFERENCE_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH, MESSAGES_PATH, *
 # The engine's tokenizer (vLLM's, and Anthropic's token count): routed by model like the
 # others, but they take no engine slot and cost no tokens.
 TOKENIZER_PATHS = ("/tokenize", "/detokenize", MESSAGES_PATH + "/count_tokens")
-# Whose body may be a batch: a list of prompts, each a sequence of its own.
-BATCH_PATHS = (COMPLETIONS_PATH, *POOLING_PATHS)
+# Whose body may be a batch, and the keys of its lists of prompts, each item a sequence
+# of its own (envoy/prompts.lua counts the longest; the route's metadata names them): a
+# rerank's documents are a (query, document) pair each, a score pairs its two sides.
+PROMPT_KEYS: dict[str, tuple[str, ...]] = {
+    COMPLETIONS_PATH: ("prompt",),
+    **dict.fromkeys((EMBEDDINGS_PATH, "/classify", "/pooling"), ("input",)),
+    **dict.fromkeys(RERANK_PATHS, ("documents",)),
+    **dict.fromkeys(
+        SCORE_PATHS, ("text_1", "text_2", "data_1", "data_2", "queries", "documents", "items")
+    ),
+}
+BATCH_PATHS = tuple(PROMPT_KEYS)
 CONTROL_PATHS = ("/health", "/v1/models", "/metrics")
 MODEL_PATH_PREFIX = "/v1/models/"  # GET /v1/models/{model}, the worker's too
 T = "type.googleapis.com/"

@@ -2,12 +2,12 @@
 -- SGLang run a `prompt` list of texts or of token-id lists as one sequence per item
 -- (times `n`), and json_to_metadata cannot count a list. vLLM's pooling APIs are the
 -- same: an `input` list (/v1/embeddings, /classify, /pooling) is a sequence per item, a
--- rerank's `documents` a (query, document) pair each, and a score's lists (`text_1` and
--- `text_2`, or `data_*`, `queries`, `documents`, `items`) as many pairs as the longer
--- one. A body without a '[' is one prompt (one search); one with is walked once
--- between structural characters with string.find (plain searches where it can:
--- memchr), nothing decoded or copied but short keys. The count goes to the request's
--- metadata as `prompts` when above one, before ext_proc reads it.
+-- rerank's `documents` a (query, document) pair each, and a score's lists as many pairs
+-- as the longer one; the route names the keys. A body without a '[' is one prompt (one
+-- search); one with is walked once between structural characters with string.find
+-- (plain searches where it can: memchr), nothing decoded or copied but short keys. The
+-- count goes to the request's metadata as `prompts` when above one, before ext_proc
+-- reads it.
 local NAMESPACE = "fairlane.request"
 local STRUCTURAL = '[%[%]{}",]'
 local OPENERS = { "[", "{", '"' } -- what a flat array of numbers cannot hold
@@ -159,24 +159,12 @@ local function prompts(s, names)
   return count
 end
 
-local COMPLETIONS = { prompt = true }
-local INPUTS = { input = true }
-local RERANK = { documents = true }
-local SCORE = {
-  text_1 = true, text_2 = true, data_1 = true, data_2 = true,
-  queries = true, documents = true, items = true,
-}
-local KEYS_BY_PATH = {
-  ["/v1/embeddings"] = INPUTS, ["/classify"] = INPUTS, ["/pooling"] = INPUTS,
-  ["/rerank"] = RERANK, ["/v1/rerank"] = RERANK, ["/v2/rerank"] = RERANK,
-  ["/score"] = SCORE, ["/v1/score"] = SCORE,
-}
-
--- The keys that hold the prompts on the path asked for (this filter runs on several
--- routes; the query string is not part of the path).
-local function prompt_keys(path)
-  local bare = string.match(path or "", "^[^?]*")
-  return KEYS_BY_PATH[bare] or COMPLETIONS
+-- The keys that hold the prompts on this route, as a set: its metadata lists them
+-- (envoy/routes.py; the filter runs only on routes that have them).
+local function prompt_keys(handle)
+  local keys = {}
+  for _, key in ipairs(handle:metadata():get("prompt_keys") or {}) do keys[key] = true end
+  return keys
 end
 
 function envoy_on_request(handle)
@@ -184,6 +172,6 @@ function envoy_on_request(handle)
   if body == nil then return end
   local s = body:getBytes(0, body:length())
   if not string.find(s, "[", 1, true) then return end
-  local count = prompts(s, prompt_keys(handle:headers():get(":path")))
+  local count = prompts(s, prompt_keys(handle))
   if count > 1 then handle:streamInfo():dynamicMetadata():set(NAMESPACE, "prompts", count) end
 end

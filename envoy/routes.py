@@ -13,6 +13,7 @@ from fairlane.envoy.common import (
     INFERENCE_PATHS,
     MESSAGES_PATH,
     MODEL_PATH_PREFIX,
+    PROMPT_KEYS,
     TOKENIZER_PATHS,
     T,
     header,
@@ -52,6 +53,9 @@ def routes(policy: Policy) -> dict[str, Any]:
                 "typed_per_filter_config": {name: _lua_off() for name in _counts_off(path)},
             }
         )
+        if path in PROMPT_KEYS:  # read by envoy/prompts.lua
+            keys = {"prompt_keys": list(PROMPT_KEYS[path])}
+            routes[-1]["metadata"] = {"filter_metadata": {PROMPT_COUNT_FILTER: keys}}
         routes.append(_direct(path, Reason.METHOD_NOT_ALLOWED, f"use POST for {path}"))
     control = [p for p in CONTROL_PATHS if p != "/metrics" or policy.listener.expose_metrics]
     model = {"safe_regex": {"regex": f"{MODEL_PATH_PREFIX}.+"}}  # not an empty id

@@ -14,19 +14,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fairlane.envoy.common import PROMPT_KEYS
+
 
 @pytest.fixture(scope="module")
 def script() -> Any:
     source = resources.files("fairlane.envoy").joinpath("prompts.lua").read_text()
-    # The script keeps its functions local; returning them is the only addition.
-    return luajit.LuaRuntime(encoding=None).execute(source + "\nreturn prompts, prompt_keys")
+    # The script keeps its functions local; returning one is the only addition.
+    runtime = luajit.LuaRuntime(encoding=None)
+    prompts = runtime.execute(source + "\nreturn prompts")
+
+    def count_on(path: str, body: bytes) -> int:
+        """The prompts of ``body`` on ``path``'s route: the keys its metadata names."""
+        keys = runtime.table_from({key.encode(): True for key in PROMPT_KEYS[path]})
+        return int(prompts(body, keys))
+
+    return count_on
 
 
 @pytest.fixture(scope="module")
 def count(script: Any) -> Any:
     """The prompts of a completions body."""
-    prompts, prompt_keys = script
-    return lambda body: prompts(body, prompt_keys(b"/v1/completions"))
+    return lambda body: script("/v1/completions", body)
 
 
 def engine_count(body: str) -> int:
@@ -128,19 +137,18 @@ def test_agrees_with_the_json_parser_on_any_body(
     ("path", "body", "want"),
     [
         ("/v1/embeddings", '{"model": "m", "input": ["a", "b", "c"], "prompt": ["x"]}', 3),
-        ("/v1/embeddings?x=1", '{"input": [[1, 2], [3]], "model": "m"}', 2),
+        ("/v1/embeddings", '{"input": [[1, 2], [3]], "model": "m"}', 2),
         ("/v1/embeddings", '{"input": [1, 2, 3]}', 1),  # one input, as token ids
         ("/v1/completions", '{"input": ["a", "b", "c"], "prompt": ["x", "y"]}', 2),
-        (None, '{"prompt": ["x", "y"]}', 2),
+        ("/v1/completions", '{"prompt": ["x", "y"]}', 2),
     ],
 )
 def test_an_embeddings_batch_is_counted_by_its_input(
-    script: Any, path: str | None, body: str, want: int
+    script: Any, path: str, body: str, want: int
 ) -> None:
     """/v1/embeddings runs each item of its `input` list as a sequence; `input` means
     nothing to completions (and `prompt` nothing to embeddings)."""
-    prompts, prompt_keys = script
-    assert prompts(body.encode(), prompt_keys(path.encode() if path else None)) == want
+    assert script(path, body.encode()) == want
 
 
 @pytest.mark.parametrize(
@@ -150,7 +158,7 @@ def test_an_embeddings_batch_is_counted_by_its_input(
         ("/pooling", '{"input": [[1, 2], [3], [4]]}', 3),
         # A rerank is a (query, document) pair per document.
         ("/v1/rerank", '{"query": "q", "documents": ["a", "b", "c"], "top_n": 2}', 3),
-        ("/rerank?x=1", '{"query": ["q1", "q2"], "documents": ["a"]}', 1),
+        ("/rerank", '{"query": ["q1", "q2"], "documents": ["a"]}', 1),
         ("/v2/rerank", '{"query": "q", "documents": [{"content": []}, {"content": []}]}', 2),
         # A score pairs one text with many, or many with as many: the longer list.
         ("/v1/score", '{"text_1": "q", "text_2": ["a", "b", "c", "d"]}', 4),
@@ -165,5 +173,4 @@ def test_an_embeddings_batch_is_counted_by_its_input(
 def test_a_pooling_request_is_counted_by_its_own_lists(
     script: Any, path: str, body: str, want: int
 ) -> None:
-    prompts, prompt_keys = script
-    assert prompts(body.encode(), prompt_keys(path.encode())) == want
+    assert script(path, body.encode()) == want
