@@ -60,6 +60,11 @@ MAX_DOWNSTREAM_CONNECTIONS = 20_000
 MAX_STREAMS_PER_CONNECTION = 1024
 
 
+def on_messages_api(path: str) -> bool:
+    """Is this path (without its query) Anthropic's API, whose errors take its shape?"""
+    return path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/")
+
+
 def engine_cluster_name(engine: str) -> str:
     return f"engine_{engine}"
 

@@ -17,6 +17,7 @@ from fairlane.envoy.common import (
     TOKENIZER_PATHS,
     T,
     header,
+    on_messages_api,
     seconds,
 )
 from fairlane.envoy.http_filters import CORS_FILTER, MEDIA_COUNT_FILTER, PROMPT_COUNT_FILTER
@@ -135,7 +136,7 @@ def _cors_policy(origins: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _direct(path: str, reason: Reason, message: str) -> dict[str, Any]:
-    body = direct_body(reason, message, anthropic=path.startswith(MESSAGES_PATH))
+    body = direct_body(reason, message, anthropic=on_messages_api(path))
     return {"match": {"path": path}, **body}
 
 

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from fairlane.envoy.common import MESSAGES_PATH, POOLING_PATHS, RESPONSES_PATH, TOKENIZER_PATHS
+from fairlane.envoy.common import (
+    MESSAGES_PATH,
+    POOLING_PATHS,
+    RESPONSES_PATH,
+    TOKENIZER_PATHS,
+    on_messages_api,
+)
 
 # The metadata namespace the bootstrap's json_to_metadata rules write into.
 REQUEST_NAMESPACE = "fairlane.request"
@@ -98,7 +104,7 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         choices, best_of = fields.get("n"), fields.get("best_of")
     return RequestInfo(
         api=api,
-        anthropic=path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/"),
+        anthropic=on_messages_api(path),
         tenant_header=headers.get("x-tenant-id"),
         authorization=headers.get("authorization"),
         api_key=headers.get("x-api-key"),
