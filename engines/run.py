@@ -43,6 +43,7 @@ LAUNCH_FIELDS = {
     "port",
     "preset",
     "model_path",
+    "adapters",
     "args",
     "env",
     "inject_priority",

@@ -42,7 +42,7 @@ def build_argv(config: EngineConfig, host: str, port: int) -> list[str]:
     if config.kind == "sim":
         argv = [python, "-P", "-m", "fairlane.engines.sim", "--preset", config.preset]
         argv += ["--host", host, "--port", str(port)]
-        for model in config.models:
+        for model in config.served:
             argv += ["--model", model]
         if config.inject_priority:
             argv += ["--scheduling-policy", "priority"]
@@ -55,6 +55,7 @@ def build_argv(config: EngineConfig, host: str, port: int) -> list[str]:
         argv = [python, "-P", "-m", "vllm.entrypoints.openai.api_server"]
         argv += ["--model", config.model_path or config.models[0]]
         argv += ["--served-model-name", *config.models]
+        argv += lora_argv(config.adapters)
         argv += ["--host", host, "--port", str(port)]
         # The supervisor probes /health twice a second; Envoy's access log has requests.
         argv += ["--disable-uvicorn-access-log"]
@@ -76,3 +77,13 @@ def build_argv(config: EngineConfig, host: str, port: int) -> list[str]:
             argv += ["--enable-priority-scheduling", "--schedule-low-priority-values-first"]
         return argv + list(config.args)
     raise ValueError(f"unknown engine kind {config.kind!r}")
+
+
+def lora_argv(adapters: dict[str, str]) -> list[str]:
+    """vLLM's flags for LoRA adapters loaded at start. ``--max-loras``: as many in one
+    batch as there are adapters, so tenants on different adapters are batched together
+    instead of taking turns (vLLM's default is one); ``args`` can lower it."""
+    if not adapters:
+        return []
+    modules = [f"{name}={path}" for name, path in adapters.items()]
+    return ["--enable-lora", "--max-loras", str(len(adapters)), "--lora-modules", *modules]

@@ -73,13 +73,17 @@ async def health(request: web.Request) -> web.Response:
 
 def _model_card(gateway: Gateway, model: str, created: int) -> dict[str, object]:
     pool = gateway.runtime.model_to_pool[model]
-    return {
+    card: dict[str, object] = {
         "id": model,
         "object": "model",
         "created": created,
         "owned_by": "fairlane",
         "engines": list(gateway.runtime.pools[pool]),
     }
+    engine = gateway.runtime.pool_config(pool)
+    if model in engine.adapters:  # as vLLM lists a LoRA adapter: on top of its base model
+        card["parent"] = engine.models[0]
+    return card
 
 
 def _visible(request: web.Request) -> list[str] | Rejection:

@@ -137,6 +137,9 @@ class EngineConfig(Strict):
     port: int | None = Field(None, ge=1, le=65535)
     preset: str = "a100-8b"
     model_path: str | None = None
+    # LoRA adapters on the base model (vllm; sim serves the names): the name clients send
+    # in `model` → the adapter's directory or Hugging Face id.
+    adapters: dict[Name, str] = {}
     args: tuple[str, ...] = ()
     env: dict[str, str] = {}
     gpu_memory_gb: float = Field(0.0, ge=0)
@@ -176,6 +179,11 @@ class EngineConfig(Strict):
         return self.inject_priority or None
 
     @property
+    def served(self) -> tuple[str, ...]:
+        """Every name this engine answers to in `model`: its models, then its adapters."""
+        return self.models + tuple(self.adapters)
+
+    @property
     def cpu_nice(self) -> int:
         """The nice value a managed engine runs at. The simulator stands in for a GPU, and
         its timing is what benchmarks measure: it competes for the CPU on equal terms."""
@@ -199,6 +207,21 @@ class EngineConfig(Strict):
             raise ValueError("nice is for engines Fairlane starts (run an external one under nice)")
         if self.kind != "external" and self.api_key_env:
             raise ValueError("api_key_env is for external engines (Fairlane starts the others)")
+        return self._check_adapters()
+
+    def _check_adapters(self) -> EngineConfig:
+        if not self.adapters:
+            return self
+        if self.kind == "external":
+            raise ValueError(
+                "adapters are for engines Fairlane starts: list an external engine's LoRA "
+                "adapters in `models`, as it serves them"
+            )
+        if self.kind == "sglang":
+            raise ValueError("adapters: SGLang's LoRA adapters are not supported (vllm and sim)")
+        clash = sorted(set(self.adapters) & set(self.models))
+        if clash:
+            raise ValueError(f"{', '.join(clash)}: a name in both models and adapters")
         return self
 
 
@@ -229,14 +252,14 @@ class Policy(Strict):
         return {
             m: pool
             for pool, engines in self.pools().items()
-            for m in self.engines[engines[0]].models
+            for m in self.engines[engines[0]].served
         }
 
     def pools(self) -> dict[str, tuple[str, ...]]:
         """Replica groups: engines serving the same models, named after their first."""
         groups: dict[frozenset[str], list[str]] = {}
         for name, engine in self.engines.items():
-            groups.setdefault(frozenset(engine.models), []).append(name)
+            groups.setdefault(frozenset(engine.served), []).append(name)
         return {"+".join(names): tuple(names) for names in groups.values()}
 
     @property

@@ -53,10 +53,10 @@ def _engine_problems(policy: Policy) -> list[Problem]:
     problems = queue_timeout_problems(policy, policy.listener.stream_idle_timeout_s)
     seen: dict[str, str] = {}
     for name, engine in policy.engines.items():
-        for model in engine.models:
+        for model in engine.served:
             other = seen.setdefault(model, name)
             # Replicas serve the same models and share one fair queue.
-            if other != name and set(policy.engines[other].models) != set(engine.models):
+            if other != name and set(policy.engines[other].served) != set(engine.served):
                 problems.append(
                     (
                         ("engines", name, "models"),

@@ -339,3 +339,46 @@ async def test_reload_adds_drains_and_restarts_engines(stack_factory: Any) -> No
             # its supervisor started "f": the new model is known once its engine is up.
             status, _, text = await _chat(session, stack.url, model)
             assert status == 200, text
+
+
+async def test_lora_adapters_are_models_of_their_engine(stack_factory: Any) -> None:
+    """An adapter is a model its engine serves: listed on its base, routed to that
+    engine's one fair queue, charged under its own name, allowed per tenant."""
+    engine = {
+        "kind": "sim",
+        "preset": "h100-8b",
+        "models": ["base"],
+        "adapters": {"alice-lora": "/adapters/alice"},
+    }
+    policy: dict[str, Any] = {
+        "version": 1,
+        "tenants": {"alice": {"models": ["alice-lora"]}, "bob": {}},
+        "engines": {"e": engine},
+    }
+    stack = stack_factory(policy)
+
+    async def chat(session: aiohttp.ClientSession, tenant: str, model: str) -> tuple[int, Any]:
+        body = {"model": model, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"x-tenant-id": tenant}
+        async with session.post(stack.url + CHAT, json=body, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(stack.url + "/v1/models", headers={"x-tenant-id": "bob"}) as resp:
+            cards = {card["id"]: card for card in (await resp.json())["data"]}
+        assert set(cards) == {"base", "alice-lora"}
+        assert cards["alice-lora"]["parent"] == "base" and "parent" not in cards["base"]
+
+        status, reply = await chat(session, "alice", "alice-lora")
+        assert status == 200, reply
+        assert reply["model"] == "alice-lora"
+        status, reply = await chat(session, "alice", "base")
+        assert status == 403, reply
+        assert reply["error"]["code"] == "model_not_allowed"
+        assert reply["error"]["message"] == "tenant 'alice' may not use `base`"
+        # Charged from the access log, which Envoy sends once the response has ended.
+        key = 'fairlane_tokens_total{kind="completion",model="alice-lora",tenant="alice"}'
+        deadline = time.monotonic() + 10
+        while (await _metrics(session, stack.url)).get(key) != 3:
+            assert time.monotonic() < deadline, await _metrics(session, stack.url)
+            await asyncio.sleep(0.1)

@@ -54,6 +54,13 @@ EXPECTED = {
         "4 engines.shared-vllm: nice is for engines Fairlane starts "
         "(run an external one under nice)"
     ),
+    "adapters_on_an_external_engine.yaml": (
+        "5 engines.shared-vllm: adapters are for engines Fairlane starts: list an external "
+        "engine's LoRA adapters in `models`, as it serves them"
+    ),
+    "adapter_named_like_a_model.yaml": (
+        "4 engines.local-vllm: llama-8b: a name in both models and adapters"
+    ),
 }
 
 

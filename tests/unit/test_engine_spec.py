@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from fairlane.engines import tinymodel
+from fairlane.engines import tinylora, tinymodel
 from fairlane.engines.spec import build_argv, engine_spec
 from fairlane.policy import EngineConfig
 
@@ -70,6 +70,30 @@ def test_vllm_without_model_path_loads_the_model_name() -> None:
     assert flag(argv, "--served-model-name") == ["org/model-8b"]
 
 
+def test_vllm_loads_the_adapters_and_batches_them_together() -> None:
+    cfg = config(
+        kind="vllm",
+        models=["llama-8b"],
+        adapters={"alice-lora": "/adapters/alice", "bob-lora": "org/bob-adapter"},
+        args=["--max-lora-rank", "64"],
+    )
+    argv = build_argv(cfg, "127.0.0.1", 9000)
+    assert flag(argv, "--served-model-name") == ["llama-8b"]  # adapters are no aliases
+    assert "--enable-lora" in argv
+    assert flag(argv, "--max-loras") == ["2"]
+    assert flag(argv, "--lora-modules") == [
+        "alice-lora=/adapters/alice",
+        "bob-lora=org/bob-adapter",
+    ]
+    assert argv[-2:] == ["--max-lora-rank", "64"]
+    assert cfg.served == ("llama-8b", "alice-lora", "bob-lora")
+
+
+def test_vllm_without_adapters_has_no_lora_flags() -> None:
+    argv = build_argv(config(kind="vllm", models=["m"]), "127.0.0.1", 9000)
+    assert not [a for a in argv if "lora" in a]
+
+
 def test_sglang_command_line_and_health() -> None:
     cfg = config(
         kind="sglang", models=["qwen"], model_path="/m/qwen", port=30000, args=["--tp", "2"]
@@ -110,6 +134,25 @@ def test_sim_command_line() -> None:
     assert flag(spec.argv, "--port") == ["8200"]
     assert [spec.argv[i + 1] for i, a in enumerate(spec.argv) if a == "--model"] == ["a", "b"]
     assert spec.argv[-2:] == ["--seed", "3"]
+
+
+def test_sim_answers_to_its_adapters_names() -> None:
+    cfg = config(kind="sim", models=["base"], adapters={"alice-lora": "unused"})
+    argv = build_argv(cfg, "127.0.0.1", 8200)
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--model"] == ["base", "alice-lora"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("external", "list an external engine's LoRA adapters in `models`"),
+        ("sglang", "SGLang's LoRA adapters are not supported"),
+    ],
+)
+def test_adapters_only_where_fairlane_can_load_them(kind: str, message: str) -> None:
+    url = {"url": "http://127.0.0.1:8100"} if kind == "external" else {}
+    with pytest.raises(ValidationError, match=message):
+        config(kind=kind, models=["m"], adapters={"a": "/a"}, **url)
 
 
 @pytest.mark.parametrize(
@@ -166,3 +209,10 @@ def test_tiny_model_is_not_regenerated(tmp_path: Path, capsys: pytest.CaptureFix
     assert tinymodel.main([str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("kept")
     assert (tmp_path / "model.safetensors").read_text() == "{}"
+
+
+def test_tiny_adapters_fit_the_tiny_models_projections() -> None:
+    # Grouped-query attention: fewer key/value heads than query heads.
+    assert tinylora.projection_sizes(tinymodel.SHAPE) == {"q_proj": 256, "v_proj": 128}
+    no_head_dim = {"hidden_size": 512, "num_attention_heads": 8}
+    assert tinylora.projection_sizes(no_head_dim) == {"q_proj": 512, "v_proj": 512}

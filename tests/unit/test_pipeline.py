@@ -12,7 +12,7 @@ from fairlane.extproc.pipeline import Ticket, evaluate, identify, visible_models
 from fairlane.extproc.request import combined_headers, request_info
 from fairlane.extproc.runtime import Runtime, compile_policy
 from fairlane.policy import hash_key
-from fairlane.policy_file import parse_policy
+from fairlane.policy_file import PolicyError, parse_policy
 
 BASE = """
 version: 1
@@ -250,6 +250,42 @@ def test_models_listed_are_those_the_caller_may_use() -> None:
     rejected(visible_models(info("a b"), rt), Reason.INVALID_TENANT)
     strict = runtime("unknown_tenants: {mode: reject}\n")
     rejected(visible_models(info("mallory"), strict), Reason.UNKNOWN_TENANT)
+
+
+ADAPTERS = """
+version: 1
+tenants:
+  alice: {models: [alice-lora]}
+  bob: {}
+engines:
+  a: {kind: sim, models: [base], adapters: {alice-lora: /adapters/alice}, max_inflight: 4}
+  b: {kind: sim, models: [base], adapters: {alice-lora: /adapters/alice}, max_inflight: 4}
+  other: {kind: sim, models: [small]}
+"""
+
+
+def test_an_adapter_is_a_model_of_its_engines_queue() -> None:
+    """Tenants on the base model and on its adapters share one engine, so one fair
+    queue; a tenant may be kept to its adapter."""
+    rt = runtime(base=ADAPTERS)
+    assert rt.model_to_pool == {"base": "a+b", "alice-lora": "a+b", "small": "other"}
+    on_adapter = evaluate(info("alice", model="alice-lora"), rt)
+    on_base = evaluate(info("bob", model="base"), rt)
+    assert isinstance(on_adapter, Ticket) and isinstance(on_base, Ticket)
+    assert on_adapter.pool == on_base.pool == "a+b"
+    rejected(evaluate(info("alice", model="base"), rt), Reason.MODEL_NOT_ALLOWED)
+    assert visible_models(info("alice"), rt) == ["alice-lora"]
+    assert visible_models(info("bob"), rt) == ["alice-lora", "base", "small"]
+
+
+def test_replicas_must_load_the_same_adapters() -> None:
+    with pytest.raises(PolicyError, match="replicas of a model must serve the same models"):
+        runtime(
+            base=ADAPTERS.replace(
+                "b: {kind: sim, models: [base], adapters: {alice-lora:",
+                "b: {kind: sim, models: [base], adapters: {bob-lora:",
+            )
+        )
 
 
 def test_with_keys_the_models_listed_need_a_key() -> None:
