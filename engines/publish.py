@@ -51,6 +51,7 @@ def _states_document(engines: dict[str, EngineRun], version: int) -> dict[str, A
                 "host": run.spec.host,
                 "port": run.spec.port,
                 "lazy": run.spec.config.lazy,
+                "serves": list(run.spec.config.served),  # the names it was started for
                 "restarts": run.process.restarts if run.process else 0,
                 "loads": run.loads,
                 "evictions": run.evictions,

@@ -10,12 +10,30 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from fairlane.extproc.admission import EnginePool
 from fairlane.extproc.replicas import EngineState
+from fairlane.policy import EngineConfig
 
 log = logging.getLogger(__name__)
 QUARANTINE_S = 2.0
+
+
+# The supervisor's words for an engine's state; any other (starting, idle) queues its
+# requests: for an idle lazy engine the queue is the demand that makes it load.
+_STATES = {"up": EngineState.UP, "down": EngineState.DOWN, "restarting": EngineState.DOWN}
+
+
+def reported_state(info: dict[str, Any], config: EngineConfig | None) -> EngineState:
+    """An engine's state from the supervisor's report on it (an entry of engines.json),
+    seen from the worker's policy. A process started for other model names than the
+    policy's (a reload changed them and its restart is on the way, or the worker has
+    yet to read the new file) is down: it would answer a name it does not serve 404."""
+    serves = info.get("serves")
+    if config is not None and serves is not None and set(serves) != set(config.served):
+        return EngineState.DOWN
+    return _STATES.get(info.get("state", ""), EngineState.STARTING)
 
 
 class EngineHealth:

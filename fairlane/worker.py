@@ -25,10 +25,10 @@ from fairlane.control import build_control_app
 from fairlane.envoy.bootstrap import write_json_atomically
 from fairlane.envoy.common import MAX_DOWNSTREAM_CONNECTIONS
 from fairlane.extproc.capacity import AdaptiveLimit, EngineLoad, parse_engine_metrics
+from fairlane.extproc.engine_health import reported_state
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.metrics import Metrics
 from fairlane.extproc.observe import GatewayCollector
-from fairlane.extproc.replicas import EngineState
 from fairlane.extproc.runtime import compile_policy
 from fairlane.extproc.server import add_servicers
 from fairlane.extproc.shared import redacted
@@ -64,6 +64,7 @@ class Worker:
         if policy.state != self.gateway.runtime.policy.state:
             log.warning("the state section changed: restart the worker to apply it")
         self.gateway.apply(compile_policy(policy, generation))
+        self._set_engine_states()
         if self.gateway.counter_sync is not None:
             self.gateway.counter_sync.watch(self.gateway.runtime.pools)
         log.info("policy generation %d is live", generation)
@@ -151,18 +152,15 @@ class Worker:
             await asyncio.sleep(0.05)
 
     def _apply_engine_states(self, document: dict[str, Any]) -> None:
-        engines: dict[str, dict[str, Any]] = document.get("engines", {})
         self.engine_info.clear()
-        self.engine_info.update(engines)
-        for engine, info in engines.items():
-            # An idle (lazy, unloaded) engine queues its requests: the queue is the
-            # demand that makes the supervisor load it.
-            state = {
-                "up": EngineState.UP,
-                "down": EngineState.DOWN,
-                "restarting": EngineState.DOWN,
-            }.get(info.get("state", ""), EngineState.STARTING)
-            self.gateway.health.set_state(engine, state)
+        self.engine_info.update(document.get("engines", {}))
+        self._set_engine_states()
+
+    def _set_engine_states(self) -> None:
+        """The supervisor's last report, against the policy now live here."""
+        engines = self.gateway.runtime.policy.engines
+        for engine, info in self.engine_info.items():
+            self.gateway.health.set_state(engine, reported_state(info, engines.get(engine)))
 
     async def _publish_demand(self) -> None:
         """Tell the supervisor which engines are asked for (lazy loading, eviction)."""

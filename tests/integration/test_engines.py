@@ -343,7 +343,8 @@ async def test_reload_adds_drains_and_restarts_engines(stack_factory: Any) -> No
 
 async def test_lora_adapters_are_models_of_their_engine(stack_factory: Any) -> None:
     """An adapter is a model its engine serves: listed on its base, routed to that
-    engine's one fair queue, charged under its own name, allowed per tenant."""
+    engine's one fair queue, charged under its own name, allowed per tenant; a reload
+    that loads another restarts the engine with it."""
     engine = {
         "kind": "sim",
         "preset": "h100-8b",
@@ -382,3 +383,17 @@ async def test_lora_adapters_are_models_of_their_engine(stack_factory: Any) -> N
         while (await _metrics(session, stack.url)).get(key) != 3:
             assert time.monotonic() < deadline, await _metrics(session, stack.url)
             await asyncio.sleep(0.1)
+
+        engine["adapters"] = {**engine["adapters"], "bob-lora": "/adapters/bob"}
+        stack.write_policy(policy)
+        deadline = time.monotonic() + 30
+        status = 0
+        while time.monotonic() < deadline:
+            status, reply = await chat(session, "bob", "bob-lora")
+            if status == 200:
+                break
+            # Not known yet, then known while the engine restarts with it.
+            waiting = {(404, "model_not_found"), (503, "engine_unavailable")}
+            assert (status, reply["error"]["code"]) in waiting, reply
+            await asyncio.sleep(0.2)
+        assert status == 200 and reply["model"] == "bob-lora", reply
