@@ -65,6 +65,15 @@ def _engine_problems(policy: Policy) -> list[Problem]:
                     )
                 )
             first = policy.engines[other]
+            path = engine.adapters.get(model)
+            if other != name and path is not None and first.adapters.get(model, path) != path:
+                problems.append(
+                    (
+                        ("engines", name, "adapters", model),
+                        f"{other} loads it from {first.adapters[model]}; replicas answer "
+                        "for an adapter alike only if they load the same one",
+                    )
+                )
             if other != name and any(
                 getattr(first, key) != getattr(engine, key) for key in _POOL_SETTINGS
             ):

@@ -288,6 +288,15 @@ def test_replicas_must_load_the_same_adapters() -> None:
         )
 
 
+def test_replicas_must_load_an_adapter_from_the_same_place() -> None:
+    moved = ADAPTERS.replace(
+        "b: {kind: sim, models: [base], adapters: {alice-lora: /adapters/alice}",
+        "b: {kind: sim, models: [base], adapters: {alice-lora: /adapters/alice-v2}",
+    )
+    with pytest.raises(PolicyError, match="a loads it from /adapters/alice; replicas answer"):
+        runtime(base=moved)
+
+
 def test_with_keys_the_models_listed_need_a_key() -> None:
     keyed = BASE.replace("alice: {weight: 2,", f"alice: {{api_keys: [{hash_key('k1')}],")
     rt = runtime(base=keyed)
