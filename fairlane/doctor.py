@@ -51,6 +51,20 @@ def _step_budget_unset(engine: EngineConfig) -> bool:
     )
 
 
+def _missing_adapters(engine: EngineConfig) -> list[str]:
+    """A vLLM's adapters given as local paths (absolute, or from ./) that hold no
+    adapter: vLLM would fail to start, again at every restart. Other names may be
+    Hugging Face ids, which vLLM downloads."""
+    if engine.kind != "vllm":
+        return []
+    return [
+        f"{name}: no adapter_config.json in {path}"
+        for name, path in engine.adapters.items()
+        if path.startswith(("/", "./", "../"))
+        and not (Path(path) / "adapter_config.json").is_file()
+    ]
+
+
 def run_doctor(config: Path | None) -> int:
     problems = 0
     _line(OK, "python", sys.version.split()[0])
@@ -87,6 +101,9 @@ def run_doctor(config: Path | None) -> int:
         for name, engine in policy.engines.items():
             if _step_budget_unset(engine):
                 _line(INFO, f"engine {name}", STEP_BUDGET_TIP)
+            for missing in _missing_adapters(engine):
+                _line(MISSING, f"engine {name} adapter", missing)
+                problems += 1
     for module, kind in (("vllm", "vllm"), ("sglang", "sglang")):
         installed = importlib.util.find_spec(module) is not None
         needed = kind in kinds

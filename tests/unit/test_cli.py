@@ -73,6 +73,22 @@ def test_doctor_suggests_a_step_budget_only_where_priority_is_on_and_it_is_unset
     assert "engine fifo:" not in result.stdout
 
 
+def test_doctor_fails_on_an_adapter_path_with_no_adapter(tmp_path: Path) -> None:
+    (tmp_path / "alice").mkdir()
+    (tmp_path / "alice" / "adapter_config.json").write_text("{}")
+    adapters = f"{{alice: {tmp_path / 'alice'}, bob: {tmp_path / 'bob'}, carol: org/carol}}"
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        f"version: 1\nengines:\n  e: {{kind: vllm, models: [m], adapters: {adapters}}}\n"
+    )
+    result = fairlane("doctor", "--config", str(policy))
+    assert result.returncode == 1
+    assert f"[MISSING] engine e adapter: bob: no adapter_config.json in {tmp_path / 'bob'}" in (
+        result.stdout
+    )
+    assert "alice:" not in result.stdout and "carol" not in result.stdout  # a hub id
+
+
 def test_doctor_fails_when_vllm_is_needed_but_missing(tmp_path: Path) -> None:
     policy = tmp_path / "p.yaml"
     policy.write_text("version: 1\nengines:\n  e: {kind: vllm, models: [m]}\n")
