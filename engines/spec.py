@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -85,5 +86,6 @@ def lora_argv(adapters: dict[str, str]) -> list[str]:
     instead of taking turns (vLLM's default is one); ``args`` can lower it."""
     if not adapters:
         return []
-    modules = [f"{name}={path}" for name, path in adapters.items()]
+    # vLLM's JSON form: its `name=path` form breaks on a path with a comma in it.
+    modules = [json.dumps({"name": name, "path": path}) for name, path in adapters.items()]
     return ["--enable-lora", "--max-loras", str(len(adapters)), "--lora-modules", *modules]

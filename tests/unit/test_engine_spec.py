@@ -74,16 +74,16 @@ def test_vllm_loads_the_adapters_and_batches_them_together() -> None:
     cfg = config(
         kind="vllm",
         models=["llama-8b"],
-        adapters={"alice-lora": "/adapters/alice", "bob-lora": "org/bob-adapter"},
+        adapters={"alice-lora": "/adapters/alice", "bob-lora": "/adapters/bob,v2=final"},
         args=["--max-lora-rank", "64"],
     )
     argv = build_argv(cfg, "127.0.0.1", 9000)
     assert flag(argv, "--served-model-name") == ["llama-8b"]  # adapters are no aliases
     assert "--enable-lora" in argv
     assert flag(argv, "--max-loras") == ["2"]
-    assert flag(argv, "--lora-modules") == [
-        "alice-lora=/adapters/alice",
-        "bob-lora=org/bob-adapter",
+    assert [json.loads(m) for m in flag(argv, "--lora-modules")] == [
+        {"name": "alice-lora", "path": "/adapters/alice"},
+        {"name": "bob-lora", "path": "/adapters/bob,v2=final"},  # vLLM's name=path breaks
     ]
     assert argv[-2:] == ["--max-lora-rank", "64"]
     assert cfg.served == ("llama-8b", "alice-lora", "bob-lora")
