@@ -237,10 +237,15 @@ class Gateway:
         m = self.metrics
         m.child(m.tokens, label, ticket.model, "prompt").inc(prompt)
         m.child(m.tokens, label, ticket.model, "completion").inc(completion)
-        outcome = "ok" if 200 <= status < 400 else ("client_closed" if status == 0 else "error")
-        m.child(m.requests, label, ticket.model, outcome).inc()
+        self.count_request(label, ticket.model, status)
         if ttft_s is not None and ticket.first_byte_is_token and status == 200:
             m.child(m.ttft, label, ticket.model).observe(ttft_s)
+
+    def count_request(self, label: str, model: str, status: int) -> None:
+        """fairlane_requests_total: how an admitted request ended (status 0: the client
+        went away first)."""
+        outcome = "ok" if 200 <= status < 400 else ("client_closed" if status == 0 else "error")
+        self.metrics.child(self.metrics.requests, label, model, outcome).inc()
 
     def expire_leases(self, max_age_s: float) -> int:
         """Reclaim slots whose end-of-request record never came (a lost log entry)."""

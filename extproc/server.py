@@ -108,8 +108,10 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         metadata = struct_pb2.Struct()
         # Field by field: several times cheaper than Struct.update() on a nested dict.
         fields = metadata.fields[DECISION_NAMESPACE].struct_value.fields
-        if admitted.lease_id:  # none for a request that holds no slot
+        if admitted.lease_id:
             fields["lease"].string_value = admitted.lease_id
+        else:  # a request that holds no slot is only counted when it ends: by this label
+            fields["label"].string_value = self._gateway.label(ticket)
         fields["tenant"].string_value = ticket.tenant_id
         fields["model"].string_value = ticket.model
         fields["engine"].string_value = admitted.replica
@@ -181,14 +183,21 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         common = entry.common_properties
         filters = common.metadata.filter_metadata
         decision = filters.get(DECISION_NAMESPACE)
-        if decision is None or "lease" not in decision.fields:
+        if decision is None:
+            return
+        status = entry.response.response_code.value
+        if "lease" not in decision.fields:
+            if "label" in decision.fields:
+                fields = decision.fields
+                self._gateway.count_request(
+                    fields["label"].string_value, fields["model"].string_value, status
+                )
             return
         usage_fields = filters.get(USAGE_NAMESPACE)
         usage = _usage(usage_fields) if usage_fields is not None else Usage()
         ttft = None
         if common.HasField("time_to_first_downstream_tx_byte"):
             ttft = common.time_to_first_downstream_tx_byte.ToTimedelta().total_seconds()
-        status = entry.response.response_code.value
         flags = common.response_flags
         # The engine did not take the connection: stop sending it more until the
         # supervisor's health checks catch up (they run every half second).

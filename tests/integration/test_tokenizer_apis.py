@@ -74,14 +74,36 @@ def test_served_as_vllm_and_anthropics_sdk_ask(stack: Any) -> None:
     assert counted.input_tokens > 0
 
 
+async def requests_counted(stack: Any, tenant: str, outcome: str) -> float:
+    want = f'fairlane_requests_total{{model="{MODEL}",outcome="{outcome}",tenant="{tenant}"}} '
+    lines = [line for line in (await metrics(stack)).splitlines() if line.startswith(want)]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
 async def test_tokenize_and_detokenize(stack: Any) -> None:
-    status, reply = await post(stack, "/tokenize", {"model": MODEL, "prompt": "hello there"})
+    before = (
+        await requests_counted(stack, "bob", "ok"),
+        await requests_counted(stack, "bob", "error"),
+    )
+    status, reply = await post(stack, "/tokenize", {"model": MODEL, "prompt": "hello there"}, "bob")
     assert status == 200, reply
     assert reply["count"] == len(reply["tokens"]) > 0
-    status, chat = await post(stack, "/tokenize", CHAT)
+    status, chat = await post(stack, "/tokenize", CHAT, "bob")
     assert status == 200 and chat["count"] > 0, chat
-    status, back = await post(stack, "/detokenize", {"model": MODEL, "tokens": reply["tokens"]})
+    status, back = await post(
+        stack, "/detokenize", {"model": MODEL, "tokens": reply["tokens"]}, "bob"
+    )
     assert status == 200 and isinstance(back["prompt"], str), back
+    status, _ = await post(stack, "/tokenize", {"model": MODEL}, "bob")  # the engine's 400
+    assert status == 400
+    # Counted in fairlane_requests_total like any request, by how they ended.
+    deadline = time.monotonic() + 5
+    while (
+        await requests_counted(stack, "bob", "ok") - before[0],
+        await requests_counted(stack, "bob", "error") - before[1],
+    ) != (3, 1):
+        assert time.monotonic() < deadline, await metrics(stack)
+        await asyncio.sleep(0.1)
 
 
 async def test_no_slot_is_taken_or_waited_for_and_nothing_charged(stack: Any) -> None:
