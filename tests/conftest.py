@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
@@ -85,6 +86,27 @@ class Stack:
                 return
             time.sleep(0.1)
         raise AssertionError(f"/health never answered {status} (last: {last})\n{self.logs()}")
+
+    async def post_json(
+        self, path: str, body: Any, tenant: str = "alice"
+    ) -> tuple[int, dict[str, Any]]:
+        """POST ``body`` as ``tenant``: the status and the JSON answer."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(self.url + path, json=body, headers={"x-tenant-id": tenant}) as resp,
+        ):
+            return resp.status, json.loads(await resp.read())
+
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession() as session, session.get(self.url + "/metrics") as r:
+            return await r.text()
+
+    async def metric(self, sample: str) -> float:
+        """The value of one sample (`name{labels}`) on /metrics; 0 before it exists."""
+        lines = [
+            line for line in (await self.metrics()).splitlines() if line.startswith(sample + " ")
+        ]
+        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
 
     def engine_states(self) -> dict[str, Any]:
         return dict(json.loads((self.run_dir / "engines.json").read_text())["engines"])

@@ -32,9 +32,11 @@ def _lazy(model: str, pinned: bool = False) -> dict[str, Any]:
     }
 
 
-async def _chat(session: aiohttp.ClientSession, url: str, model: str) -> tuple[int, Any, str]:
+async def _chat(
+    session: aiohttp.ClientSession, url: str, model: str, tenant: str = "t"
+) -> tuple[int, Any, str]:
     body = {"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
-    async with session.post(url + CHAT, json=body, headers={"x-tenant-id": "t"}) as resp:
+    async with session.post(url + CHAT, json=body, headers={"x-tenant-id": tenant}) as resp:
         return resp.status, resp.headers, await resp.text()
 
 
@@ -359,10 +361,8 @@ async def test_lora_adapters_are_models_of_their_engine(stack_factory: Any) -> N
     stack = stack_factory(policy)
 
     async def chat(session: aiohttp.ClientSession, tenant: str, model: str) -> tuple[int, Any]:
-        body = {"model": model, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
-        headers = {"x-tenant-id": tenant}
-        async with session.post(stack.url + CHAT, json=body, headers=headers) as resp:
-            return resp.status, await resp.json()
+        status, _, text = await _chat(session, stack.url, model, tenant)
+        return status, json.loads(text)
 
     async with aiohttp.ClientSession() as session:
         async with session.get(stack.url + "/v1/models", headers={"x-tenant-id": "bob"}) as resp:
@@ -380,7 +380,7 @@ async def test_lora_adapters_are_models_of_their_engine(stack_factory: Any) -> N
         # Charged from the access log, which Envoy sends once the response has ended.
         key = 'fairlane_tokens_total{kind="completion",model="alice-lora",tenant="alice"}'
         deadline = time.monotonic() + 10
-        while (await _metrics(session, stack.url)).get(key) != 3:
+        while (await _metrics(session, stack.url)).get(key) != 2:
             assert time.monotonic() < deadline, await _metrics(session, stack.url)
             await asyncio.sleep(0.1)
 

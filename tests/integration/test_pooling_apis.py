@@ -50,23 +50,6 @@ def stack(stack_factory: Any) -> Any:
     )
 
 
-async def post(
-    stack: Any, path: str, body: Any, tenant: str = "alice"
-) -> tuple[int, dict[str, Any]]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(stack.url + path, json=body, headers={"x-tenant-id": tenant}) as resp,
-    ):
-        return resp.status, json.loads(await resp.read())
-
-
-async def metric(stack: Any, line_start: str) -> float:
-    async with aiohttp.ClientSession() as session, session.get(stack.url + "/metrics") as resp:
-        text = await resp.text()
-    lines = [line for line in text.splitlines() if line.startswith(line_start + " ")]
-    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
-
-
 def charged(tenant: str, kind: str) -> str:
     return f'fairlane_tokens_total{{kind="{kind}",model="{MODEL}",tenant="{tenant}"}}'
 
@@ -77,17 +60,17 @@ async def test_served_and_charged_its_prompt_only(
 ) -> None:
     """The engine's `prompt_tokens`, and no completion: a rerank's answer holds its
     documents' text, which is not generated."""
-    before = await metric(stack, charged("bob", "prompt"))
-    completion = await metric(stack, charged("bob", "completion"))
-    status, reply = await post(stack, path, {"model": MODEL, **body}, tenant="bob")
+    before = await stack.metric(charged("bob", "prompt"))
+    completion = await stack.metric(charged("bob", "completion"))
+    status, reply = await stack.post_json(path, {"model": MODEL, **body}, tenant="bob")
     assert status == 200, reply
     assert len(reply.get("results", reply.get("data", []))) == 3
     deadline, prompt = time.monotonic() + 3, 0.0
     while not prompt and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-        prompt = await metric(stack, charged("bob", "prompt")) - before
+        prompt = await stack.metric(charged("bob", "prompt")) - before
     assert prompt == reply["usage"]["prompt_tokens"] > 0
-    assert await metric(stack, charged("bob", "completion")) == completion
+    assert await stack.metric(charged("bob", "completion")) == completion
 
 
 @pytest.mark.parametrize("path", ["/v1/rerank", "/v1/score"])
@@ -98,10 +81,10 @@ async def test_each_pair_holds_a_slot(stack: Any, path: str) -> None:
     side = "documents" if "rerank" in path else "text_2"
     first = "query" if "rerank" in path else "text_1"
     body = {"model": MODEL, first: "which one", side: documents}
-    request = asyncio.create_task(post(stack, path, body))
+    request = asyncio.create_task(stack.post_json(path, body))
     held = 0.0
     while not request.done():
-        held = max(held, await metric(stack, 'fairlane_inflight{engine="sim"}'))
+        held = max(held, await stack.metric('fairlane_inflight{engine="sim"}'))
         await asyncio.sleep(0.02)
     status, reply = await request
     assert status == 200, reply
@@ -124,7 +107,7 @@ async def test_each_pair_holds_a_slot(stack: Any, path: str) -> None:
 async def test_bad_requests_get_openai_errors(
     stack: Any, path: str, body: dict[str, Any], status: int, code: Any, message: str
 ) -> None:
-    got, reply = await post(stack, path, body)
+    got, reply = await stack.post_json(path, body)
     assert got == status, reply
     assert reply["error"]["code"] == code and message in reply["error"]["message"]
 

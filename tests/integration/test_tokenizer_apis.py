@@ -7,7 +7,6 @@ nor take a slot, and cost no tokens; the tenant's request rate still counts them
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -49,21 +48,6 @@ def stack(stack_factory: Any) -> Any:
     )
 
 
-async def post(
-    stack: Any, path: str, body: Any, tenant: str = "alice"
-) -> tuple[int, dict[str, Any]]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(stack.url + path, json=body, headers={"x-tenant-id": tenant}) as resp,
-    ):
-        return resp.status, json.loads(await resp.read())
-
-
-async def metrics(stack: Any) -> str:
-    async with aiohttp.ClientSession() as session, session.get(stack.url + "/metrics") as resp:
-        return await resp.text()
-
-
 def test_served_as_vllm_and_anthropics_sdk_ask(stack: Any) -> None:
     client = anthropic.Anthropic(
         base_url=stack.url, api_key="unused", default_headers={"X-Tenant-ID": "alice"}
@@ -75,9 +59,9 @@ def test_served_as_vllm_and_anthropics_sdk_ask(stack: Any) -> None:
 
 
 async def requests_counted(stack: Any, tenant: str, outcome: str) -> float:
-    want = f'fairlane_requests_total{{model="{MODEL}",outcome="{outcome}",tenant="{tenant}"}} '
-    lines = [line for line in (await metrics(stack)).splitlines() if line.startswith(want)]
-    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+    return await stack.metric(
+        f'fairlane_requests_total{{model="{MODEL}",outcome="{outcome}",tenant="{tenant}"}}'
+    )
 
 
 async def test_tokenize_and_detokenize(stack: Any) -> None:
@@ -85,16 +69,18 @@ async def test_tokenize_and_detokenize(stack: Any) -> None:
         await requests_counted(stack, "bob", "ok"),
         await requests_counted(stack, "bob", "error"),
     )
-    status, reply = await post(stack, "/tokenize", {"model": MODEL, "prompt": "hello there"}, "bob")
+    status, reply = await stack.post_json(
+        "/tokenize", {"model": MODEL, "prompt": "hello there"}, "bob"
+    )
     assert status == 200, reply
     assert reply["count"] == len(reply["tokens"]) > 0
-    status, chat = await post(stack, "/tokenize", CHAT, "bob")
+    status, chat = await stack.post_json("/tokenize", CHAT, "bob")
     assert status == 200 and chat["count"] > 0, chat
-    status, back = await post(
-        stack, "/detokenize", {"model": MODEL, "tokens": reply["tokens"]}, "bob"
+    status, back = await stack.post_json(
+        "/detokenize", {"model": MODEL, "tokens": reply["tokens"]}, "bob"
     )
     assert status == 200 and isinstance(back["prompt"], str), back
-    status, _ = await post(stack, "/tokenize", {"model": MODEL}, "bob")  # the engine's 400
+    status, _ = await stack.post_json("/tokenize", {"model": MODEL}, "bob")  # the engine's 400
     assert status == 400
     # Counted in fairlane_requests_total like any request, by how they ended.
     deadline = time.monotonic() + 5
@@ -102,7 +88,7 @@ async def test_tokenize_and_detokenize(stack: Any) -> None:
         await requests_counted(stack, "bob", "ok") - before[0],
         await requests_counted(stack, "bob", "error") - before[1],
     ) != (3, 1):
-        assert time.monotonic() < deadline, await metrics(stack)
+        assert time.monotonic() < deadline, await stack.metrics()
         await asyncio.sleep(0.1)
 
 
@@ -117,30 +103,30 @@ async def test_no_slot_is_taken_or_waited_for_and_nothing_charged(stack: Any) ->
     ):  # fmt: skip
         assert held.status == 200
         await held.content.readline()
-        assert 'fairlane_inflight{engine="sim"} 1.0' in await metrics(stack)
+        assert 'fairlane_inflight{engine="sim"} 1.0' in await stack.metrics()
         for path, body in (
             ("/tokenize", {"model": MODEL, "prompt": "x" * 4000}),
             ("/detokenize", {"model": MODEL, "tokens": [1, 2]}),
             ("/v1/messages/count_tokens", CHAT),
         ):
             start = time.monotonic()
-            status, reply = await post(stack, path, body)
+            status, reply = await stack.post_json(path, body)
             assert status == 200, (path, reply)
             assert time.monotonic() - start < 2, path  # bob's answer takes ~30 s
-        text = await metrics(stack)
+        text = await stack.metrics()
         assert 'fairlane_inflight{engine="sim"} 1.0' in text
     await asyncio.sleep(0.5)  # any end-of-request record has come
     assert 'tenant="alice"' not in "".join(
-        line for line in (await metrics(stack)).splitlines() if "fairlane_tokens_total" in line
+        line for line in (await stack.metrics()).splitlines() if "fairlane_tokens_total" in line
     )
 
 
 async def test_the_request_rate_limit_counts_them(stack: Any) -> None:
     body = {"model": MODEL, "prompt": "hello"}
     for _ in range(2):
-        status, reply = await post(stack, "/tokenize", body, tenant="limited")
+        status, reply = await stack.post_json("/tokenize", body, tenant="limited")
         assert status == 200, reply
-    status, reply = await post(stack, "/tokenize", body, tenant="limited")
+    status, reply = await stack.post_json("/tokenize", body, tenant="limited")
     assert status == 429 and reply["error"]["code"] == "rate_limit_exceeded", reply
 
 
@@ -157,7 +143,7 @@ async def test_the_request_rate_limit_counts_them(stack: Any) -> None:
 async def test_bad_requests_get_each_apis_errors(
     stack: Any, path: str, body: dict[str, Any], status: int, error: dict[str, Any]
 ) -> None:
-    got, reply = await post(stack, path, body)
+    got, reply = await stack.post_json(path, body)
     assert got == status, reply
     assert error.items() <= reply["error"].items()
     async with aiohttp.ClientSession() as session, session.get(stack.url + path) as resp:
