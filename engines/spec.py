@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -26,12 +27,16 @@ class EngineSpec:
         return bool(self.argv)
 
 
-def engine_spec(name: str, config: EngineConfig, port: int | None = None) -> EngineSpec:
+def engine_spec(
+    name: str, config: EngineConfig, port: int | None = None, avoid: Collection[int] = ()
+) -> EngineSpec:
+    """``avoid``: ports taken by the policy (listener, other engines) that a picked port
+    must not be, since their servers may not have bound them yet."""
     if config.kind == "external":
         assert config.url is not None  # the policy schema guarantees it
         parts = urlsplit(config.url)
         return EngineSpec(name, config, parts.hostname or "127.0.0.1", parts.port or 80)
-    port = config.port or port or free_port(config.host)
+    port = config.port or port or free_port(config.host, avoid)
     argv = build_argv(config, config.host, port)
     return EngineSpec(name, config, config.host, port, argv, dict(config.env))
 

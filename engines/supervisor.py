@@ -44,7 +44,10 @@ class EngineSupervisor:
         self._demand_seen: tuple[int, int, int] | None = None
 
     def _new_run(self, name: str, policy: Policy) -> EngineRun:
-        spec = engine_spec(name, policy.engines[name])
+        listener = policy.listener
+        taken = {listener.port, listener.admin_port, listener.control_port}
+        taken |= {engine.port for engine in policy.engines.values() if engine.port}
+        spec = engine_spec(name, policy.engines[name], avoid=taken)
         process = None
         if spec.managed:
             log_path = self.run_dir.log(f"engine-{name}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -37,9 +37,13 @@ def _candidates() -> Iterator[int]:
 _candidates_left = _candidates()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now on ``host``, not offered before by this process."""
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A port nothing listens on now on ``host``, not offered before by this process,
+    and not in ``avoid``: ports another server was told to take but may not have bound
+    yet (another process picked them, so this one cannot know they are spoken for)."""
     for port in _candidates_left:
+        if port in avoid:
+            continue
         with socket.socket(_family(host)) as sock:
             try:
                 sock.bind((host, port))

@@ -216,3 +216,24 @@ def test_tiny_adapters_fit_the_tiny_models_projections() -> None:
     assert tinylora.projection_sizes(tinymodel.SHAPE) == {"q_proj": 256, "v_proj": 128}
     no_head_dim = {"hidden_size": 512, "num_attention_heads": 8}
     assert tinylora.projection_sizes(no_head_dim) == {"q_proj": 512, "v_proj": 512}
+
+
+def test_an_engine_never_gets_a_port_the_policy_gave_another_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The listener's ports are picked by whoever wrote the policy (a test, a benchmark)
+    and Envoy binds its admin port after the engines' ports are picked: a port picked
+    for an engine must skip them, and other engines' fixed ports, though none is bound."""
+    from fairlane import ports
+    from fairlane.engines.supervisor import EngineSupervisor
+    from fairlane.policy_file import parse_policy
+    from fairlane.rundir import RunDir
+
+    admin, fixed, free = ports.free_port(), ports.free_port(), ports.free_port()
+    policy = parse_policy(
+        f"version: 1\nlistener: {{admin_port: {admin}}}\nengines:\n"
+        f"  a: {{kind: sim, models: [a]}}\n  b: {{kind: sim, models: [b], port: {fixed}}}\n"
+    )
+    monkeypatch.setattr(ports, "_candidates_left", iter([admin, fixed, free]))
+    run = EngineSupervisor(policy, RunDir(tmp_path))._new_run("a", policy)
+    assert run.spec.port == free

@@ -72,3 +72,9 @@ def test_a_port_with_a_listener_is_reported() -> None:
         taken.listen()
         error = ports.bind_error("127.0.0.1", taken.getsockname()[1])
     assert error == "Address already in use"
+
+
+def test_ports_to_avoid_are_never_offered(monkeypatch: pytest.MonkeyPatch) -> None:
+    spoken_for, next_free = ports.free_port(), ports.free_port()
+    monkeypatch.setattr(ports, "_candidates_left", iter([spoken_for, next_free]))
+    assert ports.free_port(avoid={spoken_for}) == next_free
