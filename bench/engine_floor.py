@@ -17,7 +17,9 @@ the prefills that keep the flooder's batch full. Arms:
 
 ``held`` is what Fairlane's fair arm feeds the engine and ``paced-F`` what its pacer
 does; whatever the quiet tenant still loses in them is the engine's step, which no
-admission order shortens.
+admission order shortens. ``--isolate-prefills on off`` runs the flooded arms with and
+without the engine's prefill isolation (the policy's ``isolate_prefills``: the quiet
+prompt's step carries no flooder prompt), ratios against the first.
 """
 
 from __future__ import annotations
@@ -58,6 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the engine's token budget per step (vLLM's flag); every arm runs at each, "
         "ratios against the first (default: the preset's)",
     )
+    parser.add_argument(
+        "--isolate-prefills",
+        nargs="+",
+        choices=["on", "off"],
+        default=["on"],
+        help="the engine's prefill isolation (the policy's `isolate_prefills`, on by "
+        "default); every flooded arm runs at each",
+    )
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--seed", type=int, default=1)
@@ -70,6 +80,7 @@ class Arm:
     budget: int  # the engine's max_num_batched_tokens
     flooder_slots: int  # 0: no flooder
     pacing: float = 0.0  # the policy's `pacing` factor; 0: each freed slot refilled at once
+    isolate: bool = True  # the engine's isolate_prefills
     ttfts: list[float] = field(default_factory=list)
     flooder_tokens: int = 0
 
@@ -80,6 +91,7 @@ class Arm:
             "arm": self.name,
             "max_num_batched_tokens": self.budget,
             "pacing": self.pacing or None,
+            "isolate_prefills": self.isolate if self.flooder_slots else None,
             "quiet_ttft_ms": quiet,
             "quiet_p99_x_solo": ratio(quiet["p99"], solo_p99),
             "flooder_tokens_per_s": tok_s if self.flooder_slots else None,
@@ -94,7 +106,7 @@ class Arm:
 async def measure(arm: Arm, args: argparse.Namespace) -> None:
     """Run one arm on a fresh engine; TTFTs and flooder tokens inside the window only."""
     preset = replace(PRESETS[args.preset], max_num_batched_tokens=arm.budget)
-    engine = SimEngine(preset, scheduling_policy="priority")
+    engine = SimEngine(preset, scheduling_policy="priority", isolate_prefills=arm.isolate)
     await engine.start()
     window_start: float = time.monotonic() + args.warmup
     window_end: float = window_start + args.duration
@@ -174,17 +186,28 @@ async def measure(arm: Arm, args: argparse.Namespace) -> None:
 
 
 def arms(args: argparse.Namespace) -> list[Arm]:
-    """Per token budget: solo, held, then a paced arm per pacing factor."""
+    """Per token budget: solo, then held and a paced arm per pacing factor, each with and
+    without prefill isolation as asked."""
     preset = PRESETS[args.preset]
     slots = preset.max_num_seqs - reserved_slots(preset.max_num_seqs, args.headroom)
     budgets = args.max_num_batched_tokens or [preset.max_num_batched_tokens]
+    isolations = [choice == "on" for choice in args.isolate_prefills]
     return [
         arm
         for budget in budgets
         for arm in (
             Arm("solo", budget, 0),
-            Arm("held", budget, slots),
-            *(Arm(f"paced-{factor:g}", budget, slots, pacing=factor) for factor in args.pace),
+            *(
+                flooded
+                for isolate in isolations
+                for flooded in (
+                    Arm("held", budget, slots, isolate=isolate),
+                    *(
+                        Arm(f"paced-{factor:g}", budget, slots, pacing=factor, isolate=isolate)
+                        for factor in args.pace
+                    ),
+                )
+            ),
         )
     ]
 
@@ -207,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
             r["arm"],
             str(r["max_num_batched_tokens"]),
             fmt(r["pacing"], 2),
+            {True: "on", False: "off", None: "-"}[r["isolate_prefills"]],
             fmt(r["quiet_ttft_ms"]["p50"], 0),
             fmt(r["quiet_ttft_ms"]["p99"], 0),
             fmt(r["quiet_p99_x_solo"], 2),
@@ -216,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         for r in results
     ]
-    headers = ["arm", "tokens/step", "pacing", "quiet TTFT p50 ms", "quiet TTFT p99 ms"]
+    headers = ["arm", "tokens/step", "pacing", "isolated", "quiet TTFT p50 ms", "quiet TTFT p99 ms"]
     headers += ["quiet p99 x solo", "flooder tok/s", "flooder x held", "quiet requests"]
     print(table(headers, rows))
     path = write_json(

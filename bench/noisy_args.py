@@ -116,6 +116,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fair arm: the policy's `pacing` (default: the policy default)",
     )
     parser.add_argument(
+        "--isolate-prefills",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fair arm: the policy's `isolate_prefills` (no engine step prefills the "
+        "flooder's prompts beside a light tenant's; default: on, as the policy's)",
+    )
+    parser.add_argument(
         "--engine-nice",
         type=int,
         choices=range(20),

@@ -24,7 +24,8 @@ from fairlane.bench.stack import (
     write_policy,
 )
 from fairlane.bench.vllm_cpu import start_vllm_cpu
-from fairlane.policy import DEFAULT_ENGINE_NICE
+from fairlane.engines.spec import ISOLATED_PREFILLS
+from fairlane.policy import DEFAULT_ENGINE_NICE, EngineConfig
 
 MODEL = "bench-model"
 SYNC_INTERVAL_S = 0.1  # fair-counter sync between gateways (docs/scaling.md)
@@ -102,8 +103,12 @@ async def _start_engine(engine: dict[str, Any], kind: str, work: Path) -> Server
     args = tuple(engine.get("args", ()))
     nice = engine.get("nice")
     model = engine["models"][0]
+    config = EngineConfig.model_validate(engine)
     if kind == "vllm-cpu":
-        # vLLM's priority policy changes nothing for requests without a priority.
+        # vLLM's priority policy (always on here) changes nothing for requests without a
+        # priority; Fairlane's scheduler, as a managed vLLM gets it (engines/spec.py).
+        if config.prefill_isolation:
+            args = ("--scheduler-cls", ISOLATED_PREFILLS, *args)
         return await start_vllm_cpu(
             model,
             engine["port"],
@@ -113,7 +118,9 @@ async def _start_engine(engine: dict[str, Any], kind: str, work: Path) -> Server
             DEFAULT_ENGINE_NICE if nice is None else nice,
         )
     # As `fairlane serve` starts a managed sim that gets priorities (engines/spec.py).
-    if engine.get("inject_priority"):
+    if config.prefill_isolation:
+        args = ("--isolate-prefills", *args)
+    if config.inject_priority:
         args = ("--scheduling-policy", "priority", *args)
     return await start_sim(engine["preset"], engine["port"], model, work, args, nice or 0)
 
@@ -206,6 +213,7 @@ def arm_policy(
         "inject_priority": arm == "fair",
         **({"headroom": args.headroom} if args.headroom is not None else {}),
         **({"pacing": args.pacing} if args.pacing is not None else {}),
+        **({"isolate_prefills": False} if arm == "fair" and not args.isolate_prefills else {}),
         **({"adaptive": {}} if args.adaptive else {}),
     }
     if args.max_num_batched_tokens is not None:

@@ -47,6 +47,7 @@ LAUNCH_FIELDS = {
     "args",
     "env",
     "inject_priority",
+    "isolate_prefills",
     "gpu_memory_gb",
     "lazy",
     "pinned",

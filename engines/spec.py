@@ -41,6 +41,11 @@ def engine_spec(
     return EngineSpec(name, config, config.host, port, argv, dict(config.env))
 
 
+# vLLM's scheduler that holds worse prompts back while a better one is prefilled; the
+# engine imports it from this package (a managed vLLM runs in Fairlane's environment).
+ISOLATED_PREFILLS = "fairlane.engines.vllm_scheduler.isolated_prefills"
+
+
 def build_argv(config: EngineConfig, host: str, port: int) -> list[str]:
     """The command line of a managed engine (sim, vllm, sglang); ``config.args`` go last,
     so a policy can override any flag set here (argparse keeps the last value)."""
@@ -52,6 +57,8 @@ def build_argv(config: EngineConfig, host: str, port: int) -> list[str]:
             argv += ["--model", model]
         if config.inject_priority:
             argv += ["--scheduling-policy", "priority"]
+        if config.prefill_isolation:
+            argv += ["--isolate-prefills"]
         return argv + list(config.args)
     # -P: the working directory (a checkout with an envoy/ folder, say) must not shadow
     # the engine's imports. Python passes the flag on to multiprocessing children.
@@ -68,6 +75,8 @@ def build_argv(config: EngineConfig, host: str, port: int) -> list[str]:
         if config.inject_priority:
             # `priority` in a request body is honoured only under this policy (lower first).
             argv += ["--scheduling-policy", "priority"]
+        if config.prefill_isolation:
+            argv += ["--scheduler-cls", ISOLATED_PREFILLS]
         return argv + list(config.args)
     if config.kind == "sglang":
         if len(config.models) != 1:

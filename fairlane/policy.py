@@ -160,6 +160,9 @@ class EngineConfig(Strict):
     queue: QueueConfig = QueueConfig()
     # true: as the engine reads it best (a header for vllm/sim, the body otherwise).
     inject_priority: bool | Literal["header", "body"] = False
+    # With inject_priority: no step of the engine prefills a worse priority's prompt beside
+    # a better one's (vllm: fairlane.engines.vllm_scheduler; sim). None: on where it can be.
+    isolate_prefills: bool | None = None
     startup_timeout_s: float = Field(600.0, gt=0)
     # The CPU priority (nice, 0-19) of a managed engine's processes; None: 10 for vllm and
     # sglang, 0 for sim. An engine that saturates the CPUs must not starve Envoy and the
@@ -177,6 +180,13 @@ class EngineConfig(Strict):
         if self.inject_priority is True:
             return "header" if self.kind in ("vllm", "sim") else "body"
         return self.inject_priority or None
+
+    @property
+    def prefill_isolation(self) -> bool:
+        """Whether this engine is started with isolated prefills."""
+        if self.isolate_prefills is False or not self.inject_priority:
+            return False
+        return self.kind in ("vllm", "sim")
 
     @property
     def served(self) -> tuple[str, ...]:
@@ -207,7 +217,21 @@ class EngineConfig(Strict):
             raise ValueError("nice is for engines Fairlane starts (run an external one under nice)")
         if self.kind != "external" and self.api_key_env:
             raise ValueError("api_key_env is for external engines (Fairlane starts the others)")
+        self._check_isolation()
         return self._check_adapters()
+
+    def _check_isolation(self) -> None:
+        if not self.isolate_prefills:
+            return
+        if self.kind == "external":
+            raise ValueError(
+                "isolate_prefills is for engines Fairlane starts: start an external vLLM "
+                "with --scheduler-cls fairlane.engines.vllm_scheduler.isolated_prefills"
+            )
+        if self.kind == "sglang":
+            raise ValueError("isolate_prefills: SGLang's scheduler is not supported (vllm, sim)")
+        if not self.inject_priority:
+            raise ValueError("isolate_prefills needs inject_priority: it isolates by priority")
 
     def _check_adapters(self) -> EngineConfig:
         if not self.adapters:

@@ -52,6 +52,7 @@ class SimEngine:
         max_waiting: int | None = None,
         stall_timeout_s: float = 600.0,
         scheduling_policy: SchedulingPolicy = "fcfs",
+        isolate_prefills: bool = False,
     ) -> None:
         if preset.kv_cache_tokens < preset.max_model_len:
             # vLLM refuses to start in this case too: a max-length request could never run.
@@ -65,7 +66,7 @@ class SimEngine:
         self._arrivals = 0  # ticket of the latest submission: the FCFS tie-break
         self.stats = EngineStats()
         self._stall_timeout_s = stall_timeout_s
-        self._batch = BatchScheduler(preset, scheduling_policy, self.stats)
+        self._batch = BatchScheduler(preset, scheduling_policy, self.stats, isolate_prefills)
         self._arriving = 0  # submitted, still in the API-overhead delay
         self._abort_pending = False
         self._wakeup = asyncio.Event()

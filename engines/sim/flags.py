@@ -30,6 +30,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="order of the waiting queue, as vLLM's flag (priority: lower first)",
     )
     parser.add_argument(
+        "--isolate-prefills",
+        action="store_true",
+        help="with --scheduling-policy priority: no step prefills a worse priority's prompt "
+        "beside a better one's, as Fairlane's vLLM scheduler (fairlane.engines.vllm_scheduler)",
+    )
+    parser.add_argument(
         "--max-num-seqs", type=int, help="most sequences in one step, as vLLM's flag"
     )
     parser.add_argument(
@@ -41,6 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for flag in ("max_queue", "max_num_seqs", "max_num_batched_tokens"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.isolate_prefills and args.scheduling_policy != "priority":
+        parser.error("--isolate-prefills needs --scheduling-policy priority")
     preset = configured_preset(args)
     if preset.max_num_batched_tokens < preset.max_num_seqs:
         # As vLLM: every running sequence's next token must fit in one step.

@@ -20,7 +20,12 @@ _SIGNAL_RECHECK_S = 3600.0
 
 async def _serve(args: argparse.Namespace) -> int:
     preset = configured_preset(args)
-    engine = SimEngine(preset, max_waiting=args.max_queue, scheduling_policy=args.scheduling_policy)
+    engine = SimEngine(
+        preset,
+        max_waiting=args.max_queue,
+        scheduling_policy=args.scheduling_policy,
+        isolate_prefills=args.isolate_prefills,
+    )
     app = build_app(engine, args.model or ["sim-model"], preset)
     # handler_cancellation: a client that disconnects while its request is still queued
     # cancels the handler, which aborts the request (vLLM also aborts on disconnect).

@@ -17,6 +17,15 @@ are admitted in a step that preempted. With ``scheduling_policy="priority"`` (vL
 ``--scheduling-policy priority``) the waiting queue is ordered by (priority, arrival),
 lower first, and the victim of a preemption is the running request with the largest
 (priority, arrival) instead of the newest.
+
+``isolate_prefills`` (with the priority policy) models Fairlane's vLLM scheduler
+(``fairlane.engines.vllm_scheduler``): while a prompt of a better priority waits for its
+prefill with a sequence slot free, or is part-way through it, a step prefills no prompt
+of a worse priority; their decodes run as usual. So a light tenant's prompt shares its
+step with the running decodes only, not with the leftover budget filled by the prompts
+of a tenant over its share. If such a step got none of the better prompt's tokens in
+(the KV cache was full, say), the next step holds nothing back, so a prompt that cannot
+run never stalls the others for more than a step.
 """
 
 from __future__ import annotations
@@ -42,10 +51,16 @@ class BatchScheduler:
     ``finish_step``."""
 
     def __init__(
-        self, preset: SimPreset, scheduling_policy: SchedulingPolicy, stats: EngineStats
+        self,
+        preset: SimPreset,
+        scheduling_policy: SchedulingPolicy,
+        stats: EngineStats,
+        isolate_prefills: bool = False,
     ) -> None:
         self.preset = preset
         self.scheduling_policy = scheduling_policy
+        self.isolate_prefills = isolate_prefills and scheduling_policy == "priority"
+        self._held_in_vain = False  # the last step held prompts back and ran no better one
         self.stats = stats
         self.running: list[SimRequest] = []
         self.waiting: deque[SimRequest] = deque()
@@ -88,9 +103,13 @@ class BatchScheduler:
         scheduled: list[SimRequest] = []
         prefill_tokens = 0
         preemptions_before = self.stats.preemptions
+        bar = self._prefill_bar()
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
+            if bar is not None and req.order[0] > bar and _prefilling(req):
+                i += 1  # a worse prompt's next chunk waits for a later step
+                continue
             num_tokens = req.prompt_tokens + req.generated
             new = min(num_tokens - req._computed, budget)
             grow = req._computed + new - req._kv  # > 0 only for a decode's next token
@@ -109,6 +128,8 @@ class BatchScheduler:
             waiting = self.waiting
             while waiting and budget > 0 and len(running) < preset.max_num_seqs:
                 req = waiting[0]
+                if bar is not None and req.order[0] > bar:
+                    break  # sorted by priority: every request behind it is worse too
                 need = req.prompt_tokens + req.generated
                 # Alone, a request always fits (max_model_len <= KV size); never deadlock.
                 if running and self.kv_used + need + self._kv_reserve > preset.kv_cache_tokens:
@@ -121,8 +142,22 @@ class BatchScheduler:
                 prefill_tokens += req._new
                 running.append(req)
                 scheduled.append(req)
+        if bar is not None:
+            self._held_in_vain = not any(r.order[0] <= bar and _prefilling(r) for r in scheduled)
         step_ms = preset.step_ms(len(scheduled), prefill_tokens, self.kv_used)
         return scheduled, step_ms / 1000.0
+
+    def _prefill_bar(self) -> int | None:
+        """With ``isolate_prefills``: the priority a prompt needs to be prefilled in this
+        step, the best of those waiting with a slot free or part-way through; None when
+        nothing is held back."""
+        if not self.isolate_prefills or self._held_in_vain:
+            self._held_in_vain = False
+            return None
+        pending = [r.order[0] for r in self.running if _prefilling(r)]
+        if self.waiting and len(self.running) < self.preset.max_num_seqs:
+            pending.append(self.waiting[0].order[0])
+        return min(pending, default=None)
 
     def _make_room(self, tokens: int, req: SimRequest) -> bool:
         """Preempt newest running requests until ``tokens`` more fit in the KV cache;
@@ -186,3 +221,9 @@ class BatchScheduler:
 
 def _order(req: SimRequest) -> tuple[int, int]:
     return req.order
+
+
+def _prefilling(req: SimRequest) -> bool:
+    """Has tokens to compute before its next one: a prompt (or, after a preemption, a
+    prompt and output) not yet wholly in the KV cache."""
+    return req._computed + (1 if req.generated else 0) < req.prompt_tokens + req.generated

@@ -265,6 +265,13 @@ async def race(
     raise AssertionError(f"the late request never met a queue in vLLM: {result}")
 
 
+def test_priorities_start_vllm_with_isolated_prefills(stack: Any) -> None:
+    """inject_priority also gives the managed vLLM Fairlane's scheduler, which vLLM
+    imported and announced (tests/e2e/test_vllm_scheduler.py checks what it does)."""
+    log = (stack.run_dir / "logs" / "engine-tiny.log").read_text()
+    assert "custom scheduler class fairlane.engines.vllm_scheduler.isolated_prefills" in log
+
+
 async def test_priority_reaches_vllm(stack: Any) -> None:
     """alice (interactive, rank 0) overtakes bulk's queued requests (batch, rank 1).
 

@@ -64,6 +64,51 @@ def test_vllm_priority_scheduling_follows_inject_priority() -> None:
     assert flag(argv, "--host") == ["0.0.0.0"]
 
 
+@pytest.mark.parametrize(
+    ("fields", "isolated"),
+    [
+        ({"inject_priority": True}, True),  # on by default with priorities
+        ({"inject_priority": "body"}, True),
+        ({"inject_priority": True, "isolate_prefills": False}, False),
+        ({}, False),  # nothing to isolate by
+    ],
+)
+def test_vllm_isolated_prefills_follow_inject_priority(
+    fields: dict[str, Any], isolated: bool
+) -> None:
+    argv = build_argv(config(kind="vllm", models=["m"], **fields), "127.0.0.1", 9000)
+    expected = ["fairlane.engines.vllm_scheduler.isolated_prefills"] if isolated else []
+    assert (flag(argv, "--scheduler-cls") if "--scheduler-cls" in argv else []) == expected
+
+
+def test_sim_isolates_prefills_as_the_vllm_scheduler_does() -> None:
+    argv = build_argv(config(kind="sim", models=["m"], inject_priority=True), "h", 1)
+    assert flag(argv, "--scheduling-policy") == ["priority"]
+    assert "--isolate-prefills" in argv
+    plain = config(kind="sim", models=["m"], inject_priority=True, isolate_prefills=False)
+    assert "--isolate-prefills" not in build_argv(plain, "h", 1)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"kind": "external", "url": "http://127.0.0.1:8100", "inject_priority": True},
+            "start an external vLLM with --scheduler-cls fairlane.engines.vllm_scheduler",
+        ),
+        ({"kind": "sglang", "inject_priority": True}, "SGLang's scheduler is not supported"),
+        ({"kind": "vllm"}, "isolate_prefills needs inject_priority"),
+    ],
+)
+def test_isolate_prefills_only_where_fairlane_starts_it(
+    fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        config(models=["m"], isolate_prefills=True, **fields)
+    # Left unset, the same engines are simply started without it.
+    assert not config(models=["m"], **fields).prefill_isolation
+
+
 def test_vllm_without_model_path_loads_the_model_name() -> None:
     argv = build_argv(config(kind="vllm", models=["org/model-8b"]), "127.0.0.1", 9000)
     assert flag(argv, "--model") == ["org/model-8b"]

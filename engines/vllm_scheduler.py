@@ -1,0 +1,136 @@
+"""vLLM's scheduler with isolated prefills, for a managed vLLM with ``inject_priority``:
+``--scheduler-cls fairlane.engines.vllm_scheduler.isolated_prefills``.
+
+Under ``--scheduling-policy priority`` vLLM fills each step's token budget: the best
+waiting prompt first, then worse ones in what is left. So a light tenant's prompt
+(Fairlane gives it the best priority) is prefilled beside the prompts of a tenant over
+its share, and its first token waits for theirs. This scheduler holds those back for the
+step: while a better prompt waits with a sequence slot free, or is part-way through its
+prefill, no worse prompt is started or continued; every running decode still gets its
+token. If a step that held prompts back got none of the better ones in (no room in the
+KV cache, say), the next step holds nothing back, so a prompt that cannot run stalls
+the others for one step at most. The simulator models the same rule
+(``fairlane sim --isolate-prefills``).
+
+vLLM's scheduler is not a public interface, so this touches little of it: ``running``,
+``waiting``, ``policy``, ``max_num_running_reqs`` and the requests' ``priority``,
+``status`` and token counts; anything else is vLLM's own ``schedule``. It imports nothing
+but vLLM, inside the engine's process. ``isolated_prefills`` is a factory, not a class:
+vLLM calls the configured name with the scheduler's arguments, and the base must be
+``AsyncScheduler`` under async scheduling (vLLM's default) and ``Scheduler`` without.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# The waiting statuses vLLM can schedule; others wait for a grammar, remote KV, input.
+_SCHEDULABLE = frozenset({"WAITING", "PREEMPTED"})
+# vLLM's caps on admissions into the running batch (max_num_active_reqs: newer vLLMs).
+_RUNNING_CAPS = ("max_num_running_reqs", "max_num_active_reqs")
+
+
+class EngineRequest(Protocol):
+    """What the hold reads of a ``vllm.v1.request.Request``."""
+
+    request_id: str
+    priority: int
+    num_computed_tokens: int
+    num_prompt_tokens: int
+
+    @property
+    def status(self) -> Any: ...
+
+
+@dataclass
+class Hold:
+    """The prompts that wait this step, and the better ones they wait for."""
+
+    bar: int | None = None  # the priority a prompt needs to be prefilled this step
+    running: list[EngineRequest] = field(default_factory=list)
+    waiting: list[EngineRequest] = field(default_factory=list)
+    better: list[EngineRequest] = field(default_factory=list)
+
+
+def plan_hold(
+    running: Sequence[EngineRequest], waiting: Iterable[EngineRequest], slot_free: bool
+) -> Hold:
+    """Which prompts to hold back: those of a worse priority than the best prompt that
+    is part-way through its prefill, or waiting for one with a slot free."""
+    waiting = list(waiting)
+    prefilling = [r for r in running if r.num_computed_tokens < r.num_prompt_tokens]
+    ready = [r for r in waiting if _status_name(r) in _SCHEDULABLE] if slot_free else []
+    pending = prefilling + ready
+    if not pending:
+        return Hold()
+    bar = min(r.priority for r in pending)
+    return Hold(
+        bar,
+        running=[r for r in prefilling if r.priority > bar],
+        waiting=[r for r in waiting if r.priority > bar],
+        better=[r for r in pending if r.priority <= bar],
+    )
+
+
+def _status_name(request: EngineRequest) -> str:
+    return str(getattr(request.status, "name", request.status))
+
+
+def isolated_prefills(**kwargs: Any) -> Any:
+    """vLLM's scheduler for this configuration, holding prompts back as above."""
+    from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    asynchronous = kwargs["vllm_config"].scheduler_config.async_scheduling
+    return _isolating(AsyncScheduler if asynchronous else Scheduler)(**kwargs)
+
+
+@functools.cache
+def _isolating(base: type) -> type:
+    from vllm.v1.core.sched.request_queue import SchedulingPolicy
+
+    class IsolatedPrefills(base):  # type: ignore[valid-type,misc]
+        running: list[Any]  # vLLM's, set in its __init__
+        _held_in_vain = False
+
+        def schedule(self, *args: Any, **kwargs: Any) -> Any:
+            if self.policy != SchedulingPolicy.PRIORITY or self._held_in_vain:
+                self._held_in_vain = False
+                return super().schedule(*args, **kwargs)
+            slot_free = len(self.running) < self.max_num_running_reqs
+            hold = plan_hold(self.running, self.waiting, slot_free)
+            if not (hold.running or hold.waiting):
+                return super().schedule(*args, **kwargs)
+            caps = {name: getattr(self, name) for name in _RUNNING_CAPS if hasattr(self, name)}
+            self._take_out(hold, caps)
+            try:
+                output = super().schedule(*args, **kwargs)
+            finally:
+                self._put_back(hold, caps)
+            scheduled = output.num_scheduled_tokens
+            self._held_in_vain = not any(r.request_id in scheduled for r in hold.better)
+            return output
+
+        def _take_out(self, hold: Hold, caps: dict[str, int]) -> None:
+            # Held running requests keep their slots: lower the caps, or vLLM would
+            # admit as many new requests into the batch as it had taken out.
+            held = {id(r) for r in hold.running}
+            self.running = [r for r in self.running if id(r) not in held]
+            for name, cap in caps.items():
+                setattr(self, name, cap - len(hold.running))
+            self.waiting.remove_requests(hold.waiting)
+
+        def _put_back(self, hold: Hold, caps: dict[str, int]) -> None:
+            # At the end of the batch: vLLM's priority policy picks preemption victims
+            # by (priority, arrival), not by position.
+            self.running.extend(hold.running)
+            for name, cap in caps.items():
+                setattr(self, name, cap)
+            for request in hold.waiting:
+                self.waiting.add_request(request)
+
+    IsolatedPrefills.__name__ = IsolatedPrefills.__qualname__ = f"IsolatedPrefills{base.__name__}"
+    return IsolatedPrefills

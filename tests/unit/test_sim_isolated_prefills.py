@@ -1,0 +1,126 @@
+"""The simulator's ``isolate_prefills``: no step prefills a worse priority's prompt beside
+a better one's. Drives ``BatchScheduler`` step by step, no event loop timing."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from fairlane.engines.sim.presets import PRESETS
+from fairlane.engines.sim.request import SimRequest
+from fairlane.engines.sim.scheduler import BatchScheduler
+from fairlane.engines.sim.stats import EngineStats
+
+# 8 sequences, 512 tokens a step, room in the KV cache for everything below.
+TINY = PRESETS["tiny"]
+LIGHT, HEAVY = 0, 3
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+class Engine:
+    """A ``BatchScheduler`` with a clock of its own: ``step`` schedules and finishes one
+    step and returns how many tokens each request got in it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, isolate: bool, **preset: int) -> None:
+        self.batch = BatchScheduler(
+            dataclasses.replace(TINY, **preset), "priority", EngineStats(), isolate
+        )
+        self.loop = loop
+        self.tickets = itertools.count(1)
+        self.now = 0.0
+
+    def submit(self, prompt_tokens: int, priority: int, max_tokens: int = 50) -> SimRequest:
+        req = SimRequest(prompt_tokens, max_tokens, self.loop, lambda: None, 60.0)
+        req.order = (priority, next(self.tickets))
+        self.batch.wait(req)
+        return req
+
+    def step(self) -> dict[SimRequest, int]:
+        scheduled, step_s = self.batch.schedule()
+        got = {req: req._new for req in scheduled}
+        self.now += step_s
+        self.batch.finish_step(scheduled, step_s, self.now)
+        return got
+
+
+def prefilled(got: dict[SimRequest, int], req: SimRequest) -> int:
+    return got.get(req, 0)
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_a_light_prompt_is_prefilled_beside_decodes_only(
+    loop: asyncio.AbstractEventLoop, isolate: bool
+) -> None:
+    engine = Engine(loop, isolate)
+    decoding = [engine.submit(50, HEAVY) for _ in range(3)]
+    engine.step()  # their prompts
+    heavy = engine.submit(200, HEAVY)
+    light = engine.submit(200, LIGHT)
+    got = engine.step()
+    assert all(got[req] == 1 for req in decoding)  # decodes run either way
+    assert prefilled(got, light) == 200  # first, in one step
+    # Without isolation the heavy prompt fills the rest of the 512-token budget.
+    assert prefilled(got, heavy) == (0 if isolate else 200)
+    if isolate:
+        assert prefilled(engine.step(), heavy) == 200  # the step after
+
+
+def test_a_worse_prompt_part_way_through_waits_while_a_better_one_is_prefilled(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    engine = Engine(loop, isolate=True)
+    heavy = engine.submit(1000, HEAVY)
+    assert prefilled(engine.step(), heavy) == 512  # chunked: the whole budget
+    light = engine.submit(700, LIGHT)
+    got = engine.step()
+    # The light prompt is also chunked (512 + 188): the heavy chunk waits both steps.
+    assert (prefilled(got, light), prefilled(got, heavy)) == (512, 0)
+    got = engine.step()
+    assert (prefilled(got, light), prefilled(got, heavy)) == (188, 0)
+    assert light.generated == 1
+    got = engine.step()
+    assert (prefilled(got, light), prefilled(got, heavy)) == (1, 488)
+
+
+def test_equal_priorities_share_a_step(loop: asyncio.AbstractEventLoop) -> None:
+    engine = Engine(loop, isolate=True)
+    first, second = engine.submit(200, LIGHT), engine.submit(200, LIGHT)
+    got = engine.step()
+    assert (prefilled(got, first), prefilled(got, second)) == (200, 200)
+
+
+def test_no_hold_for_a_better_prompt_that_has_no_slot(loop: asyncio.AbstractEventLoop) -> None:
+    engine = Engine(loop, isolate=True, max_num_seqs=2)
+    engine.submit(50, HEAVY)
+    heavy = engine.submit(1000, HEAVY)
+    engine.step()  # both slots taken; heavy is part-way through its prompt
+    engine.submit(100, LIGHT)  # cannot start before a slot frees
+    assert prefilled(engine.step(), heavy) > 0
+
+
+def test_a_better_prompt_that_cannot_run_holds_the_others_back_one_step_at_most(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # The KV cache has room for the heavy requests but not for the light prompt too.
+    engine = Engine(loop, isolate=True, kv_cache_tokens=2048)
+    heavy = engine.submit(1200, HEAVY)
+    assert prefilled(engine.step(), heavy) == 512
+    engine.submit(900, LIGHT)
+    assert prefilled(engine.step(), heavy) == 0  # held back: the light prompt did not fit
+    assert prefilled(engine.step(), heavy) == 512  # ...once
+    assert prefilled(engine.step(), heavy) == 0  # tried again, still no room
+
+
+def test_without_the_priority_policy_nothing_is_held(loop: asyncio.AbstractEventLoop) -> None:
+    batch = BatchScheduler(TINY, "fcfs", EngineStats(), isolate_prefills=True)
+    assert not batch.isolate_prefills

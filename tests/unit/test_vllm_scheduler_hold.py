@@ -1,0 +1,72 @@
+"""``plan_hold``: which prompts Fairlane's vLLM scheduler holds back for a step. Fake
+requests here; tests/e2e/test_vllm_scheduler.py runs vLLM's real scheduler with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, auto
+
+from fairlane.engines.vllm_scheduler import plan_hold
+
+
+class FakeStatus(Enum):  # the names of vLLM's RequestStatus
+    WAITING = auto()
+    PREEMPTED = auto()
+    WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR = auto()
+    RUNNING = auto()
+
+
+@dataclass(eq=False)
+class FakeRequest:
+    request_id: str
+    priority: int
+    num_prompt_tokens: int = 100
+    num_computed_tokens: int = 0
+    status: FakeStatus = FakeStatus.WAITING
+
+
+def decoding(rid: str, priority: int) -> FakeRequest:
+    return FakeRequest(rid, priority, num_computed_tokens=100, status=FakeStatus.RUNNING)
+
+
+def part_way(rid: str, priority: int) -> FakeRequest:
+    return FakeRequest(rid, priority, num_computed_tokens=40, status=FakeStatus.RUNNING)
+
+
+def test_a_better_waiting_prompt_holds_worse_prompts_not_decodes() -> None:
+    running = [decoding("d", 3), part_way("chunked", 3)]
+    waiting = [FakeRequest("light", 0), FakeRequest("heavy", 3), FakeRequest("mid", 1)]
+    hold = plan_hold(running, waiting, slot_free=True)
+    assert hold.bar == 0
+    assert [r.request_id for r in hold.running] == ["chunked"]
+    assert [r.request_id for r in hold.waiting] == ["heavy", "mid"]
+    assert [r.request_id for r in hold.better] == ["light"]
+
+
+def test_a_better_prompt_part_way_through_holds_too() -> None:
+    running = [part_way("light", 0), part_way("chunked", 3)]
+    hold = plan_hold(running, [FakeRequest("heavy", 3)], slot_free=False)
+    assert (hold.bar, [r.request_id for r in hold.running]) == (0, ["chunked"])
+    assert [r.request_id for r in hold.waiting] == ["heavy"]
+
+
+def test_nothing_held_among_equals_or_with_no_prompt_pending() -> None:
+    assert plan_hold([decoding("d", 0)], [], slot_free=True).bar is None
+    hold = plan_hold([part_way("a", 2)], [FakeRequest("b", 2)], slot_free=True)
+    assert (hold.bar, hold.running, hold.waiting) == (2, [], [])
+
+
+def test_a_better_prompt_that_cannot_start_holds_nothing() -> None:
+    waiting = [
+        FakeRequest("grammar", 0, status=FakeStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR),
+        FakeRequest("heavy", 3),
+    ]
+    hold = plan_hold([], waiting, slot_free=True)
+    assert (hold.bar, hold.waiting) == (3, [])  # the grammar is not ready: heavy goes on
+    # No free slot: a waiting prompt could not start this step whatever its priority.
+    assert plan_hold([part_way("chunked", 3)], [FakeRequest("light", 0)], False).running == []
+
+
+def test_a_preempted_request_counts_as_waiting() -> None:
+    waiting = [FakeRequest("back", 0, status=FakeStatus.PREEMPTED), FakeRequest("heavy", 3)]
+    assert [r.request_id for r in plan_hold([], waiting, slot_free=True).waiting] == ["heavy"]
