@@ -104,11 +104,13 @@ class BatchScheduler:
         prefill_tokens = 0
         preemptions_before = self.stats.preemptions
         bar = self._prefill_bar()
+        held = False
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
             if bar is not None and req.order[0] > bar and _prefilling(req):
                 i += 1  # a worse prompt's next chunk waits for a later step
+                held = True
                 continue
             num_tokens = req.prompt_tokens + req.generated
             new = min(num_tokens - req._computed, budget)
@@ -129,6 +131,7 @@ class BatchScheduler:
             while waiting and budget > 0 and len(running) < preset.max_num_seqs:
                 req = waiting[0]
                 if bar is not None and req.order[0] > bar:
+                    held = True
                     break  # sorted by priority: every request behind it is worse too
                 need = req.prompt_tokens + req.generated
                 # Alone, a request always fits (max_model_len <= KV size); never deadlock.
@@ -142,7 +145,7 @@ class BatchScheduler:
                 prefill_tokens += req._new
                 running.append(req)
                 scheduled.append(req)
-        if bar is not None:
+        if held and bar is not None:
             self._held_in_vain = not any(r.order[0] <= bar and _prefilling(r) for r in scheduled)
         step_ms = preset.step_ms(len(scheduled), prefill_tokens, self.kv_used)
         return scheduled, step_ms / 1000.0
