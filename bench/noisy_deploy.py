@@ -24,7 +24,7 @@ from fairlane.bench.stack import (
     write_policy,
 )
 from fairlane.bench.vllm_cpu import start_vllm_cpu
-from fairlane.engines.spec import ISOLATED_PREFILLS
+from fairlane.engines.spec import scheduling_flags
 from fairlane.policy import DEFAULT_ENGINE_NICE, EngineConfig
 
 MODEL = "bench-model"
@@ -103,25 +103,20 @@ async def _start_engine(engine: dict[str, Any], kind: str, work: Path) -> Server
     args = tuple(engine.get("args", ()))
     nice = engine.get("nice")
     model = engine["models"][0]
+    # As `fairlane serve` starts a managed engine with this config (engines/spec.py).
     config = EngineConfig.model_validate(engine)
     if kind == "vllm-cpu":
-        # vLLM's priority policy (always on here) changes nothing for requests without a
-        # priority; Fairlane's scheduler, as a managed vLLM gets it (engines/spec.py).
-        if config.prefill_isolation:
-            args = ("--scheduler-cls", ISOLATED_PREFILLS, *args)
+        # Its own flags already turn vLLM's priority policy on in every arm (it changes
+        # nothing for requests without a priority); a repeated flag keeps its value.
         return await start_vllm_cpu(
             model,
             engine["port"],
             engine["max_inflight"],
             work,
-            args,
+            (*scheduling_flags(config, "vllm"), *args),
             DEFAULT_ENGINE_NICE if nice is None else nice,
         )
-    # As `fairlane serve` starts a managed sim that gets priorities (engines/spec.py).
-    if config.prefill_isolation:
-        args = ("--isolate-prefills", *args)
-    if config.inject_priority:
-        args = ("--scheduling-policy", "priority", *args)
+    args = (*scheduling_flags(config, "sim"), *args)
     return await start_sim(engine["preset"], engine["port"], model, work, args, nice or 0)
 
 

@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import urlsplit
 
 from fairlane.policy import EngineConfig
@@ -46,6 +47,16 @@ def engine_spec(
 ISOLATED_PREFILLS = "fairlane.engines.vllm_scheduler.isolated_prefills"
 
 
+def scheduling_flags(config: EngineConfig, kind: Literal["sim", "vllm"]) -> list[str]:
+    """How a vLLM (or the simulator, which takes vLLM's flags) started as ``kind`` schedules
+    by Fairlane's priorities: vLLM's priority policy, where `priority` in a request is
+    honoured (lower first), and the isolated-prefill scheduler (the simulator's model)."""
+    flags = ["--scheduling-policy", "priority"] if config.inject_priority else []
+    if config.prefill_isolation:
+        flags += ["--isolate-prefills"] if kind == "sim" else ["--scheduler-cls", ISOLATED_PREFILLS]
+    return flags
+
+
 def build_argv(config: EngineConfig, host: str, port: int) -> list[str]:
     """The command line of a managed engine (sim, vllm, sglang); ``config.args`` go last,
     so a policy can override any flag set here (argparse keeps the last value)."""
@@ -55,11 +66,7 @@ def build_argv(config: EngineConfig, host: str, port: int) -> list[str]:
         argv += ["--host", host, "--port", str(port)]
         for model in config.served:
             argv += ["--model", model]
-        if config.inject_priority:
-            argv += ["--scheduling-policy", "priority"]
-        if config.prefill_isolation:
-            argv += ["--isolate-prefills"]
-        return argv + list(config.args)
+        return argv + scheduling_flags(config, "sim") + list(config.args)
     # -P: the working directory (a checkout with an envoy/ folder, say) must not shadow
     # the engine's imports. Python passes the flag on to multiprocessing children.
     if config.kind == "vllm":
@@ -72,12 +79,7 @@ def build_argv(config: EngineConfig, host: str, port: int) -> list[str]:
         argv += ["--host", host, "--port", str(port)]
         # The supervisor probes /health twice a second; Envoy's access log has requests.
         argv += ["--disable-uvicorn-access-log"]
-        if config.inject_priority:
-            # `priority` in a request body is honoured only under this policy (lower first).
-            argv += ["--scheduling-policy", "priority"]
-        if config.prefill_isolation:
-            argv += ["--scheduler-cls", ISOLATED_PREFILLS]
-        return argv + list(config.args)
+        return argv + scheduling_flags(config, "vllm") + list(config.args)
     if config.kind == "sglang":
         if len(config.models) != 1:
             # --served-model-name takes one name; other names would reach SGLang and 404.
