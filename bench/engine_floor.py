@@ -17,9 +17,9 @@ the prefills that keep the flooder's batch full. Arms:
 
 ``held`` is what Fairlane's fair arm feeds the engine and ``paced-F`` what its pacer
 does; whatever the quiet tenant still loses in them is the engine's step, which no
-admission order shortens. ``--isolate-prefills on off`` runs the flooded arms with and
-without the engine's prefill isolation (the policy's ``isolate_prefills``: the quiet
-prompt's step carries no flooder prompt), ratios against the first.
+admission order shortens. ``--isolate-prefills prompts step off`` runs the flooded arms
+with each of the engine's prefill isolations (the policy's ``isolate_prefills``: the
+quiet prompt's step carries no flooder prompt, or nothing of the flooder's) and without.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from fairlane.bench.report import RESULTS_DIR, config_of, machine, table, write_
 from fairlane.bench.stats import fmt, poisson_arrivals, ratio, summarize, tenant_rng
 from fairlane.engines.sim.engine import SimEngine, SimRequest
 from fairlane.engines.sim.presets import PRESETS
+from fairlane.engines.vllm_scheduler import Isolation
 from fairlane.extproc.pacing import AdmissionPacer
 from fairlane.extproc.replicas import reserved_slots
 
@@ -63,10 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--isolate-prefills",
         nargs="+",
-        choices=["on", "off"],
-        default=["on"],
-        help="the engine's prefill isolation (the policy's `isolate_prefills`, on by "
-        "default); every flooded arm runs at each",
+        choices=["prompts", "step", "off", "on"],
+        default=["prompts"],
+        help="the engine's prefill isolation (the policy's `isolate_prefills`: prompts by "
+        "default; on is prompts); every flooded arm runs at each",
     )
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=15.0)
@@ -80,7 +81,7 @@ class Arm:
     budget: int  # the engine's max_num_batched_tokens
     flooder_slots: int  # 0: no flooder
     pacing: float = 0.0  # the policy's `pacing` factor; 0: each freed slot refilled at once
-    isolate: bool = True  # the engine's isolate_prefills
+    isolate: Isolation | None = "prompts"  # the engine's isolate_prefills
     ttfts: list[float] = field(default_factory=list)
     flooder_tokens: int = 0
 
@@ -91,7 +92,7 @@ class Arm:
             "arm": self.name,
             "max_num_batched_tokens": self.budget,
             "pacing": self.pacing or None,
-            "isolate_prefills": self.isolate if self.flooder_slots else None,
+            "isolate_prefills": (self.isolate or "off") if self.flooder_slots else None,
             "quiet_ttft_ms": quiet,
             "quiet_p99_x_solo": ratio(quiet["p99"], solo_p99),
             "flooder_tokens_per_s": tok_s if self.flooder_slots else None,
@@ -191,7 +192,10 @@ def arms(args: argparse.Namespace) -> list[Arm]:
     preset = PRESETS[args.preset]
     slots = preset.max_num_seqs - reserved_slots(preset.max_num_seqs, args.headroom)
     budgets = args.max_num_batched_tokens or [preset.max_num_batched_tokens]
-    isolations = [choice == "on" for choice in args.isolate_prefills]
+    isolations: list[Isolation | None] = [
+        None if choice == "off" else "prompts" if choice == "on" else choice
+        for choice in args.isolate_prefills
+    ]
     return [
         arm
         for budget in budgets
@@ -230,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
             r["arm"],
             str(r["max_num_batched_tokens"]),
             fmt(r["pacing"], 2),
-            {True: "on", False: "off", None: "-"}[r["isolate_prefills"]],
+            r["isolate_prefills"] or "-",
             fmt(r["quiet_ttft_ms"]["p50"], 0),
             fmt(r["quiet_ttft_ms"]["p99"], 0),
             fmt(r["quiet_p99_x_solo"], 2),

@@ -117,10 +117,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--isolate-prefills",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="fair arm: the policy's `isolate_prefills` (no engine step prefills the "
-        "flooder's prompts beside a light tenant's; default: on, as the policy's)",
+        choices=["prompts", "step", "off"],
+        default="prompts",
+        help="fair arm: the policy's `isolate_prefills`: the step that prefills a light "
+        "tenant's prompt runs none of the flooder's prompts (prompts, the policy's default) "
+        "or nothing of the flooder's, decodes included (step)",
+    )
+    parser.add_argument(
+        "--no-isolate-prefills",
+        dest="isolate_prefills",
+        action="store_const",
+        const="off",
+        help="fair arm: the same as --isolate-prefills off",
     )
     parser.add_argument(
         "--engine-nice",

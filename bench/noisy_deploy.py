@@ -208,7 +208,11 @@ def arm_policy(
         "inject_priority": arm == "fair",
         **({"headroom": args.headroom} if args.headroom is not None else {}),
         **({"pacing": args.pacing} if args.pacing is not None else {}),
-        **({"isolate_prefills": False} if arm == "fair" and not args.isolate_prefills else {}),
+        **(
+            {"isolate_prefills": args.isolate_prefills != "off" and args.isolate_prefills}
+            if arm == "fair"
+            else {}
+        ),
         **({"adaptive": {}} if args.adaptive else {}),
     }
     if args.max_num_batched_tokens is not None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
+from fairlane.engines.vllm_scheduler import SCHEDULER_CLS
 from fairlane.policy import EngineConfig
 from fairlane.ports import free_port
 
@@ -42,18 +43,20 @@ def engine_spec(
     return EngineSpec(name, config, config.host, port, argv, dict(config.env))
 
 
-# vLLM's scheduler that holds worse prompts back while a better one is prefilled; the
-# engine imports it from this package (a managed vLLM runs in Fairlane's environment).
-ISOLATED_PREFILLS = "fairlane.engines.vllm_scheduler.isolated_prefills"
-
-
 def scheduling_flags(config: EngineConfig, kind: Literal["sim", "vllm"]) -> list[str]:
     """How a vLLM (or the simulator, which takes vLLM's flags) started as ``kind`` schedules
     by Fairlane's priorities: vLLM's priority policy, where `priority` in a request is
     honoured (lower first), and the isolated-prefill scheduler (the simulator's model)."""
     flags = ["--scheduling-policy", "priority"] if config.inject_priority else []
-    if config.prefill_isolation:
-        flags += ["--isolate-prefills"] if kind == "sim" else ["--scheduler-cls", ISOLATED_PREFILLS]
+    isolation = config.prefill_isolation
+    if isolation is not None:
+        # vLLM imports the scheduler from this package (a managed vLLM runs in Fairlane's
+        # environment); the simulator models it.
+        flags += (
+            ["--isolate-prefills", isolation]
+            if kind == "sim"
+            else ["--scheduler-cls", SCHEDULER_CLS[isolation]]
+        )
     return flags
 
 

@@ -1,23 +1,29 @@
 """vLLM's scheduler with isolated prefills, for a managed vLLM with ``inject_priority``:
-``--scheduler-cls fairlane.engines.vllm_scheduler.isolated_prefills``.
+``--scheduler-cls fairlane.engines.vllm_scheduler.isolated_prefills`` (or
+``isolated_prefill_steps``).
 
 Under ``--scheduling-policy priority`` vLLM fills each step's token budget: the best
 waiting prompt first, then worse ones in what is left. So a light tenant's prompt
 (Fairlane gives it the best priority) is prefilled beside the prompts of a tenant over
 its share, and its first token waits for theirs. This scheduler holds those back for the
 step: while a better prompt waits with a sequence slot free, or is part-way through its
-prefill, no worse prompt is started or continued; every running decode still gets its
-token. If a step that held prompts back got none of the better ones in (no room in the
-KV cache, say), the next step holds nothing back, so a prompt that cannot run stalls
-the others for one step at most. The simulator models the same rule
-(``fairlane sim --isolate-prefills``).
+prefill, no worse prompt is started or continued. ``isolated_prefills`` still runs every
+decode; ``isolated_prefill_steps`` holds the worse decodes back too, so the better
+prompt's step carries nothing of a worse priority (the running batch of a tenant over
+its share waits one step; its first token comes sooner again, at the cost of one step's
+fixed overhead to the rest). If a step that held work back got none of the better
+prompts in (no room in the KV cache, say), the next step holds nothing back, so a prompt
+that cannot run stalls the others for one step at most. The simulator models both
+(``fairlane sim --isolate-prefills prompts|step``).
 
 vLLM's scheduler is not a public interface, so this touches little of it: ``running``,
 ``waiting``, ``policy``, ``max_num_running_reqs`` and the requests' ``priority``,
 ``status`` and token counts; anything else is vLLM's own ``schedule``. It imports nothing
-but vLLM, inside the engine's process. ``isolated_prefills`` is a factory, not a class:
-vLLM calls the configured name with the scheduler's arguments, and the base must be
-``AsyncScheduler`` under async scheduling (vLLM's default) and ``Scheduler`` without.
+but vLLM, inside the engine's process. The names above are factories, not classes: vLLM
+calls the configured name with the scheduler's arguments, and the base must be
+``AsyncScheduler`` under async scheduling (vLLM's default on GPUs) and ``Scheduler``
+without. A decode held back under async scheduling takes vLLM's path for running
+requests left out of a step (their tokens are sent again when they come back).
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+# What a better prompt's step leaves out: worse prompts, or all worse work.
+Isolation = Literal["prompts", "step"]
 
 # The waiting statuses vLLM can schedule; others wait for a grammar, remote KV, input.
 _SCHEDULABLE = frozenset({"WAITING", "PREEMPTED"})
@@ -56,10 +65,14 @@ class Hold:
 
 
 def plan_hold(
-    running: Sequence[EngineRequest], waiting: Iterable[EngineRequest], slot_free: bool
+    running: Sequence[EngineRequest],
+    waiting: Iterable[EngineRequest],
+    slot_free: bool,
+    isolation: Isolation = "prompts",
 ) -> Hold:
-    """Which prompts to hold back: those of a worse priority than the best prompt that
-    is part-way through its prefill, or waiting for one with a slot free."""
+    """What to hold back: the requests of a worse priority than the best prompt that is
+    part-way through its prefill, or waiting for one with a slot free; of the running
+    ones, those still prefilling (``prompts``) or all (``step``)."""
     waiting = list(waiting)
     prefilling = [r for r in running if r.num_computed_tokens < r.num_prompt_tokens]
     ready = [r for r in waiting if _status_name(r) in _SCHEDULABLE] if slot_free else []
@@ -67,9 +80,10 @@ def plan_hold(
     if not pending:
         return Hold()
     bar = min(r.priority for r in pending)
+    candidates = prefilling if isolation == "prompts" else running
     return Hold(
         bar,
-        running=[r for r in prefilling if r.priority > bar],
+        running=[r for r in candidates if r.priority > bar],
         waiting=[r for r in waiting if r.priority > bar],
         better=[r for r in pending if r.priority <= bar],
     )
@@ -80,16 +94,31 @@ def _status_name(request: EngineRequest) -> str:
 
 
 def isolated_prefills(**kwargs: Any) -> Any:
-    """vLLM's scheduler for this configuration, holding prompts back as above."""
+    """vLLM's scheduler for this configuration, holding worse prompts back as above."""
+    return _scheduler(kwargs, "prompts")
+
+
+def isolated_prefill_steps(**kwargs: Any) -> Any:
+    """vLLM's scheduler for this configuration, holding all worse work back as above."""
+    return _scheduler(kwargs, "step")
+
+
+SCHEDULER_CLS: dict[Isolation, str] = {
+    "prompts": f"{__name__}.{isolated_prefills.__name__}",
+    "step": f"{__name__}.{isolated_prefill_steps.__name__}",
+}
+
+
+def _scheduler(kwargs: dict[str, Any], isolation: Isolation) -> Any:
     from vllm.v1.core.sched.async_scheduler import AsyncScheduler
     from vllm.v1.core.sched.scheduler import Scheduler
 
     asynchronous = kwargs["vllm_config"].scheduler_config.async_scheduling
-    return _isolating(AsyncScheduler if asynchronous else Scheduler)(**kwargs)
+    return _isolating(AsyncScheduler if asynchronous else Scheduler, isolation)(**kwargs)
 
 
 @functools.cache
-def _isolating(base: type) -> type:
+def _isolating(base: type, isolation: Isolation) -> type:
     from vllm.v1.core.sched.request_queue import SchedulingPolicy
 
     class IsolatedPrefills(base):  # type: ignore[valid-type,misc]
@@ -101,7 +130,7 @@ def _isolating(base: type) -> type:
                 self._held_in_vain = False
                 return super().schedule(*args, **kwargs)
             slot_free = len(self.running) < self.max_num_running_reqs
-            hold = plan_hold(self.running, self.waiting, slot_free)
+            hold = plan_hold(self.running, self.waiting, slot_free, isolation)
             if not (hold.running or hold.waiting):
                 return super().schedule(*args, **kwargs)
             caps = {name: getattr(self, name) for name in _RUNNING_CAPS if hasattr(self, name)}
@@ -132,5 +161,6 @@ def _isolating(base: type) -> type:
             for request in hold.waiting:
                 self.waiting.add_request(request)
 
-    IsolatedPrefills.__name__ = IsolatedPrefills.__qualname__ = f"IsolatedPrefills{base.__name__}"
+    name = f"IsolatedPrefill{'Steps' if isolation == 'step' else 's'}{base.__name__}"
+    IsolatedPrefills.__name__ = IsolatedPrefills.__qualname__ = name
     return IsolatedPrefills

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fairlane.engines.vllm_scheduler import Isolation
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -160,9 +162,10 @@ class EngineConfig(Strict):
     queue: QueueConfig = QueueConfig()
     # true: as the engine reads it best (a header for vllm/sim, the body otherwise).
     inject_priority: bool | Literal["header", "body"] = False
-    # With inject_priority: no step of the engine prefills a worse priority's prompt beside
-    # a better one's (vllm: fairlane.engines.vllm_scheduler; sim). None: on where it can be.
-    isolate_prefills: bool | None = None
+    # With inject_priority, the step that prefills a better priority's prompt runs no worse
+    # prompt ("prompts"; true is the same) or nothing worse, decodes included ("step")
+    # (vllm: fairlane.engines.vllm_scheduler; sim). None: "prompts" where it can be.
+    isolate_prefills: bool | Isolation | None = None
     startup_timeout_s: float = Field(600.0, gt=0)
     # The CPU priority (nice, 0-19) of a managed engine's processes; None: 10 for vllm and
     # sglang, 0 for sim. An engine that saturates the CPUs must not starve Envoy and the
@@ -182,11 +185,13 @@ class EngineConfig(Strict):
         return self.inject_priority or None
 
     @property
-    def prefill_isolation(self) -> bool:
-        """Whether this engine is started with isolated prefills."""
+    def prefill_isolation(self) -> Isolation | None:
+        """How this engine is started to isolate prefills; None: it is not."""
         if self.isolate_prefills is False or not self.inject_priority:
-            return False
-        return self.kind in ("vllm", "sim")
+            return None
+        if self.kind not in ("vllm", "sim"):
+            return None
+        return "step" if self.isolate_prefills == "step" else "prompts"
 
     @property
     def served(self) -> tuple[str, ...]:
@@ -226,7 +231,8 @@ class EngineConfig(Strict):
         if self.kind == "external":
             raise ValueError(
                 "isolate_prefills is for engines Fairlane starts: start an external vLLM "
-                "with --scheduler-cls fairlane.engines.vllm_scheduler.isolated_prefills"
+                "with --scheduler-cls fairlane.engines.vllm_scheduler.isolated_prefills "
+                "(or .isolated_prefill_steps)"
             )
         if self.kind == "sglang":
             raise ValueError("isolate_prefills: SGLang's scheduler is not supported (vllm, sim)")

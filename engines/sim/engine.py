@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from ..vllm_scheduler import Isolation
 from .presets import SimPreset
 from .request import FinishReason, SimRequest
 from .scheduler import BatchScheduler, SchedulingPolicy
@@ -52,7 +53,7 @@ class SimEngine:
         max_waiting: int | None = None,
         stall_timeout_s: float = 600.0,
         scheduling_policy: SchedulingPolicy = "fcfs",
-        isolate_prefills: bool = False,
+        isolate_prefills: Isolation | None = None,
     ) -> None:
         if preset.kv_cache_tokens < preset.max_model_len:
             # vLLM refuses to start in this case too: a max-length request could never run.

@@ -31,9 +31,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--isolate-prefills",
-        action="store_true",
-        help="with --scheduling-policy priority: no step prefills a worse priority's prompt "
-        "beside a better one's, as Fairlane's vLLM scheduler (fairlane.engines.vllm_scheduler)",
+        nargs="?",
+        choices=["prompts", "step"],
+        const="prompts",
+        help="with --scheduling-policy priority, as Fairlane's vLLM scheduler "
+        "(fairlane.engines.vllm_scheduler): a step that prefills a better priority's prompt "
+        "runs no worse prompt (prompts, the default) or nothing worse, decodes included (step)",
     )
     parser.add_argument(
         "--max-num-seqs", type=int, help="most sequences in one step, as vLLM's flag"

@@ -20,12 +20,17 @@ lower first, and the victim of a preemption is the running request with the larg
 
 ``isolate_prefills`` (with the priority policy) models Fairlane's vLLM scheduler
 (``fairlane.engines.vllm_scheduler``): while a prompt of a better priority waits for its
-prefill with a sequence slot free, or is part-way through it, a step prefills no prompt
-of a worse priority; their decodes run as usual. So a light tenant's prompt shares its
-step with the running decodes only, not with the leftover budget filled by the prompts
-of a tenant over its share. If such a step got none of the better prompt's tokens in
-(the KV cache was full, say), the next step holds nothing back, so a prompt that cannot
-run never stalls the others for more than a step.
+prefill with a sequence slot free, or is part-way through it, a step runs no prompt of a
+worse priority (``prompts``: their decodes run as usual), or nothing of a worse priority
+at all (``step``: their decodes wait too). So a light tenant's prompt does not share its
+step with the leftover budget filled by the prompts of a tenant over its share, and with
+``step`` not with that tenant's running batch either; the held work runs in the next
+step. If such a step got none of the better prompt's tokens in (the KV cache was full,
+say), the next step holds nothing back, so a prompt that cannot run never stalls the
+others for more than a step.
+
+A step's attention cost counts the context of the requests it runs, not of those it
+holds back.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import bisect
 from collections import deque
 from typing import Literal
 
+from ..vllm_scheduler import Isolation
 from .presets import SimPreset
 from .request import SimRequest
 from .stats import EngineStats
@@ -55,12 +61,13 @@ class BatchScheduler:
         preset: SimPreset,
         scheduling_policy: SchedulingPolicy,
         stats: EngineStats,
-        isolate_prefills: bool = False,
+        isolate_prefills: Isolation | None = None,
     ) -> None:
         self.preset = preset
         self.scheduling_policy = scheduling_policy
-        self.isolate_prefills = isolate_prefills and scheduling_policy == "priority"
-        self._held_in_vain = False  # the last step held prompts back and ran no better one
+        self.isolate_prefills = isolate_prefills if scheduling_policy == "priority" else None
+        self._hold_decodes = self.isolate_prefills == "step"
+        self._held_in_vain = False  # the last step held work back and ran no better prompt
         self.stats = stats
         self.running: list[SimRequest] = []
         self.waiting: deque[SimRequest] = deque()
@@ -101,27 +108,29 @@ class BatchScheduler:
         budget = preset.max_num_batched_tokens
         running = self.running
         scheduled: list[SimRequest] = []
-        prefill_tokens = 0
         preemptions_before = self.stats.preemptions
         bar = self._prefill_bar()
         held = False
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
-            if bar is not None and req.order[0] > bar and _prefilling(req):
-                i += 1  # a worse prompt's next chunk waits for a later step
+            if bar is not None and req.order[0] > bar and (self._hold_decodes or _prefilling(req)):
+                i += 1  # worse work waits for a later step
                 held = True
                 continue
             num_tokens = req.prompt_tokens + req.generated
             new = min(num_tokens - req._computed, budget)
             grow = req._computed + new - req._kv  # > 0 only for a decode's next token
             if grow > 0:
-                if not self._make_room(grow, req):
+                for victim in self._make_room(grow, req):
+                    if victim in scheduled:  # as vLLM does: out of this step too
+                        scheduled.remove(victim)
+                        budget += victim._new
+                if req not in running:
                     break  # req itself was preempted; it was the last running request
+                i = running.index(req)  # victims may have stood before it
                 req._kv += grow
                 self.kv_used += grow
-            if req.generated == 0 or req._computed + 1 < num_tokens:
-                prefill_tokens += new
             req._new = new
             budget -= new
             scheduled.append(req)
@@ -142,18 +151,19 @@ class BatchScheduler:
                 self.kv_used += need
                 req._new = min(need, budget)
                 budget -= req._new
-                prefill_tokens += req._new
                 running.append(req)
                 scheduled.append(req)
         if held and bar is not None:
             self._held_in_vain = not any(r.order[0] <= bar and _prefilling(r) for r in scheduled)
-        step_ms = preset.step_ms(len(scheduled), prefill_tokens, self.kv_used)
+        prefill_tokens = sum(r._new for r in scheduled if _prefilling(r))
+        context_tokens = sum(r._kv for r in scheduled)
+        step_ms = preset.step_ms(len(scheduled), prefill_tokens, context_tokens)
         return scheduled, step_ms / 1000.0
 
     def _prefill_bar(self) -> int | None:
-        """With ``isolate_prefills``: the priority a prompt needs to be prefilled in this
-        step, the best of those waiting with a slot free or part-way through; None when
-        nothing is held back."""
+        """With ``isolate_prefills``: the priority a request needs to run in this step,
+        that of the best prompt waiting with a slot free or part-way through its
+        prefill; None when nothing is held back."""
         if not self.isolate_prefills or self._held_in_vain:
             self._held_in_vain = False
             return None
@@ -162,9 +172,10 @@ class BatchScheduler:
             pending.append(self.waiting[0].order[0])
         return min(pending, default=None)
 
-    def _make_room(self, tokens: int, req: SimRequest) -> bool:
-        """Preempt newest running requests until ``tokens`` more fit in the KV cache;
-        False when ``req`` itself had to be preempted."""
+    def _make_room(self, tokens: int, req: SimRequest) -> list[SimRequest]:
+        """Preempt running requests (the newest; under the priority policy the worst)
+        until ``tokens`` more fit in the KV cache or ``req`` itself goes; returns them."""
+        victims: list[SimRequest] = []
         while self.kv_used + tokens > self.preset.kv_cache_tokens:
             priority = self.scheduling_policy == "priority"
             if priority:
@@ -180,9 +191,10 @@ class BatchScheduler:
             else:
                 self.waiting.appendleft(victim)  # vLLM's FCFS: back to the front
             self.stats.preemptions += 1
+            victims.append(victim)
             if victim is req:
-                return False
-        return True
+                break
+        return victims
 
     def finish_step(self, scheduled: list[SimRequest], step_s: float, now: float) -> None:
         stats = self.stats

@@ -65,6 +65,25 @@ def test_a_light_prompt_shares_its_step_with_decodes_only(
         assert all(s[rid] == 1 for s in steps[1:] for rid in DECODES)
 
 
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_a_light_prompt_gets_a_step_of_its_own(tiny_model: Path, async_scheduling: bool) -> None:
+    run = run_script(tiny_model, "isolated-steps", async_scheduling)
+    expected_base = "AsyncScheduler" if async_scheduling else "Scheduler"
+    assert run["class"] == f"IsolatedPrefillSteps{expected_base}"
+    heavy = ["d0", "d1", "d2", "heavy"]
+    # The light prompts' steps carry the light decodes only; the worse decodes wait for
+    # the step after and then go on, a token each.
+    assert run["steps"][1:8] == [
+        {"light": 200},
+        {"light": 1, "d0": 1, "d1": 1, "d2": 1, "heavy": 200},
+        {"light": 1, **dict.fromkeys(heavy, 1), "big": 507},
+        {"light": 1, "light2": 511},
+        {"light": 1, "light2": 189},
+        {"light": 1, "light2": 1, **dict.fromkeys(heavy, 1), "big": 493},
+        {"light": 1, "light2": 1, **dict.fromkeys(heavy, 1), "big": 1},
+    ]
+
+
 def test_a_light_prompt_without_room_holds_the_others_one_step_at_most(
     tiny_model: Path,
 ) -> None:
@@ -92,7 +111,7 @@ def main(model: str, scheduler: str, raw_config: str, async_scheduling: bool) ->
     from vllm.v1.request import Request
     from vllm.v1.structured_output import StructuredOutputManager
 
-    from fairlane.engines.vllm_scheduler import isolated_prefills
+    from fairlane.engines.vllm_scheduler import isolated_prefill_steps, isolated_prefills
 
     config = {"blocks": 1000, "big": 1000, "light2": 700, **json.loads(raw_config)}
     cache = CacheConfig(block_size=16, enable_prefix_caching=False)
@@ -127,6 +146,8 @@ def main(model: str, scheduler: str, raw_config: str, async_scheduling: bool) ->
     }
     if scheduler == "isolated":
         sched = isolated_prefills(**arguments)
+    elif scheduler == "isolated-steps":
+        sched = isolated_prefill_steps(**arguments)
     else:
         sched = (AsyncScheduler if async_scheduling else Scheduler)(**arguments)
     steps: list[dict[str, int]] = []

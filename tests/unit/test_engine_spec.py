@@ -65,28 +65,38 @@ def test_vllm_priority_scheduling_follows_inject_priority() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "isolated"),
+    ("fields", "scheduler"),
     [
-        ({"inject_priority": True}, True),  # on by default with priorities
-        ({"inject_priority": "body"}, True),
-        ({"inject_priority": True, "isolate_prefills": False}, False),
-        ({}, False),  # nothing to isolate by
+        ({"inject_priority": True}, "isolated_prefills"),  # on by default with priorities
+        ({"inject_priority": "body"}, "isolated_prefills"),
+        ({"inject_priority": True, "isolate_prefills": True}, "isolated_prefills"),
+        ({"inject_priority": True, "isolate_prefills": "prompts"}, "isolated_prefills"),
+        ({"inject_priority": True, "isolate_prefills": "step"}, "isolated_prefill_steps"),
+        ({"inject_priority": True, "isolate_prefills": False}, None),
+        ({}, None),  # nothing to isolate by
     ],
 )
 def test_vllm_isolated_prefills_follow_inject_priority(
-    fields: dict[str, Any], isolated: bool
+    fields: dict[str, Any], scheduler: str | None
 ) -> None:
     argv = build_argv(config(kind="vllm", models=["m"], **fields), "127.0.0.1", 9000)
-    expected = ["fairlane.engines.vllm_scheduler.isolated_prefills"] if isolated else []
+    expected = [f"fairlane.engines.vllm_scheduler.{scheduler}"] if scheduler else []
     assert (flag(argv, "--scheduler-cls") if "--scheduler-cls" in argv else []) == expected
 
 
 def test_sim_isolates_prefills_as_the_vllm_scheduler_does() -> None:
     argv = build_argv(config(kind="sim", models=["m"], inject_priority=True), "h", 1)
     assert flag(argv, "--scheduling-policy") == ["priority"]
-    assert "--isolate-prefills" in argv
+    assert flag(argv, "--isolate-prefills") == ["prompts"]
+    steps = config(kind="sim", models=["m"], inject_priority=True, isolate_prefills="step")
+    assert flag(build_argv(steps, "h", 1), "--isolate-prefills") == ["step"]
     plain = config(kind="sim", models=["m"], inject_priority=True, isolate_prefills=False)
     assert "--isolate-prefills" not in build_argv(plain, "h", 1)
+
+
+def test_isolate_prefills_takes_a_known_mode() -> None:
+    with pytest.raises(ValidationError, match="isolate_prefills"):
+        config(kind="sim", models=["m"], inject_priority=True, isolate_prefills="decodes")
 
 
 @pytest.mark.parametrize(

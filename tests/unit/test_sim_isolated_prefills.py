@@ -1,5 +1,5 @@
 """The simulator's ``isolate_prefills``: no step prefills a worse priority's prompt beside
-a better one's. Drives ``BatchScheduler`` step by step, no event loop timing."""
+a better one's (``prompts``), nor runs anything of a worse priority (``step``). Drives ``BatchScheduler`` step by step, no event loop timing."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from fairlane.engines.sim.presets import PRESETS
 from fairlane.engines.sim.request import SimRequest
 from fairlane.engines.sim.scheduler import BatchScheduler
 from fairlane.engines.sim.stats import EngineStats
+from fairlane.engines.vllm_scheduler import Isolation
 
 # 8 sequences, 512 tokens a step, room in the KV cache for everything below.
 TINY = PRESETS["tiny"]
@@ -31,7 +32,9 @@ class Engine:
     """A ``BatchScheduler`` with a clock of its own: ``step`` schedules and finishes one
     step and returns how many tokens each request got in it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, isolate: bool, **preset: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, isolate: Isolation | None, **preset: int
+    ) -> None:
         self.batch = BatchScheduler(
             dataclasses.replace(TINY, **preset), "priority", EngineStats(), isolate
         )
@@ -53,32 +56,58 @@ class Engine:
         return got
 
 
+@pytest.fixture(params=["prompts", "step"])
+def isolation(request: pytest.FixtureRequest) -> Isolation:
+    """Either isolation: what holds for prompts holds for the whole step too."""
+    mode: Isolation = request.param
+    return mode
+
+
 def prefilled(got: dict[SimRequest, int], req: SimRequest) -> int:
     return got.get(req, 0)
 
 
-@pytest.mark.parametrize("isolate", [False, True])
-def test_a_light_prompt_is_prefilled_beside_decodes_only(
-    loop: asyncio.AbstractEventLoop, isolate: bool
+@pytest.mark.parametrize("isolate", [None, "prompts", "step"])
+def test_a_light_prompt_is_isolated_from_worse_work(
+    loop: asyncio.AbstractEventLoop, isolate: Isolation | None
 ) -> None:
     engine = Engine(loop, isolate)
     decoding = [engine.submit(50, HEAVY) for _ in range(3)]
-    engine.step()  # their prompts
+    light_decoding = engine.submit(50, LIGHT)
+    engine.step()  # their prompts: all four, or with isolation the light one first...
+    engine.step()  # ...and the heavy ones in the step after
+    assert all(req.generated >= 1 for req in (*decoding, light_decoding))
     heavy = engine.submit(200, HEAVY)
     light = engine.submit(200, LIGHT)
     got = engine.step()
-    assert all(got[req] == 1 for req in decoding)  # decodes run either way
     assert prefilled(got, light) == 200  # first, in one step
-    # Without isolation the heavy prompt fills the rest of the 512-token budget.
-    assert prefilled(got, heavy) == (0 if isolate else 200)
-    if isolate:
-        assert prefilled(engine.step(), heavy) == 200  # the step after
+    assert got[light_decoding] == 1  # its own priority's decodes run beside it
+    # Without isolation the heavy prompt fills the rest of the 512-token budget; the
+    # heavy decodes run unless the whole step is isolated.
+    assert prefilled(got, heavy) == (200 if isolate is None else 0)
+    assert [prefilled(got, req) for req in decoding] == [0 if isolate == "step" else 1] * 3
+    if isolate is not None:
+        got = engine.step()
+        assert prefilled(got, heavy) == 200  # the step after
+        assert [prefilled(got, req) for req in decoding] == [1] * 3
+
+
+def test_the_light_step_costs_only_what_it_runs(loop: asyncio.AbstractEventLoop) -> None:
+    # The step's duration counts the requests it runs, their context included.
+    engine = Engine(loop, isolate="step")
+    for _ in range(6):
+        engine.submit(50, HEAVY)
+    engine.step()
+    engine.submit(100, LIGHT)
+    scheduled, step_s = engine.batch.schedule()
+    assert [req._new for req in scheduled] == [100]
+    assert step_s * 1000 == pytest.approx(TINY.step_ms(1, 100, 100))
 
 
 def test_a_worse_prompt_part_way_through_waits_while_a_better_one_is_prefilled(
-    loop: asyncio.AbstractEventLoop,
+    loop: asyncio.AbstractEventLoop, isolation: Isolation
 ) -> None:
-    engine = Engine(loop, isolate=True)
+    engine = Engine(loop, isolation)
     heavy = engine.submit(1000, HEAVY)
     assert prefilled(engine.step(), heavy) == 512  # chunked: the whole budget
     light = engine.submit(700, LIGHT)
@@ -92,15 +121,19 @@ def test_a_worse_prompt_part_way_through_waits_while_a_better_one_is_prefilled(
     assert (prefilled(got, light), prefilled(got, heavy)) == (1, 488)
 
 
-def test_equal_priorities_share_a_step(loop: asyncio.AbstractEventLoop) -> None:
-    engine = Engine(loop, isolate=True)
+def test_equal_priorities_share_a_step(
+    loop: asyncio.AbstractEventLoop, isolation: Isolation
+) -> None:
+    engine = Engine(loop, isolation)
     first, second = engine.submit(200, LIGHT), engine.submit(200, LIGHT)
     got = engine.step()
     assert (prefilled(got, first), prefilled(got, second)) == (200, 200)
 
 
-def test_no_hold_for_a_better_prompt_that_has_no_slot(loop: asyncio.AbstractEventLoop) -> None:
-    engine = Engine(loop, isolate=True, max_num_seqs=2)
+def test_no_hold_for_a_better_prompt_that_has_no_slot(
+    loop: asyncio.AbstractEventLoop, isolation: Isolation
+) -> None:
+    engine = Engine(loop, isolation, max_num_seqs=2)
     engine.submit(50, HEAVY)
     heavy = engine.submit(1000, HEAVY)
     engine.step()  # both slots taken; heavy is part-way through its prompt
@@ -109,10 +142,10 @@ def test_no_hold_for_a_better_prompt_that_has_no_slot(loop: asyncio.AbstractEven
 
 
 def test_a_better_prompt_that_cannot_run_holds_the_others_back_one_step_at_most(
-    loop: asyncio.AbstractEventLoop,
+    loop: asyncio.AbstractEventLoop, isolation: Isolation
 ) -> None:
     # The KV cache has room for the heavy requests but not for the light prompt too.
-    engine = Engine(loop, isolate=True, kv_cache_tokens=2048)
+    engine = Engine(loop, isolation, kv_cache_tokens=2048)
     heavy = engine.submit(1200, HEAVY)
     assert prefilled(engine.step(), heavy) == 512
     engine.submit(900, LIGHT)
@@ -122,5 +155,24 @@ def test_a_better_prompt_that_cannot_run_holds_the_others_back_one_step_at_most(
 
 
 def test_without_the_priority_policy_nothing_is_held(loop: asyncio.AbstractEventLoop) -> None:
-    batch = BatchScheduler(TINY, "fcfs", EngineStats(), isolate_prefills=True)
-    assert not batch.isolate_prefills
+    batch = BatchScheduler(TINY, "fcfs", EngineStats(), isolate_prefills="step")
+    assert batch.isolate_prefills is None
+
+
+def test_a_preempted_request_leaves_the_step_it_was_scheduled_in(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # Running order is admission order: the heavy request is scheduled first, then the
+    # light one's next token finds the cache full and the heavy one is the victim.
+    engine = Engine(loop, isolate=None, kv_cache_tokens=120)
+    heavy = engine.submit(50, HEAVY)
+    engine.step()
+    light = engine.submit(60, LIGHT)
+    for _ in range(20):
+        got = engine.step()
+        if engine.batch.stats.preemptions:
+            break
+    assert engine.batch.stats.preemptions == 1
+    assert list(got) == [light]  # out of the step as well as out of the batch
+    assert heavy._computed == 0 and list(engine.batch.waiting) == [heavy]
+    assert engine.batch.kv_used == light._kv

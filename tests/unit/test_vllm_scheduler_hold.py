@@ -1,4 +1,4 @@
-"""``plan_hold``: which prompts Fairlane's vLLM scheduler holds back for a step. Fake
+"""``plan_hold``: what Fairlane's vLLM scheduler holds back for a step. Fake
 requests here; tests/e2e/test_vllm_scheduler.py runs vLLM's real scheduler with it."""
 
 from __future__ import annotations
@@ -41,6 +41,16 @@ def test_a_better_waiting_prompt_holds_worse_prompts_not_decodes() -> None:
     assert [r.request_id for r in hold.running] == ["chunked"]
     assert [r.request_id for r in hold.waiting] == ["heavy", "mid"]
     assert [r.request_id for r in hold.better] == ["light"]
+
+
+def test_a_step_of_its_own_holds_worse_decodes_too() -> None:
+    running = [decoding("d", 3), decoding("light-d", 0), part_way("chunked", 3)]
+    waiting = [FakeRequest("light", 0), FakeRequest("heavy", 3)]
+    hold = plan_hold(running, waiting, slot_free=True, isolation="step")
+    assert [r.request_id for r in hold.running] == ["d", "chunked"]  # not light-d
+    assert [r.request_id for r in hold.waiting] == ["heavy"]
+    # With no better prompt pending, decodes are never held.
+    assert plan_hold(running[:2], [], slot_free=True, isolation="step").running == []
 
 
 def test_a_better_prompt_part_way_through_holds_too() -> None:
