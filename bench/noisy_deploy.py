@@ -170,7 +170,8 @@ def gateway_policy(
     engine = {
         key: value
         for key, value in policy["engines"]["sim"].items()
-        if key not in ("kind", "preset", "port", "args", "nice")  # the engine's, not ours
+        # How the engine is started is the engine's, not the gateways'.
+        if key not in ("kind", "preset", "port", "args", "nice", "isolate_prefills")
     }
     engine |= {
         "kind": "external",

@@ -165,7 +165,7 @@ class EngineConfig(Strict):
     # With inject_priority, the step that prefills a better priority's prompt runs no worse
     # prompt ("prompts"; true is the same) or nothing worse, decodes included ("step")
     # (vllm: fairlane.engines.vllm_scheduler; sim). None: "prompts" where it can be.
-    isolate_prefills: bool | Isolation | None = None
+    isolate_prefills: Literal[False, True, "prompts", "step"] | None = None
     startup_timeout_s: float = Field(600.0, gt=0)
     # The CPU priority (nice, 0-19) of a managed engine's processes; None: 10 for vllm and
     # sglang, 0 for sim. An engine that saturates the CPUs must not starve Envoy and the

@@ -122,13 +122,15 @@ class BatchScheduler:
             new = min(num_tokens - req._computed, budget)
             grow = req._computed + new - req._kv  # > 0 only for a decode's next token
             if grow > 0:
-                for victim in self._make_room(grow, req):
-                    if victim in scheduled:  # as vLLM does: out of this step too
-                        scheduled.remove(victim)
-                        budget += victim._new
-                if req not in running:
-                    break  # req itself was preempted; it was the last running request
-                i = running.index(req)  # victims may have stood before it
+                victims = self._make_room(grow, req)
+                if victims:
+                    for victim in victims:
+                        if victim in scheduled:  # as vLLM does: out of this step too
+                            scheduled.remove(victim)
+                            budget += victim._new
+                    if req not in running:
+                        break  # req itself was preempted; it was the last running request
+                    i = running.index(req)  # victims may have stood before it
                 req._kv += grow
                 self.kv_used += grow
             req._new = new

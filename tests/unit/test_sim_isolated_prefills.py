@@ -1,5 +1,6 @@
 """The simulator's ``isolate_prefills``: no step prefills a worse priority's prompt beside
-a better one's (``prompts``), nor runs anything of a worse priority (``step``). Drives ``BatchScheduler`` step by step, no event loop timing."""
+a better one's (``prompts``), nor runs anything of a worse priority (``step``). Drives
+``BatchScheduler`` step by step, no event loop timing."""
 
 from __future__ import annotations
 
