@@ -184,6 +184,11 @@ def gateway_policy(
     return policy | {"listener": listener, "engines": {"sim": engine}, "state": state}
 
 
+def _isolation(choice: str) -> str | bool:
+    """The policy's `isolate_prefills` for the benchmark's --isolate-prefills."""
+    return False if choice == "off" else choice
+
+
 def arm_policy(
     args: argparse.Namespace,
     arm: str,
@@ -209,11 +214,7 @@ def arm_policy(
         "inject_priority": arm == "fair",
         **({"headroom": args.headroom} if args.headroom is not None else {}),
         **({"pacing": args.pacing} if args.pacing is not None else {}),
-        **(
-            {"isolate_prefills": args.isolate_prefills != "off" and args.isolate_prefills}
-            if arm == "fair"
-            else {}
-        ),
+        **({"isolate_prefills": _isolation(args.isolate_prefills)} if arm == "fair" else {}),
         **({"adaptive": {}} if args.adaptive else {}),
     }
     if args.max_num_batched_tokens is not None:
