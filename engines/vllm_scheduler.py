@@ -13,12 +13,16 @@ prompt's step carries nothing of a worse priority (the running batch of a tenant
 its share waits one step; its first token comes sooner again, at the cost of one step's
 fixed overhead to the rest). If a step that held work back got none of the better
 prompts in (no room in the KV cache, say), the next step holds nothing back, so a prompt
-that cannot run stalls the others for one step at most. The simulator models both
+that cannot run stalls the others for one step at most. Running requests are held only
+while the KV cache has room for everything the step may ask of the others: vLLM chooses
+a preemption's victim among the running requests it sees, and with the worse ones held
+out of sight that would be a better one. The simulator models both
 (``fairlane sim --isolate-prefills prompts|step``).
 
 vLLM's scheduler is not a public interface, so this touches little of it: ``running``,
-``waiting``, ``policy``, ``max_num_running_reqs`` and the requests' ``priority``,
-``status`` and token counts; anything else is vLLM's own ``schedule``. It imports nothing
+``waiting``, ``policy``, ``max_num_running_reqs``, the KV cache's free blocks, the
+step's token budget and the requests' ``priority``, ``status`` and token counts;
+anything else is vLLM's own ``schedule``. It imports nothing
 but vLLM, inside the engine's process. The names above are factories, not classes: vLLM
 calls the configured name with the scheduler's arguments, and the base must be
 ``AsyncScheduler`` under async scheduling (vLLM's default on GPUs) and ``Scheduler``
@@ -89,6 +93,19 @@ def plan_hold(
     )
 
 
+def step_fits(
+    free_blocks: int, to_compute: Iterable[int], token_budget: int, block_size: int, lookahead: int
+) -> bool:
+    """Whether running requests with ``to_compute`` tokens each still to compute can get
+    every KV block a step may ask of them without a preemption: each computes at least
+    one token (a decode) and at most the budget, plus ``lookahead`` speculative slots,
+    and n more tokens never take more than ceil(n / block_size) new blocks."""
+    need = sum(
+        -(-(min(max(tokens, 1), token_budget) + lookahead) // block_size) for tokens in to_compute
+    )
+    return free_blocks >= need
+
+
 def _status_name(request: EngineRequest) -> str:
     return str(getattr(request.status, "name", request.status))
 
@@ -131,6 +148,10 @@ def _isolating(base: type, isolation: Isolation) -> type:
                 return super().schedule(*args, **kwargs)
             slot_free = len(self.running) < self.max_num_running_reqs
             hold = plan_hold(self.running, self.waiting, slot_free, isolation)
+            if hold.running and not self._fits_without_preemption(hold):
+                # vLLM preempts the worst of the running requests it sees; with the
+                # worse ones out of sight that would be a better one. Hold prompts only.
+                hold.running = []
             if not (hold.running or hold.waiting):
                 return super().schedule(*args, **kwargs)
             caps = {name: getattr(self, name) for name in _RUNNING_CAPS if hasattr(self, name)}
@@ -142,6 +163,18 @@ def _isolating(base: type, isolation: Isolation) -> type:
             scheduled = output.num_scheduled_tokens
             self._held_in_vain = not any(r.request_id in scheduled for r in hold.better)
             return output
+
+        def _fits_without_preemption(self, hold: Hold) -> bool:
+            held = {id(r) for r in hold.running}
+            to_compute = [
+                r.num_tokens - r.num_computed_tokens for r in self.running if id(r) not in held
+            ]
+            blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
+            groups = self.kv_cache_manager.num_kv_cache_groups  # each takes its own blocks
+            budget = self.max_num_scheduled_tokens
+            return step_fits(
+                blocks // groups, to_compute, budget, self.block_size, self.num_lookahead_tokens
+            )
 
         def _take_out(self, hold: Hold, caps: dict[str, int]) -> None:
             # Held running requests keep their slots: lower the caps, or vLLM would

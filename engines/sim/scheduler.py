@@ -27,7 +27,8 @@ step with the leftover budget filled by the prompts of a tenant over its share, 
 ``step`` not with that tenant's running batch either; the held work runs in the next
 step. If such a step got none of the better prompt's tokens in (the KV cache was full,
 say), the next step holds nothing back, so a prompt that cannot run never stalls the
-others for more than a step.
+others for more than a step; and running requests are held only while the cache has
+room for every running decode's next token, so a preemption still takes the worst.
 
 A step's attention cost counts the context of the requests it runs, not of those it
 holds back.
@@ -110,11 +111,19 @@ class BatchScheduler:
         scheduled: list[SimRequest] = []
         preemptions_before = self.stats.preemptions
         bar = self._prefill_bar()
+        # As Fairlane's vLLM scheduler: running requests are held only while every
+        # decode's next token fits, for vLLM would preempt among the ones it sees.
+        fits = self.kv_used + len(running) <= preset.kv_cache_tokens
+        running_bar = bar if fits else None
         held = False
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
-            if bar is not None and req.order[0] > bar and (self._hold_decodes or _prefilling(req)):
+            if (
+                running_bar is not None
+                and req.order[0] > running_bar
+                and (self._hold_decodes or _prefilling(req))
+            ):
                 i += 1  # worse work waits for a later step
                 held = True
                 continue

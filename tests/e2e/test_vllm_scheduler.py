@@ -99,6 +99,18 @@ def test_a_light_prompt_without_room_holds_the_others_one_step_at_most(
     ]
 
 
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_under_kv_pressure_the_worst_request_is_preempted_not_a_light_one(
+    tiny_model: Path, async_scheduling: bool
+) -> None:
+    plain = run_script(tiny_model, "plain", async_scheduling, blocks=19, pressure=1)
+    steps = run_script(tiny_model, "isolated-steps", async_scheduling, blocks=19, pressure=1)
+    # Holding w1 and w2 out of light2's step would leave vLLM only the light requests
+    # to choose a victim from; the hold gives way, and vLLM preempts as it would alone.
+    assert plain["preemptions"] == {"light": 0, "w1": 0, "w2": 1, "light2": 0}
+    assert steps["preemptions"] == plain["preemptions"]
+
+
 def main(model: str, scheduler: str, raw_config: str, async_scheduling: bool) -> None:
     """The script: print the class and each step's scheduled tokens as JSON."""
     import torch
@@ -167,6 +179,9 @@ def main(model: str, scheduler: str, raw_config: str, async_scheduling: bool) ->
         sched.update_from_output(out, ModelRunnerOutput(ids, index, sampled))
         steps.append(dict(out.num_scheduled_tokens))
 
+    if config.get("pressure"):
+        print(json.dumps(under_pressure(sched, add, step)))
+        return
     for rid in DECODES:
         add(rid, 50, 3)
     step()
@@ -180,6 +195,24 @@ def main(model: str, scheduler: str, raw_config: str, async_scheduling: bool) ->
     for _ in range(5):
         step()
     print(json.dumps({"class": type(sched).__name__, "steps": steps}))
+
+
+def under_pressure(sched: Any, add: Any, step: Any) -> dict[str, Any]:
+    """A light decode needs a new KV block while a light prompt waits and the cache is
+    full (18 usable blocks of 16 tokens): who is preempted?"""
+    add("light", 30, 0)  # 2 blocks
+    step()
+    add("w1", 120, 3)  # 8 blocks each: the cache is full
+    add("w2", 120, 3)
+    step()
+    step()  # light's 32nd token: its 2nd block's last slot
+    add("light2", 10, 0)
+    for _ in range(3):
+        step()  # light's 33rd token needs a 3rd block
+    return {
+        "class": type(sched).__name__,
+        "preemptions": {rid: r.num_preemptions for rid, r in sched.requests.items()},
+    }
 
 
 if __name__ == "__main__":

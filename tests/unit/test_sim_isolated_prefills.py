@@ -177,3 +177,28 @@ def test_a_preempted_request_leaves_the_step_it_was_scheduled_in(
     assert list(got) == [light]  # out of the step as well as out of the batch
     assert heavy._computed == 0 and list(engine.batch.waiting) == [heavy]
     assert engine.batch.kv_used == light._kv
+
+
+@pytest.mark.parametrize("kv_cache_tokens", [4096, 200])
+def test_running_requests_are_held_only_while_every_decode_fits(
+    loop: asyncio.AbstractEventLoop, kv_cache_tokens: int
+) -> None:
+    # Seven heavy decodes fill 196 tokens of the cache; a one-token light prompt still
+    # fits in it. With room to spare their decodes wait for its step; with fewer free
+    # tokens than running requests they run, as Fairlane's vLLM scheduler does, whose
+    # vLLM would otherwise preempt among the light requests only.
+    engine = Engine(loop, "step", kv_cache_tokens=kv_cache_tokens)
+    heavy = [engine.submit(20, HEAVY) for _ in range(7)]
+    for _ in range(9):
+        engine.step()
+    assert engine.batch.kv_used == 196
+    light = engine.submit(1, LIGHT)
+    got = engine.step()
+    if kv_cache_tokens == 200:
+        assert set(got) & set(heavy)  # not held...
+        victims = [req for req in heavy if req._computed == 0]
+        assert victims == [heavy[-1]]  # ...and the preemption took the worst, the newest
+        assert light.generated == 0
+    else:
+        assert list(got) == [light]
+        assert engine.batch.stats.preemptions == 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, auto
 
-from fairlane.engines.vllm_scheduler import plan_hold
+from fairlane.engines.vllm_scheduler import plan_hold, step_fits
 
 
 class FakeStatus(Enum):  # the names of vLLM's RequestStatus
@@ -80,3 +80,15 @@ def test_a_better_prompt_that_cannot_start_holds_nothing() -> None:
 def test_a_preempted_request_counts_as_waiting() -> None:
     waiting = [FakeRequest("back", 0, status=FakeStatus.PREEMPTED), FakeRequest("heavy", 3)]
     assert [r.request_id for r in plan_hold([], waiting, slot_free=True).waiting] == ["heavy"]
+
+
+def test_a_step_fits_when_the_free_blocks_cover_every_running_request() -> None:
+    # Blocks of 16: a decode takes at most one; a 100-token chunk at most 7; a request
+    # with nothing left to compute still gets a token (under async scheduling, its next).
+    assert step_fits(1 + 7 + 1, [1, 100, 0], token_budget=512, block_size=16, lookahead=0)
+    assert not step_fits(8, [1, 100, 0], token_budget=512, block_size=16, lookahead=0)
+    # No request computes more than the budget in one step...
+    assert step_fits(4, [5000], token_budget=64, block_size=16, lookahead=0)
+    # ...and speculative slots come on top of each.
+    assert not step_fits(1, [1], token_budget=512, block_size=16, lookahead=16)
+    assert step_fits(2, [1], token_budget=512, block_size=16, lookahead=16)
