@@ -39,7 +39,7 @@ async def stream_chunks(
 ) -> web.StreamResponse:
     resp = await _open_stream(request, headers)
     created = int(time.time())
-    choices = [StreamChunks(gen.kind, request_id, created, gen.model, i) for i in range(len(reqs))]
+    choices = [StreamChunks(gen, request_id, created, i) for i in range(len(reqs))]
     try:
         for chunks, req in zip(choices, reqs, strict=True):
             sent = 0

@@ -17,6 +17,9 @@ from typing import Any, Literal
 DEFAULT_MAX_TOKENS = 128
 # Choices per prompt: OpenAI's own limit (vLLM sets none; each choice is one sequence).
 MAX_N = 128
+# vLLM's default --max-logprobs; -1 asks for the whole vocabulary (Llama-3's 128,256).
+MAX_LOGPROBS = 20
+_VOCAB_SIZE = 128_256
 # Llama-3 chat template: per message <|start_header_id|>role<|end_header_id|>\n\n ...
 # <|eot_id|>; per prompt <|begin_of_text|> plus the assistant header that opens the answer.
 _TOKENS_PER_MESSAGE = 4
@@ -67,6 +70,7 @@ class GenerationRequest:
     include_usage: bool
     continuous_usage: bool  # vLLM's continuous_usage_stats: a running count on every chunk
     priority: int | None
+    top_logprobs: int | None = None  # runners-up per token in the logprobs; None: none
     base64: bool = False  # an embedding's encoding_format
     documents: tuple[str, ...] = ()  # a rerank's, echoed in its results
     top_n: int = 0  # a rerank's results kept (0: all)
@@ -130,8 +134,45 @@ def parse_generation(
     continuous = include_usage and options.get("continuous_usage_stats") is True
     check_sampling(body)
     return GenerationRequest(
-        kind, model, prompts, n, max_tokens, stream, include_usage, continuous, priority_field(body)
-    )
+        kind, model, prompts, n, max_tokens, stream, include_usage, continuous,
+        priority_field(body), logprobs_field(kind, body),
+    )  # fmt: skip
+
+
+def logprobs_field(kind: Kind, body: dict[str, Any]) -> int | None:
+    """How many runners-up each token's logprobs list (None: no logprobs), by vLLM's
+    rules: chat asks with ``logprobs: true`` and ``top_logprobs``, completions with an
+    integer ``logprobs``; the Responses API's are not simulated."""
+    if kind == "chat":
+        wanted = body.get("logprobs")
+        if wanted is not None and not isinstance(wanted, bool):
+            raise ApiError(400, f"logprobs must be a boolean, got {wanted!r}.", param="logprobs")
+        name, count = "top_logprobs", body.get("top_logprobs")
+        if count is not None and count != 0 and not wanted:
+            message = "when using `top_logprobs`, `logprobs` must be set to true."
+            raise ApiError(400, message, param=name)
+        if not wanted:
+            return None
+    elif kind == "completion":
+        name, count = "logprobs", body.get("logprobs")
+        if count is None:
+            return None
+    else:
+        return None
+    if count is None:
+        count = 0
+    if not isinstance(count, int):  # vLLM takes a bool as 0 or 1
+        raise ApiError(400, f"`{name}` must be an integer.", param=name)
+    if count < -1:
+        raise ApiError(400, f"`{name}` must be a positive value or -1.", param=name)
+    requested = _VOCAB_SIZE if count == -1 else int(count)
+    if requested > MAX_LOGPROBS:
+        message = (
+            f"Requested sample logprobs of {requested}, "
+            f"which is greater than max allowed: {MAX_LOGPROBS}"
+        )
+        raise ApiError(400, message, param="logprobs")
+    return requested
 
 
 def parse_embedding(

@@ -202,6 +202,51 @@ async def test_completion_stream_usage_only_when_asked(base_url: str) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
+async def test_chat_logprobs_when_asked(base_url: str) -> None:
+    status, resp = await _post(base_url, "/v1/chat/completions", {**CHAT, "max_tokens": 3})
+    assert resp["choices"][0]["logprobs"] is None
+    body = {**CHAT, "max_tokens": 3, "logprobs": True, "top_logprobs": 2}
+    status, resp = await _post(base_url, "/v1/chat/completions", body)
+    assert status == 200, resp
+    content = resp["choices"][0]["logprobs"]["content"]
+    assert [entry["token"] for entry in content] == [" tok"] * 3
+    entry = content[0]
+    assert entry["bytes"] == list(b" tok") and entry["logprob"] < 0
+    runners_up = entry["top_logprobs"]
+    assert [t["token"] for t in runners_up] == [" tok", " the"]
+    assert runners_up[0]["logprob"] == entry["logprob"] > runners_up[1]["logprob"]
+    # Streamed: none on the role chunk, the token's own on each token chunk; `logprobs`
+    # alone lists no runners-up.
+    body = {**CHAT, "max_tokens": 2, "logprobs": True, "stream": True}
+    chunks = [
+        json.loads(p) for _, p in (await _stream(base_url, "/v1/chat/completions", body))[:-1]
+    ]
+    logprobs = [c["choices"][0]["logprobs"] for c in chunks]
+    assert logprobs[0] is None
+    assert [lp["content"] for lp in logprobs[1:]] == [[{**entry, "top_logprobs": []}]] * 2
+
+
+async def test_completion_logprobs_carry_text_offsets(base_url: str) -> None:
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 3, "logprobs": 3}
+    status, resp = await _post(base_url, "/v1/completions", body)
+    assert status == 200, resp
+    logprobs = resp["choices"][0]["logprobs"]
+    assert logprobs["tokens"] == [" tok"] * 3
+    assert logprobs["text_offset"] == [0, 4, 8]
+    assert len(logprobs["token_logprobs"]) == 3
+    assert list(logprobs["top_logprobs"][0]) == [" tok", " the", " a"]
+    # Streamed, each choice's offsets run on from its own text; logprobs 0 still lists
+    # the sampled token, as vLLM does.
+    body = {**body, "logprobs": 0, "n": 2, "stream": True}
+    chunks = [json.loads(p) for _, p in (await _stream(base_url, "/v1/completions", body))[:-1]]
+    offsets: dict[int, list[int]] = {}
+    for chunk in chunks:
+        choice = chunk["choices"][0]
+        offsets.setdefault(choice["index"], []).extend(choice["logprobs"]["text_offset"])
+        assert choice["logprobs"]["top_logprobs"] == [{" tok": logprobs["token_logprobs"][0]}]
+    assert offsets == {0: [0, 4, 8], 1: [0, 4, 8]}
+
+
 async def test_streaming_is_incremental(base_url: str) -> None:
     body = {**CHAT, "max_tokens": 50, "stream": True}
     events = await _stream(base_url, "/v1/chat/completions", body)
@@ -245,6 +290,21 @@ async def test_streaming_is_incremental(base_url: str) -> None:
         ("/v1/chat/completions", {**CHAT, "presence_penalty": 3}, 400, "in [-2, 2], got 3"),
         ("/v1/chat/completions", {**CHAT, "stop": [1]}, 400, "stop must be a string or a list"),
         ("/v1/chat/completions", {**CHAT, "seed": 1.5}, 400, "seed must be an integer"),
+        (
+            "/v1/chat/completions",
+            {**CHAT, "top_logprobs": 2},
+            400,
+            "when using `top_logprobs`, `logprobs` must be set to true.",
+        ),
+        ("/v1/chat/completions", {**CHAT, "logprobs": "yes"}, 400, "logprobs must be a boolean"),
+        (
+            "/v1/chat/completions",
+            {**CHAT, "logprobs": True, "top_logprobs": 21},
+            400,
+            "Requested sample logprobs of 21, which is greater than max allowed: 20",
+        ),
+        ("/v1/completions", {"prompt": "x", "logprobs": -2}, 400, "a positive value or -1"),
+        ("/v1/completions", {"prompt": "x", "logprobs": -1}, 400, "logprobs of 128256, which"),
         (
             "/v1/completions",
             {"prompt": "x" * 8000, "max_tokens": 100},
@@ -342,6 +402,19 @@ async def test_openai_sdk_streams(base_url: str) -> None:
         assert usage is not None and usage.completion_tokens == 6
         done = await client.completions.create(model=MODEL, prompt="hi", max_tokens=2)
         assert done.choices[0].text == " tok tok"
+        chat = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=2,
+            logprobs=True,
+            top_logprobs=3,
+        )
+        assert chat.choices[0].logprobs is not None and chat.choices[0].logprobs.content
+        assert [t.token for t in chat.choices[0].logprobs.content[1].top_logprobs] == [
+            " tok",
+            " the",
+            " a",
+        ]
     finally:
         await client.close()
 
