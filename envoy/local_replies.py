@@ -74,6 +74,12 @@ def local_replies(policy: Policy) -> dict[str, Any]:
             status_413, Reason.BODY_TOO_LARGE, f"request body exceeds the {limit_mib:g} MiB limit"
         ),
         _Reply(_envoy_error(404, 406), Reason.NOT_FOUND, "unknown path or method"),
+        # Envoy refuses a WebSocket (or any non-h2c) upgrade with a bare 403.
+        _Reply(
+            _cel("response.code_details == 'upgrade_failed'"),
+            Reason.UPGRADE_NOT_SUPPORTED,
+            "WebSocket and other protocol upgrades are not supported; send plain HTTP requests",
+        ),
         _Reply(
             _envoy_error(408, 409), Reason.REQUEST_TIMEOUT, "the request took too long to arrive"
         ),

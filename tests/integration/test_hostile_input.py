@@ -418,6 +418,24 @@ def test_expect_headers_never_reach_the_engine(stack: Any, expect: list[bytes]) 
     assert json.loads(answer.body)["object"] == "chat.completion"
 
 
+@pytest.mark.parametrize("path", [CHAT.encode(), b"/v1/realtime", b"/health"])
+def test_a_websocket_upgrade_gets_a_clear_refusal(stack: Any, path: bytes) -> None:
+    """Envoy refuses upgrades before routing, with a bare 403; the client gets a 400
+    that says why, in OpenAI's shape."""
+    headers = [
+        (b"X-Tenant-ID", b"alice"),
+        (b"Connection", b"Upgrade"),
+        (b"Upgrade", b"websocket"),
+        (b"Sec-WebSocket-Version", b"13"),
+        (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+    ]
+    answer = exchange(stack.port, build(b"GET", path, headers, b""), "GET")
+    assert answer.status == 400, answer
+    error = json.loads(answer.body)["error"]
+    assert error["code"] == "upgrade_not_supported"
+    assert error["message"].startswith("WebSocket and other protocol upgrades are not supported")
+
+
 # -- tenant-id storm -----------------------------------------------------------------------
 
 RPM = 60.0
