@@ -7,7 +7,8 @@ waiting prompt first, then worse ones in what is left. So a light tenant's promp
 (Fairlane gives it the best priority) is prefilled beside the prompts of a tenant over
 its share, and its first token waits for theirs. This scheduler holds those back for the
 step: while a better prompt waits with a sequence slot free, or is part-way through its
-prefill, no worse prompt is started or continued. ``isolated_prefills`` still runs every
+prefill, no worse prompt is started or continued ("better" and "worse" by priority
+level: ``PRIORITY_LEVEL_SPAN`` below). ``isolated_prefills`` still runs every
 decode; ``isolated_prefill_steps`` holds the worse decodes back too, so the better
 prompt's step carries nothing of a worse priority (the running batch of a tenant over
 its share waits one step; its first token comes sooner again, at the cost of one step's
@@ -40,6 +41,17 @@ from typing import Any, Literal, Protocol
 # What a better prompt's step leaves out: worse prompts, or all worse work.
 Isolation = Literal["prompts", "step"]
 
+# Fairlane's engine priorities are a level times this plus a rank under it (the slots
+# the tenant held per unit of weight: ``fairlane.extproc.outcomes.engine_priority``).
+# The engine orders its queue by the whole number; holds compare levels only, so the
+# rank reorders prompts without ever holding a tenant's own work back behind itself.
+PRIORITY_LEVEL_SPAN = 10_000
+
+
+def priority_level(priority: int) -> int:
+    return priority // PRIORITY_LEVEL_SPAN
+
+
 # The waiting statuses vLLM can schedule; others wait for a grammar, remote KV, input.
 _SCHEDULABLE = frozenset({"WAITING", "PREEMPTED"})
 # vLLM's caps on admissions into the running batch (max_num_active_reqs: newer vLLMs).
@@ -62,7 +74,7 @@ class EngineRequest(Protocol):
 class Hold:
     """The prompts that wait this step, and the better ones they wait for."""
 
-    bar: int | None = None  # the priority a prompt needs to be prefilled this step
+    bar: int | None = None  # the priority level a prompt needs to be prefilled this step
     running: list[EngineRequest] = field(default_factory=list)
     waiting: list[EngineRequest] = field(default_factory=list)
     better: list[EngineRequest] = field(default_factory=list)
@@ -74,22 +86,22 @@ def plan_hold(
     slot_free: bool,
     isolation: Isolation = "prompts",
 ) -> Hold:
-    """What to hold back: the requests of a worse priority than the best prompt that is
-    part-way through its prefill, or waiting for one with a slot free; of the running
-    ones, those still prefilling (``prompts``) or all (``step``)."""
+    """What to hold back: the requests of a worse priority level than the best prompt
+    that is part-way through its prefill, or waiting for one with a slot free; of the
+    running ones, those still prefilling (``prompts``) or all (``step``)."""
     waiting = list(waiting)
     prefilling = [r for r in running if r.num_computed_tokens < r.num_prompt_tokens]
     ready = [r for r in waiting if _status_name(r) in _SCHEDULABLE] if slot_free else []
     pending = prefilling + ready
     if not pending:
         return Hold()
-    bar = min(r.priority for r in pending)
+    bar = min(priority_level(r.priority) for r in pending)
     candidates = prefilling if isolation == "prompts" else running
     return Hold(
         bar,
-        running=[r for r in candidates if r.priority > bar],
-        waiting=[r for r in waiting if r.priority > bar],
-        better=[r for r in pending if r.priority <= bar],
+        running=[r for r in candidates if priority_level(r.priority) > bar],
+        waiting=[r for r in waiting if priority_level(r.priority) > bar],
+        better=[r for r in pending if priority_level(r.priority) <= bar],
     )
 
 

@@ -271,12 +271,14 @@ class EnginePool:
     def _classify(self, request: QueuedRequest) -> None:
         """Is the request's tenant light: its slots held and other requests waiting
         under its weighted share? Light tenants are never paced, and the engine serves
-        them first (``Admitted.engine_priority``), except a tenant alone in the pool:
-        its prompts must not go before those of a tenant that arrives next."""
+        them first (``outcomes.engine_priority``), except a tenant alone in the pool:
+        its prompts must not go before those of a tenant that arrives next. And its
+        rank there: the slots its tenant holds for its weight."""
         besides = 1 if request in self._waiting else 0
         tenant, client = request.tenant, request.client
         request.light = self.shares.light(tenant, self.capacity, besides, client)
         request.alone = self.shares.alone(tenant, client)
+        request.rank = self.shares.rank(tenant, client)
 
     def _hold(self, request: QueuedRequest, inflight: int = 0, waiting: int = 0) -> None:
         self.shares.hold(request.tenant, request.weight, inflight, waiting, request.client)

@@ -21,7 +21,13 @@ from fairlane.extproc.engine_health import EngineHealth
 from fairlane.extproc.errors import Reason, Rejection, engine_down
 from fairlane.extproc.limits import RateLimiter, Verdict
 from fairlane.extproc.metrics import Metrics
-from fairlane.extproc.outcomes import Admitted, Lease, Pending, SharedLimitCheck
+from fairlane.extproc.outcomes import (
+    Admitted,
+    Lease,
+    Pending,
+    SharedLimitCheck,
+    engine_priority,
+)
 from fairlane.extproc.pipeline import Ticket, evaluate
 from fairlane.extproc.pools import sync_pools
 from fairlane.extproc.replicas import EngineUnavailable
@@ -171,8 +177,7 @@ class Gateway:
             self.metrics.child(self.metrics.queue_wait, label).observe(now - queued.enqueued_at)
         else:
             self.metrics.child(self.metrics.queue_wait, label).observe(0.0)
-        heavy = queued.alone or not queued.light
-        return Admitted(lease_id, ticket, replica, 2 * ticket.tenant.priority + heavy)
+        return Admitted(lease_id, ticket, replica, engine_priority(queued))
 
     def refuse_admitted(
         self, ticket: Ticket, shared_limits: bool, rejection: Rejection

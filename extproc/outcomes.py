@@ -10,6 +10,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from fairlane.engines.vllm_scheduler import PRIORITY_LEVEL_SPAN
 from fairlane.extproc.admission import EnginePool
 from fairlane.extproc.errors import Reason, Rejection, engine_down
 from fairlane.extproc.pipeline import Ticket
@@ -39,12 +40,21 @@ class Admitted:
     lease_id: str
     ticket: Ticket
     replica: str  # the engine it goes to
-    # For engines that schedule by priority (lower first): the tenant's class rank
-    # twice, plus 1 unless the tenant was light at admission (slots held plus requests
-    # waiting under its share) and not alone in the pool, so in the engine's own waiting
-    # queue a light tenant's prompt goes before a flooder's, and a newcomer's before
-    # those of a tenant that had the engine to itself.
+    # For engines that schedule by priority (lower first): ``engine_priority()``.
     engine_priority: int = 0
+
+
+def engine_priority(queued: QueuedRequest) -> int:
+    """The priority an engine schedules the request by, lower first. Its level is the
+    tenant's class rank twice, plus 1 unless the tenant was light at admission (slots
+    held plus requests waiting under its share) and not alone in the pool: in the
+    engine's own waiting queue a light tenant's prompt goes before a flooder's, and a
+    newcomer's before those of a tenant that had the engine to itself. Under the level,
+    the slots the tenant held per unit of weight (``QueuedRequest.rank``): among light
+    tenants, one that just sent a burst (still under its share) does not put all of it
+    ahead of a tenant that holds little."""
+    level = 2 * queued.priority + (queued.alone or not queued.light)
+    return level * PRIORITY_LEVEL_SPAN + min(queued.rank, PRIORITY_LEVEL_SPAN - 1)
 
 
 class Pending:

@@ -19,10 +19,11 @@ lower first, and the victim of a preemption is the running request with the larg
 (priority, arrival) instead of the newest.
 
 ``isolate_prefills`` (with the priority policy) models Fairlane's vLLM scheduler
-(``fairlane.engines.vllm_scheduler``): while a prompt of a better priority waits for its
+(``fairlane.engines.vllm_scheduler``): while a prompt of a better priority level
+(``priority_level``: Fairlane's priorities are a level and a rank under it) waits for its
 prefill with a sequence slot free, or is part-way through it, a step runs no prompt of a
-worse priority (``prompts``: their decodes run as usual), or nothing of a worse priority
-at all (``step``: their decodes wait too). So a light tenant's prompt does not share its
+worse level (``prompts``: their decodes run as usual), or nothing of a worse level at all
+(``step``: their decodes wait too). So a light tenant's prompt does not share its
 step with the leftover budget filled by the prompts of a tenant over its share, and with
 ``step`` not with that tenant's running batch either; the held work runs in the next
 step. If such a step got none of the better prompt's tokens in (the KV cache was full,
@@ -40,7 +41,7 @@ import bisect
 from collections import deque
 from typing import Literal
 
-from ..vllm_scheduler import Isolation
+from ..vllm_scheduler import Isolation, priority_level
 from .presets import SimPreset
 from .request import SimRequest
 from .stats import EngineStats
@@ -121,7 +122,7 @@ class BatchScheduler:
             req = running[i]
             if (
                 running_bar is not None
-                and req.order[0] > running_bar
+                and priority_level(req.order[0]) > running_bar
                 and (self._hold_decodes or _prefilling(req))
             ):
                 i += 1  # worse work waits for a later step
@@ -150,7 +151,7 @@ class BatchScheduler:
             waiting = self.waiting
             while waiting and budget > 0 and len(running) < preset.max_num_seqs:
                 req = waiting[0]
-                if bar is not None and req.order[0] > bar:
+                if bar is not None and priority_level(req.order[0]) > bar:
                     held = True
                     break  # sorted by priority: every request behind it is worse too
                 need = req.prompt_tokens + req.generated
@@ -165,15 +166,17 @@ class BatchScheduler:
                 running.append(req)
                 scheduled.append(req)
         if held and bar is not None:
-            self._held_in_vain = not any(r.order[0] <= bar and _prefilling(r) for r in scheduled)
+            self._held_in_vain = not any(
+                priority_level(r.order[0]) <= bar and _prefilling(r) for r in scheduled
+            )
         prefill_tokens = sum(r._new for r in scheduled if _prefilling(r))
         context_tokens = sum(r._kv for r in scheduled)
         step_ms = preset.step_ms(len(scheduled), prefill_tokens, context_tokens)
         return scheduled, step_ms / 1000.0
 
     def _prefill_bar(self) -> int | None:
-        """With ``isolate_prefills``: the priority a request needs to run in this step,
-        that of the best prompt waiting with a slot free or part-way through its
+        """With ``isolate_prefills``: the priority level a request needs to run in this
+        step, that of the best prompt waiting with a slot free or part-way through its
         prefill; None when nothing is held back."""
         if not self.isolate_prefills or self._held_in_vain:
             self._held_in_vain = False
@@ -181,7 +184,7 @@ class BatchScheduler:
         pending = [r.order[0] for r in self.running if _prefilling(r)]
         if self.waiting and len(self.running) < self.preset.max_num_seqs:
             pending.append(self.waiting[0].order[0])
-        return min(pending, default=None)
+        return min(map(priority_level, pending), default=None)
 
     def _make_room(self, tokens: int, req: SimRequest) -> list[SimRequest]:
         """Preempt running requests (the newest; under the priority policy the worst)

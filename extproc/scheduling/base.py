@@ -35,9 +35,10 @@ class QueuedRequest:
     lower is served first. ``slots``: the engine slots it holds, one per sequence it
     generates (``n``). ``light``: set at admission, whether its tenant's demand was
     under its share then; ``alone``: whether no other was active in the pool (so light,
-    its share being the whole pool). ``client``: the id it was sent with when its tenant
-    is shared by several (the ``unknown`` tenant), so that they take turns; ``""`` for a
-    tenant of its own. Identity equality: each object is one request.
+    its share being the whole pool); ``rank``: the slots its tenant (its client, for a
+    shared tenant) held then per unit of its weight. ``client``: the id it was sent with
+    when its tenant is shared by several (the ``unknown`` tenant), so that they take
+    turns; ``""`` for a tenant of its own. Identity equality: each object is one request.
     """
 
     tenant: str
@@ -47,6 +48,7 @@ class QueuedRequest:
     slots: int = 1
     light: bool = True
     alone: bool = False
+    rank: int = 0
     enqueued_at: float = 0.0
     admitted_at: float = 0.0  # when it took its slot (the pool's clock)
     client: str = ""

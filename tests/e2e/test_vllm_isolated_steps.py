@@ -17,10 +17,14 @@ from typing import Any
 
 import aiohttp
 
+from fairlane.engines.vllm_scheduler import PRIORITY_LEVEL_SPAN
+
 MODEL = "tiny-llama"
 SCHEDULER = "fairlane.engines.vllm_scheduler.isolated_prefill_steps"
 TIMEOUT = aiohttp.ClientTimeout(total=180)
 HEAVY_TOKENS, LIGHT_TOKENS = 200, 4
+# Priorities as Fairlane gives them: levels 0 and 3, ranks under them.
+LIGHT, HEAVY = 1, 3 * PRIORITY_LEVEL_SPAN + 5
 
 
 async def complete(
@@ -69,7 +73,7 @@ async def test_held_decodes_come_back_whole(external_vllm_factory: Any) -> None:
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
         streaming = [asyncio.Event() for _ in range(4)]
         heavy = [
-            asyncio.create_task(complete(session, vllm.url, 3, 300, HEAVY_TOKENS, started))
+            asyncio.create_task(complete(session, vllm.url, HEAVY, 300, HEAVY_TOKENS, started))
             for started in streaming
         ]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in streaming)), 120)
@@ -77,7 +81,7 @@ async def test_held_decodes_come_back_whole(external_vllm_factory: Any) -> None:
         # prefill step leaves the four heavy decodes out.
         light: list[tuple[int, str | None, int]] = []
         for _ in range(6):
-            light.append(await complete(session, vllm.url, 0, 200, LIGHT_TOKENS))
+            light.append(await complete(session, vllm.url, LIGHT, 200, LIGHT_TOKENS))
         overlapped = not any(task.done() for task in heavy)
         heavy_done = await asyncio.wait_for(asyncio.gather(*heavy), 150)
     assert overlapped, "the heavy answers ended before the light prompts came"

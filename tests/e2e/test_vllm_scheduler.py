@@ -18,7 +18,11 @@ from typing import Any
 
 import pytest
 
+from fairlane.engines.vllm_scheduler import PRIORITY_LEVEL_SPAN
+
 DECODES = ["d0", "d1", "d2"]
+# Priorities as Fairlane gives them: a level (what holds), a rank under it.
+LIGHT, HEAVY = 1, 3 * PRIORITY_LEVEL_SPAN + 5  # levels 0 and 3
 
 
 def run_script(model: Path, scheduler: str, async_scheduling: bool, **config: int) -> Any:
@@ -183,15 +187,15 @@ def main(model: str, scheduler: str, raw_config: str, async_scheduling: bool) ->
         print(json.dumps(under_pressure(sched, add, step)))
         return
     for rid in DECODES:
-        add(rid, 50, 3)
+        add(rid, 50, HEAVY)
     step()
-    add("heavy", 200, 3)
-    add("light", 200, 0)
+    add("heavy", 200, HEAVY)
+    add("light", 200, LIGHT)
     step()
     step()
-    add("big", config["big"], 3)
+    add("big", config["big"], HEAVY)
     step()
-    add("light2", config["light2"], 0)
+    add("light2", config["light2"], LIGHT)
     for _ in range(5):
         step()
     print(json.dumps({"class": type(sched).__name__, "steps": steps}))
@@ -200,13 +204,13 @@ def main(model: str, scheduler: str, raw_config: str, async_scheduling: bool) ->
 def under_pressure(sched: Any, add: Any, step: Any) -> dict[str, Any]:
     """A light decode needs a new KV block while a light prompt waits and the cache is
     full (18 usable blocks of 16 tokens): who is preempted?"""
-    add("light", 30, 0)  # 2 blocks
+    add("light", 30, LIGHT)  # 2 blocks
     step()
-    add("w1", 120, 3)  # 8 blocks each: the cache is full
-    add("w2", 120, 3)
+    add("w1", 120, HEAVY)  # 8 blocks each: the cache is full
+    add("w2", 120, HEAVY)
     step()
     step()  # light's 32nd token: its 2nd block's last slot
-    add("light2", 10, 0)
+    add("light2", 10, LIGHT)
     for _ in range(3):
         step()  # light's 33rd token needs a 3rd block
     return {

@@ -15,6 +15,7 @@ import anthropic  # a dev dependency: no silent skip without it
 import pytest
 from multidict import CIMultiDict
 
+from fairlane.engines.vllm_scheduler import priority_level
 from fairlane.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -186,7 +187,7 @@ async def test_the_engine_gets_the_tenants_priority(stack: Any) -> None:
     for tenant, rank in (("alice", 0), ("bob", 1)):
         status, headers, reply = await post(stack, message(2, priority=-50), tenant=tenant)
         assert status == 200, reply
-        assert int(headers["x-sim-priority"]) // 2 == rank
+        assert priority_level(int(headers["x-sim-priority"])) // 2 == rank
 
 
 def test_over_the_rate_limit_the_sdk_raises_rate_limit_error(stack: Any) -> None:

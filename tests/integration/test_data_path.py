@@ -548,13 +548,14 @@ async def test_json_nested_as_deep_as_envoy_takes_is_refused_not_crashed_on(
 
 
 @pytest.mark.parametrize(("model", "how"), [("model-p", "header"), ("model-q", "body")])
-@pytest.mark.parametrize(("tenant", "priority"), [("alice", "1"), ("bob", "3")])
+@pytest.mark.parametrize(("tenant", "priority"), [("alice", "10000"), ("bob", "30000")])
 async def test_priority_injected_for_priority_engines(
     stack: Any, model: str, how: str, tenant: str, priority: str
 ) -> None:
-    """Class rank x 2, + 1 while over its share or alone in the pool (as here, so that a
-    tenant arriving next goes first): interactive 1, batch 3. Managed vLLM and sim
-    engines get it as X-Vllm-Priority, others in the body (a second round trip)."""
+    """Level: class rank x 2, + 1 while over its share or alone in the pool (as here, so
+    that a tenant arriving next goes first): interactive 1, batch 3; times 10,000, plus
+    the slots the tenant holds (none here). Managed vLLM and sim engines get it as
+    X-Vllm-Priority, others in the body (a second round trip)."""
     body = chat(model, max_tokens=2, priority=-50)  # a client's own priority never counts
     body["messages"][0]["content"] = "long " * 3000  # the body mutation must fix the length
     forged = {"x-vllm-priority": "-100"}

@@ -173,7 +173,7 @@ async def test_admission_reads_max_output_tokens(stack: Any) -> None:
 
 
 @pytest.mark.parametrize(("model", "how"), [("model-r", "header"), ("model-x", "body")])
-@pytest.mark.parametrize(("tenant", "priority"), [("alice", "1"), ("bob", "3")])
+@pytest.mark.parametrize(("tenant", "priority"), [("alice", "10000"), ("bob", "30000")])
 async def test_the_engine_gets_the_tenants_priority(
     stack: Any, model: str, how: str, tenant: str, priority: str
 ) -> None:

@@ -15,11 +15,12 @@ from fairlane.engines.sim.presets import PRESETS
 from fairlane.engines.sim.request import SimRequest
 from fairlane.engines.sim.scheduler import BatchScheduler
 from fairlane.engines.sim.stats import EngineStats
-from fairlane.engines.vllm_scheduler import Isolation
+from fairlane.engines.vllm_scheduler import PRIORITY_LEVEL_SPAN, Isolation
 
 # 8 sequences, 512 tokens a step, room in the KV cache for everything below.
 TINY = PRESETS["tiny"]
-LIGHT, HEAVY = 0, 3
+# Priorities as Fairlane gives them: levels 0 and 3, ranks under them that only order.
+LIGHT, HEAVY = 2, 3 * PRIORITY_LEVEL_SPAN + 1
 
 
 @pytest.fixture
@@ -129,6 +130,26 @@ def test_equal_priorities_share_a_step(
     first, second = engine.submit(200, LIGHT), engine.submit(200, LIGHT)
     got = engine.step()
     assert (prefilled(got, first), prefilled(got, second)) == (200, 200)
+
+
+def test_a_better_rank_goes_first_and_holds_nothing_of_its_level(
+    loop: asyncio.AbstractEventLoop, isolation: Isolation
+) -> None:
+    """A light tenant's burst (ranks 3, 4...) and a quiet light tenant's prompt (rank 1):
+    the quiet prompt is taken first, the burst's chunked prompt is not held for it."""
+    engine = Engine(loop, isolation)
+    chunked = engine.submit(600, LIGHT + 3)
+    assert prefilled(engine.step(), chunked) == 512
+    burst = engine.submit(300, LIGHT + 4)
+    quiet = engine.submit(300, LIGHT + 1)
+    got = engine.step()
+    # Running first (vLLM's order): the chunk's 88; then the quiet prompt ahead of the
+    # burst's earlier one, which gets what is left of the budget.
+    assert (prefilled(got, chunked), prefilled(got, quiet), prefilled(got, burst)) == (
+        88,
+        300,
+        124,
+    )
 
 
 def test_no_hold_for_a_better_prompt_that_has_no_slot(

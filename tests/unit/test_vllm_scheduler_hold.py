@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, auto
 
-from fairlane.engines.vllm_scheduler import plan_hold, step_fits
+from fairlane.engines.vllm_scheduler import PRIORITY_LEVEL_SPAN, plan_hold, step_fits
 
 
 class FakeStatus(Enum):  # the names of vLLM's RequestStatus
@@ -25,6 +25,11 @@ class FakeRequest:
     status: FakeStatus = FakeStatus.WAITING
 
 
+def level(level: int, rank: int = 0) -> int:
+    """A priority as Fairlane gives one: the level holds, the rank only orders."""
+    return level * PRIORITY_LEVEL_SPAN + rank
+
+
 def decoding(rid: str, priority: int) -> FakeRequest:
     return FakeRequest(rid, priority, num_computed_tokens=100, status=FakeStatus.RUNNING)
 
@@ -34,8 +39,12 @@ def part_way(rid: str, priority: int) -> FakeRequest:
 
 
 def test_a_better_waiting_prompt_holds_worse_prompts_not_decodes() -> None:
-    running = [decoding("d", 3), part_way("chunked", 3)]
-    waiting = [FakeRequest("light", 0), FakeRequest("heavy", 3), FakeRequest("mid", 1)]
+    running = [decoding("d", level(3)), part_way("chunked", level(3))]
+    waiting = [
+        FakeRequest("light", level(0)),
+        FakeRequest("heavy", level(3)),
+        FakeRequest("mid", level(1)),
+    ]
     hold = plan_hold(running, waiting, slot_free=True)
     assert hold.bar == 0
     assert [r.request_id for r in hold.running] == ["chunked"]
@@ -44,8 +53,12 @@ def test_a_better_waiting_prompt_holds_worse_prompts_not_decodes() -> None:
 
 
 def test_a_step_of_its_own_holds_worse_decodes_too() -> None:
-    running = [decoding("d", 3), decoding("light-d", 0), part_way("chunked", 3)]
-    waiting = [FakeRequest("light", 0), FakeRequest("heavy", 3)]
+    running = [
+        decoding("d", level(3)),
+        decoding("light-d", level(0)),
+        part_way("chunked", level(3)),
+    ]
+    waiting = [FakeRequest("light", level(0)), FakeRequest("heavy", level(3))]
     hold = plan_hold(running, waiting, slot_free=True, isolation="step")
     assert [r.request_id for r in hold.running] == ["d", "chunked"]  # not light-d
     assert [r.request_id for r in hold.waiting] == ["heavy"]
@@ -54,31 +67,49 @@ def test_a_step_of_its_own_holds_worse_decodes_too() -> None:
 
 
 def test_a_better_prompt_part_way_through_holds_too() -> None:
-    running = [part_way("light", 0), part_way("chunked", 3)]
-    hold = plan_hold(running, [FakeRequest("heavy", 3)], slot_free=False)
+    running = [part_way("light", level(0)), part_way("chunked", level(3))]
+    hold = plan_hold(running, [FakeRequest("heavy", level(3))], slot_free=False)
     assert (hold.bar, [r.request_id for r in hold.running]) == (0, ["chunked"])
     assert [r.request_id for r in hold.waiting] == ["heavy"]
 
 
 def test_nothing_held_among_equals_or_with_no_prompt_pending() -> None:
-    assert plan_hold([decoding("d", 0)], [], slot_free=True).bar is None
-    hold = plan_hold([part_way("a", 2)], [FakeRequest("b", 2)], slot_free=True)
+    assert plan_hold([decoding("d", level(0))], [], slot_free=True).bar is None
+    hold = plan_hold([part_way("a", level(2))], [FakeRequest("b", level(2))], slot_free=True)
     assert (hold.bar, hold.running, hold.waiting) == (2, [], [])
+
+
+def test_ranks_under_a_level_hold_nothing() -> None:
+    """A tenant's burst under its share gets ranks 0, 1, 2...: the engine orders its
+    prompts by them, but nothing of the same level is held for a better rank."""
+    running = [part_way("burst-9", level(0, 9)), decoding("burst-3", level(0, 3))]
+    waiting = [FakeRequest("quiet", level(0, 1)), FakeRequest("flood", level(1, 0))]
+    hold = plan_hold(running, waiting, slot_free=True, isolation="step")
+    assert hold.bar == 0
+    assert hold.running == []
+    assert [r.request_id for r in hold.waiting] == ["flood"]  # a worse level, whatever rank
+    assert [r.request_id for r in hold.better] == ["burst-9", "quiet"]
 
 
 def test_a_better_prompt_that_cannot_start_holds_nothing() -> None:
     waiting = [
-        FakeRequest("grammar", 0, status=FakeStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR),
-        FakeRequest("heavy", 3),
+        FakeRequest("grammar", level(0), status=FakeStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR),
+        FakeRequest("heavy", level(3)),
     ]
     hold = plan_hold([], waiting, slot_free=True)
     assert (hold.bar, hold.waiting) == (3, [])  # the grammar is not ready: heavy goes on
     # No free slot: a waiting prompt could not start this step whatever its priority.
-    assert plan_hold([part_way("chunked", 3)], [FakeRequest("light", 0)], False).running == []
+    assert (
+        plan_hold([part_way("chunked", level(3))], [FakeRequest("light", level(0))], False).running
+        == []
+    )
 
 
 def test_a_preempted_request_counts_as_waiting() -> None:
-    waiting = [FakeRequest("back", 0, status=FakeStatus.PREEMPTED), FakeRequest("heavy", 3)]
+    waiting = [
+        FakeRequest("back", level(0), status=FakeStatus.PREEMPTED),
+        FakeRequest("heavy", level(3)),
+    ]
     assert [r.request_id for r in plan_hold([], waiting, slot_free=True).waiting] == ["heavy"]
 
 
