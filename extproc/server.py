@@ -4,7 +4,7 @@
 (with the json_to_metadata fields) and answers it: continue with the engine cluster
 header, an immediate OpenAI error, or — when the request must queue — first a
 message-timeout extension, then the answer once a slot frees. ``StreamAccessLogs``
-receives Envoy's end-of-request records and gives the slots back.
+(``access_log.py``) receives Envoy's end-of-request records and gives the slots back.
 """
 
 from __future__ import annotations
@@ -15,21 +15,15 @@ from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
-from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
-from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2, struct_pb2
 
-from fairlane.envoy.common import (
-    CLUSTER_HEADER,
-    DECISION_NAMESPACE,
-    USAGE_NAMESPACE,
-    engine_cluster_name,
-)
-from fairlane.extproc.accounting import Usage
+from fairlane.envoy.common import CLUSTER_HEADER, DECISION_NAMESPACE, engine_cluster_name
+from fairlane.extproc.access_log import AccessLogServicer
 from fairlane.extproc.errors import TOO_DEEP, Reason, Rejection
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.outcomes import Admitted, Pending, SharedLimitCheck
@@ -165,51 +159,6 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         return mutation
 
 
-class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
-    """Envoy's end-of-request records: release the slot, charge the real usage."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self._gateway = gateway
-
-    async def StreamAccessLogs(
-        self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage], context: Any
-    ) -> als_pb2.StreamAccessLogsResponse:
-        async for message in request_iterator:
-            for entry in message.http_logs.log_entry:
-                self._finish(entry)
-        return als_pb2.StreamAccessLogsResponse()
-
-    def _finish(self, entry: accesslog_pb2.HTTPAccessLogEntry) -> None:
-        common = entry.common_properties
-        filters = common.metadata.filter_metadata
-        decision = filters.get(DECISION_NAMESPACE)
-        if decision is None:
-            return
-        status = entry.response.response_code.value
-        if "lease" not in decision.fields:
-            if "label" in decision.fields:
-                fields = decision.fields
-                self._gateway.count_request(
-                    fields["label"].string_value, fields["model"].string_value, status
-                )
-            return
-        usage_fields = filters.get(USAGE_NAMESPACE)
-        usage = _usage(usage_fields) if usage_fields is not None else Usage()
-        ttft = None
-        if common.HasField("time_to_first_downstream_tx_byte"):
-            ttft = common.time_to_first_downstream_tx_byte.ToTimedelta().total_seconds()
-        flags = common.response_flags
-        # The engine did not take the connection: stop sending it more until the
-        # supervisor's health checks catch up (they run every half second).
-        reset_before_response = (
-            flags.upstream_connection_termination or flags.upstream_remote_reset
-        ) and not common.HasField("time_to_first_upstream_rx_byte")
-        engine_failed = bool(flags.upstream_connection_failure or reset_before_response)
-        self._gateway.finish(
-            decision.fields["lease"].string_value, status, usage, ttft, engine_failed
-        )
-
-
 def add_servicers(server: grpc.aio.Server, gateway: Gateway) -> None:
     ep_grpc.add_ExternalProcessorServicer_to_server(ExtProcServicer(gateway), server)
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogServicer(gateway), server)
@@ -237,14 +186,6 @@ def _request_info(message: ep.ProcessingRequest) -> RequestInfo:
             else:  # objects, lists, null: present but of the wrong type
                 fields[key] = object()
     return request_info(headers, fields)
-
-
-def _usage(fields: struct_pb2.Struct) -> Usage:
-    def number(key: str) -> int | None:
-        value = fields.fields.get(key)
-        return int(value.number_value) if value is not None else None
-
-    return Usage(number("prompt_tokens"), number("completion_tokens"), number("chunks"))
 
 
 def _immediate(rejection: Rejection, anthropic: bool) -> ep.ProcessingResponse:
