@@ -54,7 +54,7 @@ def engine_priority(queued: QueuedRequest) -> int:
     tenants, one that just sent a burst (still under its share) does not put all of it
     ahead of a tenant that holds little."""
     level = 2 * queued.priority + (queued.alone or not queued.light)
-    return level * PRIORITY_LEVEL_SPAN + min(queued.rank, PRIORITY_LEVEL_SPAN - 1)
+    return level * PRIORITY_LEVEL_SPAN + int(min(queued.rank, PRIORITY_LEVEL_SPAN - 1))
 
 
 class Pending:

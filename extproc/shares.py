@@ -133,14 +133,14 @@ class Shares:
         excess = self._excess(tenant, client, capacity, waiting_besides=besides)
         return excess is None or excess < 0
 
-    def rank(self, tenant: str, client: str = "") -> int:
+    def rank(self, tenant: str, client: str = "") -> float:
         """The slots the client holds per unit of its weight (its tenant's, split among
         the tenant's active clients): who has least of the pool for its weight."""
         holding = self._holdings.get((tenant, client))
         state = self._tenants.get(tenant)
         if holding is None or state is None:
-            return 0
-        return int(holding.inflight * state.clients / state.weight)
+            return 0.0
+        return holding.inflight * state.clients / state.weight
 
     def _excess(
         self, tenant: str, client: str, capacity: int, waiting_besides: int | None = None

@@ -48,7 +48,7 @@ class QueuedRequest:
     slots: int = 1
     light: bool = True
     alone: bool = False
-    rank: int = 0
+    rank: float = 0.0
     enqueued_at: float = 0.0
     admitted_at: float = 0.0  # when it took its slot (the pool's clock)
     client: str = ""

@@ -59,3 +59,8 @@ def test_the_rank_stays_under_its_level() -> None:
     request = QueuedRequest(tenant="t", cost=1.0, light=True)
     request.rank = 10 * PRIORITY_LEVEL_SPAN
     assert engine_priority(request) == PRIORITY_LEVEL_SPAN - 1
+    # A weight as small as a float goes makes the rank infinite: still the cap.
+    p = pool()
+    admit(p, "other")
+    admit(p, "tiny", weight=5e-324)
+    assert admit(p, "tiny", weight=5e-324) % PRIORITY_LEVEL_SPAN == PRIORITY_LEVEL_SPAN - 1
