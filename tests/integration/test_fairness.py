@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
 
 import aiohttp
 import pytest
+
+from fairlane.engines.vllm_scheduler import PRIORITY_LEVEL_SPAN
 
 pytestmark = pytest.mark.integration
 CHAT = "/v1/chat/completions"
@@ -147,6 +150,37 @@ async def test_headroom_admits_a_light_tenant_while_the_flooder_waits(
     assert (order.index("quiet-short") == 0) is first, order
     admitted = await _metric(stack.url, "fairlane_headroom_admissions_total")
     assert (admitted >= 1) is first, admitted
+
+
+async def test_a_burst_under_its_share_is_ranked_behind_a_quiet_tenant(
+    stack_factory: Any,
+) -> None:
+    """The engine priority through Envoy to the simulator (X-Vllm-Priority, echoed as
+    x-sim-priority): a tenant's burst under its share is light, as the quiet tenant is,
+    and each request ranks by the slots its tenant held; so the quiet tenant's next
+    request goes before the burst's later ones in the engine's queue."""
+    policy = _policy("fair")
+    policy["engines"]["e"] |= {"max_inflight": 16, "inject_priority": True, "pacing": 0}
+    stack = stack_factory(policy)
+    messages = [{"role": "user", "content": "hi"}]
+    body = {"model": "m", "max_tokens": 2000, "stream": True, "messages": messages}
+    async with contextlib.AsyncExitStack() as held:
+        session = await held.enter_async_context(aiohttp.ClientSession())
+
+        async def open_stream(tenant: str) -> int:
+            # Headers come before the first token: the request stays in flight.
+            resp = await held.enter_async_context(
+                session.post(stack.url + CHAT, json=body, headers={"x-tenant-id": tenant})
+            )
+            assert resp.status == 200, await resp.text()
+            return int(resp.headers["x-sim-priority"])
+
+        alone = await open_stream("quiet")
+        burst = [await open_stream("flooder") for _ in range(5)]
+        quiet_next = await open_stream("quiet")
+    assert alone == PRIORITY_LEVEL_SPAN  # alone in the pool: level 1, rank 0
+    assert burst == [0, 1, 2, 3, 4]  # light (5 of a share of 8): level 0, ranked
+    assert quiet_next == 1 < burst[-1]
 
 
 async def test_rate_limit_is_429_with_retry_after_and_reload_lifts_it(stack_factory: Any) -> None:
