@@ -37,11 +37,13 @@ from fairlane.bench.report import RESULTS_DIR, config_of, machine, table, write_
 from fairlane.bench.stats import fmt, poisson_arrivals, ratio, summarize, tenant_rng
 from fairlane.engines.sim.engine import SimEngine, SimRequest
 from fairlane.engines.sim.presets import PRESETS
-from fairlane.engines.vllm_scheduler import Isolation
+from fairlane.engines.vllm_scheduler import PRIORITY_LEVEL_SPAN, Isolation
 from fairlane.extproc.pacing import AdmissionPacer
 from fairlane.extproc.replicas import reserved_slots
 
-QUIET_PRIORITY, FLOODER_PRIORITY = 0, 3  # interactive under share; batch over share
+# Priority levels as Fairlane gives them (``engine_priority``): interactive under its
+# share, batch over it. Holds compare levels, so the two must differ in level.
+QUIET_PRIORITY, FLOODER_PRIORITY = 0, 3 * PRIORITY_LEVEL_SPAN
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fairlane.bench.engine_floor import FLOODER_PRIORITY, QUIET_PRIORITY
 from fairlane.benchcli import build_parser
+from fairlane.engines.vllm_scheduler import priority_level
 
 
 def test_engine_floor_writes_every_arm(tmp_path: Path) -> None:
@@ -43,3 +45,9 @@ def test_engine_floor_runs_every_arm_at_each_token_budget(tmp_path: Path) -> Non
     # Next to the flooder's 7 decodes a 24-token step takes 17 prompt tokens: the
     # 64-token prompt needs four steps instead of one.
     assert arms[2]["quiet_ttft_ms"]["p50"] > arms[0]["quiet_ttft_ms"]["p50"]
+
+
+def test_the_flooder_is_a_worse_priority_level_than_the_quiet_tenant() -> None:
+    # Isolation holds work back by level: with both in one level the isolated arms
+    # would measure no isolation at all.
+    assert priority_level(FLOODER_PRIORITY) > priority_level(QUIET_PRIORITY)
