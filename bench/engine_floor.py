@@ -19,7 +19,9 @@ the prefills that keep the flooder's batch full. Arms:
 does; whatever the quiet tenant still loses in them is the engine's step, which no
 admission order shortens. ``--isolate-prefills prompts step off`` runs the flooded arms
 with each of the engine's prefill isolations (the policy's ``isolate_prefills``: the
-quiet prompt's step carries no flooder prompt, or nothing of the flooder's) and without.
+quiet prompt's step carries no flooder prompt, or nothing of the flooder's) and without;
+``--announce on off`` the isolated ones with and without Fairlane's word of each request
+before the engine's scheduler sees it (``fairlane.engines.announcements``).
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from typing import Any
 from fairlane.bench.noisy_report import DEFAULT_HEADROOM
 from fairlane.bench.report import RESULTS_DIR, config_of, machine, table, write_json
 from fairlane.bench.stats import fmt, poisson_arrivals, ratio, summarize, tenant_rng
+from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
 from fairlane.engines.sim.engine import SimEngine, SimRequest
 from fairlane.engines.sim.presets import PRESETS
-from fairlane.engines.vllm_scheduler import PRIORITY_LEVEL_SPAN, Isolation
+from fairlane.engines.vllm_scheduler import Isolation
 from fairlane.extproc.pacing import AdmissionPacer
 from fairlane.extproc.replicas import reserved_slots
 
@@ -71,6 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the engine's prefill isolation (the policy's `isolate_prefills`: prompts by "
         "default; on is prompts); every flooded arm runs at each",
     )
+    parser.add_argument(
+        "--announce",
+        nargs="+",
+        choices=["on", "off"],
+        default=["on"],
+        help="with isolation, Fairlane's word of each request before it reaches the "
+        "scheduler (the policy's `announce`, on by default); every isolated arm runs at each",
+    )
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--seed", type=int, default=1)
@@ -84,17 +95,20 @@ class Arm:
     flooder_slots: int  # 0: no flooder
     pacing: float = 0.0  # the policy's `pacing` factor; 0: each freed slot refilled at once
     isolate: Isolation | None = "prompts"  # the engine's isolate_prefills
+    announce: bool = True  # with isolate: each request announced as Fairlane does
     ttfts: list[float] = field(default_factory=list)
     flooder_tokens: int = 0
 
     def result(self, duration_s: float, solo_p99: float | None, held: Arm | None) -> dict[str, Any]:
         quiet = summarize(self.ttfts, scale=1000)
+        announced = self.announce and self.isolate is not None
         tok_s = self.flooder_tokens / duration_s
         return {
             "arm": self.name,
             "max_num_batched_tokens": self.budget,
             "pacing": self.pacing or None,
             "isolate_prefills": (self.isolate or "off") if self.flooder_slots else None,
+            "announced": announced if self.flooder_slots else None,
             "quiet_ttft_ms": quiet,
             "quiet_p99_x_solo": ratio(quiet["p99"], solo_p99),
             "flooder_tokens_per_s": tok_s if self.flooder_slots else None,
@@ -149,6 +163,12 @@ async def measure(arm: Arm, args: argparse.Namespace) -> None:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    def submit(priority: int) -> SimRequest:
+        if arm.announce and arm.isolate is not None:
+            # As Fairlane does at admission; the engine's API delay is the lead it gets.
+            engine.announce(priority)
+        return engine.submit(args.prompt_tokens, args.max_tokens, priority)
+
     async def quiet() -> None:
         start = time.monotonic()
         for at in poisson_arrivals(
@@ -157,7 +177,7 @@ async def measure(arm: Arm, args: argparse.Namespace) -> None:
             await asyncio.sleep(max(0.0, start + at - time.monotonic()))
             # As in the pool, a quiet admission takes a turn until its answer ends.
             turns = pacer.admitted(time.monotonic(), paced=False) if pacer is not None else 0.0
-            spawn(engine.submit(args.prompt_tokens, args.max_tokens, QUIET_PRIORITY), True, turns)
+            spawn(submit(QUIET_PRIORITY), True, turns)
 
     async def flooder() -> None:
         nonlocal holding
@@ -175,7 +195,7 @@ async def measure(arm: Arm, args: argparse.Namespace) -> None:
             if pacer is not None:
                 pacer.admitted(time.monotonic())
             holding += 1
-            spawn(engine.submit(args.prompt_tokens, args.max_tokens, FLOODER_PRIORITY), False)
+            spawn(submit(FLOODER_PRIORITY), False)
 
     flooding = asyncio.create_task(flooder()) if arm.flooder_slots else None
     await quiet()
@@ -198,6 +218,11 @@ def arms(args: argparse.Namespace) -> list[Arm]:
         None if choice == "off" else "prompts" if choice == "on" else choice
         for choice in args.isolate_prefills
     ]
+    variants = [
+        (isolate, announce == "on")
+        for isolate in isolations
+        for announce in (args.announce if isolate is not None else ["off"])
+    ]
     return [
         arm
         for budget in budgets
@@ -205,11 +230,18 @@ def arms(args: argparse.Namespace) -> list[Arm]:
             Arm("solo", budget, 0),
             *(
                 flooded
-                for isolate in isolations
+                for isolate, announce in variants
                 for flooded in (
-                    Arm("held", budget, slots, isolate=isolate),
+                    Arm("held", budget, slots, isolate=isolate, announce=announce),
                     *(
-                        Arm(f"paced-{factor:g}", budget, slots, pacing=factor, isolate=isolate)
+                        Arm(
+                            f"paced-{factor:g}",
+                            budget,
+                            slots,
+                            pacing=factor,
+                            isolate=isolate,
+                            announce=announce,
+                        )
                         for factor in args.pace
                     ),
                 )
@@ -237,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
             str(r["max_num_batched_tokens"]),
             fmt(r["pacing"], 2),
             r["isolate_prefills"] or "-",
+            {True: "yes", False: "no", None: "-"}[r["announced"]],
             fmt(r["quiet_ttft_ms"]["p50"], 0),
             fmt(r["quiet_ttft_ms"]["p99"], 0),
             fmt(r["quiet_p99_x_solo"], 2),
@@ -246,7 +279,8 @@ def run(args: argparse.Namespace) -> int:
         ]
         for r in results
     ]
-    headers = ["arm", "tokens/step", "pacing", "isolated", "quiet TTFT p50 ms", "quiet TTFT p99 ms"]
+    headers = ["arm", "tokens/step", "pacing", "isolated", "announced"]
+    headers += ["quiet TTFT p50 ms", "quiet TTFT p99 ms"]
     headers += ["quiet p99 x solo", "flooder tok/s", "flooder x held", "quiet requests"]
     print(table(headers, rows))
     path = write_json(

@@ -131,6 +131,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fair arm: the same as --isolate-prefills off",
     )
     parser.add_argument(
+        "--no-announce",
+        dest="announce",
+        action="store_false",
+        help="fair arm: the policy's `announce: false`: the engine's scheduler hears of a "
+        "request only when it arrives",
+    )
+    parser.add_argument(
         "--engine-nice",
         type=int,
         choices=range(20),

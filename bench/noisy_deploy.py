@@ -171,7 +171,7 @@ def gateway_policy(
         key: value
         for key, value in policy["engines"]["sim"].items()
         # How the engine is started is the engine's, not the gateways'.
-        if key not in ("kind", "preset", "port", "args", "nice", "isolate_prefills")
+        if key not in ("kind", "preset", "port", "args", "nice", "isolate_prefills", "announce")
     }
     engine |= {
         "kind": "external",
@@ -215,6 +215,7 @@ def arm_policy(
         **({"headroom": args.headroom} if args.headroom is not None else {}),
         **({"pacing": args.pacing} if args.pacing is not None else {}),
         **({"isolate_prefills": _isolation(args.isolate_prefills)} if arm == "fair" else {}),
+        **({"announce": False} if arm == "fair" and not args.announce else {}),
         **({"adaptive": {}} if args.adaptive else {}),
     }
     if args.max_num_batched_tokens is not None:

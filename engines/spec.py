@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
+from fairlane.engines.announcements import ADDRESS_ENV
 from fairlane.engines.vllm_scheduler import SCHEDULER_CLS
 from fairlane.policy import EngineConfig
 from fairlane.ports import free_port
@@ -40,7 +41,13 @@ def engine_spec(
         return EngineSpec(name, config, parts.hostname or "127.0.0.1", parts.port or 80)
     port = config.port or port or free_port(config.host, avoid)
     argv = build_argv(config, config.host, port)
-    return EngineSpec(name, config, config.host, port, argv, dict(config.env))
+    env = dict(config.env)
+    if config.kind == "vllm" and config.announces:
+        # Fairlane's scheduler runs in vLLM's engine process, which knows no HTTP port.
+        env[ADDRESS_ENV] = (
+            f"[{config.host}]:{port}" if ":" in config.host else f"{config.host}:{port}"
+        )
+    return EngineSpec(name, config, config.host, port, argv, env)
 
 
 def scheduling_flags(config: EngineConfig, kind: Literal["sim", "vllm"]) -> list[str]:
@@ -57,6 +64,8 @@ def scheduling_flags(config: EngineConfig, kind: Literal["sim", "vllm"]) -> list
             if kind == "sim"
             else ["--scheduler-cls", SCHEDULER_CLS[isolation]]
         )
+    if kind == "sim" and config.announces:
+        flags.append("--announcements")  # vLLM's scheduler: ADDRESS_ENV, in engine_spec
     return flags
 
 

@@ -8,7 +8,7 @@ waiting prompt first, then worse ones in what is left. So a light tenant's promp
 its share, and its first token waits for theirs. This scheduler holds those back for the
 step: while a better prompt waits with a sequence slot free, or is part-way through its
 prefill, no worse prompt is started or continued ("better" and "worse" by priority
-level: ``PRIORITY_LEVEL_SPAN`` below). ``isolated_prefills`` still runs every
+level: ``fairlane.engines.priority_levels``). ``isolated_prefills`` still runs every
 decode; ``isolated_prefill_steps`` holds the worse decodes back too, so the better
 prompt's step carries nothing of a worse priority (the running batch of a tenant over
 its share waits one step; its first token comes sooner again, at the cost of one step's
@@ -20,37 +20,39 @@ a preemption's victim among the running requests it sees, and with the worse one
 out of sight that would be a better one. The simulator models both
 (``fairlane sim --isolate-prefills prompts|step``).
 
+Where the supervisor sets ``FAIRLANE_ANNOUNCEMENTS`` (host:port), the scheduler also
+listens there for Fairlane's word of each request it admits (``announcements``): while
+a better prompt is on its way, with a slot free for it, no worse prompt is started or
+continued, so the step in progress when it arrives is decodes, not a worse prefill.
+
 vLLM's scheduler is not a public interface, so this touches little of it: ``running``,
 ``waiting``, ``policy``, ``max_num_running_reqs``, the KV cache's free blocks, the
 step's token budget and the requests' ``priority``, ``status`` and token counts;
-anything else is vLLM's own ``schedule``. It imports nothing
-but vLLM, inside the engine's process. The names above are factories, not classes: vLLM
-calls the configured name with the scheduler's arguments, and the base must be
-``AsyncScheduler`` under async scheduling (vLLM's default on GPUs) and ``Scheduler``
-without. A decode held back under async scheduling takes vLLM's path for running
-requests left out of a step (their tokens are sent again when they come back).
+anything else is vLLM's own ``schedule``. Inside the engine's process it imports vLLM
+and two small modules of this package (priority levels, announcements), nothing else.
+The names above are factories, not classes: vLLM calls the configured name with the
+scheduler's arguments, and the base must be ``AsyncScheduler`` under async scheduling
+(vLLM's default on GPUs) and ``Scheduler`` without. A decode held back under async
+scheduling takes vLLM's path for running requests left out of a step (their tokens are
+sent again when they come back).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from fairlane.engines.announcements import AnnouncementSocket, ExpectedPrompts, address_from_env
+from fairlane.engines.priority_levels import priority_level
+
+log = logging.getLogger(__name__)
+
 # What a better prompt's step leaves out: worse prompts, or all worse work.
 Isolation = Literal["prompts", "step"]
-
-# Fairlane's engine priorities are a level times this plus a rank under it (the slots
-# the tenant held per unit of weight: ``fairlane.extproc.outcomes.engine_priority``).
-# The engine orders its queue by the whole number; holds compare levels only, so the
-# rank reorders prompts without ever holding a tenant's own work back behind itself.
-PRIORITY_LEVEL_SPAN = 10_000
-
-
-def priority_level(priority: int) -> int:
-    return priority // PRIORITY_LEVEL_SPAN
-
 
 # The waiting statuses vLLM can schedule; others wait for a grammar, remote KV, input.
 _SCHEDULABLE = frozenset({"WAITING", "PREEMPTED"})
@@ -78,6 +80,7 @@ class Hold:
     running: list[EngineRequest] = field(default_factory=list)
     waiting: list[EngineRequest] = field(default_factory=list)
     better: list[EngineRequest] = field(default_factory=list)
+    announced: bool = False  # the bar is a prompt on its way, not one in the engine
 
 
 def plan_hold(
@@ -85,23 +88,30 @@ def plan_hold(
     waiting: Iterable[EngineRequest],
     slot_free: bool,
     isolation: Isolation = "prompts",
+    expected: int | None = None,
 ) -> Hold:
     """What to hold back: the requests of a worse priority level than the best prompt
     that is part-way through its prefill, or waiting for one with a slot free; of the
-    running ones, those still prefilling (``prompts``) or all (``step``)."""
+    running ones, those still prefilling (``prompts``) or all (``step``). ``expected``:
+    the best level announced and not yet arrived (``announcements``); with a slot free
+    for it, worse prompts wait for it too, but decodes run until it is here."""
     waiting = list(waiting)
     prefilling = [r for r in running if r.num_computed_tokens < r.num_prompt_tokens]
     ready = [r for r in waiting if _status_name(r) in _SCHEDULABLE] if slot_free else []
     pending = prefilling + ready
-    if not pending:
+    bar = min((priority_level(r.priority) for r in pending), default=None)
+    announced = slot_free and expected is not None and (bar is None or expected < bar)
+    if announced:
+        bar, isolation = expected, "prompts"
+    if bar is None:
         return Hold()
-    bar = min(priority_level(r.priority) for r in pending)
     candidates = prefilling if isolation == "prompts" else running
     return Hold(
         bar,
         running=[r for r in candidates if priority_level(r.priority) > bar],
         waiting=[r for r in waiting if priority_level(r.priority) > bar],
         better=[r for r in pending if priority_level(r.priority) <= bar],
+        announced=announced,
     )
 
 
@@ -138,6 +148,21 @@ SCHEDULER_CLS: dict[Isolation, str] = {
 }
 
 
+def _listen_for_announcements() -> AnnouncementSocket | None:
+    """Fairlane's announcements, where the supervisor asked for them; a port already
+    taken (a second engine core of a data-parallel vLLM, say) costs only them."""
+    address = address_from_env()
+    if address is None:
+        return None
+    try:
+        listening = AnnouncementSocket(*address)
+    except OSError as exc:
+        log.warning("not listening for Fairlane's announcements on %s:%d: %s", *address, exc)
+        return None
+    log.info("listening for Fairlane's announcements on %s:%d", *address)
+    return listening
+
+
 def _scheduler(kwargs: dict[str, Any], isolation: Isolation) -> Any:
     from vllm.v1.core.sched.async_scheduler import AsyncScheduler
     from vllm.v1.core.sched.scheduler import Scheduler
@@ -154,12 +179,23 @@ def _isolating(base: type, isolation: Isolation) -> type:
         running: list[Any]  # vLLM's, set in its __init__
         _held_in_vain = False
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._expected = ExpectedPrompts(_listen_for_announcements())
+
+        def add_request(self, request: Any) -> None:
+            new = request.request_id not in self.requests  # not a streamed input's next part
+            super().add_request(request)
+            if new:
+                self._expected.arrived(request.priority, time.monotonic())
+
         def schedule(self, *args: Any, **kwargs: Any) -> Any:
             if self.policy != SchedulingPolicy.PRIORITY or self._held_in_vain:
                 self._held_in_vain = False
                 return super().schedule(*args, **kwargs)
             slot_free = len(self.running) < self.max_num_running_reqs
-            hold = plan_hold(self.running, self.waiting, slot_free, isolation)
+            expected = self._expected.best(time.monotonic())
+            hold = plan_hold(self.running, self.waiting, slot_free, isolation, expected)
             if hold.running and not self._fits_without_preemption(hold):
                 # vLLM preempts the worst of the running requests it sees; with the
                 # worse ones out of sight that would be a better one. Hold prompts only.
@@ -173,7 +209,9 @@ def _isolating(base: type, isolation: Isolation) -> type:
             finally:
                 self._put_back(hold, caps)
             scheduled = output.num_scheduled_tokens
-            self._held_in_vain = not any(r.request_id in scheduled for r in hold.better)
+            self._held_in_vain = not hold.announced and not any(
+                r.request_id in scheduled for r in hold.better
+            )
             return output
 
         def _fits_without_preemption(self, hold: Hold) -> bool:

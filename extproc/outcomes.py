@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fairlane.engines.vllm_scheduler import PRIORITY_LEVEL_SPAN
+from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
 from fairlane.extproc.admission import EnginePool
 from fairlane.extproc.errors import Reason, Rejection, engine_down
 from fairlane.extproc.pipeline import Ticket

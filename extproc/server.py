@@ -24,6 +24,7 @@ from google.protobuf import duration_pb2, struct_pb2
 
 from fairlane.envoy.common import CLUSTER_HEADER, DECISION_NAMESPACE, engine_cluster_name
 from fairlane.extproc.access_log import AccessLogServicer
+from fairlane.extproc.announce import Announcer
 from fairlane.extproc.errors import TOO_DEEP, Reason, Rejection
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.outcomes import Admitted, Pending, SharedLimitCheck
@@ -41,8 +42,9 @@ PRIORITY_HEADER = "x-vllm-priority"
 
 
 class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, announcer: Announcer) -> None:
         self._gateway = gateway
+        self._announcer = announcer
         self._cluster_mutations: dict[
             tuple[str, bool, str | None, bool, int | None, str | None], ep.HeaderMutation
         ] = {}
@@ -74,7 +76,10 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 yield _immediate(outcome, anthropic)
                 continue
             transport = self._gateway.runtime.engine(outcome.replica).priority_transport
-            if not outcome.ticket.sequences:
+            if outcome.ticket.sequences:
+                # Before Envoy forwards it: the engine's scheduler hears of it sooner.
+                self._announcer.announce(outcome.replica, outcome.engine_priority)
+            else:
                 transport = None  # the tokenizer: nothing to put before anything
             response = self._admit(outcome, info, transport == "header")
             if transport == "body":
@@ -159,8 +164,8 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         return mutation
 
 
-def add_servicers(server: grpc.aio.Server, gateway: Gateway) -> None:
-    ep_grpc.add_ExternalProcessorServicer_to_server(ExtProcServicer(gateway), server)
+def add_servicers(server: grpc.aio.Server, gateway: Gateway, announcer: Announcer) -> None:
+    ep_grpc.add_ExternalProcessorServicer_to_server(ExtProcServicer(gateway, announcer), server)
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogServicer(gateway), server)
 
 

@@ -166,6 +166,10 @@ class EngineConfig(Strict):
     # prompt ("prompts"; true is the same) or nothing worse, decodes included ("step")
     # (vllm: fairlane.engines.vllm_scheduler; sim). None: "prompts" where it can be.
     isolate_prefills: Literal[False, True, "prompts", "step"] | None = None
+    # With isolate_prefills: tell the engine's scheduler of each admitted request (a UDP
+    # datagram to the engine's host and port), so no worse prompt starts while it is on
+    # its way (fairlane.engines.announcements).
+    announce: bool = True
     startup_timeout_s: float = Field(600.0, gt=0)
     # The CPU priority (nice, 0-19) of a managed engine's processes; None: 10 for vllm and
     # sglang, 0 for sim. An engine that saturates the CPUs must not starve Envoy and the
@@ -192,6 +196,11 @@ class EngineConfig(Strict):
         if self.kind not in ("vllm", "sim"):
             return None
         return "step" if self.isolate_prefills == "step" else "prompts"
+
+    @property
+    def announces(self) -> bool:
+        """Whether Fairlane tells this engine of the requests it admits."""
+        return self.announce and self.prefill_isolation is not None
 
     @property
     def served(self) -> tuple[str, ...]:

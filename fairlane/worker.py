@@ -24,6 +24,7 @@ from aiohttp import web
 from fairlane.control import build_control_app
 from fairlane.envoy.bootstrap import write_json_atomically
 from fairlane.envoy.common import MAX_DOWNSTREAM_CONNECTIONS
+from fairlane.extproc.announce import Announcer
 from fairlane.extproc.capacity import AdaptiveLimit, EngineLoad, parse_engine_metrics
 from fairlane.extproc.engine_health import reported_state
 from fairlane.extproc.gateway import Gateway
@@ -53,6 +54,7 @@ class Worker:
         self.metrics = Metrics()
         self.gateway = Gateway(compile_policy(policy, 1), self.metrics)
         self.engine_info: dict[str, dict[str, Any]] = {}
+        self.announcer = Announcer()
         self.metrics.add_collector(GatewayCollector(self.gateway, self.engine_info))
         self.watcher = PolicyWatcher(
             policy_path, policy.listener, self._apply_policy, self._reject_policy
@@ -91,7 +93,7 @@ class Worker:
                 ("grpc.server.max_pending_requests_hard_limit", MAX_DOWNSTREAM_CONNECTIONS),
             ]
         )
-        add_servicers(server, self.gateway)
+        add_servicers(server, self.gateway, self.announcer)
         server.add_insecure_port(f"unix:{socket_path}")
         await server.start()
         listener = self.gateway.runtime.policy.listener
@@ -118,6 +120,7 @@ class Worker:
                 task.cancel()
             await server.stop(grace=2)
             await runner.cleanup()
+            self.announcer.close()
             for client in (self.gateway.shared_limiter, self.gateway.counter_sync):
                 if client is not None:
                     await client.close()
@@ -161,6 +164,13 @@ class Worker:
         engines = self.gateway.runtime.policy.engines
         for engine, info in self.engine_info.items():
             self.gateway.health.set_state(engine, reported_state(info, engines.get(engine)))
+        self.announcer.listen_at(
+            {
+                engine: (info["host"], info["port"])
+                for engine, info in self.engine_info.items()
+                if engine in engines and engines[engine].announces
+            }
+        )
 
     async def _publish_demand(self) -> None:
         """Tell the supervisor which engines are asked for (lazy loading, eviction)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from ..announcements import AnnouncementSocket, ExpectedPrompts
 from ..vllm_scheduler import Isolation
 from .presets import SimPreset
 from .request import FinishReason, SimRequest
@@ -54,6 +55,7 @@ class SimEngine:
         stall_timeout_s: float = 600.0,
         scheduling_policy: SchedulingPolicy = "fcfs",
         isolate_prefills: Isolation | None = None,
+        announcements: AnnouncementSocket | None = None,
     ) -> None:
         if preset.kv_cache_tokens < preset.max_model_len:
             # vLLM refuses to start in this case too: a max-length request could never run.
@@ -68,6 +70,8 @@ class SimEngine:
         self.stats = EngineStats()
         self._stall_timeout_s = stall_timeout_s
         self._batch = BatchScheduler(preset, scheduling_policy, self.stats, isolate_prefills)
+        # Requests Fairlane announced, not yet arrived.
+        self.expected = ExpectedPrompts(announcements)
         self._arriving = 0  # submitted, still in the API-overhead delay
         self._abort_pending = False
         self._wakeup = asyncio.Event()
@@ -136,11 +140,17 @@ class SimEngine:
         loop.call_later(max(0.0, delay), self._enqueue, req)
         return req
 
+    def announce(self, priority: int) -> None:
+        """Fairlane's word that a request of ``priority`` is on its way (what the
+        announcement socket receives, for an engine used in-process)."""
+        self.expected.expect(priority, asyncio.get_running_loop().time())
+
     def _abort_requested(self) -> None:
         self._abort_pending = True
 
     def _enqueue(self, req: SimRequest) -> None:
         self._arriving -= 1
+        self.expected.arrived(req.order[0], asyncio.get_running_loop().time())
         if req._aborted or self._task is None:
             req._close("abort")
             self.stats.requests_aborted += 1
@@ -163,6 +173,7 @@ class SimEngine:
                     await asyncio.wait_for(self._wakeup.wait(), _IDLE_RECHECK_S)
                 continue
             now = loop.time()
+            batch.expected = self.expected.best(now)
             start = deadline if deadline is not None and now - deadline < _MAX_CATCH_UP_S else now
             scheduled, step_s = batch.schedule()
             deadline = start + step_s

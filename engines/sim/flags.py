@@ -39,6 +39,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "runs no worse prompt (prompts, the default) or nothing worse, decodes included (step)",
     )
     parser.add_argument(
+        "--announcements",
+        action="store_true",
+        help="with --isolate-prefills, as Fairlane's vLLM scheduler: listen on UDP at "
+        "--host:--port for Fairlane's word of the requests it admits, and start no worse "
+        "prompt while a better one is on its way (fairlane.engines.announcements)",
+    )
+    parser.add_argument(
         "--max-num-seqs", type=int, help="most sequences in one step, as vLLM's flag"
     )
     parser.add_argument(
@@ -52,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.isolate_prefills and args.scheduling_policy != "priority":
         parser.error("--isolate-prefills needs --scheduling-policy priority")
+    if args.announcements and not args.isolate_prefills:
+        parser.error("--announcements needs --isolate-prefills")
     preset = configured_preset(args)
     if preset.max_num_batched_tokens < preset.max_num_seqs:
         # As vLLM: every running sequence's next token must fit in one step.

@@ -10,6 +10,7 @@ import sys
 
 from aiohttp import web
 
+from ..announcements import AnnouncementSocket
 from .engine import SimEngine
 from .flags import configured_preset, parse_args
 from .server import build_app
@@ -20,11 +21,22 @@ _SIGNAL_RECHECK_S = 3600.0
 
 async def _serve(args: argparse.Namespace) -> int:
     preset = configured_preset(args)
+    announcements = None
+    if args.announcements:
+        try:
+            announcements = AnnouncementSocket(args.host, args.port)
+        except OSError as exc:
+            print(
+                f"fairlane-sim: cannot listen on UDP {args.host}:{args.port}: {exc}",
+                file=sys.stderr,
+            )
+            return 1
     engine = SimEngine(
         preset,
         max_waiting=args.max_queue,
         scheduling_policy=args.scheduling_policy,
         isolate_prefills=args.isolate_prefills,
+        announcements=announcements,
     )
     app = build_app(engine, args.model or ["sim-model"], preset)
     # handler_cancellation: a client that disconnects while its request is still queued
@@ -54,6 +66,8 @@ async def _serve(args: argparse.Namespace) -> int:
     finally:
         await engine.stop()  # ends in-flight streams first, so the cleanup is quick
         await runner.cleanup()
+        if announcements is not None:
+            announcements.close()
     return 0
 
 

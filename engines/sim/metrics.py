@@ -38,6 +38,13 @@ class EngineCollector(Collector):
         yield self._counter("vllm:prompt_tokens", "Prefilled prompt tokens", stats.prompt_tokens)
         yield self._counter("vllm:generation_tokens", "Generated tokens", stats.generation_tokens)
         yield self._counter("vllm:num_preemptions", "Preemptions", stats.preemptions)
+        expected = engine.expected  # Fairlane's announcements (fairlane.engines.announcements)
+        yield self._counter(
+            "fairlane_sim_announced_requests", "Requests announced", expected.announced
+        )
+        yield self._counter(
+            "fairlane_sim_announced_requests_met", "Announced requests that arrived", expected.met
+        )
         success = CounterMetricFamily(
             "vllm:request_success",
             "Finished requests",

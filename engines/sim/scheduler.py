@@ -26,7 +26,9 @@ worse level (``prompts``: their decodes run as usual), or nothing of a worse lev
 (``step``: their decodes wait too). So a light tenant's prompt does not share its
 step with the leftover budget filled by the prompts of a tenant over its share, and with
 ``step`` not with that tenant's running batch either; the held work runs in the next
-step. If such a step got none of the better prompt's tokens in (the KV cache was full,
+step. A prompt announced by Fairlane (``fairlane.engines.announcements``) and not yet
+arrived holds worse prompts back the same way, with a slot free for it, but not
+decodes. If such a step got none of the better prompt's tokens in (the KV cache was full,
 say), the next step holds nothing back, so a prompt that cannot run never stalls the
 others for more than a step; and running requests are held only while the cache has
 room for every running decode's next token, so a preemption still takes the worst.
@@ -41,7 +43,8 @@ import bisect
 from collections import deque
 from typing import Literal
 
-from ..vllm_scheduler import Isolation, priority_level
+from ..priority_levels import priority_level
+from ..vllm_scheduler import Isolation
 from .presets import SimPreset
 from .request import SimRequest
 from .stats import EngineStats
@@ -70,6 +73,10 @@ class BatchScheduler:
         self.isolate_prefills = isolate_prefills if scheduling_policy == "priority" else None
         self._hold_decodes = self.isolate_prefills == "step"
         self._held_in_vain = False  # the last step held work back and ran no better prompt
+        # The best priority level announced and not yet arrived (the engine sets it before
+        # each step), and whether this step's bar is that level.
+        self.expected: int | None = None
+        self._announced = False
         self.stats = stats
         self.running: list[SimRequest] = []
         self.waiting: deque[SimRequest] = deque()
@@ -123,7 +130,7 @@ class BatchScheduler:
             if (
                 running_bar is not None
                 and priority_level(req.order[0]) > running_bar
-                and (self._hold_decodes or _prefilling(req))
+                and ((self._hold_decodes and not self._announced) or _prefilling(req))
             ):
                 i += 1  # worse work waits for a later step
                 held = True
@@ -165,7 +172,7 @@ class BatchScheduler:
                 budget -= req._new
                 running.append(req)
                 scheduled.append(req)
-        if held and bar is not None:
+        if held and bar is not None and not self._announced:
             self._held_in_vain = not any(
                 priority_level(r.order[0]) <= bar and _prefilling(r) for r in scheduled
             )
@@ -177,14 +184,22 @@ class BatchScheduler:
     def _prefill_bar(self) -> int | None:
         """With ``isolate_prefills``: the priority level a request needs to run in this
         step, that of the best prompt waiting with a slot free or part-way through its
-        prefill; None when nothing is held back."""
+        prefill, or on its way (``expected``: then decodes run); None when nothing is
+        held back."""
+        self._announced = False
         if not self.isolate_prefills or self._held_in_vain:
             self._held_in_vain = False
             return None
         pending = [r.order[0] for r in self.running if _prefilling(r)]
-        if self.waiting and len(self.running) < self.preset.max_num_seqs:
+        slot_free = len(self.running) < self.preset.max_num_seqs
+        if self.waiting and slot_free:
             pending.append(self.waiting[0].order[0])
-        return min(map(priority_level, pending), default=None)
+        bar = min(map(priority_level, pending), default=None)
+        expected = self.expected
+        if slot_free and expected is not None and (bar is None or expected < bar):
+            self._announced = True
+            return expected
+        return bar
 
     def _make_room(self, tokens: int, req: SimRequest) -> list[SimRequest]:
         """Preempt running requests (the newest; under the priority policy the worst)

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from fairlane.engines.vllm_scheduler import PRIORITY_LEVEL_SPAN
+from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
 
 MODEL = "tiny-llama"
 SCHEDULER = "fairlane.engines.vllm_scheduler.isolated_prefill_steps"

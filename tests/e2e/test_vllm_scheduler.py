@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from fairlane.engines.vllm_scheduler import PRIORITY_LEVEL_SPAN
+from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
 
 DECODES = ["d0", "d1", "d2"]
 # Priorities as Fairlane gives them: a level (what holds), a rank under it.

@@ -15,7 +15,7 @@ import anthropic  # a dev dependency: no silent skip without it
 import pytest
 from multidict import CIMultiDict
 
-from fairlane.engines.vllm_scheduler import priority_level
+from fairlane.engines.priority_levels import priority_level
 from fairlane.ports import free_port
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from fairlane.engines.vllm_scheduler import PRIORITY_LEVEL_SPAN
+from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
 
 pytestmark = pytest.mark.integration
 CHAT = "/v1/chat/completions"

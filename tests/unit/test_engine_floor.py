@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fairlane.bench.engine_floor import FLOODER_PRIORITY, QUIET_PRIORITY
 from fairlane.benchcli import build_parser
-from fairlane.engines.vllm_scheduler import priority_level
+from fairlane.engines.priority_levels import priority_level
 
 
 def test_engine_floor_writes_every_arm(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@ light or not) and, under it, the slots its tenant held for its weight."""
 
 from __future__ import annotations
 
-from fairlane.engines.vllm_scheduler import PRIORITY_LEVEL_SPAN, priority_level
+from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN, priority_level
 from fairlane.extproc.admission import EnginePool
 from fairlane.extproc.outcomes import engine_priority
 from fairlane.extproc.replicas import EngineState

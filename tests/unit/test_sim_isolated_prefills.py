@@ -11,11 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
 from fairlane.engines.sim.presets import PRESETS
 from fairlane.engines.sim.request import SimRequest
 from fairlane.engines.sim.scheduler import BatchScheduler
 from fairlane.engines.sim.stats import EngineStats
-from fairlane.engines.vllm_scheduler import PRIORITY_LEVEL_SPAN, Isolation
+from fairlane.engines.vllm_scheduler import Isolation
 
 # 8 sequences, 512 tokens a step, room in the KV cache for everything below.
 TINY = PRESETS["tiny"]

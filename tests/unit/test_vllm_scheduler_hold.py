@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, auto
 
-from fairlane.engines.vllm_scheduler import PRIORITY_LEVEL_SPAN, plan_hold, step_fits
+from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
+from fairlane.engines.vllm_scheduler import plan_hold, step_fits
 
 
 class FakeStatus(Enum):  # the names of vLLM's RequestStatus

@@ -1,0 +1,136 @@
+"""Prompts on their way: Fairlane's word to an engine's scheduler that it has admitted a
+request the scheduler has not seen yet.
+
+Fairlane admits a request before the engine's scheduler sees it: the body still has to
+reach the engine, and vLLM's API server to template and tokenize it (the simulator's
+API delay). A light tenant's prompt that arrives mid-step waits out the step in
+progress, and when that step carries a worse tenant's prompt it is the longest wait left
+to it (docs/benchmarks.md, "Announced prompts"). Told in advance, the scheduler starts
+no prompt of a worse priority level while the better one is on its way, so the step in
+progress when it arrives is decodes, not a prefill.
+
+The word is a UDP datagram to the engine's host and port (the number of its HTTP port):
+the request's priority in ASCII digits. Fire and forget: a lost datagram costs that
+request the early hold, nothing else. An expectation ends when a request of its level
+reaches the scheduler, or after ``HORIZON_S``. One that ends unmet (its client went
+away, the engine refused the request) makes the scheduler ignore expectations for the
+next ``HORIZON_S``: requests that never arrive cannot hold worse prompts back more than
+half of the time, and a real light prompt holds them for its own prefill anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import deque
+
+from fairlane.engines.priority_levels import priority_level
+
+# Longer than a request takes from Fairlane's decision to the engine's scheduler (the
+# simulator's a100-8b preset: 30 ms), so an expectation is met, not expired.
+HORIZON_S = 0.1
+# Expectations one engine keeps at most; more are dropped (a flood of datagrams).
+MAX_EXPECTED = 1024
+# The environment variable that tells Fairlane's vLLM scheduler where to listen
+# (host:port); the supervisor sets it for a managed vLLM.
+ADDRESS_ENV = "FAIRLANE_ANNOUNCEMENTS"
+_MAX_DATAGRAM = 32
+
+
+class ExpectedPrompts:
+    """Announced requests not yet arrived, by priority level. A handful of levels at
+    most (two per priority class), so ``best`` is cheap on every step. With a socket,
+    ``arrived`` and ``best`` first read what it has received."""
+
+    def __init__(
+        self, listening: AnnouncementSocket | None = None, horizon_s: float = HORIZON_S
+    ) -> None:
+        self.listening = listening
+        self.horizon_s = horizon_s
+        self._deadlines: dict[int, deque[float]] = {}  # level -> deadlines, oldest first
+        self._count = 0
+        self._ignore_until = float("-inf")
+        self.announced = 0
+        self.met = 0
+
+    def expect(self, priority: int, now: float) -> None:
+        if self._count >= MAX_EXPECTED:
+            return
+        level = priority_level(priority)
+        self._deadlines.setdefault(level, deque()).append(now + self.horizon_s)
+        self._count += 1
+        self.announced += 1
+
+    def arrived(self, priority: int, now: float) -> None:
+        """A request reached the scheduler: it meets the oldest expectation of its level
+        (its announcement was sent before it, so it is read first)."""
+        self._receive(now)
+        level = priority_level(priority)
+        deadlines = self._deadlines.get(level)
+        if not deadlines:
+            return  # not announced (n > 1's other choices, a request past Fairlane)
+        deadlines.popleft()
+        self._count -= 1
+        self.met += 1
+        if not deadlines:
+            del self._deadlines[level]
+
+    def best(self, now: float) -> int | None:
+        """The best priority level on its way; None when none is, or while ignoring
+        expectations after one went unmet."""
+        self._receive(now)
+        for level in [level for level, d in self._deadlines.items() if d[0] <= now]:
+            deadlines = self._deadlines[level]
+            while deadlines and deadlines[0] <= now:
+                deadlines.popleft()
+                self._count -= 1
+                self._ignore_until = now + self.horizon_s
+            if not deadlines:
+                del self._deadlines[level]
+        if not self._deadlines or now < self._ignore_until:
+            return None
+        return min(self._deadlines)
+
+    def _receive(self, now: float) -> None:
+        if self.listening is not None:
+            for priority in self.listening.receive():
+                self.expect(priority, now)
+
+
+class AnnouncementSocket:
+    """The engine's end: a non-blocking UDP socket, read between steps."""
+
+    def __init__(self, host: str, port: int) -> None:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self._sock.setblocking(False)
+            self._sock.bind(address)
+        except OSError:
+            self._sock.close()
+            raise
+
+    def receive(self) -> list[int]:
+        """The priorities in the datagrams waiting (at most ``MAX_EXPECTED``); anything
+        but a priority is ignored."""
+        priorities: list[int] = []
+        for _ in range(MAX_EXPECTED):
+            try:
+                data = self._sock.recv(_MAX_DATAGRAM)
+            except OSError:  # nothing more to read (or an ICMP error queued on the socket)
+                break
+            if data.isdigit():
+                priorities.append(int(data))
+        return priorities
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def address_from_env() -> tuple[str, int] | None:
+    """Where Fairlane's vLLM scheduler listens, from ``ADDRESS_ENV``; None: nowhere."""
+    value = os.environ.get(ADDRESS_ENV, "")
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
