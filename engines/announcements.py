@@ -34,7 +34,7 @@ MAX_EXPECTED = 1024
 # The environment variable that tells Fairlane's vLLM scheduler where to listen
 # (host:port); the supervisor sets it for a managed vLLM.
 ADDRESS_ENV = "FAIRLANE_ANNOUNCEMENTS"
-_MAX_DATAGRAM = 32
+_MAX_DATAGRAM = 20  # digits; a longer datagram is not Fairlane's
 
 
 class ExpectedPrompts:
@@ -116,10 +116,11 @@ class AnnouncementSocket:
         priorities: list[int] = []
         for _ in range(MAX_EXPECTED):
             try:
-                data = self._sock.recv(_MAX_DATAGRAM)
+                # One byte more than a priority takes: a longer datagram arrives cut.
+                data = self._sock.recv(_MAX_DATAGRAM + 1)
             except OSError:  # nothing more to read (or an ICMP error queued on the socket)
                 break
-            if data.isdigit():
+            if data.isdigit() and len(data) <= _MAX_DATAGRAM:
                 priorities.append(int(data))
         return priorities
 

@@ -10,6 +10,8 @@ settings never reach the other tests of the tier.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from fairlane.engines.announcements import ADDRESS_ENV
 from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
 
 DECODES = ["d0", "d1", "d2"]
@@ -25,10 +28,17 @@ DECODES = ["d0", "d1", "d2"]
 LIGHT, HEAVY = 1, 3 * PRIORITY_LEVEL_SPAN + 5  # levels 0 and 3
 
 
-def run_script(model: Path, scheduler: str, async_scheduling: bool, **config: int) -> Any:
+def run_script(
+    model: Path,
+    scheduler: str,
+    async_scheduling: bool,
+    env: dict[str, str] | None = None,
+    **config: int,
+) -> Any:
     argv = [sys.executable, "-P", __file__, str(model), scheduler, json.dumps(config)]
     argv += ["--async"] if async_scheduling else []
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+    environ = {**os.environ, **(env or {})}
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=240, env=environ)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -115,6 +125,23 @@ def test_under_kv_pressure_the_worst_request_is_preempted_not_a_light_one(
     assert steps["preemptions"] == plain["preemptions"]
 
 
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_a_light_prompt_on_its_way_holds_a_heavy_one_that_arrives_first(
+    tiny_model: Path, async_scheduling: bool
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {ADDRESS_ENV: f"127.0.0.1:{port}"}  # as the supervisor sets it for a managed vLLM
+    told = run_script(tiny_model, "isolated", async_scheduling, env, announce=1)
+    untold = run_script(tiny_model, "isolated", async_scheduling, announce=1)
+    # Announced by Fairlane's worker, the light prompt is expected: the heavy one waits
+    # for it, the decodes do not. Unannounced, the heavy prompt goes as it arrives.
+    assert [prompts(s) for s in told["steps"][1:5]] == [{}, {}, {"light": 200}, {"heavy": 200}]
+    assert [prompts(s) for s in untold["steps"][1:5]] == [{"heavy": 200}, {}, {"light": 200}, {}]
+    assert all(s[rid] == 1 for s in told["steps"][1:] for rid in DECODES)
+
+
 def main(model: str, scheduler: str, raw_config: str, async_scheduling: bool) -> None:
     """The script: print the class and each step's scheduled tokens as JSON."""
     import torch
@@ -186,6 +213,9 @@ def main(model: str, scheduler: str, raw_config: str, async_scheduling: bool) ->
     if config.get("pressure"):
         print(json.dumps(under_pressure(sched, add, step)))
         return
+    if config.get("announce"):
+        print(json.dumps(announced(sched, add, step, steps)))
+        return
     for rid in DECODES:
         add(rid, 50, HEAVY)
     step()
@@ -217,6 +247,30 @@ def under_pressure(sched: Any, add: Any, step: Any) -> dict[str, Any]:
         "class": type(sched).__name__,
         "preemptions": {rid: r.num_preemptions for rid, r in sched.requests.items()},
     }
+
+
+def announced(sched: Any, add: Any, step: Any, steps: list[dict[str, int]]) -> dict[str, Any]:
+    """Fairlane's worker announces a light prompt; a heavy one reaches the scheduler
+    first, the light one two steps later."""
+    from fairlane.engines.announcements import address_from_env
+    from fairlane.extproc.announce import Announcer
+
+    for rid in DECODES:
+        add(rid, 50, HEAVY)
+    step()
+    announcer = Announcer()
+    address = address_from_env()
+    announcer.listen_at({"e": address} if address else {})
+    announcer.announce("e", LIGHT)
+    time.sleep(0.01)  # loopback: there already
+    add("heavy", 200, HEAVY)
+    step()
+    step()
+    add("light", 200, LIGHT)
+    step()
+    step()
+    announcer.close()
+    return {"class": type(sched).__name__, "steps": steps}
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
+from fairlane.ports import free_port
 
 pytestmark = pytest.mark.integration
 CHAT = "/v1/chat/completions"
@@ -233,3 +234,25 @@ async def test_reload_under_load_loses_nothing(stack_factory: Any) -> None:
             generation = (await resp.json())["config_generation"]
     assert generation >= 3
     assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+
+
+@pytest.mark.parametrize("announce", [True, False])
+async def test_each_admitted_request_is_announced_to_the_engine_before_it_arrives(
+    stack_factory: Any, announce: bool
+) -> None:
+    """The worker's datagram to the simulator's scheduler (fairlane.engines.announcements)
+    for each request it admits, read before the request it announces gets there: each
+    one met, none left to expire. With `announce: false`, none."""
+    port = free_port("127.0.0.1")
+    policy = _policy("fair")
+    policy["engines"]["e"] |= {"max_inflight": 8, "inject_priority": True, "port": port}
+    policy["engines"]["e"]["announce"] = announce
+    stack = stack_factory(policy)
+    async with aiohttp.ClientSession() as session:
+        for tenant in ("quiet", "flooder", "quiet"):
+            status, _, body = await _chat(session, stack.url, tenant, max_tokens=5)
+            assert status == 200, body
+    engine = f"http://127.0.0.1:{port}"
+    announced = await _metric(engine, "fairlane_sim_announced_requests_total")
+    met = await _metric(engine, "fairlane_sim_announced_requests_met_total")
+    assert (announced, met) == ((3, 3) if announce else (0, 0))

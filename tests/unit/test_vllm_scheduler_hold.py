@@ -124,3 +124,27 @@ def test_a_step_fits_when_the_free_blocks_cover_every_running_request() -> None:
     # ...and speculative slots come on top of each.
     assert not step_fits(1, [1], token_budget=512, block_size=16, lookahead=16)
     assert step_fits(2, [1], token_budget=512, block_size=16, lookahead=16)
+
+
+def test_a_prompt_on_its_way_holds_worse_prompts_but_no_decode() -> None:
+    running = [decoding("d", level(3)), part_way("chunked", level(3))]
+    waiting = [FakeRequest("heavy", level(3)), FakeRequest("mid", level(1))]
+    hold = plan_hold(running, waiting, slot_free=True, isolation="step", expected=0)
+    assert (hold.bar, hold.announced) == (0, True)
+    # Nothing better is here yet: decodes run, even with a step of its own to come.
+    assert [r.request_id for r in hold.running] == ["chunked"]
+    assert [r.request_id for r in hold.waiting] == ["heavy", "mid"]
+    assert hold.better == []
+
+
+def test_a_prompt_on_its_way_needs_a_free_slot_and_a_better_level() -> None:
+    running = [part_way("chunked", level(3))]
+    assert plan_hold(running, [], slot_free=False, expected=0) == plan_hold(running, [], False)
+    # A better prompt already here: the ordinary hold, decodes too with `step`.
+    running.append(decoding("d", level(3)))
+    waiting = [FakeRequest("light", level(0))]
+    hold = plan_hold(running, waiting, slot_free=True, isolation="step", expected=1)
+    assert (hold.bar, hold.announced) == (0, False)
+    assert [r.request_id for r in hold.running] == ["chunked", "d"]
+    # One no better than the worst here holds nothing.
+    assert plan_hold(running, [], slot_free=True, expected=3).running == []
