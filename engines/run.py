@@ -48,6 +48,7 @@ LAUNCH_FIELDS = {
     "env",
     "inject_priority",
     "isolate_prefills",
+    "announce",
     "gpu_memory_gb",
     "lazy",
     "pinned",

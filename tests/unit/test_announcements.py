@@ -19,6 +19,7 @@ from fairlane.engines.announcements import (
     address_from_env,
 )
 from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
+from fairlane.engines.run import launch_key
 from fairlane.engines.spec import engine_spec
 from fairlane.extproc.announce import Announcer
 from fairlane.policy import EngineConfig
@@ -188,3 +189,9 @@ def test_a_managed_engine_listens_where_fairlane_announces(
         "v", EngineConfig.model_validate({"kind": "vllm", "models": ["m"], "port": 8123, **fields})
     )
     assert vllm.env.get(ADDRESS_ENV) == ("127.0.0.1:8123" if announced else None)
+
+
+def test_a_reload_that_changes_announce_restarts_the_engine() -> None:
+    # The engine's flags (or environment) say whether it listens.
+    on = EngineConfig.model_validate({"kind": "sim", "models": ["m"], "inject_priority": True})
+    assert launch_key(on) != launch_key(on.model_copy(update={"announce": False}))
