@@ -25,12 +25,12 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.announcements:
         try:
             announcements = AnnouncementSocket(args.host, args.port)
-        except OSError as exc:
+        except OSError as exc:  # as Fairlane's vLLM scheduler: they cost only themselves
             print(
-                f"fairlane-sim: cannot listen on UDP {args.host}:{args.port}: {exc}",
+                f"fairlane-sim: not listening for Fairlane's announcements on UDP "
+                f"{args.host}:{args.port}: {exc}",
                 file=sys.stderr,
             )
-            return 1
     engine = SimEngine(
         preset,
         max_waiting=args.max_queue,

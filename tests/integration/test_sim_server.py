@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -442,3 +443,20 @@ async def test_overload_503_and_sigterm_with_requests_in_flight() -> None:
         code, stdout = await asyncio.to_thread(_stop, proc)
     assert code == 0
     assert stdout == f"fairlane-sim ready on {base} (preset tiny)\n"
+
+
+async def test_a_taken_announcement_port_costs_only_the_announcements() -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    flags = ["--scheduling-policy", "priority", "--isolate-prefills", "--announcements"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", port))  # the same number, UDP: what --announcements binds
+        proc = _start(port, *flags)
+        try:
+            await asyncio.to_thread(_wait_healthy, proc, base)
+            status, _ = await _post(base, "/v1/completions", {"model": MODEL, "prompt": "hi"})
+            assert status == 200
+        finally:
+            os.kill(proc.pid, signal.SIGTERM)
+            _, stderr = await asyncio.to_thread(proc.communicate, None, 10)
+    assert f"not listening for Fairlane's announcements on UDP 127.0.0.1:{port}" in stderr
