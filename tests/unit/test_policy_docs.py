@@ -23,6 +23,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from fairlane.engines.sim.engine import SimEngine
+from fairlane.engines.sim.metrics import build_registry
+from fairlane.engines.sim.presets import PRESETS
 from fairlane.envoy.common import CONTROL_CLUSTER, WORKER_CLUSTER
 from fairlane.extproc.errors import Reason
 from fairlane.policy import Policy
@@ -153,8 +156,10 @@ def test_docs_name_only_exported_metrics() -> None:
         "histogram": ("_bucket", "_sum", "_count", "_created"),
         "gauge": ("",),
     }
+    # The simulator's own fairlane_sim_* metrics, on its /metrics, count too.
+    simulator, _ = build_registry(SimEngine(PRESETS["tiny"]), "m")
     names = set()
-    for family in worker.metrics.registry.collect():
+    for family in [*worker.metrics.registry.collect(), *simulator.collect()]:
         names.add(family.name)
         names.update(family.name + s for s in suffixes[family.type])
     # Other fairlane_* words the docs may show: access-log `details` of refusals and
