@@ -74,9 +74,8 @@ class BatchScheduler:
         self._hold_decodes = self.isolate_prefills == "step"
         self._held_in_vain = False  # the last step held work back and ran no better prompt
         # The best priority level announced and not yet arrived (the engine sets it before
-        # each step), and whether this step's bar is that level.
+        # each step).
         self.expected: int | None = None
-        self._announced = False
         self.stats = stats
         self.running: list[SimRequest] = []
         self.waiting: deque[SimRequest] = deque()
@@ -118,7 +117,7 @@ class BatchScheduler:
         running = self.running
         scheduled: list[SimRequest] = []
         preemptions_before = self.stats.preemptions
-        bar = self._prefill_bar()
+        bar, announced = self._prefill_bar()
         # As Fairlane's vLLM scheduler: running requests are held only while every
         # decode's next token fits, for vLLM would preempt among the ones it sees.
         fits = self.kv_used + len(running) <= preset.kv_cache_tokens
@@ -130,7 +129,7 @@ class BatchScheduler:
             if (
                 running_bar is not None
                 and priority_level(req.order[0]) > running_bar
-                and ((self._hold_decodes and not self._announced) or _prefilling(req))
+                and ((self._hold_decodes and not announced) or _prefilling(req))
             ):
                 i += 1  # worse work waits for a later step
                 held = True
@@ -172,7 +171,7 @@ class BatchScheduler:
                 budget -= req._new
                 running.append(req)
                 scheduled.append(req)
-        if held and bar is not None and not self._announced:
+        if held and bar is not None and not announced:
             self._held_in_vain = not any(
                 priority_level(r.order[0]) <= bar and _prefilling(r) for r in scheduled
             )
@@ -181,15 +180,14 @@ class BatchScheduler:
         step_ms = preset.step_ms(len(scheduled), prefill_tokens, context_tokens)
         return scheduled, step_ms / 1000.0
 
-    def _prefill_bar(self) -> int | None:
+    def _prefill_bar(self) -> tuple[int | None, bool]:
         """With ``isolate_prefills``: the priority level a request needs to run in this
         step, that of the best prompt waiting with a slot free or part-way through its
         prefill, or on its way (``expected``: then decodes run); None when nothing is
-        held back."""
-        self._announced = False
+        held back. And whether that level is one on its way."""
         if not self.isolate_prefills or self._held_in_vain:
             self._held_in_vain = False
-            return None
+            return None, False
         pending = [r.order[0] for r in self.running if _prefilling(r)]
         slot_free = len(self.running) < self.preset.max_num_seqs
         if self.waiting and slot_free:
@@ -197,9 +195,8 @@ class BatchScheduler:
         bar = min(map(priority_level, pending), default=None)
         expected = self.expected
         if slot_free and expected is not None and (bar is None or expected < bar):
-            self._announced = True
-            return expected
-        return bar
+            return expected, True
+        return bar, False
 
     def _make_room(self, tokens: int, req: SimRequest) -> list[SimRequest]:
         """Preempt running requests (the newest; under the priority policy the worst)
