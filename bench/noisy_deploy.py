@@ -24,8 +24,8 @@ from fairlane.bench.stack import (
     write_policy,
 )
 from fairlane.bench.vllm_cpu import start_vllm_cpu
+from fairlane.engine_config import DEFAULT_ENGINE_NICE, EngineConfig
 from fairlane.engines.spec import scheduling_flags
-from fairlane.policy import DEFAULT_ENGINE_NICE, EngineConfig
 
 MODEL = "bench-model"
 SYNC_INTERVAL_S = 0.1  # fair-counter sync between gateways (docs/scaling.md)

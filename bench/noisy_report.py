@@ -8,7 +8,7 @@ from typing import Any
 from fairlane.bench.records import RequestRecord, RunResult
 from fairlane.bench.report import table
 from fairlane.bench.stats import fmt, goodput, lag_ok, ratio, summarize
-from fairlane.policy import EngineConfig
+from fairlane.engine_config import EngineConfig
 
 ARMS = ("solo", "fifo", "token-bucket", "fair")
 FLOODER = "flooder"

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from fairlane.bench.stack import Server
+from fairlane.engine_config import DEFAULT_ENGINE_NICE
 from fairlane.engines import tinymodel
-from fairlane.policy import DEFAULT_ENGINE_NICE
 
 MODEL_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fairlane/tiny-llama"
 START_TIMEOUT_S = 300.0

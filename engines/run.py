@@ -7,10 +7,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from fairlane.engine_config import EngineConfig
 from fairlane.engines.health import Health
 from fairlane.engines.process import ManagedProcess
 from fairlane.engines.spec import EngineSpec
-from fairlane.policy import EngineConfig
 
 
 @dataclass

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
+from fairlane.engine_config import EngineConfig
 from fairlane.engines.announcements import ADDRESS_ENV
 from fairlane.engines.vllm_scheduler import SCHEDULER_CLS
-from fairlane.policy import EngineConfig
 from fairlane.ports import free_port
 
 

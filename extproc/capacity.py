@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from fairlane.policy import AdaptiveConfig
+from fairlane.engine_config import AdaptiveConfig
 
 # vLLM and SGLang names for the same three signals.
 RUNNING = ("vllm:num_requests_running", "sglang:num_running_reqs")

@@ -12,9 +12,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from fairlane.engine_config import EngineConfig
 from fairlane.extproc.admission import EnginePool
 from fairlane.extproc.replicas import EngineState
-from fairlane.policy import EngineConfig
 
 log = logging.getLogger(__name__)
 QUARANTINE_S = 2.0

@@ -11,9 +11,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fairlane.engine_config import EngineConfig
 from fairlane.engine_keys import engine_keys
 from fairlane.extproc.limits import TenantLimits
-from fairlane.policy import EngineConfig, LimitsConfig, Policy
+from fairlane.policy import LimitsConfig, Policy
 
 UNKNOWN_TENANT = "unknown"
 TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")

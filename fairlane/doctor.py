@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fairlane.policy import EngineConfig
+from fairlane.engine_config import EngineConfig
 from fairlane.policy_file import PolicyError, load_policy
 from fairlane.ports import bind_error
 from fairlane.rlimits import OPEN_FILES_WANTED, attainable, connections_allowed

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from fairlane.bench.cpu import process_group
-from fairlane.policy import DEFAULT_ENGINE_NICE
+from fairlane.engine_config import DEFAULT_ENGINE_NICE
 from fairlane.ports import free_port
 
 MODEL = "tiny-llama"

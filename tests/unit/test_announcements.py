@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from fairlane.engine_config import EngineConfig
 from fairlane.engines.announcements import (
     ADDRESS_ENV,
     HORIZON_S,
@@ -22,7 +23,6 @@ from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
 from fairlane.engines.run import launch_key
 from fairlane.engines.spec import engine_spec
 from fairlane.extproc.announce import Announcer
-from fairlane.policy import EngineConfig
 
 LIGHT, HEAVY = 4, 3 * PRIORITY_LEVEL_SPAN + 7  # levels 0 and 3
 

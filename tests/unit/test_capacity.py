@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from fairlane.engine_config import AdaptiveConfig
 from fairlane.extproc.capacity import AdaptiveLimit, EngineLoad, parse_engine_metrics
-from fairlane.policy import AdaptiveConfig
 
 VLLM = """# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from fairlane.engine_config import EngineConfig
 from fairlane.extproc.engine_health import reported_state
 from fairlane.extproc.replicas import EngineState
-from fairlane.policy import EngineConfig
 
 ENGINE = EngineConfig(kind="sim", models=("base",), adapters={"alice-lora": "/a"})
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from fairlane.engine_config import EngineConfig
 from fairlane.engines import tinylora, tinymodel
 from fairlane.engines.spec import build_argv, engine_spec
-from fairlane.policy import EngineConfig
 
 
 def config(**fields: Any) -> EngineConfig:
