@@ -25,7 +25,7 @@ from fairlane.bench.stack import (
 )
 from fairlane.bench.vllm_cpu import start_vllm_cpu
 from fairlane.engine_config import DEFAULT_ENGINE_NICE, EngineConfig
-from fairlane.engines.spec import scheduling_flags
+from fairlane.engines.spec import announcement_env, scheduling_flags
 
 MODEL = "bench-model"
 SYNC_INTERVAL_S = 0.1  # fair-counter sync between gateways (docs/scaling.md)
@@ -76,8 +76,12 @@ async def deploy(
             if "state" in policy:
                 servers.append(await start_redis(redis_port, work))
                 state = policy["state"] | {"url": f"redis://127.0.0.1:{redis_port}/0"}
+            # An engine started here listens for announcements where its config says to.
+            started = engine_kind != "external"
             policies = [
-                gateway_policy(policy, ports[3 * i : 3 * i + 3], engine_url, gateways, state)
+                gateway_policy(
+                    policy, ports[3 * i : 3 * i + 3], engine_url, gateways, state, started
+                )
                 for i in range(gateways)
             ]
         for index, document in enumerate(policies, 1):
@@ -115,6 +119,7 @@ async def _start_engine(engine: dict[str, Any], kind: str, work: Path) -> Server
             work,
             (*scheduling_flags(config, "vllm"), *args),
             DEFAULT_ENGINE_NICE if nice is None else nice,
+            announcement_env("127.0.0.1", engine["port"]) if config.announces else None,
         )
     args = (*scheduling_flags(config, "sim"), *args)
     return await start_sim(engine["preset"], engine["port"], model, work, args, nice or 0)
@@ -162,11 +167,14 @@ def gateway_policy(
     engine_url: str,
     gateways: int,
     state: dict[str, Any],
+    started: bool = True,
 ) -> dict[str, Any]:
     """One of ``gateways`` gateways' policy: ``policy`` on listener ``ports`` (port, admin,
     control), its simulator turned into the shared ``external`` engine at ``engine_url``
-    with its share of ``max_inflight``, and tenant state as ``state`` says."""
+    with its share of ``max_inflight``, and tenant state as ``state`` says. ``started``:
+    the bench started that engine as the simulator's config says (announcements too)."""
     port, admin, control = ports
+    announces = started and EngineConfig.model_validate(policy["engines"]["sim"]).announces
     engine = {
         key: value
         for key, value in policy["engines"]["sim"].items()
@@ -180,6 +188,8 @@ def gateway_policy(
     }
     if engine.get("inject_priority"):
         engine["inject_priority"] = "header"  # how a managed sim gets it; external: the body
+    if announces:
+        engine["announce"] = True  # it listens: _start_engine
     listener = policy["listener"] | {"port": port, "admin_port": admin, "control_port": control}
     return policy | {"listener": listener, "engines": {"sim": engine}, "state": state}
 

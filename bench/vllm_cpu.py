@@ -52,9 +52,11 @@ async def start_vllm_cpu(
     log_dir: Path,
     extra: tuple[str, ...] = (),
     nice: int = DEFAULT_ENGINE_NICE,
+    env: dict[str, str] | None = None,
 ) -> Server:
     """Start vLLM serving the tiny model as ``name``, ``extra`` flags last, at ``nice``
-    (a managed vLLM's by default); returns once /health answers."""
+    (a managed vLLM's by default), ``env`` added to its environment; returns once
+    /health answers."""
     if not available():
         raise SystemExit(
             "--engine vllm-cpu needs vllm in this interpreter: run `make e2e` once, then "
@@ -64,7 +66,7 @@ async def start_vllm_cpu(
     argv = vllm_argv(model_dir, name, port, max_num_seqs, extra)
     # At nice 10 by default, as Fairlane runs a vLLM it manages and as docs/engines.md
     # tells users to run an external one: at 0, on two cores, it starves Envoy and the worker.
-    server = Server("vllm", argv, log_dir / f"vllm-{port}.log", env=ENV, nice=nice)
+    server = Server("vllm", argv, log_dir / f"vllm-{port}.log", env=ENV | (env or {}), nice=nice)
     await server.start()
     await server.wait_healthy(f"http://127.0.0.1:{port}/health", START_TIMEOUT_S)
     return server

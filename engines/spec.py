@@ -43,11 +43,14 @@ def engine_spec(
     argv = build_argv(config, config.host, port)
     env = dict(config.env)
     if config.kind == "vllm" and config.announces:
-        # Fairlane's scheduler runs in vLLM's engine process, which knows no HTTP port.
-        env[ADDRESS_ENV] = (
-            f"[{config.host}]:{port}" if ":" in config.host else f"{config.host}:{port}"
-        )
+        env |= announcement_env(config.host, port)
     return EngineSpec(name, config, config.host, port, argv, env)
+
+
+def announcement_env(host: str, port: int) -> dict[str, str]:
+    """Where a vLLM running Fairlane's scheduler listens for announcements: its engine
+    process knows no HTTP port, so it is told the one the worker announces to."""
+    return {ADDRESS_ENV: f"[{host}]:{port}" if ":" in host else f"{host}:{port}"}
 
 
 def scheduling_flags(config: EngineConfig, kind: Literal["sim", "vllm"]) -> list[str]:

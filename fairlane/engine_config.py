@@ -3,8 +3,10 @@ it, and how the worker schedules and protects it."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
@@ -76,10 +78,11 @@ class EngineConfig(Strict):
     # prompt ("prompts"; true is the same) or nothing worse, decodes included ("step")
     # (vllm: fairlane.engines.vllm_scheduler; sim). None: "prompts" where it can be.
     isolate_prefills: Literal[False, True, "prompts", "step"] | None = None
-    # With isolate_prefills: tell the engine's scheduler of each admitted request (a UDP
-    # datagram to the engine's host and port), so no worse prompt starts while it is on
-    # its way (fairlane.engines.announcements).
-    announce: bool = True
+    # Tell the engine's scheduler of each admitted request (a UDP datagram to the engine's
+    # host and port), so no worse prompt starts while it is on its way
+    # (fairlane.engines.announcements). None: where Fairlane starts it isolating prefills;
+    # true on an external engine: it runs Fairlane's scheduler, listening there.
+    announce: bool | None = None
     startup_timeout_s: float = Field(600.0, gt=0)
     # The CPU priority (nice, 0-19) of a managed engine's processes; None: 10 for vllm and
     # sglang, 0 for sim. An engine that saturates the CPUs must not starve Envoy and the
@@ -110,7 +113,9 @@ class EngineConfig(Strict):
     @property
     def announces(self) -> bool:
         """Whether Fairlane tells this engine of the requests it admits."""
-        return self.announce and self.prefill_isolation is not None
+        if self.kind == "external":
+            return bool(self.announce)
+        return self.announce is not False and self.prefill_isolation is not None
 
     @property
     def served(self) -> tuple[str, ...]:
@@ -142,6 +147,7 @@ class EngineConfig(Strict):
         if self.kind != "external" and self.api_key_env:
             raise ValueError("api_key_env is for external engines (Fairlane starts the others)")
         self._check_isolation()
+        self._check_announce()
         return self._check_adapters()
 
     def _check_isolation(self) -> None:
@@ -158,6 +164,24 @@ class EngineConfig(Strict):
         if not self.inject_priority:
             raise ValueError("isolate_prefills needs inject_priority: it isolates by priority")
 
+    def _check_announce(self) -> None:
+        if not self.announce:
+            return
+        if self.kind == "external":
+            if not self.inject_priority:
+                raise ValueError("announce needs inject_priority: it announces priorities")
+            host = urlsplit(self.url or "").hostname or ""
+            if not _is_ip_address(host):
+                raise ValueError(
+                    f"announce: the url's host {host!r} must be an IP address (no name "
+                    "lookups on the request path)"
+                )
+        elif self.prefill_isolation is None:
+            raise ValueError(
+                "announce: true needs isolated prefills (vllm or sim, inject_priority, "
+                "isolate_prefills not false)"
+            )
+
     def _check_adapters(self) -> EngineConfig:
         if not self.adapters:
             return self
@@ -172,3 +196,11 @@ class EngineConfig(Strict):
         if clash:
             raise ValueError(f"{', '.join(clash)}: a name in both models and adapters")
         return self
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -40,9 +40,13 @@ def _policy(scheduler: str) -> dict[str, Any]:
 
 
 async def _chat(
-    session: aiohttp.ClientSession, url: str, tenant: str, max_tokens: int = 20
+    session: aiohttp.ClientSession, url: str, tenant: str, max_tokens: int = 20, model: str = "m"
 ) -> tuple[int, dict[str, str], bytes]:
-    body = {"model": "m", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]}
+    body = {
+        "model": model,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
     async with session.post(url + CHAT, json=body, headers={"x-tenant-id": tenant}) as resp:
         return resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.read()
 
@@ -256,3 +260,31 @@ async def test_each_admitted_request_is_announced_to_the_engine_before_it_arrive
     announced = await _metric(engine, "fairlane_sim_announced_requests_total")
     met = await _metric(engine, "fairlane_sim_announced_requests_met_total")
     assert (announced, met) == ((3, 3) if announce else (0, 0))
+
+
+@pytest.mark.parametrize("announce", [True, None])
+async def test_an_external_engine_is_announced_to_when_the_policy_says_it_listens(
+    stack_factory: Any, announce: bool | None
+) -> None:
+    """An engine Fairlane does not start (here the managed simulator again, reached as
+    `external` under another model name) is announced to, at its url's host and port,
+    only with `announce: true`: Fairlane cannot know it runs the scheduler that listens."""
+    port = free_port("127.0.0.1")
+    policy = _policy("fair")
+    policy["engines"]["e"] |= {"inject_priority": True, "port": port, "args": ["--model", "x"]}
+    policy["engines"]["x"] = {
+        "kind": "external",
+        "url": f"http://127.0.0.1:{port}",
+        "models": ["x"],
+        "inject_priority": True,  # in the body, as an external vLLM reads it
+        **({"announce": announce} if announce is not None else {}),
+    }
+    stack = stack_factory(policy)
+    async with aiohttp.ClientSession() as session:
+        for tenant in ("quiet", "flooder"):
+            status, _, body = await _chat(session, stack.url, tenant, max_tokens=5, model="x")
+            assert status == 200, body
+    engine = f"http://127.0.0.1:{port}"
+    announced = await _metric(engine, "fairlane_sim_announced_requests_total")
+    met = await _metric(engine, "fairlane_sim_announced_requests_met_total")
+    assert (announced, met) == ((2, 2) if announce else (0, 0))

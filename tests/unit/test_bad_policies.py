@@ -61,6 +61,17 @@ EXPECTED = {
     "adapter_named_like_a_model.yaml": (
         "4 engines.local-vllm: llama-8b: a name in both models and adapters"
     ),
+    "announce_to_an_external_engine_by_name.yaml": (
+        "4 engines.shared-vllm: announce: the url's host 'vllm.internal' must be an IP "
+        "address (no name lookups on the request path)"
+    ),
+    "announce_without_priorities.yaml": (
+        "4 engines.shared-vllm: announce needs inject_priority: it announces priorities"
+    ),
+    "announce_without_isolated_prefills.yaml": (
+        "4 engines.local-vllm: announce: true needs isolated prefills (vllm or sim, "
+        "inject_priority, isolate_prefills not false)"
+    ),
 }
 
 

