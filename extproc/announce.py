@@ -3,24 +3,36 @@ the engine's scheduler for each request admitted to an engine that isolates pref
 sent before Envoy forwards the request, so the scheduler knows of it that much sooner.
 
 One unconnected UDP socket per address family, non-blocking: a send costs a system call
-and never waits; one that fails costs that request its early hold, nothing else.
+and never waits; one that fails costs that request its early hold, nothing else, and is
+counted in ``fairlane_announcements_total{outcome="failed"}``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fairlane.extproc.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Target:
+    sock: socket.socket
+    address: tuple[str, int]
+    sent: Any  # fairlane_announcements_total's children for this engine
+    failed: Any
+
+
 class Announcer:
-    def __init__(self) -> None:
-        # engine -> the socket to send from and where the engine listens
-        self._targets: dict[str, tuple[socket.socket, tuple[str, int]]] = {}
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._targets: dict[str, _Target] = {}  # by engine
         self._sockets: dict[int, socket.socket] = {}  # address family -> socket
 
     def listen_at(self, addresses: Mapping[str, tuple[str, int]]) -> None:
@@ -37,15 +49,24 @@ class Announcer:
                 sock = socket.socket(family, socket.SOCK_DGRAM)
                 sock.setblocking(False)
                 self._sockets[family] = sock
-            self._targets[engine] = (self._sockets[family], (host, port))
+            counted = self._metrics.announcements
+            self._targets[engine] = _Target(
+                self._sockets[family],
+                (host, port),
+                self._metrics.child(counted, engine, "sent"),
+                self._metrics.child(counted, engine, "failed"),
+            )
 
     def announce(self, engine: str, priority: int) -> None:
         target = self._targets.get(engine)
         if target is None:
             return
-        sock, address = target
-        with contextlib.suppress(OSError):  # a full buffer, say: the request goes on
-            sock.sendto(b"%d" % priority, address)
+        try:
+            target.sock.sendto(b"%d" % priority, target.address)
+        except OSError:  # a full buffer, say: the request goes on
+            target.failed.inc()
+        else:
+            target.sent.inc()
 
     def close(self) -> None:
         for sock in self._sockets.values():

@@ -58,6 +58,13 @@ class Metrics:
         self.config_reload_failures = Counter(
             "fairlane_config_reload_failures", "Policy reloads refused", registry=r
         )
+        self.announcements = Counter(
+            "fairlane_announcements",
+            "Datagrams to an engine's scheduler ahead of the requests they announce, by "
+            "outcome (sent|failed)",
+            ["engine", "outcome"],
+            registry=r,
+        )
         self.leases_expired = Counter(
             "fairlane_leases_expired",
             "Slots reclaimed because no end-of-request record arrived in time",

@@ -54,7 +54,7 @@ class Worker:
         self.metrics = Metrics()
         self.gateway = Gateway(compile_policy(policy, 1), self.metrics)
         self.engine_info: dict[str, dict[str, Any]] = {}
-        self.announcer = Announcer()
+        self.announcer = Announcer(self.metrics)
         self.metrics.add_collector(GatewayCollector(self.gateway, self.engine_info))
         self.watcher = PolicyWatcher(
             policy_path, policy.listener, self._apply_policy, self._reject_policy

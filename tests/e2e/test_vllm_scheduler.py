@@ -254,11 +254,12 @@ def announced(sched: Any, add: Any, step: Any, steps: list[dict[str, int]]) -> d
     first, the light one two steps later."""
     from fairlane.engines.announcements import address_from_env
     from fairlane.extproc.announce import Announcer
+    from fairlane.extproc.metrics import Metrics
 
     for rid in DECODES:
         add(rid, 50, HEAVY)
     step()
-    announcer = Announcer()
+    announcer = Announcer(Metrics())
     address = address_from_env()
     announcer.listen_at({"e": address} if address else {})
     announcer.announce("e", LIGHT)

@@ -23,6 +23,7 @@ from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
 from fairlane.engines.run import launch_key
 from fairlane.engines.spec import engine_spec
 from fairlane.extproc.announce import Announcer
+from fairlane.extproc.metrics import Metrics
 
 LIGHT, HEAVY = 4, 3 * PRIORITY_LEVEL_SPAN + 7  # levels 0 and 3
 
@@ -111,8 +112,14 @@ def received(sock: AnnouncementSocket, count: int) -> list[int]:
     return got
 
 
+def counted(metrics: Metrics, engine: str, outcome: str) -> float | None:
+    labels = {"engine": engine, "outcome": outcome}
+    return metrics.registry.get_sample_value("fairlane_announcements_total", labels)
+
+
 def test_the_worker_announces_to_the_engines_that_listen(listening: AnnouncementSocket) -> None:
-    announcer = Announcer()
+    metrics = Metrics()
+    announcer = Announcer(metrics)
     port = listening.port  # type: ignore[attr-defined]
     announcer.listen_at({"sim": ("127.0.0.1", port)})
     announcer.announce("sim", LIGHT)
@@ -122,11 +129,23 @@ def test_the_worker_announces_to_the_engines_that_listen(listening: Announcement
     announcer.listen_at({})  # a reload without it
     announcer.announce("sim", LIGHT)
     assert received(listening, 1) == []
+    assert (counted(metrics, "sim", "sent"), counted(metrics, "sim", "failed")) == (2, 0)
+    assert counted(metrics, "other", "sent") is None
+    announcer.close()
+
+
+def test_a_send_that_fails_is_counted_and_the_request_goes_on() -> None:
+    metrics = Metrics()
+    announcer = Announcer(metrics)
+    # The broadcast address, from a socket not allowed to broadcast: refused at once.
+    announcer.listen_at({"sim": ("255.255.255.255", 9)})
+    announcer.announce("sim", LIGHT)  # no exception
+    assert (counted(metrics, "sim", "sent"), counted(metrics, "sim", "failed")) == (0, 1)
     announcer.close()
 
 
 def test_a_host_name_is_not_announced_to(caplog: pytest.LogCaptureFixture) -> None:
-    announcer = Announcer()
+    announcer = Announcer(Metrics())
     announcer.listen_at({"sim": ("localhost", 9)})
     announcer.announce("sim", LIGHT)  # no name lookup on the request path, no error
     assert "not an IP address" in caplog.text
