@@ -24,6 +24,7 @@ import os
 import socket
 from collections import deque
 
+from fairlane.engines.histogram import Histogram
 from fairlane.engines.priority_levels import priority_level
 
 # Longer than a request takes from Fairlane's decision to the engine's scheduler (the
@@ -35,6 +36,8 @@ MAX_EXPECTED = 1024
 # (host:port); the supervisor sets it for a managed vLLM.
 ADDRESS_ENV = "FAIRLANE_ANNOUNCEMENTS"
 _MAX_DATAGRAM = 20  # digits; a longer datagram is not Fairlane's
+# The scheduler's lead: from reading an announcement to its request's arrival.
+LEAD_BUCKETS_S: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1)
 
 
 class ExpectedPrompts:
@@ -47,17 +50,22 @@ class ExpectedPrompts:
     ) -> None:
         self.listening = listening
         self.horizon_s = horizon_s
-        self._deadlines: dict[int, deque[float]] = {}  # level -> deadlines, oldest first
+        # level -> when each was read, and how many steps had been planned then; oldest first
+        self._heard: dict[int, deque[tuple[float, int]]] = {}
+        self._plans = 0  # calls of ``best``: one per step planned
         self._count = 0
         self._ignore_until = float("-inf")
         self.announced = 0
         self.met = 0
+        self.expired = 0
+        self.in_time = 0  # met, and seen by a step planned before their request arrived
+        self.lead = Histogram(LEAD_BUCKETS_S)  # seconds, of the announcements met
 
     def expect(self, priority: int, now: float) -> None:
         if self._count >= MAX_EXPECTED:
             return
         level = priority_level(priority)
-        self._deadlines.setdefault(level, deque()).append(now + self.horizon_s)
+        self._heard.setdefault(level, deque()).append((now, self._plans))
         self._count += 1
         self.announced += 1
 
@@ -66,30 +74,44 @@ class ExpectedPrompts:
         (its announcement was sent before it, so it is read first)."""
         self._receive(now)
         level = priority_level(priority)
-        deadlines = self._deadlines.get(level)
-        if not deadlines:
+        heard = self._heard.get(level)
+        if not heard:
             return  # not announced (n > 1's other choices, a request past Fairlane)
-        deadlines.popleft()
+        heard_at, plans = heard.popleft()
+        self.lead.observe(now - heard_at)
+        self.in_time += self._plans > plans
         self._count -= 1
         self.met += 1
-        if not deadlines:
-            del self._deadlines[level]
+        if not heard:
+            del self._heard[level]
 
     def best(self, now: float) -> int | None:
         """The best priority level on its way; None when none is, or while ignoring
         expectations after one went unmet."""
         self._receive(now)
-        for level in [level for level, d in self._deadlines.items() if d[0] <= now]:
-            deadlines = self._deadlines[level]
-            while deadlines and deadlines[0] <= now:
-                deadlines.popleft()
+        self._plans += 1
+        stale = now - self.horizon_s
+        for level in [level for level, h in self._heard.items() if h[0][0] <= stale]:
+            heard = self._heard[level]
+            while heard and heard[0][0] <= stale:
+                heard.popleft()
                 self._count -= 1
+                self.expired += 1
                 self._ignore_until = now + self.horizon_s
-            if not deadlines:
-                del self._deadlines[level]
-        if not self._deadlines or now < self._ignore_until:
+            if not heard:
+                del self._heard[level]
+        if not self._heard or now < self._ignore_until:
             return None
-        return min(self._deadlines)
+        return min(self._heard)
+
+    def summary(self) -> str:
+        """One line for an engine's log: how many were met, and how many early enough to
+        matter (a step was planned knowing of them)."""
+        mean_ms = 1000 * self.lead.sum / self.lead.count if self.lead.count else 0.0
+        return (
+            f"{self.announced} announced, {self.met} met ({self.in_time} in time for a step "
+            f"planned before their request; mean lead {mean_ms:.1f} ms), {self.expired} expired"
+        )
 
     def _receive(self, now: float) -> None:
         if self.listening is not None:

@@ -58,6 +58,8 @@ Isolation = Literal["prompts", "step"]
 _SCHEDULABLE = frozenset({"WAITING", "PREEMPTED"})
 # vLLM's caps on admissions into the running batch (max_num_active_reqs: newer vLLMs).
 _RUNNING_CAPS = ("max_num_running_reqs", "max_num_active_reqs")
+# How often the engine's log says what announcements it heard, and how early.
+SUMMARY_INTERVAL_S = 60.0
 
 
 class EngineRequest(Protocol):
@@ -182,6 +184,8 @@ def _isolating(base: type, isolation: Isolation) -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._expected = ExpectedPrompts(_listen_for_announcements())
+            self._summary_due = time.monotonic() + SUMMARY_INTERVAL_S
+            self._summarised = 0  # announcements counted in the last summary
 
         def add_request(self, request: Any) -> None:
             new = request.request_id not in self.requests  # not a streamed input's next part
@@ -194,7 +198,10 @@ def _isolating(base: type, isolation: Isolation) -> type:
                 self._held_in_vain = False
                 return super().schedule(*args, **kwargs)
             slot_free = len(self.running) < self.max_num_running_reqs
-            expected = self._expected.best(time.monotonic())
+            now = time.monotonic()
+            expected = self._expected.best(now)
+            if now >= self._summary_due:
+                self._summarise_announcements(now)
             hold = plan_hold(self.running, self.waiting, slot_free, isolation, expected)
             if hold.running and not self._fits_without_preemption(hold):
                 # vLLM preempts the worst of the running requests it sees; with the
@@ -213,6 +220,13 @@ def _isolating(base: type, isolation: Isolation) -> type:
                 r.request_id in scheduled for r in hold.better
             )
             return output
+
+        def _summarise_announcements(self, now: float) -> None:
+            # The operator's view of the lead announcements have on this engine.
+            self._summary_due = now + SUMMARY_INTERVAL_S
+            if self._expected.announced != self._summarised:
+                self._summarised = self._expected.announced
+                log.info("Fairlane's announcements so far: %s", self._expected.summary())
 
         def _fits_without_preemption(self, hold: Hold) -> bool:
             held = {id(r) for r in hold.running}

@@ -17,8 +17,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from ..histogram import Histogram
 from .engine import SimEngine
-from .stats import Histogram
 
 
 class EngineCollector(Collector):
@@ -44,6 +44,21 @@ class EngineCollector(Collector):
         )
         yield self._counter(
             "fairlane_sim_announced_requests_met", "Announced requests that arrived", expected.met
+        )
+        yield self._counter(
+            "fairlane_sim_announced_requests_in_time",
+            "Announced requests a step was planned for before they arrived",
+            expected.in_time,
+        )
+        yield self._counter(
+            "fairlane_sim_announced_requests_expired",
+            "Announced requests that did not arrive in time",
+            expected.expired,
+        )
+        yield self._histogram(
+            "fairlane_sim_announcement_lead_seconds",
+            "From reading an announcement to its request's arrival",
+            expected.lead,
         )
         success = CounterMetricFamily(
             "vllm:request_success",

@@ -6,8 +6,9 @@ a collector reads them at scrape time.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field
+
+from ..histogram import Histogram
 
 # vLLM's bucket bounds for these two histograms, so dashboards built for vLLM work.
 TTFT_BUCKETS_S: tuple[float, ...] = (
@@ -18,31 +19,6 @@ E2E_BUCKETS_S: tuple[float, ...] = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
     60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
-
-
-class Histogram:
-    """Fixed-bucket histogram; ``counts[i]`` counts values <= ``bounds[i]`` (and above
-    the previous bound), the last slot counts values above every bound."""
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        """Prometheus buckets: (upper bound, count of values <= bound), ending at +Inf."""
-        out: list[tuple[str, int]] = []
-        total = 0
-        for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
-            total += n
-            out.append((bound, total))
-        return out
 
 
 @dataclass

@@ -140,6 +140,9 @@ def test_a_light_prompt_on_its_way_holds_a_heavy_one_that_arrives_first(
     assert [prompts(s) for s in told["steps"][1:5]] == [{}, {}, {"light": 200}, {"heavy": 200}]
     assert [prompts(s) for s in untold["steps"][1:5]] == [{"heavy": 200}, {}, {"light": 200}, {}]
     assert all(s[rid] == 1 for s in told["steps"][1:] for rid in DECODES)
+    # What the engine's log summarises every minute: heard two steps before its request.
+    assert told["heard"].startswith("1 announced, 1 met (1 in time for a step")
+    assert untold["heard"].startswith("0 announced, 0 met")
 
 
 def main(model: str, scheduler: str, raw_config: str, async_scheduling: bool) -> None:
@@ -271,7 +274,7 @@ def announced(sched: Any, add: Any, step: Any, steps: list[dict[str, int]]) -> d
     step()
     step()
     announcer.close()
-    return {"class": type(sched).__name__, "steps": steps}
+    return {"class": type(sched).__name__, "steps": steps, "heard": sched._expected.summary()}
 
 
 if __name__ == "__main__":

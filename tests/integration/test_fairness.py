@@ -260,6 +260,8 @@ async def test_each_admitted_request_is_announced_to_the_engine_before_it_arrive
     announced = await _metric(engine, "fairlane_sim_announced_requests_total")
     met = await _metric(engine, "fairlane_sim_announced_requests_met_total")
     assert (announced, met) == ((3, 3) if announce else (0, 0))
+    assert await _metric(engine, "fairlane_sim_announced_requests_expired_total") == 0
+    assert await _metric(engine, "fairlane_sim_announcement_lead_seconds_count") == met
 
 
 @pytest.mark.parametrize("announce", [True, None])

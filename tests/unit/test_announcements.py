@@ -71,6 +71,23 @@ def test_an_unmet_announcement_expires_and_mutes_the_next_for_a_horizon() -> Non
     assert expected.best(0.21) is None
 
 
+def test_the_engine_counts_what_it_heard_and_how_early() -> None:
+    expected = ExpectedPrompts(horizon_s=0.1)
+    expected.expect(LIGHT, 0.0)
+    expected.best(0.01)  # a step planned while it is on its way
+    expected.arrived(LIGHT, 0.02)
+    expected.expect(LIGHT, 0.1)
+    expected.arrived(LIGHT, 0.1)  # heard with it, in the same gap between steps: too late
+    expected.expect(HEAVY, 0.2)
+    expected.best(0.31)  # never came
+    assert (expected.announced, expected.met, expected.in_time, expected.expired) == (3, 2, 1, 1)
+    assert (expected.lead.count, expected.lead.counts[0]) == (2, 1)  # 20 ms, and 0
+    assert expected.summary() == (
+        "3 announced, 2 met (1 in time for a step planned before their request; mean lead "
+        "10.0 ms), 1 expired"
+    )
+
+
 def test_a_met_announcement_mutes_nothing() -> None:
     expected = ExpectedPrompts(horizon_s=0.1)
     expected.expect(LIGHT, 0.0)
