@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fairlane.bench.engine_watch import announcements_heard
 from fairlane.bench.records import RequestRecord, RunResult
 from fairlane.bench.report import table
 from fairlane.bench.stats import fmt, goodput, lag_ok, ratio, summarize
@@ -176,6 +177,7 @@ def render(document: dict[str, Any], png: Path) -> tuple[str, bool]:
         "bg cores",
     ]  # fmt: skip
     parts = [table(headers, rows), _tenant_table(arms)] if arms else []
+    parts += announcements_heard(arms)
     parts += _verdicts(arms)
     if "spread" in document:
         parts.append(_spread_table(document["spread"]))

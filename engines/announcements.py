@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import socket
 from collections import deque
+from dataclasses import dataclass
 
 from fairlane.engines.histogram import Histogram
 from fairlane.engines.priority_levels import priority_level
@@ -38,6 +39,18 @@ ADDRESS_ENV = "FAIRLANE_ANNOUNCEMENTS"
 _MAX_DATAGRAM = 20  # digits; a longer datagram is not Fairlane's
 # The scheduler's lead: from reading an announcement to its request's arrival.
 LEAD_BUCKETS_S: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1)
+# Levels counted apart (two per priority class); worse ones are counted with the last.
+COUNTED_LEVELS = 8
+
+
+@dataclass
+class Heard:
+    """What the scheduler heard of one priority level's announcements."""
+
+    announced: int = 0
+    met: int = 0
+    in_time: int = 0  # met, and seen by a step planned before their request arrived
+    expired: int = 0
 
 
 class ExpectedPrompts:
@@ -55,11 +68,23 @@ class ExpectedPrompts:
         self._plans = 0  # calls of ``best``: one per step planned
         self._count = 0
         self._ignore_until = float("-inf")
-        self.announced = 0
-        self.met = 0
-        self.expired = 0
-        self.in_time = 0  # met, and seen by a step planned before their request arrived
+        self.heard: dict[int, Heard] = {}  # by level, the last counting the worse ones too
         self.lead = Histogram(LEAD_BUCKETS_S)  # seconds, of the announcements met
+
+    @property
+    def announced(self) -> int:
+        return sum(h.announced for h in self.heard.values())
+
+    @property
+    def met(self) -> int:
+        return sum(h.met for h in self.heard.values())
+
+    def _counts(self, level: int) -> Heard:
+        level = min(level, COUNTED_LEVELS - 1)
+        counts = self.heard.get(level)
+        if counts is None:
+            counts = self.heard[level] = Heard()
+        return counts
 
     def expect(self, priority: int, now: float) -> None:
         if self._count >= MAX_EXPECTED:
@@ -67,7 +92,7 @@ class ExpectedPrompts:
         level = priority_level(priority)
         self._heard.setdefault(level, deque()).append((now, self._plans))
         self._count += 1
-        self.announced += 1
+        self._counts(level).announced += 1
 
     def arrived(self, priority: int, now: float) -> None:
         """A request reached the scheduler: it meets the oldest expectation of its level
@@ -79,9 +104,10 @@ class ExpectedPrompts:
             return  # not announced (n > 1's other choices, a request past Fairlane)
         heard_at, plans = heard.popleft()
         self.lead.observe(now - heard_at)
-        self.in_time += self._plans > plans
+        counts = self._counts(level)
+        counts.met += 1
+        counts.in_time += self._plans > plans
         self._count -= 1
-        self.met += 1
         if not heard:
             del self._heard[level]
 
@@ -96,7 +122,7 @@ class ExpectedPrompts:
             while heard and heard[0][0] <= stale:
                 heard.popleft()
                 self._count -= 1
-                self.expired += 1
+                self._counts(level).expired += 1
                 self._ignore_until = now + self.horizon_s
             if not heard:
                 del self._heard[level]
@@ -105,13 +131,16 @@ class ExpectedPrompts:
         return min(self._heard)
 
     def summary(self) -> str:
-        """One line for an engine's log: how many were met, and how many early enough to
-        matter (a step was planned knowing of them)."""
+        """One line for an engine's log: per level, how many were met, and how many early
+        enough to matter (a step was planned knowing of them)."""
         mean_ms = 1000 * self.lead.sum / self.lead.count if self.lead.count else 0.0
-        return (
-            f"{self.announced} announced, {self.met} met ({self.in_time} in time for a step "
-            f"planned before their request; mean lead {mean_ms:.1f} ms), {self.expired} expired"
+        levels = "; ".join(
+            f"level {level}{'+' if level == COUNTED_LEVELS - 1 else ''}: {h.announced} "
+            f"announced, {h.met} met, {h.in_time} in time for a step planned before their "
+            f"request, {h.expired} expired"
+            for level, h in sorted(self.heard.items())
         )
+        return f"{levels or 'none announced'}; mean lead {mean_ms:.1f} ms"
 
     def _receive(self, now: float) -> None:
         if self.listening is not None:

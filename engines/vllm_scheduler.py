@@ -224,8 +224,9 @@ def _isolating(base: type, isolation: Isolation) -> type:
         def _summarise_announcements(self, now: float) -> None:
             # The operator's view of the lead announcements have on this engine.
             self._summary_due = now + SUMMARY_INTERVAL_S
-            if self._expected.announced != self._summarised:
-                self._summarised = self._expected.announced
+            announced = self._expected.announced
+            if announced != self._summarised:
+                self._summarised = announced
                 log.info("Fairlane's announcements so far: %s", self._expected.summary())
 
         def _fits_without_preemption(self, hold: Hold) -> bool:

@@ -17,6 +17,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from ..announcements import ExpectedPrompts
 from ..histogram import Histogram
 from .engine import SimEngine
 
@@ -38,28 +39,7 @@ class EngineCollector(Collector):
         yield self._counter("vllm:prompt_tokens", "Prefilled prompt tokens", stats.prompt_tokens)
         yield self._counter("vllm:generation_tokens", "Generated tokens", stats.generation_tokens)
         yield self._counter("vllm:num_preemptions", "Preemptions", stats.preemptions)
-        expected = engine.expected  # Fairlane's announcements (fairlane.engines.announcements)
-        yield self._counter(
-            "fairlane_sim_announced_requests", "Requests announced", expected.announced
-        )
-        yield self._counter(
-            "fairlane_sim_announced_requests_met", "Announced requests that arrived", expected.met
-        )
-        yield self._counter(
-            "fairlane_sim_announced_requests_in_time",
-            "Announced requests a step was planned for before they arrived",
-            expected.in_time,
-        )
-        yield self._counter(
-            "fairlane_sim_announced_requests_expired",
-            "Announced requests that did not arrive in time",
-            expected.expired,
-        )
-        yield self._histogram(
-            "fairlane_sim_announcement_lead_seconds",
-            "From reading an announcement to its request's arrival",
-            expected.lead,
-        )
+        yield from self._announcements(engine.expected)
         success = CounterMetricFamily(
             "vllm:request_success",
             "Finished requests",
@@ -67,6 +47,26 @@ class EngineCollector(Collector):
         )
         success.add_metric([*self._labels, "length"], stats.requests_finished)
         yield success
+
+    def _announcements(self, expected: ExpectedPrompts) -> Iterator[Metric]:
+        """Fairlane's announcements (fairlane.engines.announcements), by priority level."""
+        for suffix, doc, field in (
+            ("", "Requests announced", "announced"),
+            ("_met", "Announced requests that arrived", "met"),
+            ("_in_time", "Announced requests a step was planned for before they came", "in_time"),
+            ("_expired", "Announced requests that did not arrive in time", "expired"),
+        ):
+            metric = CounterMetricFamily(
+                f"fairlane_sim_announced_requests{suffix}", doc, labels=["model_name", "level"]
+            )
+            for level, heard in sorted(expected.heard.items()):
+                metric.add_metric([*self._labels, str(level)], getattr(heard, field))
+            yield metric
+        yield self._histogram(
+            "fairlane_sim_announcement_lead_seconds",
+            "From reading an announcement to its request's arrival",
+            expected.lead,
+        )
 
     def _gauge(self, name: str, doc: str, value: float) -> Metric:
         metric = GaugeMetricFamily(name, doc, labels=["model_name"])

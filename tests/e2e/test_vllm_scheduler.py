@@ -141,8 +141,8 @@ def test_a_light_prompt_on_its_way_holds_a_heavy_one_that_arrives_first(
     assert [prompts(s) for s in untold["steps"][1:5]] == [{"heavy": 200}, {}, {"light": 200}, {}]
     assert all(s[rid] == 1 for s in told["steps"][1:] for rid in DECODES)
     # What the engine's log summarises every minute: heard two steps before its request.
-    assert told["heard"].startswith("1 announced, 1 met (1 in time for a step")
-    assert untold["heard"].startswith("0 announced, 0 met")
+    assert told["heard"].startswith("level 0: 1 announced, 1 met, 1 in time for a step")
+    assert untold["heard"].startswith("none announced")
 
 
 def main(model: str, scheduler: str, raw_config: str, async_scheduling: bool) -> None:

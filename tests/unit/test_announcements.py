@@ -13,10 +13,12 @@ import pytest
 from fairlane.engine_config import EngineConfig
 from fairlane.engines.announcements import (
     ADDRESS_ENV,
+    COUNTED_LEVELS,
     HORIZON_S,
     MAX_EXPECTED,
     AnnouncementSocket,
     ExpectedPrompts,
+    Heard,
     address_from_env,
 )
 from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
@@ -80,12 +82,21 @@ def test_the_engine_counts_what_it_heard_and_how_early() -> None:
     expected.arrived(LIGHT, 0.1)  # heard with it, in the same gap between steps: too late
     expected.expect(HEAVY, 0.2)
     expected.best(0.31)  # never came
-    assert (expected.announced, expected.met, expected.in_time, expected.expired) == (3, 2, 1, 1)
+    expected.expect(10**19, 0.4)  # a level beyond those counted apart: with the last
+    assert expected.heard == {
+        0: Heard(announced=2, met=2, in_time=1),
+        3: Heard(announced=1, expired=1),
+        COUNTED_LEVELS - 1: Heard(announced=1),
+    }
+    assert (expected.announced, expected.met) == (4, 2)
     assert (expected.lead.count, expected.lead.counts[0]) == (2, 1)  # 20 ms, and 0
     assert expected.summary() == (
-        "3 announced, 2 met (1 in time for a step planned before their request; mean lead "
-        "10.0 ms), 1 expired"
+        "level 0: 2 announced, 2 met, 1 in time for a step planned before their request, "
+        "0 expired; level 3: 1 announced, 0 met, 0 in time for a step planned before their "
+        "request, 1 expired; level 7+: 1 announced, 0 met, 0 in time for a step planned "
+        "before their request, 0 expired; mean lead 10.0 ms"
     )
+    assert ExpectedPrompts().summary() == "none announced; mean lead 0.0 ms"
 
 
 def test_a_met_announcement_mutes_nothing() -> None:
