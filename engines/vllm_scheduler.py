@@ -49,7 +49,9 @@ from typing import Any, Literal, Protocol
 from fairlane.engines.announcements import AnnouncementSocket, ExpectedPrompts, address_from_env
 from fairlane.engines.priority_levels import priority_level
 
-log = logging.getLogger(__name__)
+# A child of vLLM's logger, whose handler and level vLLM sets up in its engine process,
+# where this runs: a logger of our own would print nothing there.
+log = logging.getLogger(f"vllm.{__name__}")
 
 # What a better prompt's step leaves out: worse prompts, or all worse work.
 Isolation = Literal["prompts", "step"]

@@ -270,6 +270,8 @@ def test_priorities_start_vllm_with_isolated_prefills(stack: Any) -> None:
     imported and announced (tests/e2e/test_vllm_scheduler.py checks what it does)."""
     log = (stack.run_dir / "logs" / "engine-tiny.log").read_text()
     assert "custom scheduler class fairlane.engines.vllm_scheduler.isolated_prefills" in log
+    # Told where to hear the worker's announcements, and saying so in vLLM's own log.
+    assert "listening for Fairlane's announcements on 127.0.0.1:" in log
 
 
 async def test_priority_reaches_vllm(stack: Any) -> None:
