@@ -16,6 +16,11 @@ reaches the scheduler, or after ``HORIZON_S``. One that ends unmet (its client w
 away, the engine refused the request) makes the scheduler ignore expectations for the
 next ``HORIZON_S``: requests that never arrive cannot hold worse prompts back more than
 half of the time, and a real light prompt holds them for its own prefill anyway.
+
+The scheduler counts, per level, what it heard, and how much came in time to matter: a
+step planned between reading an announcement and its request's arrival. An announcement
+read in the same pause between steps as its request held nothing back. Fairlane's vLLM
+scheduler logs the counts each minute; the simulator exports them.
 """
 
 from __future__ import annotations
@@ -63,8 +68,8 @@ class ExpectedPrompts:
     ) -> None:
         self.listening = listening
         self.horizon_s = horizon_s
-        # level -> when each was read, and how many steps had been planned then; oldest first
-        self._heard: dict[int, deque[tuple[float, int]]] = {}
+        # level -> when each on its way was read, and how many steps had been planned then
+        self._pending: dict[int, deque[tuple[float, int]]] = {}
         self._plans = 0  # calls of ``best``: one per step planned
         self._count = 0
         self._ignore_until = float("-inf")
@@ -90,7 +95,7 @@ class ExpectedPrompts:
         if self._count >= MAX_EXPECTED:
             return
         level = priority_level(priority)
-        self._heard.setdefault(level, deque()).append((now, self._plans))
+        self._pending.setdefault(level, deque()).append((now, self._plans))
         self._count += 1
         self._counts(level).announced += 1
 
@@ -99,17 +104,17 @@ class ExpectedPrompts:
         (its announcement was sent before it, so it is read first)."""
         self._receive(now)
         level = priority_level(priority)
-        heard = self._heard.get(level)
-        if not heard:
+        pending = self._pending.get(level)
+        if not pending:
             return  # not announced (n > 1's other choices, a request past Fairlane)
-        heard_at, plans = heard.popleft()
+        heard_at, plans = pending.popleft()
         self.lead.observe(now - heard_at)
         counts = self._counts(level)
         counts.met += 1
         counts.in_time += self._plans > plans
         self._count -= 1
-        if not heard:
-            del self._heard[level]
+        if not pending:
+            del self._pending[level]
 
     def best(self, now: float) -> int | None:
         """The best priority level on its way; None when none is, or while ignoring
@@ -117,18 +122,18 @@ class ExpectedPrompts:
         self._receive(now)
         self._plans += 1
         stale = now - self.horizon_s
-        for level in [level for level, h in self._heard.items() if h[0][0] <= stale]:
-            heard = self._heard[level]
-            while heard and heard[0][0] <= stale:
-                heard.popleft()
+        for level in [level for level, p in self._pending.items() if p[0][0] <= stale]:
+            pending = self._pending[level]
+            while pending and pending[0][0] <= stale:
+                pending.popleft()
                 self._count -= 1
                 self._counts(level).expired += 1
                 self._ignore_until = now + self.horizon_s
-            if not heard:
-                del self._heard[level]
-        if not self._heard or now < self._ignore_until:
+            if not pending:
+                del self._pending[level]
+        if not self._pending or now < self._ignore_until:
             return None
-        return min(self._heard)
+        return min(self._pending)
 
     def summary(self) -> str:
         """One line for an engine's log: per level, how many were met, and how many early
