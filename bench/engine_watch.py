@@ -75,8 +75,7 @@ def announcement_counts(text: str) -> Counts:
     for line in text.splitlines():
         key = _ANNOUNCED.get(line.split("{", 1)[0])
         if key is not None and 'level="' in line:
-            level = line.split('level="', 1)[1].split('"', 1)[0]
-            counts.setdefault(level, {})[key] = float(line.rsplit(" ", 1)[1])
+            counts.setdefault(_label(line, "level"), {})[key] = _value(line)
     return counts
 
 
@@ -116,6 +115,15 @@ def pooled_queue_waits(texts: list[str]) -> dict[str, float]:
         for suffix, into in (("_sum", sums), ("_count", counts)):
             prefix = f"fairlane_queue_wait_seconds{suffix}{{"
             if line.startswith(prefix):
-                tenant = line.split('tenant="', 1)[1].split('"', 1)[0]
-                into[tenant] = into.get(tenant, 0.0) + float(line.rsplit(" ", 1)[1])
+                tenant = _label(line, "tenant")
+                into[tenant] = into.get(tenant, 0.0) + _value(line)
     return {t: 1000.0 * sums[t] / n for t, n in counts.items() if n and t in sums}
+
+
+def _label(line: str, name: str) -> str:
+    """A label's value in one line of Prometheus text (values here never hold quotes)."""
+    return line.split(f'{name}="', 1)[1].split('"', 1)[0]
+
+
+def _value(line: str) -> float:
+    return float(line.rsplit(" ", 1)[1])
