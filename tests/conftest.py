@@ -26,6 +26,10 @@ import yaml
 from fairlane.bench.cpu import alive, descendants
 from fairlane.ports import free_port
 
+# Test modules import their shared helpers as `testkit.*` (pytest's importlib mode puts
+# no test directory on the path by itself).
+sys.path.insert(0, str(Path(__file__).parent))
+
 
 class Stack:
     """One running `fairlane serve` with its policy."""
