@@ -1,9 +1,12 @@
-"""The container deliverables, checked structurally (no Docker engine needed).
+"""The container deliverables, checked structurally (no Docker engine needed):
+docker-compose.yml's services, the container policy they run, the Prometheus and Grafana
+wiring, and the image's runtime contract with that policy.
 
 docker-compose.yml, the Dockerfile and .dockerignore, the Prometheus and Grafana
 provisioning, the dashboard's metric names and the container policies must agree with
 each other and with the code: a renamed metric, a moved file or a port changed on one
-side only fails here instead of in someone's `docker compose up`.
+side only fails here instead of in someone's `docker compose up`. The build context and
+the dashboard's contents are checked in test_deployment_artifacts.py.
 """
 
 from __future__ import annotations
@@ -12,24 +15,20 @@ import json
 import re
 import shutil
 import subprocess
-import tomllib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from testkit.deployment import ROOT, dockerfile_instructions
 
 from fairlane.envoy.bootstrap import render_bootstrap
-from fairlane.extproc.metrics import Metrics
 from fairlane.policy import Policy
 from fairlane.policy_file import load_policy
 from fairlane.rlimits import OPEN_FILES_WANTED
 from fairlane.rundir import RunDir
-from fairlane.worker import Worker
 
-ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-DASHBOARD = ROOT / "deploy/grafana/dashboards/fairlane.json"
 DEFAULT_SERVICES = {"fairlane", "prometheus", "grafana"}
 
 
@@ -62,83 +61,6 @@ def service_policy(service: dict[str, Any]) -> Path:
     command = [interpolate(part) for part in service["command"]]
     assert command[:2] == ["serve", "--config"], command
     return ROOT / command[2]
-
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
-    instructions: list[tuple[str, str]] = []
-    pending = ""
-    for raw in (ROOT / "Dockerfile").read_text().splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        line = pending + line
-        pending = ""
-        keyword, _, args = line.partition(" ")
-        instructions.append((keyword.upper(), args.strip()))
-    assert not pending, "the Dockerfile ends inside a continued line"
-    return instructions
-
-
-def dockerignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
-    """(is_exception, regex) per .dockerignore line, in order (the last match wins)."""
-    patterns = []
-    for raw in (ROOT / ".dockerignore").read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        negate = line.startswith("!")
-        line = str(PurePosixPath(line.lstrip("!").strip("/")))
-        regex = ""
-        i = 0
-        while i < len(line):
-            if line.startswith("**/", i):
-                regex, i = regex + "(?:.*/)?", i + 3
-            elif line.startswith("**", i):
-                regex, i = regex + ".*", i + 2
-            elif line[i] == "*":
-                regex, i = regex + "[^/]*", i + 1
-            elif line[i] == "?":
-                regex, i = regex + "[^/]", i + 1
-            else:
-                regex, i = regex + re.escape(line[i]), i + 1
-        patterns.append((negate, re.compile(regex + r"\Z")))
-    return patterns
-
-
-def ignored(path: str) -> bool:
-    """Whether Docker leaves ``path`` (relative to the context) out of the build context."""
-    parts = PurePosixPath(path).parts
-    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    excluded = False
-    for negate, regex in dockerignore_patterns():
-        if any(regex.match(prefix) for prefix in prefixes):
-            excluded = not negate
-    return excluded
-
-
-def exposed_metric_names() -> tuple[set[str], set[str]]:
-    """(metric family names, sample names Prometheus sees) of the worker's registry:
-    ``Metrics`` plus the ``GatewayCollector`` the worker registers in it."""
-    # The worker's own wiring: Metrics plus the GatewayCollector it registers.
-    worker = Worker(ROOT / "configs/docker.yaml", RunDir(Path("/nonexistent/fairlane")))
-    metrics = worker.metrics
-    assert isinstance(metrics, Metrics)
-    suffixes = {
-        "counter": ("_total", "_created"),
-        "histogram": ("_bucket", "_sum", "_count", "_created"),
-        "gauge": ("",),
-    }
-    families, samples = set(), set()
-    for family in metrics.registry.collect():
-        families.add(family.name)
-        samples.update(family.name + suffix for suffix in suffixes[family.type])
-    # Both sources are there: Metrics' own series and the GatewayCollector's gauges.
-    assert {"fairlane_requests", "fairlane_inflight"} <= families
-    return families, samples
 
 
 @pytest.fixture(scope="module")
@@ -329,52 +251,7 @@ def test_provisioned_dashboards_exist_and_parse(services: dict[str, dict[str, An
     assert (mounts[directory] / name).is_file()
 
 
-def test_dashboard_uses_only_real_metric_names() -> None:
-    families, samples = exposed_metric_names()
-    dashboard = json.loads(DASHBOARD.read_text())
-    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    queries += [v["definition"] for v in dashboard["templating"]["list"]]
-    queried = {n for q in queries for n in re.findall(r"\bfairlane_[a-z_]+", q)}
-    assert queried <= samples, queried - samples
-    # Prose (titles, descriptions) may name a family or a series.
-    named = set(re.findall(r"\bfairlane_[a-z_]+", DASHBOARD.read_text()))
-    assert named <= samples | families, named - samples - families
-    # The panels the operations docs promise.
-    for name in (
-        "fairlane_requests_total",
-        "fairlane_ttft_seconds_bucket",
-        "fairlane_queue_depth",
-        "fairlane_queue_wait_seconds_bucket",
-        "fairlane_tokens_total",
-        "fairlane_rejected_total",
-        "fairlane_inflight",
-        "fairlane_engine_capacity",
-        "fairlane_engine_up",
-        "fairlane_config_generation",
-        "fairlane_config_reload_failures_total",
-    ):
-        assert name in queried, name
-
-
-def test_dashboard_panels_use_the_provisioned_datasource() -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
-    uids = {
-        source["uid"]
-        for path in sorted((ROOT / "deploy/grafana/provisioning/datasources").glob("*.yml"))
-        for source in yaml.safe_load(path.read_text())["datasources"]
-    }
-    ids = [p["id"] for p in dashboard["panels"]]
-    assert len(ids) == len(set(ids))
-    for panel in dashboard["panels"]:
-        if panel["type"] == "row":
-            continue
-        assert panel["datasource"]["uid"] in uids, panel["title"]
-        assert panel["targets"], panel["title"]
-        for target in panel["targets"]:
-            assert target["datasource"]["uid"] in uids, panel["title"]
-
-
-# -- Dockerfile and .dockerignore ---------------------------------------------------------
+# -- the Dockerfile's image ----------------------------------------------------------------
 
 
 def test_dockerfile_image_user_entrypoint_and_healthcheck(docker_policy: Policy) -> None:
@@ -393,27 +270,3 @@ def test_dockerfile_image_user_entrypoint_and_healthcheck(docker_policy: Policy)
     assert f"http://127.0.0.1:{docker_policy.listener.port}/health" in healthcheck
     assert '"-P"' in healthcheck  # the working directory holds no `envoy/`, but be safe
     assert str(docker_policy.listener.port) in [args for kind, args in final if kind == "EXPOSE"]
-
-
-def test_dockerfile_copies_every_package_and_nothing_ignored() -> None:
-    sources = []
-    for kind, args in dockerfile_instructions():
-        if kind == "COPY" and not args.startswith("--from"):
-            *srcs, _ = args.split()
-            sources += srcs
-    for source in sources:
-        assert (ROOT / source).exists(), source
-        assert not ignored(source), f"{source} is left out of the build context"
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    package_dirs = set(pyproject["tool"]["setuptools"]["package-dir"].values())
-    assert package_dirs | {"pyproject.toml", "configs"} <= set(sources)
-    assert (ROOT / "envoy/usage.lua").is_file() and not ignored("envoy/usage.lua")
-
-
-def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
-    for path in (".venv/bin/python", ".git/HEAD", "build/x", "fairlane.egg-info/PKG-INFO"):
-        assert ignored(path), path
-    for path in ("extproc/__pycache__/gateway.cpython-311.pyc", "bench/results/run.json"):
-        assert ignored(path), path
-    for path in ("fairlane/cli.py", "extproc/gateway.py", "configs/docker.yaml"):
-        assert not ignored(path), path
