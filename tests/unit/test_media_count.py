@@ -1,6 +1,6 @@
 """envoy/media.lua, the filter that finds a chat's or a response's media for the prompt
 estimate, run under LuaJIT (as in Envoy). Envoy runs it through the real data path in
-tests/integration/test_data_path.py."""
+tests/integration/test_admission_accounting.py."""
 
 from __future__ import annotations
 

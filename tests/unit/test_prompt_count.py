@@ -1,7 +1,7 @@
 """envoy/prompts.lua, the filter that counts the prompts of a completions or pooling
 batch (embeddings, classify, pooling, rerank, score), run under LuaJIT (as in Envoy) and
 checked against Python's own JSON parser: what the engine will see. Envoy runs it through
-the real data path in tests/integration/test_data_path.py and test_pooling_apis.py."""
+the real data path in tests/integration/test_admission_accounting.py and test_pooling_apis.py."""
 
 from __future__ import annotations
 

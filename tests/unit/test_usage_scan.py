@@ -1,6 +1,7 @@
 """envoy/usage.lua, the filter that reads token usage off the response as it passes, run
 under LuaJIT (as in Envoy) with a stand-in for Envoy's stream handle. Envoy runs it
-through the real data path in tests/integration/test_data_path.py."""
+through the real data path in tests/integration/test_request_path.py and
+test_admission_accounting.py."""
 
 from __future__ import annotations
 
