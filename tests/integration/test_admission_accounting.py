@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from testkit.http import CHAT, HELLO, chat, error_of, post
 from testkit.metrics import metric
 from testkit.policies import MAX_BODY, data_path_policy

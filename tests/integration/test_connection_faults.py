@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from testkit.http import CHAT, SHORT, chat, post, wait_healthy
 from testkit.metrics import assert_at_rest, metric_is, total
 from testkit.policies import faults_policy

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from testkit.engines import CHAT, fairlane_metrics, post_chat
 
 pytestmark = pytest.mark.integration

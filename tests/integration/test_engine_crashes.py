@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from testkit.engines import CHAT, engine_pid, fairlane_metrics, post_chat
 
 pytestmark = pytest.mark.integration

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from testkit.engines import CHAT, engine_pid, fairlane_metrics, post_chat, proc_cmdline
 
 pytestmark = pytest.mark.integration

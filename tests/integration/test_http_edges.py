@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from testkit.http import CHAT, build, exchange, openai_error
 from testkit.policies import hostile_input_policy
 

@@ -17,13 +17,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+
+from fairlane.bench.cpu import alive, running_descendants
+
 from testkit.http import chat, error_of, post, read_stream, wait_healthy
 from testkit.metrics import assert_at_rest, metric_is, total
 from testkit.policies import faults_policy
 from testkit.processes import ENVOY, WORKER, child_pid, sim, wait_for_new_pid
 from testkit.waits import eventually
-
-from fairlane.bench.cpu import alive, running_descendants
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,11 @@ import time
 from typing import Any
 
 import pytest
-from testkit.redis_state import syncs
 
 from fairlane.extproc.scheduling import FairScheduler, QueuedRequest
 from fairlane.extproc.shared.counter_sync import Apply, CounterSync
+
+from testkit.redis_state import syncs
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,12 @@ import time
 from typing import Any
 
 import pytest
-from testkit.redis_state import MIDDAY, syncs
 
 from fairlane.extproc.limits import TenantLimits
 from fairlane.extproc.shared import SharedStateUnavailable
 from fairlane.extproc.shared.redis_limits import RedisRateLimiter
+
+from testkit.redis_state import MIDDAY, syncs
 
 pytestmark = pytest.mark.integration
 

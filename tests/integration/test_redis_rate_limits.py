@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from testkit.redis_state import MIDDAY
 
 from fairlane.extproc.limits import RateLimiter, TenantLimits, Verdict
 from fairlane.extproc.shared.redis_limits import RedisRateLimiter
+
+from testkit.redis_state import MIDDAY
 
 pytestmark = pytest.mark.integration
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+
 from testkit.http import CHAT, Answer, build, exchange, openai_error
 from testkit.metrics import value
 from testkit.policies import MAX_BODY, hostile_input_policy

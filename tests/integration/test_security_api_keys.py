@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+
 from testkit.security import KEY_A, KEY_B, error_code, hash_key, keyed_policy, request
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit.security import error_code, keyed_policy, request
 
 from fairlane.bench.cpu import running_descendants
+
+from testkit.security import error_code, keyed_policy, request
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from testkit.sim_server import CHAT, MODEL, post, simulator, start_sim, stop_sim, wait_healthy
 
 from fairlane.ports import free_port
+
+from testkit.sim_server import CHAT, MODEL, post, simulator, start_sim, stop_sim, wait_healthy
 
 pytestmark = pytest.mark.integration
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from testkit.sim_server import CHAT, MODEL, post, simulator
 
 pytestmark = pytest.mark.integration

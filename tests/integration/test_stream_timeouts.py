@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from testkit.http import chat, error_of, post, read_stream
 from testkit.metrics import assert_at_rest
 from testkit.policies import faults_policy

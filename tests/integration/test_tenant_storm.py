@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from testkit.http import CHAT, SHORT, build, exchange
 from testkit.metrics import scrape, value
 

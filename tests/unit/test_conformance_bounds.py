@@ -13,7 +13,6 @@ from types import FrameType
 from typing import Any
 
 import pytest
-from testkit.conformance import IDLE_TTL_S, Policy, policies
 
 from fairlane.extproc.scheduling import (
     FairScheduler,
@@ -24,6 +23,8 @@ from fairlane.extproc.scheduling import (
     fifo,
     make_scheduler,
 )
+
+from testkit.conformance import IDLE_TTL_S, Policy, policies
 
 
 @policies()

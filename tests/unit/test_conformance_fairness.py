@@ -32,9 +32,10 @@ import random
 from collections import Counter
 
 import pytest
-from testkit.conformance import Backlogged, Policy, Sim, bound, check_bounded, fixed, policies
 
 from fairlane.extproc.scheduling import QueuedRequest, QueueFull
+
+from testkit.conformance import Backlogged, Policy, Sim, bound, check_bounded, fixed, policies
 
 
 @policies()

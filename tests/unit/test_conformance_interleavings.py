@@ -12,9 +12,10 @@ from unittest.mock import patch
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from testkit.conformance import Policy, make_fair, make_fifo
 
 from fairlane.extproc.scheduling import FairScheduler, FifoScheduler, QueuedRequest, QueueFull, fifo
+
+from testkit.conformance import Policy, make_fair, make_fifo
 
 _op = st.one_of(
     st.tuples(

@@ -12,11 +12,12 @@ import tomllib
 from pathlib import Path, PurePosixPath
 
 import yaml
-from testkit.deployment import ROOT, dockerfile_instructions
 
 from fairlane.extproc.metrics import Metrics
 from fairlane.rundir import RunDir
 from fairlane.worker import Worker
+
+from testkit.deployment import ROOT, dockerfile_instructions
 
 DASHBOARD = ROOT / "deploy/grafana/dashboards/fairlane.json"
 

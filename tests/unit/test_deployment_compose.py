@@ -20,13 +20,14 @@ from typing import Any
 
 import pytest
 import yaml
-from testkit.deployment import ROOT, dockerfile_instructions
 
 from fairlane.envoy.bootstrap import render_bootstrap
 from fairlane.policy import Policy
 from fairlane.policy_file import load_policy
 from fairlane.rlimits import OPEN_FILES_WANTED
 from fairlane.rundir import RunDir
+
+from testkit.deployment import ROOT, dockerfile_instructions
 
 COMPOSE = ROOT / "docker-compose.yml"
 DEFAULT_SERVICES = {"fairlane", "prometheus", "grafana"}
