@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from testkit.metrics import value
 from testkit.security import KEY_A, KEY_B, error_code, hash_key, keyed_policy, request
 
 pytestmark = pytest.mark.integration
@@ -35,12 +36,7 @@ def chat_body(model: str = "model-a") -> bytes:
 
 def metric(port: int, name: str, **labels: str) -> float:
     _, _, body = request(port, "GET", "/metrics")
-    total = 0.0
-    for line in body.decode().splitlines():
-        series, _, number = line.rpartition(" ")
-        if series.split("{")[0] == name and all(f'{k}="{v}"' in series for k, v in labels.items()):
-            total += float(number)
-    return total
+    return value(body.decode(), name, **labels)
 
 
 BAD_CREDENTIALS: list[dict[str, str]] = [

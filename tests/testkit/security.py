@@ -3,13 +3,12 @@ sha256 (`fairlane hash-key`), and one raw HTTP/1.1 exchange with its error code.
 
 from __future__ import annotations
 
-import http.client
-import json
 import secrets
-import socket
 import subprocess
 import sys
 from typing import Any
+
+from testkit.http import build, error_of, exchange
 
 KEY_A = "sk-alice-" + secrets.token_hex(16)
 KEY_B = "sk-bob-" + secrets.token_hex(16)
@@ -51,19 +50,12 @@ def request(
     target: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """One raw HTTP/1.1 exchange: the path goes out exactly as given (no normalising)."""
-    lines = [f"{method} {target or path} HTTP/1.1", "Host: fairlane", "Connection: close"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    lines.append(f"Content-Length: {len(body)}")
-    raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        sock.sendall(raw)
-        resp = http.client.HTTPResponse(sock, method=method)
-        resp.begin()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    pairs = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    raw = build(method.encode(), (target or path).encode(), pairs, body)
+    answer = exchange(port, raw, method, timeout_s=15)
+    return answer.status, answer.headers, answer.body
 
 
 def error_code(status: int, headers: dict[str, str], body: bytes) -> str:
     assert headers.get("content-type") == "application/json", (status, headers, body)
-    error = json.loads(body)["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    return str(error["code"])
+    return str(error_of(body)["code"])
