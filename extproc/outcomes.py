@@ -52,9 +52,14 @@ def engine_priority(queued: QueuedRequest) -> int:
     newcomer's before those of a tenant that had the engine to itself. Under the level,
     the slots the tenant held per unit of weight (``QueuedRequest.rank``): among light
     tenants, one that just sent a burst (still under its share) does not put all of it
-    ahead of a tenant that holds little."""
-    level = 2 * queued.priority + (queued.alone or not queued.light)
-    return level * PRIORITY_LEVEL_SPAN + int(min(queued.rank, PRIORITY_LEVEL_SPAN - 1))
+    ahead of a tenant that holds little. Under the other levels none, so the engine takes
+    them in arrival order, the order Fairlane's queue chose: a rank that moves with a
+    flooder's holdings would let its later requests pass its earlier ones for as long as
+    the engine's own queue stays full, a minute and more."""
+    heavy = queued.alone or not queued.light
+    level = 2 * queued.priority + heavy
+    rank = 0 if heavy else int(min(queued.rank, PRIORITY_LEVEL_SPAN - 1))
+    return level * PRIORITY_LEVEL_SPAN + rank
 
 
 class Pending:
