@@ -131,6 +131,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fair arm: the same as --isolate-prefills off",
     )
     parser.add_argument(
+        "--heavy-prefill-tokens",
+        type=int,
+        help="fair arm: the policy's `heavy_prefill_tokens`: the most prompt tokens a step "
+        "prefills of the flooder's while the quiet tenant is about",
+    )
+    parser.add_argument(
         "--no-announce",
         dest="announce",
         action="store_false",
@@ -174,6 +180,11 @@ def _check_external(args: argparse.Namespace) -> None:
         raise SystemExit(
             "--engine-nice and --max-num-batched-tokens set up an engine the benchmark "
             "starts; start yours with them instead"
+        )
+    if args.heavy_prefill_tokens is not None:
+        raise SystemExit(
+            "--heavy-prefill-tokens sets up an engine the benchmark starts; start yours "
+            "with Fairlane's scheduler and FAIRLANE_HEAVY_PREFILL_TOKENS instead"
         )
     args.engine_url = args.engine_url.rstrip("/")
 

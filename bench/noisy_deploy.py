@@ -25,7 +25,7 @@ from fairlane.bench.stack import (
 )
 from fairlane.bench.vllm_cpu import start_vllm_cpu
 from fairlane.engine_config import DEFAULT_ENGINE_NICE, EngineConfig
-from fairlane.engines.spec import announcement_env, scheduling_flags
+from fairlane.engines.spec import scheduler_env, scheduling_flags
 
 MODEL = "bench-model"
 SYNC_INTERVAL_S = 0.1  # fair-counter sync between gateways (docs/scaling.md)
@@ -119,7 +119,7 @@ async def _start_engine(engine: dict[str, Any], kind: str, work: Path) -> Server
             work,
             (*scheduling_flags(config, "vllm"), *args),
             DEFAULT_ENGINE_NICE if nice is None else nice,
-            announcement_env("127.0.0.1", engine["port"]) if config.announces else None,
+            scheduler_env(config, "127.0.0.1", engine["port"]),
         )
     args = (*scheduling_flags(config, "sim"), *args)
     return await start_sim(engine["preset"], engine["port"], model, work, args, nice or 0)
@@ -179,7 +179,17 @@ def gateway_policy(
         key: value
         for key, value in policy["engines"]["sim"].items()
         # How the engine is started is the engine's, not the gateways'.
-        if key not in ("kind", "preset", "port", "args", "nice", "isolate_prefills", "announce")
+        if key
+        not in (
+            "kind",
+            "preset",
+            "port",
+            "args",
+            "nice",
+            "isolate_prefills",
+            "announce",
+            "heavy_prefill_tokens",
+        )
     }
     engine |= {
         "kind": "external",
@@ -226,6 +236,11 @@ def arm_policy(
         **({"pacing": args.pacing} if args.pacing is not None else {}),
         **({"isolate_prefills": _isolation(args.isolate_prefills)} if arm == "fair" else {}),
         **({"announce": False} if arm == "fair" and not args.announce else {}),
+        **(
+            {"heavy_prefill_tokens": args.heavy_prefill_tokens}
+            if arm == "fair" and args.heavy_prefill_tokens
+            else {}
+        ),
         **({"adaptive": {}} if args.adaptive else {}),
     }
     if args.max_num_batched_tokens is not None:

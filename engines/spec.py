@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from fairlane.engine_config import EngineConfig
 from fairlane.engines.announcements import ADDRESS_ENV
+from fairlane.engines.heavy_prefills import CAP_ENV
 from fairlane.engines.vllm_scheduler import SCHEDULER_CLS
 from fairlane.ports import free_port
 
@@ -42,15 +43,21 @@ def engine_spec(
     port = config.port or port or free_port(config.host, avoid)
     argv = build_argv(config, config.host, port)
     env = dict(config.env)
-    if config.kind == "vllm" and config.announces:
-        env |= announcement_env(config.host, port)
+    if config.kind == "vllm":
+        env |= scheduler_env(config, config.host, port)
     return EngineSpec(name, config, config.host, port, argv, env)
 
 
-def announcement_env(host: str, port: int) -> dict[str, str]:
-    """Where a vLLM running Fairlane's scheduler listens for announcements: its engine
-    process knows no HTTP port, so it is told the one the worker announces to."""
-    return {ADDRESS_ENV: f"[{host}]:{port}" if ":" in host else f"{host}:{port}"}
+def scheduler_env(config: EngineConfig, host: str, port: int) -> dict[str, str]:
+    """What a vLLM running Fairlane's scheduler reads from its environment, for vLLM has
+    no flags for it: where it listens for announcements (its engine process knows no
+    HTTP port, so it is told the one the worker announces to), and the heavy prefill cap."""
+    env = {}
+    if config.announces:
+        env[ADDRESS_ENV] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if config.heavy_prefill_tokens is not None:
+        env[CAP_ENV] = str(config.heavy_prefill_tokens)
+    return env
 
 
 def scheduling_flags(config: EngineConfig, kind: Literal["sim", "vllm"]) -> list[str]:
@@ -69,6 +76,8 @@ def scheduling_flags(config: EngineConfig, kind: Literal["sim", "vllm"]) -> list
         )
     if kind == "sim" and config.announces:
         flags.append("--announcements")  # vLLM's scheduler: ADDRESS_ENV, in engine_spec
+    if kind == "sim" and config.heavy_prefill_tokens is not None:
+        flags += ["--heavy-prefill-tokens", str(config.heavy_prefill_tokens)]  # vLLM: CAP_ENV
     return flags
 
 

@@ -24,6 +24,9 @@ Where the supervisor sets ``FAIRLANE_ANNOUNCEMENTS`` (host:port), the scheduler 
 listens there for Fairlane's word of each request it admits (``announcements``): while
 a better prompt is on its way, with a slot free for it, no worse prompt is started or
 continued, so the step in progress when it arrives is decodes, not a worse prefill.
+Where it sets ``FAIRLANE_HEAVY_PREFILL_TOKENS`` (``heavy_prefills``), a step whose
+prompts are all of a worse level than one that arrived lately gets the running decodes'
+tokens plus that cap as its budget, so the step a better prompt arrives into is short.
 
 vLLM's scheduler is not a public interface, so this touches little of it: ``running``,
 ``waiting``, ``policy``, ``max_num_running_reqs``, the KV cache's free blocks, the
@@ -47,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from fairlane.engines.announcements import AnnouncementSocket, ExpectedPrompts, address_from_env
+from fairlane.engines.heavy_prefills import RecentLevels, cap_from_env, heavy_step_budget
 from fairlane.engines.priority_levels import priority_level
 
 # A child of vLLM's logger, whose handler and level vLLM sets up in its engine process,
@@ -188,12 +192,18 @@ def _isolating(base: type, isolation: Isolation) -> type:
             self._expected = ExpectedPrompts(_listen_for_announcements())
             self._summary_due = time.monotonic() + SUMMARY_INTERVAL_S
             self._summarised = 0  # announcements counted in the last summary
+            self._heavy_cap = cap_from_env()
+            self._recent = RecentLevels()
+            if self._heavy_cap is not None:
+                log.info("Fairlane caps worse levels' prefill at %d tokens a step", self._heavy_cap)
 
         def add_request(self, request: Any) -> None:
             new = request.request_id not in self.requests  # not a streamed input's next part
             super().add_request(request)
             if new:
-                self._expected.arrived(request.priority, time.monotonic())
+                now = time.monotonic()
+                self._expected.arrived(request.priority, now)
+                self._recent.saw(priority_level(request.priority), now)
 
         def schedule(self, *args: Any, **kwargs: Any) -> Any:
             if self.policy != SchedulingPolicy.PRIORITY or self._held_in_vain:
@@ -209,18 +219,18 @@ def _isolating(base: type, isolation: Isolation) -> type:
                 # vLLM preempts the worst of the running requests it sees; with the
                 # worse ones out of sight that would be a better one. Hold prompts only.
                 hold.running = []
-            if not (hold.running or hold.waiting):
+            limits = self._limits(hold, now)
+            if not (hold.running or hold.waiting or limits):
                 return super().schedule(*args, **kwargs)
-            caps = {name: getattr(self, name) for name in _RUNNING_CAPS if hasattr(self, name)}
-            self._take_out(hold, caps)
+            saved = {name: getattr(self, name) for name in limits}
+            self._take_out(hold, limits)
             try:
                 output = super().schedule(*args, **kwargs)
             finally:
-                self._put_back(hold, caps)
+                self._put_back(hold, saved)
             scheduled = output.num_scheduled_tokens
-            self._held_in_vain = not hold.announced and not any(
-                r.request_id in scheduled for r in hold.better
-            )
+            held = bool(hold.running or hold.waiting) and not hold.announced
+            self._held_in_vain = held and not any(r.request_id in scheduled for r in hold.better)
             return output
 
         def _summarise_announcements(self, now: float) -> None:
@@ -243,21 +253,43 @@ def _isolating(base: type, isolation: Isolation) -> type:
                 blocks // groups, to_compute, budget, self.block_size, self.num_lookahead_tokens
             )
 
-        def _take_out(self, hold: Hold, caps: dict[str, int]) -> None:
-            # Held running requests keep their slots: lower the caps, or vLLM would
-            # admit as many new requests into the batch as it had taken out.
+        def _limits(self, hold: Hold, now: float) -> dict[str, int]:
+            """The step's lowered limits. Held running requests keep their slots: lower
+            the caps, or vLLM would admit as many new requests as it had taken out. A
+            step of heavy prompts only gets the decodes' tokens plus the cap (running
+            prefills stand after the decodes, newest last, so they do not take them)."""
+            limits = {
+                name: getattr(self, name) - len(hold.running)
+                for name in _RUNNING_CAPS
+                if hold.running and hasattr(self, name)
+            }
+            if self._heavy_cap is None or hold.announced:
+                return limits
+            held = {id(r) for r in hold.running}
+            decodes = sum(
+                1 + self.num_lookahead_tokens
+                for r in self.running
+                if id(r) not in held and r.num_computed_tokens >= r.num_prompt_tokens
+            )
+            best = self._recent.best(now)
+            budget = heavy_step_budget(
+                self.max_num_scheduled_tokens, self._heavy_cap, hold.bar, best, decodes
+            )
+            return limits if budget is None else limits | {"max_num_scheduled_tokens": budget}
+
+        def _take_out(self, hold: Hold, limits: dict[str, int]) -> None:
             held = {id(r) for r in hold.running}
             self.running = [r for r in self.running if id(r) not in held]
-            for name, cap in caps.items():
-                setattr(self, name, cap - len(hold.running))
+            for name, limit in limits.items():
+                setattr(self, name, limit)
             self.waiting.remove_requests(hold.waiting)
 
-        def _put_back(self, hold: Hold, caps: dict[str, int]) -> None:
+        def _put_back(self, hold: Hold, saved: dict[str, int]) -> None:
             # At the end of the batch: vLLM's priority policy picks preemption victims
             # by (priority, arrival), not by position.
             self.running.extend(hold.running)
-            for name, cap in caps.items():
-                setattr(self, name, cap)
+            for name, value in saved.items():
+                setattr(self, name, value)
             for request in hold.waiting:
                 self.waiting.add_request(request)
 

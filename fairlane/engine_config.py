@@ -78,6 +78,10 @@ class EngineConfig(Strict):
     # prompt ("prompts"; true is the same) or nothing worse, decodes included ("step")
     # (vllm: fairlane.engines.vllm_scheduler; sim). None: "prompts" where it can be.
     isolate_prefills: Literal[False, True, "prompts", "step"] | None = None
+    # With isolated prefills: the most prompt tokens one step prefills of tenants over
+    # their share while one under it has sent a request in the last 30 s, so the step a
+    # light prompt arrives into is short (fairlane.engines.heavy_prefills). None: no cap.
+    heavy_prefill_tokens: int | None = Field(None, ge=1)
     # Tell the engine's scheduler of each admitted request (a UDP datagram to the engine's
     # host and port), so no worse prompt starts while it is on its way
     # (fairlane.engines.announcements). None: where Fairlane starts it isolating prefills;
@@ -151,6 +155,11 @@ class EngineConfig(Strict):
         return self._check_adapters()
 
     def _check_isolation(self) -> None:
+        if self.heavy_prefill_tokens is not None and self.prefill_isolation is None:
+            raise ValueError(
+                "heavy_prefill_tokens needs isolated prefills (vllm or sim, inject_priority, "
+                "isolate_prefills not false)"
+            )
         if not self.isolate_prefills:
             return
         if self.kind == "external":

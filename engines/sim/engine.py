@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 
 from ..announcements import AnnouncementSocket, ExpectedPrompts
+from ..heavy_prefills import RecentLevels
+from ..priority_levels import priority_level
 from ..vllm_scheduler import Isolation
 from .presets import SimPreset
 from .request import FinishReason, SimRequest
@@ -56,6 +58,7 @@ class SimEngine:
         scheduling_policy: SchedulingPolicy = "fcfs",
         isolate_prefills: Isolation | None = None,
         announcements: AnnouncementSocket | None = None,
+        heavy_prefill_tokens: int | None = None,
     ) -> None:
         if preset.kv_cache_tokens < preset.max_model_len:
             # vLLM refuses to start in this case too: a max-length request could never run.
@@ -69,7 +72,10 @@ class SimEngine:
         self._arrivals = 0  # ticket of the latest submission: the FCFS tie-break
         self.stats = EngineStats()
         self._stall_timeout_s = stall_timeout_s
-        self._batch = BatchScheduler(preset, scheduling_policy, self.stats, isolate_prefills)
+        self._batch = BatchScheduler(
+            preset, scheduling_policy, self.stats, isolate_prefills, heavy_prefill_tokens
+        )
+        self._recent = RecentLevels()
         # Requests Fairlane announced, not yet arrived.
         self.expected = ExpectedPrompts(announcements)
         self._arriving = 0  # submitted, still in the API-overhead delay
@@ -150,7 +156,9 @@ class SimEngine:
 
     def _enqueue(self, req: SimRequest) -> None:
         self._arriving -= 1
-        self.expected.arrived(req.order[0], asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        self.expected.arrived(req.order[0], now)
+        self._recent.saw(priority_level(req.order[0]), now)
         if req._aborted or self._task is None:
             req._close("abort")
             self.stats.requests_aborted += 1
@@ -174,6 +182,7 @@ class SimEngine:
                 continue
             now = loop.time()
             batch.expected = self.expected.best(now)
+            batch.recent_best = self._recent.best(now)
             start = deadline if deadline is not None and now - deadline < _MAX_CATCH_UP_S else now
             scheduled, step_s = batch.schedule()
             deadline = start + step_s

@@ -46,6 +46,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "prompt while a better one is on its way (fairlane.engines.announcements)",
     )
     parser.add_argument(
+        "--heavy-prefill-tokens",
+        type=int,
+        help="with --isolate-prefills, as Fairlane's vLLM scheduler: the most prompt tokens "
+        "a step prefills of a worse priority level than the best that arrived in the last "
+        "30 s (fairlane.engines.heavy_prefills)",
+    )
+    parser.add_argument(
         "--max-num-seqs", type=int, help="most sequences in one step, as vLLM's flag"
     )
     parser.add_argument(
@@ -54,13 +61,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="token budget of one step, as vLLM's flag (prompts beyond it are chunked)",
     )
     args = parser.parse_args(argv)
-    for flag in ("max_queue", "max_num_seqs", "max_num_batched_tokens"):
+    for flag in ("max_queue", "max_num_seqs", "max_num_batched_tokens", "heavy_prefill_tokens"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.isolate_prefills and args.scheduling_policy != "priority":
         parser.error("--isolate-prefills needs --scheduling-policy priority")
     if args.announcements and not args.isolate_prefills:
         parser.error("--announcements needs --isolate-prefills")
+    if args.heavy_prefill_tokens and not args.isolate_prefills:
+        parser.error("--heavy-prefill-tokens needs --isolate-prefills")
     preset = configured_preset(args)
     if preset.max_num_batched_tokens < preset.max_num_seqs:
         # As vLLM: every running sequence's next token must fit in one step.

@@ -37,6 +37,7 @@ async def _serve(args: argparse.Namespace) -> int:
         scheduling_policy=args.scheduling_policy,
         isolate_prefills=args.isolate_prefills,
         announcements=announcements,
+        heavy_prefill_tokens=args.heavy_prefill_tokens,
     )
     app = build_app(engine, args.model or ["sim-model"], preset)
     # handler_cancellation: a client that disconnects while its request is still queued

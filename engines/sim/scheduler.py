@@ -67,6 +67,7 @@ class BatchScheduler:
         scheduling_policy: SchedulingPolicy,
         stats: EngineStats,
         isolate_prefills: Isolation | None = None,
+        heavy_prefill_tokens: int | None = None,
     ) -> None:
         self.preset = preset
         self.scheduling_policy = scheduling_policy
@@ -76,6 +77,11 @@ class BatchScheduler:
         # The best priority level announced and not yet arrived (the engine sets it before
         # each step).
         self.expected: int | None = None
+        # With isolation: the most prompt tokens a step prefills of a worse level than
+        # ``recent_best``, the best level arrived lately (the engine sets it before each
+        # step; fairlane.engines.heavy_prefills).
+        self.heavy_prefill_tokens = heavy_prefill_tokens if self.isolate_prefills else None
+        self.recent_best: int | None = None
         self.stats = stats
         self.running: list[SimRequest] = []
         self.waiting: deque[SimRequest] = deque()
@@ -122,6 +128,7 @@ class BatchScheduler:
         # decode's next token fits, for vLLM would preempt among the ones it sees.
         fits = self.kv_used + len(running) <= preset.kv_cache_tokens
         running_bar = bar if fits else None
+        heavy = _HeavyPrefills(self.heavy_prefill_tokens, self.recent_best)
         held = False
         i = 0
         while i < len(running) and budget > 0:
@@ -135,7 +142,10 @@ class BatchScheduler:
                 held = True
                 continue
             num_tokens = req.prompt_tokens + req.generated
-            new = min(num_tokens - req._computed, budget)
+            new = heavy.take(req, min(num_tokens - req._computed, budget))
+            if new == 0:
+                i += 1  # a heavy prompt's chunk, over the cap: the next step
+                continue
             grow = req._computed + new - req._kv  # > 0 only for a decode's next token
             if grow > 0:
                 victims = self._make_room(grow, req)
@@ -164,10 +174,13 @@ class BatchScheduler:
                 # Alone, a request always fits (max_model_len <= KV size); never deadlock.
                 if running and self.kv_used + need + self._kv_reserve > preset.kv_cache_tokens:
                     break
+                new = heavy.take(req, min(need, budget))
+                if new == 0:
+                    break  # over the cap; sorted by priority: the rest is as heavy
                 waiting.popleft()
                 req._kv = need
                 self.kv_used += need
-                req._new = min(need, budget)
+                req._new = new
                 budget -= req._new
                 running.append(req)
                 scheduled.append(req)
@@ -258,6 +271,26 @@ class BatchScheduler:
         self.stats.e2e.observe(now - req.arrival)
         self.stats.requests_finished += 1
         req._close("length")
+
+
+class _HeavyPrefills:
+    """One step's allowance of prompt tokens for levels worse than ``best``."""
+
+    def __init__(self, cap: int | None, best: int | None) -> None:
+        self._left = cap if best is not None else None
+        self._best = best
+
+    def take(self, req: SimRequest, tokens: int) -> int:
+        """How many of a request's ``tokens`` to compute this step: all of them unless
+        they are a heavy prompt's, which share what is left of the cap."""
+        if self._left is None or not _prefilling(req):
+            return tokens
+        assert self._best is not None
+        if priority_level(req.order[0]) <= self._best:
+            return tokens
+        tokens = min(tokens, self._left)
+        self._left -= tokens
+        return tokens
 
 
 def _order(req: SimRequest) -> tuple[int, int]:

@@ -68,6 +68,10 @@ EXPECTED = {
     "announce_without_priorities.yaml": (
         "4 engines.shared-vllm: announce needs inject_priority: it announces priorities"
     ),
+    "heavy_prefill_tokens_without_isolated_prefills.yaml": (
+        "4 engines.shared-vllm: heavy_prefill_tokens needs isolated prefills (vllm or sim, "
+        "inject_priority, isolate_prefills not false)"
+    ),
     "announce_without_isolated_prefills.yaml": (
         "4 engines.local-vllm: announce: true needs isolated prefills (vllm or sim, "
         "inject_priority, isolate_prefills not false)"
