@@ -29,6 +29,19 @@ from fairlane.engines.spec import scheduler_env, scheduling_flags
 
 MODEL = "bench-model"
 SYNC_INTERVAL_S = 0.1  # fair-counter sync between gateways (docs/scaling.md)
+# How the shared engine is started: the engine's settings, not the gateways'.
+_HOW_IT_STARTS = frozenset(
+    (
+        "kind",
+        "preset",
+        "port",
+        "args",
+        "nice",
+        "isolate_prefills",
+        "announce",
+        "heavy_prefill_tokens",
+    )
+)
 
 
 def gateway_max_inflight(total: int, gateways: int) -> int:
@@ -176,20 +189,7 @@ def gateway_policy(
     port, admin, control = ports
     announces = started and EngineConfig.model_validate(policy["engines"]["sim"]).announces
     engine = {
-        key: value
-        for key, value in policy["engines"]["sim"].items()
-        # How the engine is started is the engine's, not the gateways'.
-        if key
-        not in (
-            "kind",
-            "preset",
-            "port",
-            "args",
-            "nice",
-            "isolate_prefills",
-            "announce",
-            "heavy_prefill_tokens",
-        )
+        key: value for key, value in policy["engines"]["sim"].items() if key not in _HOW_IT_STARTS
     }
     engine |= {
         "kind": "external",
