@@ -22,8 +22,8 @@ CAP_ENV = "FAIRLANE_HEAVY_PREFILL_TOKENS"
 
 
 class RecentLevels:
-    """The priority levels of the requests that arrived in the last ``RECENT_S`` seconds.
-    Bounded by the number of levels (two per priority class, plus one)."""
+    """The priority levels of the requests that arrived in the last ``RECENT_S`` seconds:
+    as many as the levels seen in that window (Fairlane gives two per priority class)."""
 
     def __init__(self, recent_s: float = RECENT_S) -> None:
         self._recent_s = recent_s
@@ -38,6 +38,27 @@ class RecentLevels:
         for level in stale:
             del self._last_seen[level]
         return min(self._last_seen, default=None)
+
+
+class HeavyAllowance:
+    """One step's allowance of prompt tokens for levels worse than ``best`` (the
+    simulator's exact count)."""
+
+    def __init__(self, cap: int | None, best: int | None) -> None:
+        self._left = cap if best is not None else None
+        self._best = best
+
+    def take(self, level: int, prefilling: bool, tokens: int) -> int:
+        """How many of a request's ``tokens`` to compute this step: all of them unless
+        they are prompt tokens of a worse level, which share what is left of the cap."""
+        if self._left is None or not prefilling:
+            return tokens
+        assert self._best is not None
+        if level <= self._best:
+            return tokens
+        tokens = min(tokens, self._left)
+        self._left -= tokens
+        return tokens
 
 
 def cap_from_env() -> int | None:

@@ -33,6 +33,11 @@ say), the next step holds nothing back, so a prompt that cannot run never stalls
 others for more than a step; and running requests are held only while the cache has
 room for every running decode's next token, so a preemption still takes the worst.
 
+With ``heavy_prefill_tokens`` too, while a request of a better level has arrived lately
+(``recent_best``, which the engine sets), the prompt tokens a step computes for worse
+levels stop at that cap (``fairlane.engines.heavy_prefills``; vLLM's scheduler
+approximates it with the step's budget).
+
 A step's attention cost counts the context of the requests it runs, not of those it
 holds back.
 """
@@ -43,6 +48,7 @@ import bisect
 from collections import deque
 from typing import Literal
 
+from ..heavy_prefills import HeavyAllowance
 from ..priority_levels import priority_level
 from ..vllm_scheduler import Isolation
 from .presets import SimPreset
@@ -128,21 +134,21 @@ class BatchScheduler:
         # decode's next token fits, for vLLM would preempt among the ones it sees.
         fits = self.kv_used + len(running) <= preset.kv_cache_tokens
         running_bar = bar if fits else None
-        heavy = _HeavyPrefills(self.heavy_prefill_tokens, self.recent_best)
+        heavy = HeavyAllowance(self.heavy_prefill_tokens, self.recent_best)
         held = False
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
             if (
                 running_bar is not None
-                and priority_level(req.order[0]) > running_bar
+                and _level(req) > running_bar
                 and ((self._hold_decodes and not announced) or _prefilling(req))
             ):
                 i += 1  # worse work waits for a later step
                 held = True
                 continue
             num_tokens = req.prompt_tokens + req.generated
-            new = heavy.take(req, min(num_tokens - req._computed, budget))
+            new = heavy.take(_level(req), _prefilling(req), min(num_tokens - req._computed, budget))
             if new == 0:
                 i += 1  # a heavy prompt's chunk, over the cap: the next step
                 continue
@@ -167,14 +173,14 @@ class BatchScheduler:
             waiting = self.waiting
             while waiting and budget > 0 and len(running) < preset.max_num_seqs:
                 req = waiting[0]
-                if bar is not None and priority_level(req.order[0]) > bar:
+                if bar is not None and _level(req) > bar:
                     held = True
                     break  # sorted by priority: every request behind it is worse too
                 need = req.prompt_tokens + req.generated
                 # Alone, a request always fits (max_model_len <= KV size); never deadlock.
                 if running and self.kv_used + need + self._kv_reserve > preset.kv_cache_tokens:
                     break
-                new = heavy.take(req, min(need, budget))
+                new = heavy.take(_level(req), True, min(need, budget))
                 if new == 0:
                     break  # over the cap; sorted by priority: the rest is as heavy
                 waiting.popleft()
@@ -185,9 +191,7 @@ class BatchScheduler:
                 running.append(req)
                 scheduled.append(req)
         if held and bar is not None and not announced:
-            self._held_in_vain = not any(
-                priority_level(r.order[0]) <= bar and _prefilling(r) for r in scheduled
-            )
+            self._held_in_vain = not any(_level(r) <= bar and _prefilling(r) for r in scheduled)
         prefill_tokens = sum(r._new for r in scheduled if _prefilling(r))
         context_tokens = sum(r._kv for r in scheduled)
         step_ms = preset.step_ms(len(scheduled), prefill_tokens, context_tokens)
@@ -273,28 +277,12 @@ class BatchScheduler:
         req._close("length")
 
 
-class _HeavyPrefills:
-    """One step's allowance of prompt tokens for levels worse than ``best``."""
-
-    def __init__(self, cap: int | None, best: int | None) -> None:
-        self._left = cap if best is not None else None
-        self._best = best
-
-    def take(self, req: SimRequest, tokens: int) -> int:
-        """How many of a request's ``tokens`` to compute this step: all of them unless
-        they are a heavy prompt's, which share what is left of the cap."""
-        if self._left is None or not _prefilling(req):
-            return tokens
-        assert self._best is not None
-        if priority_level(req.order[0]) <= self._best:
-            return tokens
-        tokens = min(tokens, self._left)
-        self._left -= tokens
-        return tokens
-
-
 def _order(req: SimRequest) -> tuple[int, int]:
     return req.order
+
+
+def _level(req: SimRequest) -> int:
+    return priority_level(req.order[0])
 
 
 def _prefilling(req: SimRequest) -> bool:
