@@ -5,7 +5,6 @@ pure parts of Fairlane's vLLM scheduler; the real vLLM scheduler is in the e2e t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from pydantic import ValidationError
@@ -19,15 +18,12 @@ from fairlane.engines.heavy_prefills import (
     heavy_step_budget,
 )
 from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
-from fairlane.engines.sim.presets import PRESETS
-from fairlane.engines.sim.request import SimRequest
-from fairlane.engines.sim.scheduler import BatchScheduler
-from fairlane.engines.sim.stats import EngineStats
 from fairlane.engines.spec import engine_spec
 
-# 8 sequences, 512 tokens a step. Levels 0 and 1, as Fairlane gives a light tenant and
-# one over its share.
-TINY = PRESETS["tiny"]
+from testkit.sim_batch import SteppedBatch
+
+# On the tiny preset (8 sequences, 512 tokens a step), levels 0 and 1, as Fairlane gives
+# a light tenant and one over its share.
 LIGHT, HEAVY = 3, PRIORITY_LEVEL_SPAN + 7
 
 
@@ -63,69 +59,40 @@ def test_the_cap_comes_from_the_environment(
     assert cap_from_env() == cap
 
 
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-class Batch:
-    """A ``BatchScheduler`` with the cap, stepped by hand: ``step`` returns the tokens
-    each request got."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, cap: int | None) -> None:
-        self.batch = BatchScheduler(TINY, "priority", EngineStats(), "step", cap)
-        self.loop = loop
-        self.tickets = 0
-        self.now = 0.0
-
-    def submit(self, prompt_tokens: int, priority: int) -> SimRequest:
-        self.tickets += 1
-        req = SimRequest(prompt_tokens, 50, self.loop, lambda: None, 60.0)
-        req.order = (priority, self.tickets)
-        self.batch.wait(req)
-        return req
-
-    def step(self, recent_best: int | None) -> dict[SimRequest, int]:
-        self.batch.recent_best = recent_best
-        scheduled, step_s = self.batch.schedule()
-        self.now += step_s
-        got = {req: req._new for req in scheduled}
-        self.batch.finish_step(scheduled, step_s, self.now)
-        return got
-
-
 def test_heavy_prompts_share_the_cap_while_a_better_level_is_about(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    engine = Batch(loop, cap=100)
+    engine = SteppedBatch(loop, "step", heavy_prefill_tokens=100)
     decoding = [engine.submit(40, HEAVY) for _ in range(3)]
-    engine.step(recent_best=None)  # no better level about: all three, 120 tokens
+    engine.step()  # no better level about: all three, 120 tokens
     first, second = engine.submit(150, HEAVY), engine.submit(150, HEAVY)
-    got = engine.step(recent_best=0)
+    engine.batch.recent_best = 0
+    got = engine.step()
     assert [got[r] for r in decoding] == [1, 1, 1]  # decodes are not prompt tokens
     assert (got[first], got.get(second, 0)) == (100, 0)  # the rest waits: same level
-    got = engine.step(recent_best=0)
+    got = engine.step()
     assert (got[first], got[second]) == (50, 50)  # what is left, then the next
 
 
 def test_a_light_prompt_and_a_heavy_one_alone_get_the_whole_budget(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    engine = Batch(loop, cap=100)
+    engine = SteppedBatch(loop, "step", heavy_prefill_tokens=100)
     light = engine.submit(400, LIGHT)
-    assert engine.step(recent_best=0)[light] == 400  # its own level is not capped
+    engine.batch.recent_best = 0
+    assert engine.step()[light] == 400  # its own level is not capped
     heavy = engine.submit(600, HEAVY)
     # Its level is the best about (it has the engine to itself): the budget, 512 less
     # the light decode.
-    assert engine.step(recent_best=1)[heavy] == 511
+    engine.batch.recent_best = 1
+    assert engine.step()[heavy] == 511
 
 
 def test_without_a_cap_heavy_prompts_fill_the_budget(loop: asyncio.AbstractEventLoop) -> None:
-    engine = Batch(loop, cap=None)
+    engine = SteppedBatch(loop, "step")
     heavy = engine.submit(600, HEAVY)
-    assert engine.step(recent_best=0)[heavy] == 512
+    engine.batch.recent_best = 0
+    assert engine.step()[heavy] == 512
 
 
 def test_the_policy_s_cap_reaches_the_engine() -> None:

@@ -5,58 +5,19 @@ a better one's (``prompts``), nor runs anything of a worse priority (``step``). 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import itertools
-from collections.abc import Iterator
 
 import pytest
 
 from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
-from fairlane.engines.sim.presets import PRESETS
 from fairlane.engines.sim.request import SimRequest
 from fairlane.engines.sim.scheduler import BatchScheduler
 from fairlane.engines.sim.stats import EngineStats
 from fairlane.engines.vllm_scheduler import Isolation
 
-# 8 sequences, 512 tokens a step, room in the KV cache for everything below.
-TINY = PRESETS["tiny"]
+from testkit.sim_batch import TINY, SteppedBatch
+
 # Priorities as Fairlane gives them: levels 0 and 3, ranks under them that only order.
 LIGHT, HEAVY = 2, 3 * PRIORITY_LEVEL_SPAN + 1
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-class Engine:
-    """A ``BatchScheduler`` with a clock of its own: ``step`` schedules and finishes one
-    step and returns how many tokens each request got in it."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, isolate: Isolation | None, **preset: int
-    ) -> None:
-        self.batch = BatchScheduler(
-            dataclasses.replace(TINY, **preset), "priority", EngineStats(), isolate
-        )
-        self.loop = loop
-        self.tickets = itertools.count(1)
-        self.now = 0.0
-
-    def submit(self, prompt_tokens: int, priority: int, max_tokens: int = 50) -> SimRequest:
-        req = SimRequest(prompt_tokens, max_tokens, self.loop, lambda: None, 60.0)
-        req.order = (priority, next(self.tickets))
-        self.batch.wait(req)
-        return req
-
-    def step(self) -> dict[SimRequest, int]:
-        scheduled, step_s = self.batch.schedule()
-        got = {req: req._new for req in scheduled}
-        self.now += step_s
-        self.batch.finish_step(scheduled, step_s, self.now)
-        return got
 
 
 @pytest.fixture(params=["prompts", "step"])
@@ -74,7 +35,7 @@ def prefilled(got: dict[SimRequest, int], req: SimRequest) -> int:
 def test_a_light_prompt_is_isolated_from_worse_work(
     loop: asyncio.AbstractEventLoop, isolate: Isolation | None
 ) -> None:
-    engine = Engine(loop, isolate)
+    engine = SteppedBatch(loop, isolate)
     decoding = [engine.submit(50, HEAVY) for _ in range(3)]
     light_decoding = engine.submit(50, LIGHT)
     engine.step()  # their prompts: all four, or with isolation the light one first...
@@ -97,7 +58,7 @@ def test_a_light_prompt_is_isolated_from_worse_work(
 
 def test_the_light_step_costs_only_what_it_runs(loop: asyncio.AbstractEventLoop) -> None:
     # The step's duration counts the requests it runs, their context included.
-    engine = Engine(loop, isolate="step")
+    engine = SteppedBatch(loop, isolate="step")
     for _ in range(6):
         engine.submit(50, HEAVY)
     engine.step()
@@ -110,7 +71,7 @@ def test_the_light_step_costs_only_what_it_runs(loop: asyncio.AbstractEventLoop)
 def test_a_worse_prompt_part_way_through_waits_while_a_better_one_is_prefilled(
     loop: asyncio.AbstractEventLoop, isolation: Isolation
 ) -> None:
-    engine = Engine(loop, isolation)
+    engine = SteppedBatch(loop, isolation)
     heavy = engine.submit(1000, HEAVY)
     assert prefilled(engine.step(), heavy) == 512  # chunked: the whole budget
     light = engine.submit(700, LIGHT)
@@ -127,7 +88,7 @@ def test_a_worse_prompt_part_way_through_waits_while_a_better_one_is_prefilled(
 def test_equal_priorities_share_a_step(
     loop: asyncio.AbstractEventLoop, isolation: Isolation
 ) -> None:
-    engine = Engine(loop, isolation)
+    engine = SteppedBatch(loop, isolation)
     first, second = engine.submit(200, LIGHT), engine.submit(200, LIGHT)
     got = engine.step()
     assert (prefilled(got, first), prefilled(got, second)) == (200, 200)
@@ -138,7 +99,7 @@ def test_a_better_rank_goes_first_and_holds_nothing_of_its_level(
 ) -> None:
     """A light tenant's burst (ranks 3, 4...) and a quiet light tenant's prompt (rank 1):
     the quiet prompt is taken first, the burst's chunked prompt is not held for it."""
-    engine = Engine(loop, isolation)
+    engine = SteppedBatch(loop, isolation)
     chunked = engine.submit(600, LIGHT + 3)
     assert prefilled(engine.step(), chunked) == 512
     burst = engine.submit(300, LIGHT + 4)
@@ -156,7 +117,7 @@ def test_a_better_rank_goes_first_and_holds_nothing_of_its_level(
 def test_no_hold_for_a_better_prompt_that_has_no_slot(
     loop: asyncio.AbstractEventLoop, isolation: Isolation
 ) -> None:
-    engine = Engine(loop, isolation, max_num_seqs=2)
+    engine = SteppedBatch(loop, isolation, max_num_seqs=2)
     engine.submit(50, HEAVY)
     heavy = engine.submit(1000, HEAVY)
     engine.step()  # both slots taken; heavy is part-way through its prompt
@@ -169,7 +130,7 @@ def test_a_better_prompt_that_cannot_run_holds_the_others_back_one_step_at_most(
     loop: asyncio.AbstractEventLoop, isolation: Isolation
 ) -> None:
     # The KV cache has room for the heavy requests but not for the light prompt too.
-    engine = Engine(loop, isolation, kv_cache_tokens=2048)
+    engine = SteppedBatch(loop, isolation, kv_cache_tokens=2048)
     heavy = engine.submit(1200, HEAVY)
     assert prefilled(engine.step(), heavy) == 512
     engine.submit(900, LIGHT)
@@ -188,7 +149,7 @@ def test_a_preempted_request_leaves_the_step_it_was_scheduled_in(
 ) -> None:
     # Running order is admission order: the heavy request is scheduled first, then the
     # light one's next token finds the cache full and the heavy one is the victim.
-    engine = Engine(loop, isolate=None, kv_cache_tokens=120)
+    engine = SteppedBatch(loop, isolate=None, kv_cache_tokens=120)
     heavy = engine.submit(50, HEAVY)
     engine.step()
     light = engine.submit(60, LIGHT)
@@ -210,7 +171,7 @@ def test_running_requests_are_held_only_while_every_decode_fits(
     # fits in it. With room to spare their decodes wait for its step; with fewer free
     # tokens than running requests they run, as Fairlane's vLLM scheduler does, whose
     # vLLM would otherwise preempt among the light requests only.
-    engine = Engine(loop, "step", kv_cache_tokens=kv_cache_tokens)
+    engine = SteppedBatch(loop, "step", kv_cache_tokens=kv_cache_tokens)
     heavy = [engine.submit(20, HEAVY) for _ in range(7)]
     for _ in range(9):
         engine.step()
@@ -230,7 +191,7 @@ def test_running_requests_are_held_only_while_every_decode_fits(
 def test_a_prompt_on_its_way_holds_worse_prompts_not_decodes(
     loop: asyncio.AbstractEventLoop, isolation: Isolation
 ) -> None:
-    engine = Engine(loop, isolation)
+    engine = SteppedBatch(loop, isolation)
     heavy = engine.submit(50, HEAVY)
     engine.step()
     chunked = engine.submit(1000, HEAVY)
@@ -250,7 +211,7 @@ def test_a_prompt_on_its_way_holds_worse_prompts_not_decodes(
 def test_a_prompt_on_its_way_holds_nothing_of_its_own_level(
     loop: asyncio.AbstractEventLoop, isolation: Isolation
 ) -> None:
-    engine = Engine(loop, isolation)
+    engine = SteppedBatch(loop, isolation)
     heavy = engine.submit(1000, HEAVY)
     engine.batch.expected = 3  # the heavy tenant's own level
     assert prefilled(engine.step(), heavy) == 512
