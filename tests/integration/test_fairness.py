@@ -14,6 +14,8 @@ import pytest
 from fairlane.engines.priority_levels import PRIORITY_LEVEL_SPAN
 from fairlane.ports import free_port
 
+from testkit.metrics import total
+
 pytestmark = pytest.mark.integration
 CHAT = "/v1/chat/completions"
 
@@ -113,12 +115,6 @@ async def test_unnamed_clients_take_turns_in_the_shared_tenant(stack_factory: An
     assert order.index("quiet-client") <= 2, order
 
 
-async def _metric(url: str, name: str) -> float:
-    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
-        text = await resp.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
-
-
 @pytest.mark.parametrize(
     ("headroom", "first", "suffix"),
     [(0.25, True, ""), (0.0, False, ""), (0.25, True, "-unnamed")],
@@ -153,7 +149,7 @@ async def test_headroom_admits_a_light_tenant_while_the_flooder_waits(
         tasks.append(asyncio.create_task(run("quiet-short", quiet, 20)))
         await asyncio.gather(*tasks)
     assert (order.index("quiet-short") == 0) is first, order
-    admitted = await _metric(stack.url, "fairlane_headroom_admissions_total")
+    admitted = await total(stack.url + "/metrics", "fairlane_headroom_admissions_total")
     assert (admitted >= 1) is first, admitted
 
 
@@ -257,11 +253,11 @@ async def test_each_admitted_request_is_announced_to_the_engine_before_it_arrive
             status, _, body = await _chat(session, stack.url, tenant, max_tokens=5)
             assert status == 200, body
     engine = f"http://127.0.0.1:{port}"
-    announced = await _metric(engine, "fairlane_sim_announced_requests_total")
-    met = await _metric(engine, "fairlane_sim_announced_requests_met_total")
+    announced = await total(engine + "/metrics", "fairlane_sim_announced_requests_total")
+    met = await total(engine + "/metrics", "fairlane_sim_announced_requests_met_total")
     assert (announced, met) == ((3, 3) if announce else (0, 0))
-    assert await _metric(engine, "fairlane_sim_announced_requests_expired_total") == 0
-    assert await _metric(engine, "fairlane_sim_announcement_lead_seconds_count") == met
+    assert await total(engine + "/metrics", "fairlane_sim_announced_requests_expired_total") == 0
+    assert await total(engine + "/metrics", "fairlane_sim_announcement_lead_seconds_count") == met
 
 
 @pytest.mark.parametrize("announce", [True, None])
@@ -287,6 +283,6 @@ async def test_an_external_engine_is_announced_to_when_the_policy_says_it_listen
             status, _, body = await _chat(session, stack.url, tenant, max_tokens=5, model="x")
             assert status == 200, body
     engine = f"http://127.0.0.1:{port}"
-    announced = await _metric(engine, "fairlane_sim_announced_requests_total")
-    met = await _metric(engine, "fairlane_sim_announced_requests_met_total")
+    announced = await total(engine + "/metrics", "fairlane_sim_announced_requests_total")
+    met = await total(engine + "/metrics", "fairlane_sim_announced_requests_met_total")
     assert (announced, met) == ((2, 2) if announce else (0, 0))

@@ -21,6 +21,7 @@ import pytest
 
 from fairlane.ports import free_port
 
+from testkit.metrics import total
 from testkit.sim_server import CHAT, MODEL, post, simulator, start_sim, stop_sim, wait_healthy
 
 pytestmark = pytest.mark.integration
@@ -29,14 +30,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
     yield from simulator()
-
-
-async def _metric(base: str, name: str) -> float:
-    async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as resp:
-        text = await resp.text()
-    match = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)
-    assert match, f"{name} not in /metrics"
-    return float(match.group(1))
 
 
 @pytest.mark.parametrize(
@@ -126,7 +119,7 @@ async def test_models_and_health(base_url: str) -> None:
 
 
 async def test_metrics_and_priority(base_url: str) -> None:
-    before = await _metric(base_url, "vllm:request_success_total")
+    before = await total(base_url + "/metrics", "vllm:request_success_total")
     async with (
         aiohttp.ClientSession() as session,
         session.post(
@@ -148,7 +141,7 @@ async def test_metrics_and_priority(base_url: str) -> None:
         "vllm:request_success_total",
     ):
         assert re.search(rf'^{name}{{.*model_name="{MODEL}"', text, re.MULTILINE), name
-    assert await _metric(base_url, "vllm:request_success_total") == before + 1
+    assert await total(base_url + "/metrics", "vllm:request_success_total") == before + 1
     assert "fairlane_sim_priority_requests_total " in text
 
 
@@ -158,10 +151,10 @@ async def test_disconnect_mid_stream_frees_the_slot(base_url: str) -> None:
         resp = await session.post(f"{base_url}/v1/chat/completions", json=body)
         for _ in range(3):
             await resp.content.readline()
-        assert await _metric(base_url, "vllm:num_requests_running") == 1
+        assert await total(base_url + "/metrics", "vllm:num_requests_running") == 1
         resp.close()  # drops the connection
     deadline = time.monotonic() + 5
-    while await _metric(base_url, "vllm:num_requests_running") != 0:
+    while await total(base_url + "/metrics", "vllm:num_requests_running") != 0:
         assert time.monotonic() < deadline, "aborted request still running"
         await asyncio.sleep(0.05)
 
@@ -175,7 +168,8 @@ async def test_overload_503_and_sigterm_with_requests_in_flight() -> None:
         body = {"model": "b", "prompt": "hi", "max_tokens": 1500}
         in_flight = [asyncio.create_task(post(base, "/v1/completions", body)) for _ in range(9)]
         deadline = time.monotonic() + 5
-        while await _metric(base, "vllm:num_requests_waiting") != 1:  # 8 running, 1 queued
+        # 8 running, 1 queued
+        while await total(base + "/metrics", "vllm:num_requests_waiting") != 1:
             assert time.monotonic() < deadline, "queue did not fill"
             await asyncio.sleep(0.02)
         status, resp = await post(base, "/v1/completions", body)
