@@ -120,9 +120,7 @@ def main(model: str, scheduler: str, raw_config: str, async_scheduling: bool) ->
     if config.get("announce"):
         print(json.dumps(announced(sched, add, step, steps)))
         return
-    for rid in DECODES:
-        add(rid, 50, HEAVY)
-    step()
+    heavy_batch(add, step)
     add("heavy", 200, HEAVY)
     add("light", 200, LIGHT)
     step()
@@ -153,6 +151,14 @@ def under_pressure(sched: Any, add: Any, step: Any) -> dict[str, Any]:
     }
 
 
+def heavy_batch(add: Any, step: Any) -> None:
+    """The heavy tenant's running batch every script starts from: its ``DECODES``, past
+    their prompts after one step."""
+    for rid in DECODES:
+        add(rid, 50, HEAVY)
+    step()
+
+
 def announced(sched: Any, add: Any, step: Any, steps: list[dict[str, int]]) -> dict[str, Any]:
     """Fairlane's worker announces a light prompt; a heavy one reaches the scheduler
     first, the light one two steps later."""
@@ -160,9 +166,7 @@ def announced(sched: Any, add: Any, step: Any, steps: list[dict[str, int]]) -> d
     from fairlane.extproc.announce import Announcer
     from fairlane.extproc.metrics import Metrics
 
-    for rid in DECODES:
-        add(rid, 50, HEAVY)
-    step()
+    heavy_batch(add, step)
     announcer = Announcer(Metrics())
     address = address_from_env()
     announcer.listen_at({"e": address} if address else {})
@@ -183,9 +187,7 @@ def heavy_prompt(
 ) -> dict[str, Any]:
     """A 1,000-token heavy prompt after a light request arrived (unless ``alone``), and a
     300-token light prompt while it is prefilled."""
-    for rid in DECODES:
-        add(rid, 50, HEAVY)
-    step()
+    heavy_batch(add, step)
     if not alone:
         add("light", 20, LIGHT)
     step()
