@@ -14,6 +14,8 @@ import pytest
 
 from fairlane.ports import free_port
 
+from testkit.metrics import assert_at_rest
+
 pytestmark = pytest.mark.integration
 
 RESPONSES = "/v1/responses"
@@ -148,7 +150,7 @@ async def hang_up_after_first_bytes(stack: Any, path: str, body: dict[str, Any])
     ):
         assert resp.status == 200
         await resp.content.readany()
-    await asyncio.sleep(0.5)  # Envoy's record of the end reaches the worker
+    await assert_at_rest(stack)  # Envoy's record of the end has reached the worker
 
 
 async def test_admission_reads_max_output_tokens(stack: Any) -> None:
@@ -177,6 +179,10 @@ async def test_admission_reads_max_output_tokens(stack: Any) -> None:
 async def test_the_engine_gets_the_tenants_priority(
     stack: Any, model: str, how: str, tenant: str, priority: str
 ) -> None:
+    # Alone in the pool (a tenant alone goes at its level's heavy half), once the
+    # earlier tests' requests have ended: their end records reach the worker after the
+    # response, later on a loaded machine.
+    await assert_at_rest(stack)
     body = {"model": model, "input": "hi", "max_output_tokens": 2, "priority": -50}
     status, headers, reply = await post(stack, body, tenant=tenant)
     assert status == 200, reply
