@@ -222,6 +222,7 @@ async def test_priority_injected_for_priority_engines(
     that a tenant arriving next goes first): interactive 1, batch 3; times 10,000, plus
     the slots the tenant holds (none here). Managed vLLM and sim engines get it as
     X-Vllm-Priority, others in the body (a second round trip)."""
+    await assert_at_rest(stack)  # alone: earlier tests' end records have come
     body = chat(model, max_tokens=2, priority=-50)  # a client's own priority never counts
     body["messages"][0]["content"] = "long " * 3000  # the body mutation must fix the length
     forged = {"x-vllm-priority": "-100"}
