@@ -5,9 +5,7 @@ Fairlane or Envoy answers in Anthropic's shape (tests/e2e runs it against a real
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 import aiohttp
@@ -18,9 +16,12 @@ from multidict import CIMultiDict
 from fairlane.engines.priority_levels import priority_level
 from fairlane.ports import free_port
 
+from testkit.metrics import charged, charged_since
+
 pytestmark = pytest.mark.integration
 
 MESSAGES = "/v1/messages"
+MODEL = "model-m"
 MAX_BODY = 64 * 1024
 
 
@@ -38,7 +39,7 @@ def _policy() -> dict[str, Any]:
             "sim": {
                 "kind": "sim",
                 "preset": "h100-8b",
-                "models": ["model-m"],
+                "models": [MODEL],
                 "port": free_port(),
                 "inject_priority": True,
                 "linger_s": 0,  # each test's tenant alone in the pool
@@ -63,7 +64,7 @@ def sdk(stack: Any, tenant: str = "alice") -> anthropic.Anthropic:
 
 def message(max_tokens: int = 4, **extra: Any) -> dict[str, Any]:
     return {
-        "model": "model-m",
+        "model": MODEL,
         "max_tokens": max_tokens,
         "messages": [{"role": "user", "content": "hi"}],
         **extra,
@@ -91,30 +92,10 @@ def anthropic_error(body: bytes) -> dict[str, Any]:
     return error
 
 
-async def tokens_charged(stack: Any, tenant: str, kind: str) -> float:
-    async with aiohttp.ClientSession() as session, session.get(stack.url + "/metrics") as resp:
-        text = await resp.text()
-    want = f'fairlane_tokens_total{{kind="{kind}",model="model-m",tenant="{tenant}"}} '
-    lines = [line for line in text.splitlines() if line.startswith(want)]
-    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
-
-
-async def charged_after(stack: Any, tenant: str, before: tuple[float, float]) -> tuple[int, int]:
-    """(prompt, completion) tokens charged since ``before``, once Envoy's record of the
-    request's end reached the worker (it counts the prompt first)."""
-    deadline = time.monotonic() + 3
-    completion = before[1]
-    while completion == before[1] and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        completion = await tokens_charged(stack, tenant, "completion")
-    prompt = await tokens_charged(stack, tenant, "prompt")
-    return int(prompt - before[0]), int(completion - before[1])
-
-
 def test_the_anthropic_sdk_creates_and_streams_messages(stack: Any) -> None:
     client = sdk(stack)
     reply = client.messages.create(
-        model="model-m",
+        model=MODEL,
         max_tokens=5,
         system="Be brief.",
         messages=[{"role": "user", "content": "Say hi"}],
@@ -124,7 +105,7 @@ def test_the_anthropic_sdk_creates_and_streams_messages(stack: Any) -> None:
     assert reply.usage.output_tokens == 5 and reply.usage.input_tokens > 0
     # The beta client adds `?beta=true` to the path, as Claude Code's requests do.
     with client.beta.messages.stream(
-        model="model-m", max_tokens=4, messages=[{"role": "user", "content": "hi"}]
+        model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "hi"}]
     ) as stream:
         texts = list(stream.text_stream)
         final = stream.get_final_message()
@@ -136,10 +117,7 @@ def test_the_anthropic_sdk_creates_and_streams_messages(stack: Any) -> None:
 async def test_anthropics_usage_is_charged_to_the_tenant(stack: Any, stream: bool) -> None:
     """Read from the message, or from the stream's `message_delta`: input_tokens and
     output_tokens."""
-    before = (
-        await tokens_charged(stack, "bob", "prompt"),
-        await tokens_charged(stack, "bob", "completion"),
-    )
+    before = await charged(stack, "bob", MODEL)
     body = message(9, stream=stream)
     body["messages"][0]["content"] = "word " * 400
     status, _, reply = await post(stack, body, tenant="bob")
@@ -150,7 +128,7 @@ async def test_anthropics_usage_is_charged_to_the_tenant(stack: Any, stream: boo
     else:
         usage = json.loads(reply)["usage"]
     assert usage["output_tokens"] == 9 and usage["input_tokens"] > 400
-    assert await charged_after(stack, "bob", before) == (
+    assert await charged_since(stack, "bob", MODEL, before) == (
         usage["input_tokens"],
         usage["output_tokens"],
     )
@@ -160,10 +138,7 @@ async def test_a_stream_left_early_keeps_its_estimate(stack: Any) -> None:
     """`message_start` says `output_tokens: 0`; a client that reads part of a long
     answer and hangs up before `message_delta` is charged its admission estimate, not
     that zero."""
-    before = (
-        await tokens_charged(stack, "alice", "prompt"),
-        await tokens_charged(stack, "alice", "completion"),
-    )
+    before = await charged(stack, "alice", MODEL)
     read = 0
     async with (
         aiohttp.ClientSession() as session,
@@ -178,7 +153,7 @@ async def test_a_stream_left_early_keeps_its_estimate(stack: Any) -> None:
             read += line.startswith(b"event: content_block_delta")
             if read == 40:
                 break
-    _, completion = await charged_after(stack, "alice", before)
+    _, completion = await charged_since(stack, "alice", MODEL, before)
     assert completion == 2000
 
 

@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from testkit.engines import CHAT, fairlane_metrics, post_chat
+from testkit.engines import CHAT, post_chat
+from testkit.metrics import samples, value
 
 pytestmark = pytest.mark.integration
 
@@ -58,11 +59,11 @@ async def test_lazy_loading_and_eviction_under_a_budget(stack_factory: Any) -> N
         states = {n: e["state"] for n, e in stack.engine_states().items()}
         assert states == {"a": "up", "b": "idle", "c": "up"}
 
-        m = await fairlane_metrics(session, stack.url)
-        assert m['fairlane_model_loads_total{engine="c"}'] == 1
-        assert m['fairlane_model_evictions_total{engine="b"}'] == 1
-        assert m['fairlane_model_evictions_total{engine="a"}'] == 0
-        assert m['fairlane_model_load_seconds_count{engine="c"}'] == 1
+        text = await stack.metrics()
+        assert value(text, "fairlane_model_loads_total", engine="c") == 1
+        assert value(text, "fairlane_model_evictions_total", engine="b") == 1
+        assert value(text, "fairlane_model_evictions_total", engine="a") == 0
+        assert value(text, "fairlane_model_load_seconds_count", engine="c") == 1
 
         # And b comes back on demand, evicting c (a is pinned).
         status, _, _ = await post_chat(session, stack.url, "mb")
@@ -102,8 +103,9 @@ async def test_adaptive_limit_follows_the_engine_batch(stack_factory: Any) -> No
         lowest = 48.0
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not all(t.done() for t in flood):
-            m = await fairlane_metrics(session, stack.url)
-            lowest = min(lowest, m.get('fairlane_engine_capacity{engine="e"}', 48.0))
+            for name, labels, limit in samples(await stack.metrics()):
+                if name == "fairlane_engine_capacity" and labels == {"engine": "e"}:
+                    lowest = min(lowest, limit)
             await asyncio.sleep(0.1)
         statuses = await asyncio.gather(*flood)
     assert set(statuses) == {200}

@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from testkit.engines import CHAT, engine_pid, fairlane_metrics, post_chat
+from testkit.engines import CHAT, engine_pid, post_chat
+from testkit.metrics import value
 
 pytestmark = pytest.mark.integration
 
@@ -58,9 +59,9 @@ async def test_engine_crash_gives_503_then_restarts(stack_factory: Any) -> None:
                 assert status == 200, text
             await asyncio.sleep(0.05)
         assert 503 in seen and recovered, seen
-        m = await fairlane_metrics(session, stack.url)
-    assert m['fairlane_engine_restarts_total{engine="e"}'] >= 1
-    assert m['fairlane_engine_up{engine="e"}'] == 1
+    text = await stack.metrics()
+    assert value(text, "fairlane_engine_restarts_total", engine="e") >= 1
+    assert value(text, "fairlane_engine_up", engine="e") == 1
 
 
 async def test_replicas_share_one_fair_queue_and_survive_a_crash(stack_factory: Any) -> None:
@@ -102,10 +103,11 @@ async def test_replicas_share_one_fair_queue_and_survive_a_crash(stack_factory: 
         queued = 0.0
         for _ in range(10):
             await asyncio.sleep(0.1)
-            m = await fairlane_metrics(session, stack.url)
+            text = await stack.metrics()
             for name in busy:
-                busy[name] = max(busy[name], m[f'fairlane_inflight{{engine="{name}"}}'])
-            queued = max(queued, m['fairlane_queue_depth{engine="r1+r2",tenant="flooder"}'])
+                busy[name] = max(busy[name], value(text, "fairlane_inflight", engine=name))
+            depth = value(text, "fairlane_queue_depth", engine="r1+r2", tenant="flooder")
+            queued = max(queued, depth)
         assert queued > 0
         status, quiet = await ask("quiet", 10)
         assert status == 200

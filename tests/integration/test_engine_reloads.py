@@ -14,7 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from testkit.engines import CHAT, engine_pid, fairlane_metrics, post_chat, proc_cmdline
+from testkit.engines import CHAT, engine_pid, post_chat, proc_cmdline
+from testkit.metrics import metric_is
+from testkit.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +41,9 @@ async def test_a_raised_queue_timeout_applies_without_a_restart(stack_factory: A
     stack = stack_factory(policy)
     engine["queue"] = {"timeout_s": 30}
     stack.write_policy(policy)
-    deadline = time.monotonic() + 15
+    applied = eventually(lambda: metric_is(stack, 2, "fairlane_config_generation"), 15)
+    assert await applied, "the reload was not applied"
     async with aiohttp.ClientSession() as session:
-        while (await fairlane_metrics(session, stack.url)).get("fairlane_config_generation") != 2:
-            assert time.monotonic() < deadline, "the reload was not applied"
-            await asyncio.sleep(0.1)
         # ~1,100 steps of ~7 ms hold the only slot for about 8 s.
         long = {"model": "m", "max_tokens": 1100, "messages": [{"role": "user", "content": "x"}]}
         holder = asyncio.create_task(
@@ -142,11 +142,9 @@ async def test_lora_adapters_are_models_of_their_engine(stack_factory: Any) -> N
         assert reply["error"]["code"] == "model_not_allowed"
         assert reply["error"]["message"] == "tenant 'alice' may not use `base`"
         # Charged from the access log, which Envoy sends once the response has ended.
-        key = 'fairlane_tokens_total{kind="completion",model="alice-lora",tenant="alice"}'
-        deadline = time.monotonic() + 10
-        while (await fairlane_metrics(session, stack.url)).get(key) != 2:
-            assert time.monotonic() < deadline, await fairlane_metrics(session, stack.url)
-            await asyncio.sleep(0.1)
+        labels = {"kind": "completion", "model": "alice-lora", "tenant": "alice"}
+        charged = eventually(lambda: metric_is(stack, 2, "fairlane_tokens_total", **labels), 10)
+        assert await charged, await stack.metrics()
 
         engine["adapters"] = {**engine["adapters"], "bob-lora": "/adapters/bob"}
         stack.write_policy(policy)

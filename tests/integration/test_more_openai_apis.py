@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import aiohttp
@@ -14,7 +13,7 @@ import pytest
 
 from fairlane.ports import free_port
 
-from testkit.metrics import assert_at_rest
+from testkit.metrics import assert_at_rest, charged, charged_since
 
 pytestmark = pytest.mark.integration
 
@@ -78,27 +77,6 @@ def sdk(stack: Any, tenant: str = "alice") -> Any:
     )
 
 
-async def tokens_charged(stack: Any, tenant: str, kind: str) -> float:
-    async with aiohttp.ClientSession() as session, session.get(stack.url + "/metrics") as resp:
-        text = await resp.text()
-    want = f'fairlane_tokens_total{{kind="{kind}",model="model-r",tenant="{tenant}"}} '
-    lines = [line for line in text.splitlines() if line.startswith(want)]
-    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
-
-
-async def charged_after(stack: Any, tenant: str, before: tuple[float, float]) -> tuple[int, int]:
-    """(prompt, completion) tokens charged since ``before``, once the request's end is
-    recorded (Envoy's access log reaches the worker just after the response). The
-    worker counts the prompt first, so a changed completion count has both."""
-    deadline = time.monotonic() + 3
-    completion = before[1]
-    while completion == before[1] and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        completion = await tokens_charged(stack, tenant, "completion")
-    prompt = await tokens_charged(stack, tenant, "prompt")
-    return int(prompt - before[0]), int(completion - before[1])
-
-
 def test_the_openai_sdk_creates_and_streams_responses(stack: Any) -> None:
     openai = pytest.importorskip("openai")
     client = sdk(stack)
@@ -122,10 +100,7 @@ def test_the_openai_sdk_creates_and_streams_responses(stack: Any) -> None:
 async def test_the_engines_usage_is_charged_to_the_tenant(stack: Any, stream: bool) -> None:
     """Read from the response object, or from the stream's `response.completed` event:
     `input_tokens`/`output_tokens`, not chat's names."""
-    before = (
-        await tokens_charged(stack, "bob", "prompt"),
-        await tokens_charged(stack, "bob", "completion"),
-    )
+    before = await charged(stack, "bob", "model-r")
     body = {"model": "model-r", "input": "word " * 400, "max_output_tokens": 9, "stream": stream}
     status, _, reply = await post(stack, body, tenant="bob")
     assert status == 200, reply
@@ -134,7 +109,7 @@ async def test_the_engines_usage_is_charged_to_the_tenant(stack: Any, stream: bo
         usage = json.loads(completed)["response"]["usage"]
     else:
         usage = json.loads(reply)["usage"]
-    assert await charged_after(stack, "bob", before) == (
+    assert await charged_since(stack, "bob", "model-r", before) == (
         usage["input_tokens"],
         usage["output_tokens"],
     )
@@ -247,10 +222,7 @@ async def test_an_embeddings_batch_is_charged_its_prompts_and_holds_a_slot_each(
 ) -> None:
     """Five inputs of ~3,000 tokens: a second or so of prefill, five sequences in the
     engine's batch (envoy/prompts.lua counts the `input` list), and no completion."""
-    before = (
-        await tokens_charged(stack, "bob", "prompt"),
-        await tokens_charged(stack, "bob", "completion"),
-    )
+    before = await charged(stack, "bob", "model-r")
     inputs = [f"text number {i} " * 900 for i in range(5)]
     body = {"model": "model-r", "input": inputs}
     request = asyncio.create_task(post(stack, body, "bob", EMBEDDINGS))
@@ -263,12 +235,7 @@ async def test_an_embeddings_batch_is_charged_its_prompts_and_holds_a_slot_each(
     assert held == 5
     usage = json.loads(reply)["usage"]
     # The completion count does not move: wait for the prompt's instead.
-    deadline, charged = time.monotonic() + 3, 0.0
-    while not charged and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        charged = await tokens_charged(stack, "bob", "prompt") - before[0]
-    assert charged == usage["prompt_tokens"]
-    assert await tokens_charged(stack, "bob", "completion") == before[1]
+    assert await charged_since(stack, "bob", "model-r", before) == (usage["prompt_tokens"], 0)
 
 
 @pytest.mark.parametrize(

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import aiohttp
 import pytest
 
 from fairlane.ports import free_port
+
+from testkit.metrics import charged, charged_since, metric
 
 pytestmark = pytest.mark.integration
 
@@ -50,27 +51,18 @@ def stack(stack_factory: Any) -> Any:
     )
 
 
-def charged(tenant: str, kind: str) -> str:
-    return f'fairlane_tokens_total{{kind="{kind}",model="{MODEL}",tenant="{tenant}"}}'
-
-
 @pytest.mark.parametrize(("path", "body"), THREE, ids=[path for path, _ in THREE])
 async def test_served_and_charged_its_prompt_only(
     stack: Any, path: str, body: dict[str, Any]
 ) -> None:
     """The engine's `prompt_tokens`, and no completion: a rerank's answer holds its
     documents' text, which is not generated."""
-    before = await stack.metric(charged("bob", "prompt"))
-    completion = await stack.metric(charged("bob", "completion"))
+    before = await charged(stack, "bob", MODEL)
     status, reply = await stack.post_json(path, {"model": MODEL, **body}, tenant="bob")
     assert status == 200, reply
     assert len(reply.get("results", reply.get("data", []))) == 3
-    deadline, prompt = time.monotonic() + 3, 0.0
-    while not prompt and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        prompt = await stack.metric(charged("bob", "prompt")) - before
-    assert prompt == reply["usage"]["prompt_tokens"] > 0
-    assert await stack.metric(charged("bob", "completion")) == completion
+    assert reply["usage"]["prompt_tokens"] > 0
+    assert await charged_since(stack, "bob", MODEL, before) == (reply["usage"]["prompt_tokens"], 0)
 
 
 @pytest.mark.parametrize("path", ["/v1/rerank", "/v1/score"])
@@ -84,7 +76,7 @@ async def test_each_pair_holds_a_slot(stack: Any, path: str) -> None:
     request = asyncio.create_task(stack.post_json(path, body))
     held = 0.0
     while not request.done():
-        held = max(held, await stack.metric('fairlane_inflight{engine="sim"}'))
+        held = max(held, await metric(stack, "fairlane_inflight", engine="sim"))
         await asyncio.sleep(0.02)
     status, reply = await request
     assert status == 200, reply

@@ -16,6 +16,8 @@ import pytest
 
 from fairlane.ports import free_port
 
+from testkit.metrics import metric
+
 pytestmark = pytest.mark.integration
 
 MODEL = "model-t"
@@ -59,8 +61,8 @@ def test_served_as_vllm_and_anthropics_sdk_ask(stack: Any) -> None:
 
 
 async def requests_counted(stack: Any, tenant: str, outcome: str) -> float:
-    return await stack.metric(
-        f'fairlane_requests_total{{model="{MODEL}",outcome="{outcome}",tenant="{tenant}"}}'
+    return await metric(
+        stack, "fairlane_requests_total", model=MODEL, outcome=outcome, tenant=tenant
     )
 
 

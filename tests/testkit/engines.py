@@ -1,5 +1,5 @@
-"""The supervisor with real simulator processes: a chat request through the stack, its
-``fairlane_*`` metrics, and the PID of the simulator behind an engine."""
+"""The supervisor with real simulator processes: a chat request through the stack, and
+the PID of the simulator behind an engine."""
 
 from __future__ import annotations
 
@@ -18,17 +18,6 @@ async def post_chat(
     body = {"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
     async with session.post(url + CHAT, json=body, headers={"x-tenant-id": tenant}) as resp:
         return resp.status, resp.headers, await resp.text()
-
-
-async def fairlane_metrics(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    async with session.get(url + "/metrics") as resp:
-        text = await resp.text()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("fairlane_") and " " in line:
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
 
 
 def proc_cmdline(pid: int | str) -> list[bytes]:

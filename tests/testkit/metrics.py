@@ -79,3 +79,28 @@ async def assert_at_rest(stack: Any, timeout_s: float = 5.0) -> None:
 
     if not await eventually(rest, timeout_s):
         raise AssertionError(f"slots or queue entries leaked: {await _held(stack)}")
+
+
+async def charged(stack: Any, tenant: str, model: str) -> tuple[float, float]:
+    """The (prompt, completion) tokens charged to ``tenant`` for ``model`` so far."""
+    text = await scrape(stack.url + "/metrics")
+    prompt, completion = (
+        value(text, "fairlane_tokens_total", tenant=tenant, model=model, kind=kind)
+        for kind in ("prompt", "completion")
+    )
+    return prompt, completion
+
+
+async def charged_since(
+    stack: Any, tenant: str, model: str, before: tuple[float, float]
+) -> tuple[int, int]:
+    """The (prompt, completion) tokens charged since ``before`` (from ``charged``), once
+    the request's end is recorded: Envoy's access log reaches the worker just after the
+    response. The reading after the first change has both counts of that request."""
+
+    async def changed() -> bool:
+        return await charged(stack, tenant, model) != before
+
+    await eventually(changed, 3.0)
+    prompt, completion = await charged(stack, tenant, model)
+    return int(prompt - before[0]), int(completion - before[1])

@@ -94,13 +94,6 @@ class Stack:
         async with aiohttp.ClientSession() as session, session.get(self.url + "/metrics") as r:
             return await r.text()
 
-    async def metric(self, sample: str) -> float:
-        """The value of one sample (`name{labels}`) on /metrics; 0 before it exists."""
-        lines = [
-            line for line in (await self.metrics()).splitlines() if line.startswith(sample + " ")
-        ]
-        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
-
     def engine_states(self) -> dict[str, Any]:
         return dict(json.loads((self.run_dir / "engines.json").read_text())["engines"])
 
