@@ -21,6 +21,8 @@ import aiohttp
 import pytest
 import yaml
 
+from testkit.metrics import metric, scrape, value
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "configs" / "external-vllm.yaml"
 MODEL = "tiny-llama"
@@ -113,11 +115,7 @@ async def test_requests_through_fairlane(stack: Any, vllm: Any) -> None:
     want = {"tenant": "alice", "model": MODEL, "kind": "completion"}
     deadline, counted = time.monotonic() + 15, 0.0
     while counted < 8 + 5 and time.monotonic() < deadline:
-        async with (
-            aiohttp.ClientSession(timeout=TIMEOUT) as session,
-            session.get(stack.url + "/metrics") as resp,
-        ):
-            counted = sample(await resp.text(), "fairlane_tokens_total", want)
+        counted = await metric(stack, "fairlane_tokens_total", **want)
         await asyncio.sleep(0.2)
     assert counted >= 8 + 5, counted
 
@@ -128,14 +126,12 @@ async def completion_tokens_charged(stack: Any, tenant: str) -> float:
     the next test has begun."""
     want = {"tenant": tenant, "model": MODEL, "kind": "completion"}
     deadline = time.monotonic() + 30
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        while True:
-            async with session.get(stack.url + "/metrics") as resp:
-                text = await resp.text()
-            inflight = sample(text, "fairlane_inflight", {"engine": "vllm"})
-            if not inflight or time.monotonic() > deadline:
-                return sample(text, "fairlane_tokens_total", want)
-            await asyncio.sleep(0.2)
+    while True:
+        text = await scrape(stack.url + "/metrics")
+        inflight = value(text, "fairlane_inflight", engine="vllm")
+        if not inflight or time.monotonic() > deadline:
+            return value(text, "fairlane_tokens_total", **want)
+        await asyncio.sleep(0.2)
 
 
 async def alice_completes(stack: Any, body: dict[str, Any]) -> str:
@@ -192,8 +188,7 @@ async def test_every_choice_of_n_is_served_and_charged(
                     for line in text.splitlines()
                     if line.startswith(("vllm:num_requests_running{", "vllm:num_requests_waiting{"))
                 )
-                async with session.get(stack.url + "/metrics") as metrics:
-                    ours = sample(await metrics.text(), "fairlane_inflight", {"engine": "vllm"})
+                ours = await metric(stack, "fairlane_inflight", engine="vllm")
                 seen.append((engine, ours))
                 await asyncio.sleep(0.2)
         assert seen[-1] == (sequences, sequences), seen
@@ -288,15 +283,3 @@ async def test_the_tokenizer_endpoints_are_served(stack: Any) -> None:
         messages = [{"role": "user", "content": "Once upon a time"}]
         counted = await post("/v1/messages/count_tokens", {"model": MODEL, "messages": messages})
         assert counted["input_tokens"] > 0
-
-
-def sample(text: str, name: str, labels: dict[str, str]) -> float:
-    """The value of one Prometheus series, whatever order its labels come in."""
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            series, value = line.rsplit(" ", 1)
-            pairs = series[len(name) + 1 : -1].split(",")
-            got = dict(pair.split("=", 1) for pair in pairs)
-            if {k: v.strip('"') for k, v in got.items()} == labels:
-                return float(value)
-    return 0.0
