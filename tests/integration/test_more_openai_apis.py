@@ -13,7 +13,7 @@ import pytest
 
 from fairlane.ports import free_port
 
-from testkit.metrics import assert_at_rest, charged, charged_since
+from testkit.metrics import assert_at_rest, charged, charged_since, metric
 
 pytestmark = pytest.mark.integration
 
@@ -210,13 +210,6 @@ def test_the_openai_sdk_gets_embeddings(stack: Any) -> None:
     assert len(reply["data"]) == 1 and reply["usage"]["prompt_tokens"] > 0
 
 
-async def inflight(stack: Any) -> float:
-    async with aiohttp.ClientSession() as session, session.get(stack.url + "/metrics") as resp:
-        text = await resp.text()
-    lines = [x for x in text.splitlines() if x.startswith('fairlane_inflight{engine="sim"}')]
-    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
-
-
 async def test_an_embeddings_batch_is_charged_its_prompts_and_holds_a_slot_each(
     stack: Any,
 ) -> None:
@@ -228,7 +221,7 @@ async def test_an_embeddings_batch_is_charged_its_prompts_and_holds_a_slot_each(
     request = asyncio.create_task(post(stack, body, "bob", EMBEDDINGS))
     held = 0.0
     while not request.done():
-        held = max(held, await inflight(stack))
+        held = max(held, await metric(stack, "fairlane_inflight", engine="sim"))
         await asyncio.sleep(0.02)
     status, _, reply = await request
     assert status == 200, reply
