@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fairlane.envoy.common import DECISION_NAMESPACE, USAGE_NAMESPACE, WORKER_CLUSTER, T
+from fairlane.envoy.common import (
+    DECISION_NAMESPACE,
+    REQUEST_ID_HEADER,
+    UNSET_RUNTIME_KEY,
+    USAGE_NAMESPACE,
+    WORKER_CLUSTER,
+    T,
+)
 from fairlane.extproc.request import MEDIA_ITEMS_KEY, PROMPTS_KEY, REQUEST_NAMESPACE
 from fairlane.rundir import RunDir
 
@@ -53,14 +60,31 @@ def file_access_log(run_dir: RunDir) -> dict[str, Any]:
 def grpc_access_log() -> dict[str, Any]:
     return {
         "name": "envoy.access_loggers.http_grpc",
-        # Only admitted requests hold a slot the worker must get back.
+        # The requests the worker routed (an admitted one gives its slot back, a tokenizer
+        # call is counted), and those whose client left before any answer: if the
+        # decision that gave one a slot never reached Envoy, that slot comes back too.
         "filter": {
-            "metadata_filter": {
-                "matcher": {
-                    "filter": DECISION_NAMESPACE,
-                    "path": [{"key": "lease"}],
-                    "value": {"present_match": True},
-                }
+            "or_filter": {
+                "filters": [
+                    {
+                        "metadata_filter": {
+                            "matcher": {
+                                "filter": DECISION_NAMESPACE,
+                                "path": [{"key": "engine"}],
+                                "value": {"present_match": True},
+                            },
+                            "match_if_key_not_found": False,
+                        }
+                    },
+                    {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": "EQ",
+                                "value": {"default_value": 0, "runtime_key": UNSET_RUNTIME_KEY},
+                            }
+                        }
+                    },
+                ]
             }
         },
         "typed_config": {
@@ -73,5 +97,6 @@ def grpc_access_log() -> dict[str, Any]:
                 "buffer_flush_interval": "0.005s",
                 "buffer_size_bytes": 2048,
             },
+            "additional_request_headers_to_log": [REQUEST_ID_HEADER],
         },
     }

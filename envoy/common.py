@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 CLUSTER_HEADER = "x-fairlane-cluster"
+# Envoy's own unique id of each request (a client's value is overwritten): the key of the
+# slot it is given, which its end-of-request record names even when the decision that
+# gave the slot never reached Envoy (the client left as it was sent).
+REQUEST_ID_HEADER = "x-fairlane-request-id"
 WORKER_CLUSTER = "fairlane_worker"
 CONTROL_CLUSTER = "fairlane_control"
 DECISION_NAMESPACE = "fairlane"  # dynamic metadata the worker attaches to an admitted request

@@ -11,6 +11,7 @@ from fairlane.envoy.common import (
     CLUSTER_HEADER,
     DECISION_NAMESPACE,
     DECOMPRESSORS,
+    REQUEST_ID_HEADER,
     UNSET_RUNTIME_KEY,
     WORKER_CLUSTER,
     T,
@@ -26,7 +27,7 @@ MEDIA_COUNT_FILTER = "fairlane.media_count"  # /v1/chat/completions, /responses,
 # after the decompressors is one Envoy cannot undo.
 FORWARDED_HEADERS = (
     ":path", "x-tenant-id", "authorization", "x-api-key", "content-length", "content-type",
-    "content-encoding",
+    "content-encoding", REQUEST_ID_HEADER,
 )  # fmt: skip
 # How far past the longest queue wait Envoy waits for the worker's decision on a request.
 EXT_PROC_MARGIN_S = 5.0
@@ -42,7 +43,8 @@ def http_filters(longest_wait: float, max_body_bytes: int) -> list[dict[str, Any
             "typed_config": {"@type": T + "envoy.extensions.filters.http.cors.v3.Cors"},
         },
         {
-            # A client must never pick its own engine cluster or engine priority.
+            # A client must never pick its own engine cluster or engine priority, nor
+            # the id its slot is kept under.
             "name": "envoy.filters.http.header_mutation",
             "typed_config": {
                 "@type": T + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
@@ -55,6 +57,12 @@ def http_filters(longest_wait: float, max_body_bytes: int) -> list[dict[str, Any
                         # else (a repeated one, say) would reach the engine, whose 417
                         # is plain text. The body arrives anyway, so drop the header.
                         {"remove": "expect"},
+                        {
+                            "append": {
+                                "header": {"key": REQUEST_ID_HEADER, "value": "%UNIQUE_ID%"},
+                                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                            }
+                        },
                     ]
                 },
             },

@@ -1,5 +1,5 @@
 """Envoy's end-of-request records (gRPC access log): each admitted request's slot comes
-back with the real usage the response carried; refusals and direct answers are counted."""
+back with the real usage the response carried; tokenizer calls are counted."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf import struct_pb2
 
-from fairlane.envoy.common import DECISION_NAMESPACE, USAGE_NAMESPACE
+from fairlane.envoy.common import DECISION_NAMESPACE, REQUEST_ID_HEADER, USAGE_NAMESPACE
 from fairlane.extproc.accounting import Usage
 from fairlane.extproc.gateway import Gateway
 
@@ -33,15 +33,16 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         common = entry.common_properties
         filters = common.metadata.filter_metadata
         decision = filters.get(DECISION_NAMESPACE)
-        if decision is None:
-            return
         status = entry.response.response_code.value
-        if "lease" not in decision.fields:
-            if "label" in decision.fields:
-                fields = decision.fields
-                self._gateway.count_request(
-                    fields["label"].string_value, fields["model"].string_value, status
-                )
+        if decision is not None and "label" in decision.fields:  # a tokenizer call
+            fields = decision.fields
+            self._gateway.count_request(
+                fields["label"].string_value, fields["model"].string_value, status
+            )
+            return
+        if decision is None or "lease" not in decision.fields:
+            if status == 0:  # the client left before any answer
+                self._gateway.withdraw(entry.request.request_headers.get(REQUEST_ID_HEADER, ""))
             return
         usage_fields = filters.get(USAGE_NAMESPACE)
         usage = _usage(usage_fields) if usage_fields is not None else Usage()

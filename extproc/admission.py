@@ -176,11 +176,16 @@ class EnginePool:
                 raise QueueTimeout(self.name) from None
             return future.result()  # admitted in the same tick the timer fired
         except asyncio.CancelledError:
-            if _admitted(future):
-                self.release(request, future.result(), 0.0)
-            else:
-                self._abandon(request)
+            self.withdraw(request, future)
             raise
+
+    def withdraw(self, request: QueuedRequest, future: asyncio.Future[str]) -> None:
+        """The client of a queued request left: out of the queue, or, if dispatch has
+        given it a slot meanwhile, that slot back."""
+        if _admitted(future):
+            self.release(request, future.result(), 0.0)
+        else:
+            self._abandon(request)
 
     def release(self, request: QueuedRequest, replica: str, actual_cost: float) -> None:
         """The request's response ended (or it never reached the engine)."""

@@ -3,8 +3,9 @@
 ``begin`` decides synchronously when it can (admit into a free slot, or refuse) and
 returns a ``Pending`` only when the request must wait in a queue (or a
 ``SharedLimitCheck`` when a limited tenant's buckets live in Redis). ``finish`` is called
-from Envoy's end-of-request record and gives the slot back with the real usage. The
-gRPC servicers translate protobuf to these calls and nothing else.
+from Envoy's end-of-request record and gives the slot back with the real usage
+(``withdraw`` where the decision never reached Envoy). The gRPC servicers translate
+protobuf to these calls and nothing else.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 
 from fairlane.extproc.accounting import Usage, usage_cost
 from fairlane.extproc.admission import EnginePool
+from fairlane.extproc.departed import Departed
 from fairlane.extproc.engine_health import EngineHealth
 from fairlane.extproc.errors import Reason, Rejection, engine_down
 from fairlane.extproc.limits import RateLimiter, Verdict
@@ -51,6 +53,7 @@ class Gateway:
         self.pools: dict[str, EnginePool] = {}
         self.limiter = RateLimiter()
         self.leases: dict[str, Lease] = {}
+        self.departed = Departed(clock)
         self.health = EngineHealth(self.pool_of)
         # state: redis — set by the worker; None keeps everything in this process.
         self.shared_limiter: RedisRateLimiter | None = None
@@ -168,16 +171,18 @@ class Gateway:
         shared_limits: bool,
     ) -> Admitted:
         now = self._clock()
-        lease_id = f"{self._prefix}-{next(self._ids)}"
+        lease_id = ticket.request_id  # Envoy's: its record names it, decision or not
+        if not lease_id or lease_id in self.leases:  # none (unit tests) or not unique
+            lease_id = f"{self._prefix}-{next(self._ids)}"
         self.leases[lease_id] = Lease(ticket, queued, pool, replica, now, shared_limits)
         if self.counter_sync is not None:
             self.counter_sync.record(pool.name, queued.tenant, queued.cost / queued.weight)
-        label = self.label(ticket)
-        if queued.enqueued_at:
-            self.metrics.child(self.metrics.queue_wait, label).observe(now - queued.enqueued_at)
-        else:
-            self.metrics.child(self.metrics.queue_wait, label).observe(0.0)
-        return Admitted(lease_id, ticket, replica, engine_priority(queued))
+        waited = now - queued.enqueued_at if queued.enqueued_at else 0.0
+        self.metrics.child(self.metrics.queue_wait, self.label(ticket)).observe(waited)
+        admitted = Admitted(lease_id, ticket, replica, engine_priority(queued))
+        if self.departed.claim(lease_id):  # its record came first: Envoy is not listening
+            self.withdraw(lease_id)
+        return admitted
 
     def refuse_admitted(
         self, ticket: Ticket, shared_limits: bool, rejection: Rejection
@@ -246,6 +251,15 @@ class Gateway:
         if ttft_s is not None and ticket.first_byte_is_token and status == 200:
             m.child(m.ttft, label, ticket.model).observe(ttft_s)
 
+    def withdraw(self, request_id: str) -> None:
+        """The client left before any answer, and Envoy's record names no slot: a slot
+        granted to it was never used (the decision came too late). Nothing is charged."""
+        if request_id in self.leases:
+            self.finish(request_id, 0, Usage(prompt_tokens=0, completion_tokens=0), None)
+            self.metrics.leases_withdrawn.inc()
+        elif request_id:  # none yet; one may still be granted
+            self.departed.add(request_id)
+
     def count_request(self, label: str, model: str, status: int) -> None:
         """fairlane_requests_total: how an admitted request ended (status 0: the client
         went away first)."""
@@ -256,12 +270,8 @@ class Gateway:
         """Reclaim slots whose end-of-request record never came (a lost log entry)."""
         cutoff = self._clock() - max_age_s
         # Leases are kept in admission order, so the stale ones are a prefix.
-        stale = [
-            lease_id
-            for lease_id, _ in itertools.takewhile(
-                lambda item: item[1].admitted_at < cutoff, self.leases.items()
-            )
-        ]
+        old = itertools.takewhile(lambda i: i[1].admitted_at < cutoff, self.leases.items())
+        stale = [lease_id for lease_id, _ in old]
         for lease_id in stale:
             self.finish(lease_id, 0, Usage(), None)
         if stale:
@@ -275,8 +285,7 @@ class Gateway:
 
     @staticmethod
     def tokens(ticket: Ticket) -> float:
-        """What the rate limiter charges at admission: prompt estimate + every
-        sequence's max_tokens."""
+        """The rate limiter's charge at admission: prompt estimate + completion budget."""
         return float(ticket.prompt_tokens + ticket.completion_budget)
 
     def wall(self) -> float:

@@ -70,6 +70,11 @@ class Metrics:
             "Slots reclaimed because no end-of-request record arrived in time",
             registry=r,
         )
+        self.leases_withdrawn = Counter(
+            "fairlane_leases_withdrawn",
+            "Slots given back because the client left before the decision reached Envoy",
+            registry=r,
+        )
 
     def child(self, metric: Counter | Histogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: labels() costs a lock and a dict build per

@@ -104,6 +104,13 @@ class Pending:
             raise
         return g.grant(ticket, self._queued, self._pool, replica, self._shared)
 
+    def withdraw(self) -> None:
+        """The client left before ``result()`` was awaited: out of the queue (or the slot
+        it was given back), and the estimate refunded, as ``result()`` does when its
+        wait is cancelled."""
+        self._pool.withdraw(self._queued, self._future)
+        self._gateway.refund(self._ticket, self._shared)
+
 
 class SharedLimitCheck:
     """A limited tenant's request under ``state: redis``: one round trip to Redis for the

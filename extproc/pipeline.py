@@ -32,6 +32,7 @@ class Ticket:
     # its TTFT: chat, completions and messages (vLLM's `message_start` comes with the
     # first token; a Responses stream opens with events before it).
     first_byte_is_token: bool
+    request_id: str  # Envoy's id of the request (RequestInfo.request_id)
 
     @property
     def completion_budget(self) -> int:
@@ -145,6 +146,7 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
         sequences=sequences,
         cost=cost.input_weight * prompt_tokens + cost.output_weight * max_tokens * sequences,
         first_byte_is_token=info.stream and info.api is not Api.RESPONSES,
+        request_id=info.request_id,
     )
 
 

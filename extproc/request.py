@@ -15,6 +15,7 @@ from typing import Any
 from fairlane.envoy.common import (
     MESSAGES_PATH,
     POOLING_PATHS,
+    REQUEST_ID_HEADER,
     RESPONSES_PATH,
     TOKENIZER_PATHS,
     on_messages_api,
@@ -69,6 +70,7 @@ class RequestInfo:
     media_bytes: int  # the body bytes they take
     stream: bool
     declared_json: bool  # content-type says JSON (curl -d sends a form type)
+    request_id: str  # Envoy's unique id of the request ("" where it has none)
 
 
 def combined_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -120,6 +122,7 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         media_bytes=_count(fields.get(MEDIA_BYTES_KEY)),
         stream=fields.get("stream") is True,
         declared_json=headers.get("content-type", "").startswith("application/json"),
+        request_id=headers.get(REQUEST_ID_HEADER, ""),
     )
 
 

@@ -66,12 +66,21 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             anthropic = info.anthropic
             outcome = self._gateway.begin(info)
             if isinstance(outcome, Pending | SharedLimitCheck):
-                yield ep.ProcessingResponse(
-                    override_message_timeout=duration_pb2.Duration(
-                        seconds=int(outcome.timeout_s) + 2
+                waiting = outcome
+                try:
+                    yield ep.ProcessingResponse(
+                        override_message_timeout=duration_pb2.Duration(
+                            seconds=int(waiting.timeout_s) + 2
+                        )
                     )
-                )
-                outcome = await outcome.result()
+                except GeneratorExit:
+                    # The stream ended before the wait began (the client left): queued,
+                    # the request would take a slot no one gives back. (A shared limit
+                    # check charges nothing before its result.)
+                    if isinstance(waiting, Pending):
+                        waiting.withdraw()
+                    raise
+                outcome = await waiting.result()
             if isinstance(outcome, Rejection):
                 yield _immediate(outcome, anthropic)
                 continue

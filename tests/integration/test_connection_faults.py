@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import statistics
 import time
@@ -99,6 +100,38 @@ async def test_disconnect_mid_stream(stack: Any) -> None:
         await session.close()
     await assert_at_rest(stack)
     assert await eventually(lambda: _is(_engine_running(stack, "big"), 0), 5)
+
+
+async def test_clients_that_leave_at_once_leave_no_slot_behind(stack: Any) -> None:
+    """Thousands of requests whose clients hang up within ~20 ms, while they are read,
+    queued, or as their decision is sent: whatever the moment, no slot stays taken and
+    nothing stays queued (a decision that never reached Envoy is withdrawn when its
+    end-of-request record, or the end of its stream, says the client left)."""
+    await wait_healthy(stack)
+    rng = random.Random(7)
+
+    async def leave_early(model: str, tenant: str) -> None:
+        body = json.dumps(chat(model, 200)).encode()
+        head = (
+            f"POST {CHAT} HTTP/1.1\r\nhost: fairlane\r\nx-tenant-id: {tenant}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        )
+        _, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+        writer.write(head.encode() + body)
+        await asyncio.sleep(rng.uniform(0, 0.02))
+        writer.transport.abort()
+
+    async def client(end: float) -> None:
+        while time.monotonic() < end:
+            model = rng.choice(["model-a", "model-one"])
+            await leave_early(model, rng.choice(["alice", "bob", "carol"]))
+
+    end = time.monotonic() + 4
+    await asyncio.gather(*(client(end) for _ in range(40)))
+    await assert_at_rest(stack, timeout_s=10)
+    withdrawn = await total(stack.url + "/metrics", "fairlane_leases_withdrawn_total")
+    print(f"\nslots withdrawn after their decision was lost: {withdrawn:.0f}")
+    assert (await post(stack, chat("model-one", 2), tenant="alice"))[0] == 200
 
 
 async def _is(value: Awaitable[float], want: float) -> bool:
