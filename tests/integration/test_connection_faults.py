@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from testkit.http import CHAT, SHORT, chat, post, wait_healthy
-from testkit.metrics import assert_at_rest, metric_is, total
+from testkit.metrics import assert_at_rest, metric, metric_is, total
 from testkit.policies import faults_policy
 from testkit.waits import eventually
 
@@ -132,6 +132,32 @@ async def test_clients_that_leave_at_once_leave_no_slot_behind(stack: Any) -> No
     withdrawn = await total(stack.url + "/metrics", "fairlane_leases_withdrawn_total")
     print(f"\nslots withdrawn after their decision was lost: {withdrawn:.0f}")
     assert (await post(stack, chat("model-one", 2), tenant="alice"))[0] == 200
+
+
+async def test_a_client_cannot_name_the_slot_its_departure_gives_back(stack: Any) -> None:
+    """The request id a slot is kept under is Envoy's own: one a client sends is
+    overwritten, so a client that leaves before any answer, claiming a streaming
+    request's id, gives nothing of that request's back."""
+    await wait_healthy(stack)
+    forged = {"x-tenant-id": "alice", "x-fairlane-request-id": "mine"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        body = chat("model-a", 2000, stream=True)
+        async with session.post(stack.url + CHAT, json=body, headers=forged) as streaming:
+            assert streaming.status == 200
+            await streaming.content.readline()
+            # Leaves halfway through its body: an end record with no answer (status 0).
+            _, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+            writer.write(
+                f"POST {CHAT} HTTP/1.1\r\nhost: fairlane\r\nx-tenant-id: alice\r\n"
+                "x-fairlane-request-id: mine\r\ncontent-type: application/json\r\n"
+                'content-length: 100\r\n\r\n{"model":'.encode()
+            )
+            await writer.drain()
+            writer.transport.abort()
+            await asyncio.sleep(1)  # its record has long reached the worker
+            assert await metric(stack, "fairlane_inflight", engine="big") == 1
+            await streaming.content.readline()  # still streaming
+    await assert_at_rest(stack)
 
 
 async def _is(value: Awaitable[float], want: float) -> bool:

@@ -170,6 +170,7 @@ extra_headers = st.sampled_from(
     [
         (b"X_Tenant_ID", b"alice"),  # underscores: Envoy rejects the request
         (b"x-fairlane-cluster", b"engine_fast"),  # a client must not pick the cluster
+        (b"x-fairlane-request-id", b"forged"),  # nor the id its slot is kept under
         (b"Transfer-Encoding", b"chunked"),  # with Content-Length: smuggling attempt
         (b"Content-Length", b"0"),
         (b"Authorization", b"Bearer sk-nothing"),
