@@ -3,8 +3,9 @@
 One ``fairlane serve`` with a simulated engine. ``--concurrency`` closed-loop clients,
 each pausing 0-2x ``--think`` between requests, send a seeded mix over ``--tenants``
 tenants: streaming and non-streaming chat completions, streams the client drops after a
-few tokens, requests for a model nobody serves (404 expected) and malformed requests
-(invalid JSON, a field of the wrong type: 400 expected). Every ``--interval`` seconds it
+few tokens, requests it leaves 0-20 ms after sending (before any answer), requests for a
+model nobody serves (404 expected) and malformed requests (invalid JSON, a field of the
+wrong type: 400 expected). Every ``--interval`` seconds it
 records RSS (VmRSS), open file descriptors and threads of the supervisor, the worker,
 Envoy and the engine, and the worker's in-flight and queue gauges.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import random
@@ -48,9 +50,10 @@ from fairlane.engines.sim.presets import PRESETS
 MODEL = "bench-model"
 # kind -> share of requests; kinds in EXPECTED must get that status and a JSON error.
 KINDS = {
-    "stream": 0.45,
+    "stream": 0.40,
     "plain": 0.25,
     "disconnect": 0.10,
+    "abandon": 0.05,
     "unknown-model": 0.05,
     "invalid-json": 0.08,
     "invalid-field": 0.07,
@@ -206,6 +209,14 @@ class Traffic:
     ) -> str:
         """One request; its outcome: one of ANSWERED, or what went wrong."""
         headers = {"content-type": "application/json", "x-tenant-id": tenant}
+        if kind == "abandon":  # queued, or as its admission is sent: no slot may stay taken
+            body = self._body(kind, rng)
+            sent = asyncio.ensure_future(session.post(self.url, data=body, headers=headers))
+            await asyncio.sleep(rng.uniform(0.0, 0.02))
+            sent.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError, OSError):
+                (await sent).close()
+            return "disconnected"
         try:
             async with session.post(self.url, data=self._body(kind, rng), headers=headers) as r:
                 if kind in EXPECTED:
