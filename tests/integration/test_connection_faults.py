@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from testkit.http import CHAT, SHORT, chat, post, wait_healthy
+from testkit.http import CHAT, SHORT, build, chat, post, wait_healthy
 from testkit.metrics import assert_at_rest, metric, metric_is, total
 from testkit.policies import faults_policy
 from testkit.waits import eventually
@@ -110,21 +110,11 @@ async def test_clients_that_leave_at_once_leave_no_slot_behind(stack: Any) -> No
     await wait_healthy(stack)
     rng = random.Random(7)
 
-    async def leave_early(model: str, tenant: str) -> None:
-        body = json.dumps(chat(model, 200)).encode()
-        head = (
-            f"POST {CHAT} HTTP/1.1\r\nhost: fairlane\r\nx-tenant-id: {tenant}\r\n"
-            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
-        )
-        _, writer = await asyncio.open_connection("127.0.0.1", stack.port)
-        writer.write(head.encode() + body)
-        await asyncio.sleep(rng.uniform(0, 0.02))
-        writer.transport.abort()
-
     async def client(end: float) -> None:
         while time.monotonic() < end:
-            model = rng.choice(["model-a", "model-one"])
-            await leave_early(model, rng.choice(["alice", "bob", "carol"]))
+            body = json.dumps(chat(rng.choice(["model-a", "model-one"]), 200)).encode()
+            tenant = rng.choice(["alice", "bob", "carol"]).encode()
+            await _send_and_leave(stack, _json_post(body, tenant), rng.uniform(0, 0.02))
 
     end = time.monotonic() + 4
     await asyncio.gather(*(client(end) for _ in range(40)))
@@ -146,18 +136,28 @@ async def test_a_client_cannot_name_the_slot_its_departure_gives_back(stack: Any
             assert streaming.status == 200
             await streaming.content.readline()
             # Leaves halfway through its body: an end record with no answer (status 0).
-            _, writer = await asyncio.open_connection("127.0.0.1", stack.port)
-            writer.write(
-                f"POST {CHAT} HTTP/1.1\r\nhost: fairlane\r\nx-tenant-id: alice\r\n"
-                "x-fairlane-request-id: mine\r\ncontent-type: application/json\r\n"
-                'content-length: 100\r\n\r\n{"model":'.encode()
+            raw = _json_post(
+                json.dumps(body).encode(), b"alice", (b"x-fairlane-request-id", b"mine")
             )
-            await writer.drain()
-            writer.transport.abort()
+            await _send_and_leave(stack, raw[: len(raw) - 50], 0.0)
             await asyncio.sleep(1)  # its record has long reached the worker
             assert await metric(stack, "fairlane_inflight", engine="big") == 1
             await streaming.content.readline()  # still streaming
     await assert_at_rest(stack)
+
+
+def _json_post(body: bytes, tenant: bytes, *headers: tuple[bytes, bytes]) -> bytes:
+    pairs = [(b"x-tenant-id", tenant), (b"content-type", b"application/json"), *headers]
+    return build(b"POST", CHAT.encode(), pairs, body)
+
+
+async def _send_and_leave(stack: Any, raw: bytes, after_s: float) -> None:
+    """Send ``raw`` on a fresh connection and abort it ``after_s`` later, unanswered."""
+    _, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(raw)
+    await writer.drain()
+    await asyncio.sleep(after_s)
+    writer.transport.abort()
 
 
 async def _is(value: Awaitable[float], want: float) -> bool:

@@ -52,21 +52,23 @@ def admitted(outcome: object) -> Admitted:
     return outcome
 
 
-def record(request_id: str, status: int, lease: str | None = None) -> bytes:
+def record(
+    request_id: str, status: int, lease: str | None = None
+) -> accesslog_pb2.HTTPAccessLogEntry:
     entry = accesslog_pb2.HTTPAccessLogEntry()
     entry.response.response_code.value = status
     entry.request.request_headers[REQUEST_ID_HEADER] = request_id
     if lease is not None:
         decision = entry.common_properties.metadata.filter_metadata[DECISION_NAMESPACE]
         decision.fields["lease"].string_value = lease
-    return bytes(entry.SerializeToString())
+    return entry
 
 
-def replay(g: Gateway, *entries: bytes) -> None:
+def replay(g: Gateway, *entries: accesslog_pb2.HTTPAccessLogEntry) -> None:
     """Envoy's records, read by the worker's access-log servicer."""
     servicer = AccessLogServicer(g)
-    for raw in entries:
-        servicer._finish(accesslog_pb2.HTTPAccessLogEntry.FromString(raw))
+    for entry in entries:
+        servicer._finish(entry)
 
 
 def sample(g: Gateway, name: str, **labels: str) -> float | None:
