@@ -50,12 +50,17 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         if common.HasField("time_to_first_downstream_tx_byte"):
             ttft = common.time_to_first_downstream_tx_byte.ToTimedelta().total_seconds()
         flags = common.response_flags
-        # The engine did not take the connection: stop sending it more until the
-        # supervisor's health checks catch up (they run every half second).
+        # The engine did not take the request: stop sending it more until the
+        # supervisor's health checks catch up (they run every half second). Envoy with
+        # no endpoint for it (UH: the supervisor has just taken a crashed engine out of
+        # Envoy, and the worker is yet to read so) counts too: each such 503 is instant
+        # and frees the slot for the next queued request, draining the queue otherwise.
         reset_before_response = (
             flags.upstream_connection_termination or flags.upstream_remote_reset
         ) and not common.HasField("time_to_first_upstream_rx_byte")
-        engine_failed = bool(flags.upstream_connection_failure or reset_before_response)
+        engine_failed = bool(
+            flags.upstream_connection_failure or flags.no_healthy_upstream or reset_before_response
+        )
         self._gateway.finish(
             decision.fields["lease"].string_value, status, usage, ttft, engine_failed
         )

@@ -70,6 +70,9 @@ class Server:
                 "warning",
                 "--disable-hot-restart",
                 "--use-dynamic-base-id",
+                # access.log within a second of each request (Envoy's default: 10 s)
+                "--file-flush-interval-msec",
+                "1000",
             ],
             run_dir.log("envoy"),
         )

@@ -94,7 +94,7 @@ def test_tenant_header_cannot_override_the_key(stack: Any, fake: Any) -> None:
         assert time.monotonic() < deadline, "the requests were not counted for alice"
         time.sleep(0.05)
     assert metric(stack.port, "fairlane_requests_total", tenant="bob") == before["bob"]
-    entries = _access_log(stack, lambda e: e["path"] == CHAT and e["status"] == 200, 2)
+    entries = stack.access_log(lambda e: e["path"] == CHAT and e["status"] == 200, 2)
     assert {e["tenant"] for e in entries} == {"alice"}
 
 
@@ -114,28 +114,13 @@ def test_anthropics_x_api_key_header_is_a_key_too(stack: Any, fake: Any) -> None
     assert KEY_A not in json.dumps(seen)
 
 
-def _access_log(stack: Any, keep: Any, want: int) -> list[dict[str, Any]]:
-    """Entries of DIR/access.log that `keep` accepts, once there are `want` of them."""
-    admin = stack.policy["listener"]["admin_port"]
-    deadline = time.monotonic() + 15
-    while True:
-        request(admin, "POST", "/reopen_logs")  # flushes the access log now
-        path = stack.run_dir / "access.log"
-        # Only whole lines: Envoy may be writing the last one right now.
-        lines = path.read_text().split("\n")[:-1] if path.exists() else []
-        entries = [e for e in map(json.loads, filter(None, lines)) if keep(e)]
-        if len(entries) >= want or time.monotonic() > deadline:
-            return entries
-        time.sleep(0.1)
-
-
 def test_keys_never_written_anywhere(stack: Any) -> None:
     for key in (KEY_A, KEY_B):
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
         assert request(stack.port, "POST", CHAT, headers, chat_body())[0] == 200
         bad = {"Content-Type": "application/json", "Authorization": f"Bearer {key}-not"}
         assert request(stack.port, "POST", CHAT, bad, chat_body())[0] == 401
-    _access_log(stack, lambda e: e["status"] == 401, 2)  # flushed past those requests
+    stack.access_log(lambda e: e["status"] == 401, 2)  # flushed past those requests
     texts = {
         str(path): path.read_bytes().decode("utf-8", "replace")
         for path in stack.run_dir.parent.rglob("*")
@@ -170,7 +155,7 @@ def test_every_answer_names_the_request_the_access_log_records(stack: Any) -> No
         (CHAT, 404),
         ("/v1/nothing", 404),
     ]
-    logged = _access_log(stack, lambda e: e["request_id"] in ids, len(ids))
+    logged = stack.access_log(lambda e: e["request_id"] in ids, len(ids))
     assert {e["request_id"]: (e["path"], e["status"]) for e in logged} == ids
     assert {(e["client"], e["user_agent"]) for e in logged} == {("127.0.0.1", "probe/1.0")}
     tenants = {(e["path"], e["status"]): e["tenant"] for e in logged}
@@ -227,7 +212,7 @@ def test_an_engine_with_its_own_key_gets_it_in_place_of_the_clients(
         seen = fake.stats()["headers"][-1]
         assert seen["authorization"] == f"Bearer {ENGINE_KEY}"
         assert KEY_A not in json.dumps(seen)
-    _access_log(keyed, lambda e: e["path"] == CHAT and e["status"] == 200, 2)
+    keyed.access_log(lambda e: e["path"] == CHAT and e["status"] == 200, 2)
     for path in keyed.run_dir.parent.rglob("*"):
         if path.is_file() and not stat.S_ISSOCK(path.stat().st_mode):
             text = path.read_bytes().decode("utf-8", "replace")

@@ -94,6 +94,23 @@ class Stack:
         async with aiohttp.ClientSession() as session, session.get(self.url + "/metrics") as r:
             return await r.text()
 
+    def access_log(self, keep: Any = None, want: int = 0) -> list[dict[str, Any]]:
+        """Entries of DIR/access.log (those ``keep`` accepts), once there are ``want``
+        of them or after 15 s: Envoy writes the file every second, asked to now."""
+        import urllib.request
+
+        deadline = time.monotonic() + 15
+        flush = urllib.request.Request(f"{self.admin}/reopen_logs", method="POST")
+        while True:
+            urllib.request.urlopen(flush, timeout=5).close()
+            path = self.run_dir / "access.log"
+            # Only whole lines: Envoy may be writing the last one right now.
+            lines = path.read_text().split("\n")[:-1] if path.exists() else []
+            entries = [e for e in map(json.loads, filter(None, lines)) if keep is None or keep(e)]
+            if len(entries) >= want or time.monotonic() > deadline:
+                return entries
+            time.sleep(0.1)
+
     def engine_states(self) -> dict[str, Any]:
         return dict(json.loads((self.run_dir / "engines.json").read_text())["engines"])
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from fairlane.envoy.common import DECISION_NAMESPACE, REQUEST_ID_HEADER
-from fairlane.extproc.access_log import AccessLogServicer
+from fairlane.envoy.common import REQUEST_ID_HEADER
 from fairlane.extproc.accounting import Usage
 from fairlane.extproc.announce import Announcer
 from fairlane.extproc.departed import KEEP_S, MAX_KEPT, Departed
@@ -22,6 +20,8 @@ from fairlane.extproc.request import REQUEST_NAMESPACE, RequestInfo, request_inf
 from fairlane.extproc.runtime import compile_policy
 from fairlane.extproc.server import ExtProcServicer
 from fairlane.policy_file import parse_policy
+
+from testkit.records import record, replay
 
 POLICY = """
 version: 1
@@ -50,25 +50,6 @@ def ask(request_id: str, tenant: str = "alice", max_tokens: int = 40) -> Request
 def admitted(outcome: object) -> Admitted:
     assert isinstance(outcome, Admitted), outcome
     return outcome
-
-
-def record(
-    request_id: str, status: int, lease: str | None = None
-) -> accesslog_pb2.HTTPAccessLogEntry:
-    entry = accesslog_pb2.HTTPAccessLogEntry()
-    entry.response.response_code.value = status
-    entry.request.request_headers[REQUEST_ID_HEADER] = request_id
-    if lease is not None:
-        decision = entry.common_properties.metadata.filter_metadata[DECISION_NAMESPACE]
-        decision.fields["lease"].string_value = lease
-    return entry
-
-
-def replay(g: Gateway, *entries: accesslog_pb2.HTTPAccessLogEntry) -> None:
-    """Envoy's records, read by the worker's access-log servicer."""
-    servicer = AccessLogServicer(g)
-    for entry in entries:
-        servicer._finish(entry)
 
 
 def sample(g: Gateway, name: str, **labels: str) -> float | None:
