@@ -69,7 +69,9 @@ class EnginePool:
         states = {r.state for r in self.replicas.values()}
         if EngineState.UP in states:
             return EngineState.UP
-        return EngineState.STARTING if EngineState.STARTING in states else EngineState.DOWN
+        if states & {EngineState.STARTING, EngineState.QUARANTINED}:
+            return EngineState.STARTING  # coming back: its requests wait
+        return EngineState.DOWN
 
     @property
     def inflight(self) -> int:

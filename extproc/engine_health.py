@@ -1,7 +1,8 @@
 """Which engine replicas take requests: the supervisor's word, and a passive check.
 
 The supervisor reports each engine's state (the worker follows ``engines.json``); a
-replica that refused a connection meanwhile is taken out at once, for a short while.
+replica that failed a request it never received meanwhile is taken out at once, for a
+short while.
 """
 
 from __future__ import annotations
@@ -49,18 +50,24 @@ class EngineHealth:
             pool.set_state(engine, state)
 
     def quarantine(self, pool: EnginePool, replica: str) -> None:
-        """Passive health check: a replica that refused a connection gets no requests
-        for QUARANTINE_S (or until the supervisor reports on it), so a crashed replica
-        cannot drain the shared queue into instant failures."""
+        """Passive health check: a replica that failed a request it never received gets
+        no requests for QUARANTINE_S (or until the supervisor reports on it), so a
+        crashed replica cannot drain the shared queue into instant failures. Its pool's
+        queue waits meanwhile: one refused connection is a suspicion, and only the
+        supervisor's word that it is down refuses what waits for it."""
         slot = pool.replicas.get(replica)
         if slot is None or slot.state is not EngineState.UP:
             return
-        log.warning("engine %s refused a connection: quarantined for %.0fs", replica, QUARANTINE_S)
-        pool.set_state(replica, EngineState.DOWN)
+        log.warning(
+            "engine %s failed a request it never received: quarantined for %.0fs",
+            replica,
+            QUARANTINE_S,
+        )
+        pool.set_state(replica, EngineState.QUARANTINED)
 
         def restore() -> None:
             current = self._pool_of(replica)
-            if current is not None and current.replicas[replica].state is EngineState.DOWN:
+            if current is not None and current.replicas[replica].state is EngineState.QUARANTINED:
                 state = self.states.get(replica, EngineState.STARTING)
                 current.set_state(replica, state)
 

@@ -9,6 +9,9 @@ from enum import Enum
 class EngineState(Enum):
     UP = "up"
     STARTING = "starting"  # requests wait in the queue for it
+    # It failed a request it never received (a refused connection): its requests wait
+    # for it, for a short while, until the supervisor has checked it.
+    QUARANTINED = "quarantined"
     DOWN = "down"  # requests are refused at once
 
 

@@ -1,14 +1,19 @@
 """A replica the request never reached is taken out of its pool for a while, so that a
 crashed replica cannot drain the pool's shared queue into instant failures: each such
 failure frees its slot at once, and the next queued request would be sent to the same
-dead replica. What the engine started to answer is not its fault here."""
+dead replica. What the engine started to answer is not its fault here. The pool's queue
+waits meanwhile: only the supervisor's word that the engine is down refuses it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from fairlane.extproc import engine_health
 from fairlane.extproc.accounting import Usage
 from fairlane.extproc.admission import EnginePool
+from fairlane.extproc.errors import Reason, Rejection
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.metrics import Metrics
 from fairlane.extproc.outcomes import Admitted, Pending
@@ -27,11 +32,12 @@ engines:
 """
 
 
-def replicas() -> tuple[Gateway, EnginePool]:
-    g = Gateway(compile_policy(parse_policy(POLICY), 1), Metrics())
-    for name in ("r1", "r2"):
+def replicas(policy: str = POLICY) -> tuple[Gateway, EnginePool]:
+    g = Gateway(compile_policy(parse_policy(policy), 1), Metrics())
+    for name in g.runtime.policy.engines:
         g.health.set_state(name, EngineState.UP)
-    return g, g.pools["r1+r2"]
+    (pool,) = g.pools.values()
+    return g, pool
 
 
 def ask(request_id: str) -> RequestInfo:
@@ -64,7 +70,7 @@ async def test_a_replica_the_request_never_reached_is_taken_out(
     assert isinstance(queued, Pending) and pool.queued == 1
     replay(g, record("first", 503, lease="first", flags=flags, engine_answered=engine_answered))
     failed = pool.replicas[first.replica]
-    assert (failed.state is EngineState.DOWN) is taken_out
+    assert (failed.state is EngineState.QUARANTINED) is taken_out
     # The queued request waits for the healthy replica instead of following the
     # first one to the replica that failed it.
     assert pool.queued == (1 if taken_out else 0)
@@ -72,3 +78,24 @@ async def test_a_replica_the_request_never_reached_is_taken_out(
     g.finish("second", 200, Usage(), None)
     healthy = pool.replicas[second.replica]
     assert pool.queued == 0 and healthy.inflight == (1 if taken_out else 0)
+
+
+async def test_the_queue_waits_for_a_quarantined_engine_until_the_supervisor_has_a_word(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One engine, one refused connection: its queue is not refused (that engine may be
+    fine, the connection a fluke); the supervisor's report decides."""
+    monkeypatch.setattr(engine_health, "QUARANTINE_S", 0.05)
+    g, pool = replicas(POLICY.split("  r2:")[0])
+    admitted = g.begin(ask("first"))
+    queued = g.begin(ask("queued"))
+    assert isinstance(admitted, Admitted) and isinstance(queued, Pending)
+    replay(g, record("first", 503, lease="first", flags=("upstream_connection_failure",)))
+    assert pool.replicas["r1"].state is EngineState.QUARANTINED and pool.queued == 1
+    assert isinstance(g.begin(ask("new")), Pending)  # new requests queue too
+    await asyncio.sleep(0.1)  # the quarantine ends: the supervisor still says up
+    assert isinstance(await queued.result(), Admitted)
+    g.health.set_state("r1", EngineState.DOWN)  # now it says down: refused at once
+    assert pool.queued == 0
+    refused = g.begin(ask("later"))
+    assert isinstance(refused, Rejection) and refused.reason is Reason.ENGINE_UNAVAILABLE
