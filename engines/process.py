@@ -105,6 +105,14 @@ class ManagedProcess:
         log.warning("%s exited (code %s); restarting in %.1fs", self.name, code, backoff)
         self._next_start = now + backoff
 
+    def rearm(self) -> None:
+        """Forget a crash loop (its cause may be fixed): restart at the next ``tend``."""
+        if self.crash_looping:
+            self.crash_looping = False
+            self._crashes.clear()
+            self._next_start = 0.0
+            log.info("%s: restarting it again after its crash loop", self.name)
+
     async def restart_when_due(self) -> None:
         if self.crash_looping or self.running or time.monotonic() < self._next_start:
             return

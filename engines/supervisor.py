@@ -89,6 +89,10 @@ class EngineSupervisor:
                 # Admission settings (capacity, queue, scheduler) change without a restart.
                 run = self.engines[name]
                 run.spec = replace(run.spec, config=config)
+                if run.process is not None:
+                    # A reload is the operator's word that a crash loop's cause is fixed:
+                    # try again, without restarting the healthy engines.
+                    run.process.rearm()
                 continue
             run = self.engines[name] = self._new_run(name, policy)
             if run.spec.config.lazy:
