@@ -15,6 +15,7 @@ from typing import Any
 
 from fairlane.engine_config import EngineConfig
 from fairlane.extproc.admission import EnginePool
+from fairlane.extproc.metrics import Metrics
 from fairlane.extproc.replicas import EngineState
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,10 @@ def reported_state(info: dict[str, Any], config: EngineConfig | None) -> EngineS
 
 
 class EngineHealth:
-    def __init__(self, pool_of: Callable[[str], EnginePool | None]) -> None:
+    def __init__(self, pool_of: Callable[[str], EnginePool | None], metrics: Metrics) -> None:
         self.states: dict[str, EngineState] = {}  # as the supervisor last said
         self._pool_of = pool_of  # the pool a replica is in now (a reload may move it)
+        self._metrics = metrics
 
     def set_state(self, engine: str, state: EngineState) -> None:
         self.states[engine] = state
@@ -64,6 +66,7 @@ class EngineHealth:
             QUARANTINE_S,
         )
         pool.set_state(replica, EngineState.QUARANTINED)
+        self._metrics.child(self._metrics.quarantines, replica).inc()
 
         def restore() -> None:
             current = self._pool_of(replica)

@@ -54,7 +54,7 @@ class Gateway:
         self.limiter = RateLimiter()
         self.leases: dict[str, Lease] = {}
         self.departed = Departed(clock)
-        self.health = EngineHealth(self.pool_of)
+        self.health = EngineHealth(self.pool_of, metrics)
         # state: redis — set by the worker; None keeps everything in this process.
         self.shared_limiter: RedisRateLimiter | None = None
         self.counter_sync: CounterSync | None = None

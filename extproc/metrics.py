@@ -75,6 +75,12 @@ class Metrics:
             "Slots given back because the client left before the decision reached Envoy",
             registry=r,
         )
+        self.quarantines = Counter(
+            "fairlane_engine_quarantines",
+            "Times a replica was taken out for failing a request it never received",
+            ["engine"],
+            registry=r,
+        )
 
     def child(self, metric: Counter | Histogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: labels() costs a lock and a dict build per

@@ -71,6 +71,10 @@ async def test_a_replica_the_request_never_reached_is_taken_out(
     replay(g, record("first", 503, lease="first", flags=flags, engine_answered=engine_answered))
     failed = pool.replicas[first.replica]
     assert (failed.state is EngineState.QUARANTINED) is taken_out
+    quarantines = g.metrics.registry.get_sample_value(
+        "fairlane_engine_quarantines_total", {"engine": first.replica}
+    )
+    assert quarantines == (1 if taken_out else None)
     # The queued request waits for the healthy replica instead of following the
     # first one to the replica that failed it.
     assert pool.queued == (1 if taken_out else 0)
