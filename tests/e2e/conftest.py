@@ -53,9 +53,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # vLLM on 2 CPU cores: a small KV cache (GiB), no downloads, and eager mode. Eager skips
 # the ~60 s torch.compile warm-up that a cold cache costs on every new configuration;
-# the tiny model is dominated by Python overhead either way.
+# the tiny model is dominated by Python overhead either way. float32, not bfloat16: where
+# the CPU reports AMX, vLLM 0.32 runs bfloat16 attention through AMX kernels, and on such
+# a host (a Firecracker VM) its pooling and LoRA requests killed the worker with SIGILL
+# (bfloat16 with vLLM's AMX detection patched off worked).
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-VLLM_ARGS = ["--max-model-len", "1024", "--dtype", "bfloat16", "--enforce-eager"]
+VLLM_ARGS = ["--max-model-len", "1024", "--dtype", "float32", "--enforce-eager"]
 START_TIMEOUT_S = 300.0
 
 
