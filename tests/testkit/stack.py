@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,9 @@ class Stack:
         async with aiohttp.ClientSession() as session, session.get(self.url + "/metrics") as r:
             return await r.text()
 
-    def access_log(self, keep: Any = None, want: int = 0) -> list[dict[str, Any]]:
+    def access_log(
+        self, keep: Callable[[dict[str, Any]], bool] | None = None, want: int = 0
+    ) -> list[dict[str, Any]]:
         """Entries of DIR/access.log (those ``keep`` accepts), once there are ``want``
         of them or after 15 s: Envoy writes the file every second, asked to now."""
         import urllib.request

@@ -10,6 +10,7 @@ import asyncio
 
 import pytest
 
+from fairlane.envoy.common import REQUEST_ID_HEADER
 from fairlane.extproc import engine_health
 from fairlane.extproc.accounting import Usage
 from fairlane.extproc.admission import EnginePool
@@ -42,7 +43,7 @@ def replicas(policy: str = POLICY) -> tuple[Gateway, EnginePool]:
 
 def ask(request_id: str) -> RequestInfo:
     return request_info(
-        {"x-tenant-id": "alice", "content-length": "40", "x-fairlane-request-id": request_id},
+        {"x-tenant-id": "alice", "content-length": "40", REQUEST_ID_HEADER: request_id},
         {"model": "m", "max_tokens": 40},
     )
 
