@@ -25,16 +25,12 @@ from fairlane.policy_file import parse_policy
 
 from testkit.records import record, replay
 
-POLICY = """
-version: 1
-engines:
-  r1: {kind: sim, models: [m], max_inflight: 1, headroom: 0}
-  r2: {kind: sim, models: [m], max_inflight: 1, headroom: 0}
-"""
 
-
-def replicas(policy: str = POLICY) -> tuple[Gateway, EnginePool]:
-    g = Gateway(compile_policy(parse_policy(policy), 1), Metrics())
+def replicas(*names: str) -> tuple[Gateway, EnginePool]:
+    """A gateway whose one pool has these replicas of one slot each, all up."""
+    engine = "{kind: sim, models: [m], max_inflight: 1, headroom: 0}"
+    engines = "".join(f"  {name}: {engine}\n" for name in names)
+    g = Gateway(compile_policy(parse_policy(f"version: 1\nengines:\n{engines}"), 1), Metrics())
     for name in g.runtime.policy.engines:
         g.health.set_state(name, EngineState.UP)
     (pool,) = g.pools.values()
@@ -62,7 +58,7 @@ def ask(request_id: str) -> RequestInfo:
 async def test_a_replica_the_request_never_reached_is_taken_out(
     flags: tuple[str, ...], engine_answered: bool, taken_out: bool
 ) -> None:
-    g, pool = replicas()
+    g, pool = replicas("r1", "r2")
     first = g.begin(ask("first"))
     second = g.begin(ask("second"))
     assert isinstance(first, Admitted) and isinstance(second, Admitted)
@@ -91,7 +87,7 @@ async def test_the_queue_waits_for_a_quarantined_engine_until_the_supervisor_has
     """One engine, one refused connection: its queue is not refused (that engine may be
     fine, the connection a fluke); the supervisor's report decides."""
     monkeypatch.setattr(engine_health, "QUARANTINE_S", 0.05)
-    g, pool = replicas(POLICY.split("  r2:")[0])
+    g, pool = replicas("r1")
     admitted = g.begin(ask("first"))
     queued = g.begin(ask("queued"))
     assert isinstance(admitted, Admitted) and isinstance(queued, Pending)
