@@ -1,5 +1,6 @@
 """One child process: start it in its own process group, stop it (TERM, then KILL),
-and restart it with exponential backoff until it crash-loops."""
+and restart it with exponential backoff until it crash-loops; then give up on it, or
+(``loop_retry_s``) try again at that interval until it is healthy."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class ManagedProcess:
         max_crashes: int = 5,
         crash_window_s: float = 300.0,
         max_backoff_s: float = 30.0,
+        loop_retry_s: float | None = None,
         nice: int = 0,
     ) -> None:
         self.name = name
@@ -41,6 +43,7 @@ class ManagedProcess:
         self._crashes: deque[float] = deque(maxlen=max_crashes)
         self._crash_window = crash_window_s
         self._max_backoff = max_backoff_s
+        self._loop_retry = loop_retry_s
         self._next_start = 0.0
         self._exit_noted = True
 
@@ -84,26 +87,42 @@ class ManagedProcess:
         await self.restart_when_due()
 
     def note_exit(self) -> None:
-        """Record a crash and when the process may be restarted (never, if crash-looping)."""
+        """Record a crash and when the process may be restarted (never, if crash-looping
+        and not to be retried)."""
         now = time.monotonic()
         self._crashes.append(now)
         code = self.process.returncode if self.process else None
+        if self.crash_looping:  # a retry after the loop failed too
+            self._retry_loop(now, f"{self.name} exited (code {code}) again")
+            return
         if (
             len(self._crashes) == self._crashes.maxlen
             and now - self._crashes[0] < self._crash_window
         ):
             self.crash_looping = True
-            log.error(
-                "%s exited (code %s) %d times in %.0fs: not restarting",
-                self.name,
-                code,
-                len(self._crashes),
-                now - self._crashes[0],
+            looped = (
+                f"{self.name} exited (code {code}) {len(self._crashes)} times"
+                f" in {now - self._crashes[0]:.0f}s"
             )
+            if self._loop_retry is None:
+                log.error("%s: not restarting", looped)
+            else:
+                self._retry_loop(now, looped)
             return
         backoff = min(self._max_backoff, 0.5 * 2 ** (len(self._crashes) - 1))
         log.warning("%s exited (code %s); restarting in %.1fs", self.name, code, backoff)
         self._next_start = now + backoff
+
+    def _retry_loop(self, now: float, what: str) -> None:
+        assert self._loop_retry is not None
+        self._next_start = now + self._loop_retry
+        log.error("%s: crash loop; trying again in %.0fs or on a reload", what, self._loop_retry)
+
+    def healthy(self) -> None:
+        """The process answered its health check: a crash loop it was in is over."""
+        if self.crash_looping:
+            log.info("%s is healthy again after its crash loop", self.name)
+        self.crash_looping = False
 
     def rearm(self) -> None:
         """Forget a crash loop (its cause may be fixed): restart at the next ``tend``."""
@@ -114,7 +133,8 @@ class ManagedProcess:
             log.info("%s: restarting it again after its crash loop", self.name)
 
     async def restart_when_due(self) -> None:
-        if self.crash_looping or self.running or time.monotonic() < self._next_start:
+        given_up = self.crash_looping and self._loop_retry is None
+        if given_up or self.running or time.monotonic() < self._next_start:
             return
         self.restarts += 1
         await self.start()

@@ -32,11 +32,24 @@ from fairlane.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
+# A managed engine that crash-loops (five exits in five minutes) is tried again this
+# often, as Kubernetes caps its CrashLoopBackOff: a cause that goes away by itself (GPU
+# memory another process held, a model store briefly unreachable) heals without an
+# operator, and a failed try costs one start. A reload tries at once.
+CRASH_LOOP_RETRY_S = 300.0
+
 
 class EngineSupervisor:
-    def __init__(self, policy: Policy, run_dir: RunDir, interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        run_dir: RunDir,
+        interval_s: float = 0.5,
+        crash_loop_retry_s: float = CRASH_LOOP_RETRY_S,
+    ) -> None:
         self.run_dir = run_dir
         self.interval_s = interval_s
+        self.crash_loop_retry_s = crash_loop_retry_s
         self.engines: dict[str, EngineRun] = {}
         self.publisher = StatePublisher(run_dir, admin_url(policy.listener))
         self._policy = policy
@@ -52,7 +65,12 @@ class EngineSupervisor:
         if spec.managed:
             log_path = self.run_dir.log(f"engine-{name}")
             process = ManagedProcess(
-                f"engine {name}", spec.argv, log_path, spec.env, nice=spec.config.cpu_nice
+                f"engine {name}",
+                spec.argv,
+                log_path,
+                spec.env,
+                loop_retry_s=self.crash_loop_retry_s,
+                nice=spec.config.cpu_nice,
             )
         return EngineRun(spec, process)
 
@@ -180,6 +198,8 @@ class EngineSupervisor:
             return False
         if health is Health.OK:
             run.failures, run.silent_since = 0, None
+            if process is not None:
+                process.healthy()
             if run.loading_since is not None and run.state != "up":
                 run.load_seconds.append(time.monotonic() - run.loading_since)
                 run.loading_since = None
