@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -186,6 +188,39 @@ async def test_envoy_restart_keeps_worker_counters(stack: Any) -> None:
         "the request through the new Envoy was not counted by the same worker"
     )
     await assert_at_rest(stack)
+
+
+async def test_an_envoy_that_keeps_exiting_stops_serve(stack_factory: Any, fake: Any) -> None:
+    """Without Envoy nothing is served: after five exits `fairlane serve` says so and
+    exits 1 (for its service manager to see), stopping the worker and the engines."""
+    stack = stack_factory(faults_policy(fake))
+    await wait_healthy(stack)
+    children = list(running_descendants(stack.process.pid))
+    envoy = child_pid(stack, ENVOY)
+    os.kill(envoy, signal.SIGKILL)
+    squatter = await take_port(stack.port, within_s=2)  # Envoy's restarts cannot bind it
+    try:
+        exit_code = await asyncio.to_thread(stack.process.wait, 60)
+    finally:
+        squatter.close()
+    serve_log = Path(stack.log.name).read_text()
+    assert exit_code == 1, serve_log[-2000:]
+    assert "fairlane: envoy keeps exiting; giving up (see " in serve_log, serve_log[-2000:]
+    deadline = time.monotonic() + 5
+    while (survivors := [p for p in children if alive(p)]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not survivors, f"children of serve outlived it: {survivors}"
+
+
+async def take_port(port: int, within_s: float) -> socket.socket:
+    """Listen on ``port`` as soon as its killed owner's socket is gone."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return socket.create_server(("127.0.0.1", port))
+        except OSError:
+            assert time.monotonic() < deadline, f"port {port} stayed taken"
+            await asyncio.sleep(0.005)
 
 
 # -- SIGTERM -----------------------------------------------------------------------------------
