@@ -203,6 +203,7 @@ def _body_rules() -> list[dict[str, Any]]:
         field("max_tokens", key="max_tokens"),
         field("max_completion_tokens", key="max_completion_tokens"),
         field("max_output_tokens", key="max_output_tokens"),  # /v1/responses
+        field("background", key="background"),  # /v1/responses: refused (pipeline)
         field("n", key="n"),
         field("best_of", key="best_of"),
         field("stream", key="stream"),

@@ -25,6 +25,7 @@ class Reason(Enum):
     MISSING_TENANT = (400, "invalid_request_error", "missing_tenant")
     INVALID_TENANT = (400, "invalid_request_error", "invalid_tenant")
     UPGRADE_NOT_SUPPORTED = (400, "invalid_request_error", "upgrade_not_supported")
+    UNSUPPORTED_PARAMETER = (400, "invalid_request_error", "unsupported_parameter")
     INVALID_API_KEY = (401, "authentication_error", "invalid_api_key")
     UNKNOWN_TENANT = (403, "permission_error", "unknown_tenant")
     MODEL_NOT_ALLOWED = (403, "permission_error", "model_not_allowed")

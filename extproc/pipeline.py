@@ -14,6 +14,14 @@ from fairlane.extproc.errors import Reason, Rejection, model_not_found
 from fairlane.extproc.request import Api, RequestInfo
 from fairlane.extproc.runtime import TENANT_ID, Runtime, TenantProfile
 
+# vLLM (with its response store on) answers a background response at once and generates
+# it afterwards, where Fairlane's slot, queue and limits no longer see it.
+BACKGROUND_REFUSED = (
+    "`background` responses are not served here: the engine would generate them after "
+    "the request ends, outside the fair queue; send the request without it (stream it "
+    "to see the answer as it comes)"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
@@ -118,6 +126,8 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
             profile,
             Rejection(Reason.MODEL_NOT_ALLOWED, f"tenant {tenant_id!r} may not use `{model}`"),
         )
+    if info.background:
+        return _for(profile, Rejection(Reason.UNSUPPORTED_PARAMETER, BACKGROUND_REFUSED))
     cost = runtime.policy.cost
     if info.api is Api.TOKENIZER:
         # The engine's tokenizer, not its batch: no slot, nothing to charge.

@@ -69,6 +69,7 @@ class RequestInfo:
     media_items: int  # a chat's images, audio and video, linked or inline (base64)
     media_bytes: int  # the body bytes they take
     stream: bool
+    background: bool  # a Responses request vLLM would answer at once, then run on its own
     declared_json: bool  # content-type says JSON (curl -d sends a form type)
     request_id: str  # Envoy's unique id of the request ("" where it has none)
 
@@ -121,9 +122,27 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         media_items=_count(fields.get(MEDIA_ITEMS_KEY)),
         media_bytes=_count(fields.get(MEDIA_BYTES_KEY)),
         stream=fields.get("stream") is True,
+        background=api is Api.RESPONSES and _read_as_true(fields.get("background")),
         declared_json=headers.get("content-type", "").startswith("application/json"),
         request_id=headers.get(REQUEST_ID_HEADER, ""),
     )
+
+
+# Texts pydantic (vLLM's request models) reads as false in a bool field; it reads "1",
+# "true", "yes", "on" (any case)... as true and refuses the rest.
+_FALSE_TEXTS = frozenset({"0", "f", "false", "n", "no", "off"})
+
+
+def _read_as_true(value: Any) -> bool:
+    """Whether the engine could read this JSON value as true: so that no spelling of
+    a flag gets past the check (``"1"`` does, in pydantic's lax mode)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value != 0
+    if isinstance(value, str):
+        return value.lower() not in _FALSE_TEXTS
+    return False  # absent or null (the default), or an object or list the engine refuses
 
 
 def _count(value: Any) -> int:

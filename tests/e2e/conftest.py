@@ -81,7 +81,9 @@ def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes] | 
 class ExternalVLLM:
     """A vLLM we start ourselves, as a user would, for the drop-in (`external`) case."""
 
-    def __init__(self, model_dir: Path, log_path: Path, args: list[str]) -> None:
+    def __init__(
+        self, model_dir: Path, log_path: Path, args: list[str], env: dict[str, str]
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -98,7 +100,7 @@ class ExternalVLLM:
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **VLLM_ENV},
+            env={**os.environ, **VLLM_ENV, **env},
             start_new_session=True,
         )
         with contextlib.suppress(FileNotFoundError):  # a kernel without autogroups
@@ -167,8 +169,9 @@ def external_vllm_factory(
 ) -> Iterator[Callable[..., ExternalVLLM]]:
     started: list[ExternalVLLM] = []
 
-    def start(*args: str) -> ExternalVLLM:
-        engine = ExternalVLLM(tiny_model, tmp_path_factory.mktemp("vllm") / "vllm.log", list(args))
+    def start(*args: str, env: dict[str, str] | None = None) -> ExternalVLLM:
+        log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
+        engine = ExternalVLLM(tiny_model, log_path, list(args), env or {})
         started.append(engine)
         return engine
 

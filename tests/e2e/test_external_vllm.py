@@ -29,11 +29,13 @@ MODEL = "tiny-llama"
 TIMEOUT = aiohttp.ClientTimeout(total=60)
 VLLM_KEY = "sk-vllm-" + secrets.token_hex(16)
 KEY_ENV = "FAIRLANE_E2E_VLLM_KEY"
+STORE_ENV = "VLLM_ENABLE_RESPONSES_API_STORE"
 
 
 @pytest.fixture(scope="module")
 def vllm(external_vllm_factory: Any) -> Any:
-    engine = external_vllm_factory("--api-key", VLLM_KEY)
+    # With its response store on, as for `previous_response_id`: background responses too.
+    engine = external_vllm_factory("--api-key", VLLM_KEY, env={STORE_ENV: "1"})
     print(f"\nexternal vLLM healthy after {engine.start_s:.1f}s")
     return engine
 
@@ -230,6 +232,32 @@ async def test_a_streamed_response_is_served_and_charged(stack: Any) -> None:
     assert final.usage is not None and 1 <= final.usage.output_tokens <= 7
     charged = await charged_since(stack, before, final.usage.output_tokens)
     assert charged == final.usage.output_tokens
+
+
+async def test_a_background_response_is_refused(stack: Any, vllm: Any) -> None:
+    """vLLM answers a background response before generating it, so its work would run
+    after the request ended, outside Fairlane's slot, queue and limits: Fairlane refuses
+    it, in any spelling vLLM reads as true."""
+    import openai
+
+    body = {"model": MODEL, "input": "Once upon a time", "max_output_tokens": 64}
+    auth = {"authorization": f"Bearer {VLLM_KEY}"}
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        direct = {**body, "background": "1"}
+        async with session.post(vllm.url + "/v1/responses", json=direct, headers=auth) as resp:
+            assert resp.status == 200, await resp.text()
+            answer = await resp.json()
+    assert answer["status"] == "queued" and answer["output"] == [], answer  # not run yet
+
+    client = openai.OpenAI(
+        base_url=stack.url + "/v1", api_key="unused", default_headers={"X-Tenant-ID": "alice"}
+    )
+    # The SDK's own parameter, and a text vLLM reads as true.
+    for extra in ({"background": True}, {"extra_body": {"background": "1"}}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await asyncio.to_thread(client.responses.create, **body, **extra)
+        assert refused.value.code == "unsupported_parameter"
+        assert "`background` responses are not served here" in refused.value.message
 
 
 async def test_anthropics_messages_api_is_served_and_charged(stack: Any) -> None:

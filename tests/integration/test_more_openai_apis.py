@@ -18,6 +18,7 @@ from testkit.metrics import assert_at_rest, charged, charged_since, metric
 pytestmark = pytest.mark.integration
 
 RESPONSES = "/v1/responses"
+UNSUPPORTED, BACKGROUND = "unsupported_parameter", "`background` responses are not served here"
 EMBEDDINGS = "/v1/embeddings"
 PORT = free_port()
 
@@ -170,6 +171,16 @@ async def test_the_engine_gets_the_tenants_priority(
         (b"{not json", 400, "invalid_json", "request body is not valid JSON"),
         ({"input": "hi"}, 400, "missing_model", "request body must be a JSON object"),
         ({"model": "nope", "input": "hi"}, 404, "model_not_found", "`nope` does not exist"),
+        # The engine would answer at once and generate afterwards, outside the queue.
+        ({"model": "model-r", "input": "hi", "background": True}, 400, UNSUPPORTED, BACKGROUND),
+        ({"model": "model-r", "input": "hi", "background": "1"}, 400, UNSUPPORTED, BACKGROUND),
+        # A key sent twice: Envoy, as vLLM's parser, reads the last.
+        (
+            b'{"model":"model-r","input":"hi","background":false,"background":true}',
+            400,
+            UNSUPPORTED,
+            BACKGROUND,
+        ),
         # The engine's own refusals pass through with its status.
         ({"model": "model-r", "input": "hi", "max_output_tokens": 0}, 400, 400, "max_output"),
         ({"model": "model-r", "max_output_tokens": 3}, 400, 400, "input: Field required"),
@@ -183,6 +194,16 @@ async def test_bad_requests_get_openai_errors(
     error = json.loads(reply)["error"]
     assert error["code"] == code
     assert message in error["message"]
+
+
+async def test_a_background_flag_that_reads_false_is_served(stack: Any) -> None:
+    for body in (
+        b'{"model":"model-r","input":"hi","max_output_tokens":2,"background":false}',
+        b'{"model":"model-r","input":"hi","max_output_tokens":2,"background":null}',
+        b'{"model":"model-r","input":"hi","max_output_tokens":2,"background":true,"background":0}',
+    ):
+        status, _, reply = await post(stack, body)
+        assert status == 200, (body, reply)
 
 
 async def test_other_methods_are_refused(stack: Any) -> None:

@@ -1,0 +1,51 @@
+"""A Responses request with `background` set is refused: vLLM, with its response store
+on, answers such a request at once and generates it afterwards, outside Fairlane's
+slot, queue and limits. Every spelling vLLM's pydantic model reads as true counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fairlane.extproc.errors import Reason, Rejection
+from fairlane.extproc.pipeline import Ticket, evaluate
+from fairlane.extproc.request import request_info
+from fairlane.extproc.runtime import compile_policy
+from fairlane.policy_file import parse_policy
+
+RUNTIME = compile_policy(
+    parse_policy("version: 1\ntenants: {alice: {}}\nengines: {e: {kind: sim, models: [m]}}\n"),
+    1,
+)
+
+
+def decide(path: str, **fields: Any) -> Ticket | Rejection:
+    headers = {":path": path, "content-length": "100", "x-tenant-id": "alice"}
+    return evaluate(request_info(headers, {"model": "m", **fields}), RUNTIME)
+
+
+# As json_to_metadata hands them over: JSON true, numbers as floats, texts as sent.
+@pytest.mark.parametrize("value", [True, 1.0, 0.5, "1", "true", "True", "yes", "on", "t", ""])
+def test_any_value_the_engine_could_read_as_true_is_refused(value: Any) -> None:
+    decision = decide("/v1/responses", background=value)
+    assert isinstance(decision, Rejection), decision
+    assert decision.reason is Reason.UNSUPPORTED_PARAMETER
+    assert decision.status == 400 and decision.tenant == "alice"
+    assert decision.message.startswith("`background` responses are not served here")
+
+
+# null (and objects or lists, which vLLM refuses itself) reach the worker as a value of
+# no primitive type.
+@pytest.mark.parametrize("value", [False, 0.0, "false", "FALSE", "0", "no", "off", object()])
+def test_a_false_background_is_served(value: Any) -> None:
+    assert isinstance(decide("/v1/responses", background=value), Ticket)
+
+
+def test_background_counts_on_the_responses_api_only() -> None:
+    """Chat and completions have no such field: vLLM ignores it there."""
+    assert isinstance(decide("/v1/responses"), Ticket)
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/messages"):
+        assert isinstance(decide(path, background=True, max_tokens=8.0), Ticket)
+    rejected = decide("/v1/responses?x=1", background=True)
+    assert isinstance(rejected, Rejection)
