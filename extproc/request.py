@@ -121,7 +121,7 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         prompts=fields.get(PROMPTS_KEY),
         media_items=_count(fields.get(MEDIA_ITEMS_KEY)),
         media_bytes=_count(fields.get(MEDIA_BYTES_KEY)),
-        stream=fields.get("stream") is True,
+        stream=_read_as_true(fields.get("stream")),
         background=api is Api.RESPONSES and _read_as_true(fields.get("background")),
         declared_json=headers.get("content-type", "").startswith("application/json"),
         request_id=headers.get(REQUEST_ID_HEADER, ""),

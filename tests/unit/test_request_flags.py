@@ -1,6 +1,7 @@
-"""A Responses request with `background` set is refused: vLLM, with its response store
+"""The body's flags as vLLM reads them: every spelling its pydantic models take as true.
+A Responses request with `background` set is refused: vLLM, with its response store
 on, answers such a request at once and generates it afterwards, outside Fairlane's
-slot, queue and limits. Every spelling vLLM's pydantic model reads as true counts."""
+slot, queue and limits."""
 
 from __future__ import annotations
 
@@ -49,3 +50,10 @@ def test_background_counts_on_the_responses_api_only() -> None:
         assert isinstance(decide(path, background=True, max_tokens=8.0), Ticket)
     rejected = decide("/v1/responses?x=1", background=True)
     assert isinstance(rejected, Rejection)
+
+
+@pytest.mark.parametrize(("value", "streams"), [(True, True), ("1", True), ("false", False)])
+def test_a_stream_is_a_stream_however_spelled(value: Any, streams: bool) -> None:
+    """Its first byte is then its first token: the TTFT Fairlane records."""
+    ticket = decide("/v1/chat/completions", stream=value)
+    assert isinstance(ticket, Ticket) and ticket.first_byte_is_token is streams
