@@ -13,6 +13,7 @@ from fairlane.envoy.common import DECOMPRESSORS
 from fairlane.extproc.errors import Reason, Rejection, model_not_found
 from fairlane.extproc.request import Api, RequestInfo
 from fairlane.extproc.runtime import TENANT_ID, Runtime, TenantProfile
+from fairlane.lax import lax_int
 
 # vLLM (with its response store on) answers a background response at once and generates
 # it afterwards, where Fairlane's slot, queue and limits no longer see it.
@@ -183,9 +184,10 @@ def _bare(value: str | None) -> str | None:
 
 
 def _positive_int(value: object, default: int) -> int:
-    """A count as sent (max_tokens, n); the engine validates it, we only need a sane
-    estimate."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A count as sent (max_tokens, n), read as the engine reads it (``"8"`` is 8); the
+    engine validates it, we only need a sane estimate."""
+    count = lax_int(value)
+    if count is None:
         return default
     # Clamp so a hostile 1e300 cannot blow up a tenant's counter.
-    return int(min(max(value, 1), 1_000_000))
+    return min(max(count, 1), 1_000_000)

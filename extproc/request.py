@@ -20,6 +20,7 @@ from fairlane.envoy.common import (
     TOKENIZER_PATHS,
     on_messages_api,
 )
+from fairlane.lax import lax_bool
 
 # The metadata namespace the bootstrap's json_to_metadata rules write into.
 REQUEST_NAMESPACE = "fairlane.request"
@@ -121,28 +122,11 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         prompts=fields.get(PROMPTS_KEY),
         media_items=_count(fields.get(MEDIA_ITEMS_KEY)),
         media_bytes=_count(fields.get(MEDIA_BYTES_KEY)),
-        stream=_read_as_true(fields.get("stream")),
-        background=api is Api.RESPONSES and _read_as_true(fields.get("background")),
+        stream=lax_bool(fields.get("stream")) is True,
+        background=api is Api.RESPONSES and lax_bool(fields.get("background")) is True,
         declared_json=headers.get("content-type", "").startswith("application/json"),
         request_id=headers.get(REQUEST_ID_HEADER, ""),
     )
-
-
-# Texts pydantic (vLLM's request models) reads as false in a bool field; it reads "1",
-# "true", "yes", "on" (any case)... as true and refuses the rest.
-_FALSE_TEXTS = frozenset({"0", "f", "false", "n", "no", "off"})
-
-
-def _read_as_true(value: Any) -> bool:
-    """Whether the engine could read this JSON value as true: so that no spelling of
-    a flag gets past the check (``"1"`` does, in pydantic's lax mode)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return value != 0
-    if isinstance(value, str):
-        return value.lower() not in _FALSE_TEXTS
-    return False  # absent or null (the default), or an object or list the engine refuses
 
 
 def _count(value: Any) -> int:

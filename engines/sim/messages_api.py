@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from fairlane.lax import lax_int
+
 from .openai_api import TOKEN_TEXT
 from .validation import (
     ApiError,
@@ -21,6 +23,7 @@ from .validation import (
     check_sampling,
     priority_field,
     served_model,
+    stream_field,
 )
 
 
@@ -37,15 +40,12 @@ def parse_message(
     if isinstance(messages, list) and messages and system:
         messages = [{"role": "system", "content": system}, *messages]
     prompt_tokens = chat_tokens(messages, chars_per_token)
-    max_tokens = body.get("max_tokens")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        message = f"max_tokens: an integer of at least 1 is required, got {max_tokens!r}."
+    sent = body.get("max_tokens")
+    max_tokens = None if sent is None else lax_int(sent)  # as vLLM reads it: "64" is 64
+    if max_tokens is None or max_tokens < 1:
+        message = f"max_tokens: an integer of at least 1 is required, got {sent!r}."
         raise ApiError(400, message, param="max_tokens")
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise ApiError(400, "stream must be a boolean", param="stream")
+    stream = stream_field(body)
     check_sampling(body)
     return GenerationRequest(
         "message", model, [prompt_tokens], 1, max_tokens, stream, stream, stream,

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fairlane.lax import lax_bool, lax_int
+
 # The simulator's answer when a request leaves out max_tokens. vLLM would generate up to
 # the context limit (until EOS); with no EOS here that would be tens of thousands of
 # tokens, so a typical chat answer length is used instead.
@@ -111,20 +113,18 @@ def parse_generation(
     else:
         prompts = _completion_tokens(body.get("prompt"), chars_per_token, "prompt")
         max_tokens = body.get("max_tokens")
-    if max_tokens is None:
-        max_tokens = DEFAULT_MAX_TOKENS
-    if not is_int(max_tokens) or max_tokens < 1:
+    # Read as vLLM's pydantic models read them: "64" is 64, "yes" is true.
+    count = DEFAULT_MAX_TOKENS if max_tokens is None else lax_int(max_tokens)
+    if count is None or count < 1:
         message = f"{max_name} must be an integer of at least 1, got {max_tokens!r}."
         raise ApiError(400, message, param=max_name)
     # The Responses API has neither `n` nor `stream_options`: vLLM ignores them there.
-    n = 1 if kind == "response" else body.get("n")
-    if n is None:
-        n = 1
-    if not is_int(n) or not 1 <= n <= MAX_N:
-        raise ApiError(400, f"n must be an integer from 1 to {MAX_N}, got {n!r}.", param="n")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise ApiError(400, "stream must be a boolean", param="stream")
+    sent_n = 1 if kind == "response" else body.get("n")
+    n = 1 if sent_n is None else lax_int(sent_n)
+    if n is None or not 1 <= n <= MAX_N:
+        message = f"n must be an integer from 1 to {MAX_N}, got {sent_n!r}."
+        raise ApiError(400, message, param="n")
+    stream = stream_field(body)
     options = None if kind == "response" else body.get("stream_options")
     if options is not None and not stream:
         raise ApiError(400, "Stream options can only be defined when `stream=True`.")
@@ -134,9 +134,17 @@ def parse_generation(
     continuous = include_usage and options.get("continuous_usage_stats") is True
     check_sampling(body)
     return GenerationRequest(
-        kind, model, prompts, n, max_tokens, stream, include_usage, continuous,
+        kind, model, prompts, n, count, stream, include_usage, continuous,
         priority_field(body), logprobs_field(kind, body),
     )  # fmt: skip
+
+
+def stream_field(body: dict[str, Any]) -> bool:
+    sent = body.get("stream")
+    stream = False if sent is None else lax_bool(sent)
+    if stream is None:
+        raise ApiError(400, "stream must be a boolean", param="stream")
+    return stream
 
 
 def logprobs_field(kind: Kind, body: dict[str, Any]) -> int | None:
@@ -144,9 +152,10 @@ def logprobs_field(kind: Kind, body: dict[str, Any]) -> int | None:
     rules: chat asks with ``logprobs: true`` and ``top_logprobs``, completions with an
     integer ``logprobs``; the Responses API's are not simulated."""
     if kind == "chat":
-        wanted = body.get("logprobs")
-        if wanted is not None and not isinstance(wanted, bool):
-            raise ApiError(400, f"logprobs must be a boolean, got {wanted!r}.", param="logprobs")
+        sent = body.get("logprobs")
+        wanted = None if sent is None else lax_bool(sent)
+        if sent is not None and wanted is None:
+            raise ApiError(400, f"logprobs must be a boolean, got {sent!r}.", param="logprobs")
         name, count = "top_logprobs", body.get("top_logprobs")
         if count is not None and count != 0 and not wanted:
             message = "when using `top_logprobs`, `logprobs` must be set to true."

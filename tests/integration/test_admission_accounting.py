@@ -99,6 +99,8 @@ async def test_queue_full_is_429(stack: Any) -> None:
         # `n` choices are `n` sequences in the engine's batch: as many slots.
         (CHAT, {"messages": HELLO}, 1),
         (CHAT, {"messages": HELLO, "n": 3}, 3),
+        # Read as vLLM reads it: a text of a number is that number, "yes" is true.
+        (CHAT, {"messages": HELLO, "n": " 3 ", "stream": "yes"}, 3),
         # A batch of prompts runs as one sequence per prompt and choice (prompts.lua).
         ("/v1/completions", {"prompt": ["a [x]", "b", "c"], "n": 2}, 6),
         ("/v1/completions", {"prompt": [[1, 2], [3]]}, 2),

@@ -61,7 +61,8 @@ def test_each_sequence_is_charged_its_max_tokens() -> None:
     assert ticket.cost == 1.0 * 100 + 2.0 * 400  # the prompt is prefilled once
     wider = evaluate(info(max_tokens=10, n=2, best_of=5), runtime())
     assert isinstance(wider, Ticket) and wider.sequences == 5
-    for value, want in ((True, 1), ("3", 1), (-1, 1), (0, 1), (2.9, 2), (None, 1)):
+    # As vLLM reads it: "3" is 3; 2.9 is refused (a default estimate, then the engine's 400).
+    for value, want in ((True, 1), ("3", 3), (" 3 ", 3), (-1, 1), (0, 1), (2.9, 1), (None, 1)):
         ticket = evaluate(info(n=value), runtime())
         assert isinstance(ticket, Ticket) and ticket.sequences == want, value
 
@@ -72,7 +73,7 @@ def test_each_prompt_of_a_batch_is_n_sequences() -> None:
     ticket = evaluate(info(max_tokens=10, n=2, prompts=3.0), runtime())
     assert isinstance(ticket, Ticket)
     assert (ticket.sequences, ticket.completion_budget) == (6, 60)
-    for value in (None, 0, -4, "7", True):
+    for value in (None, 0, -4, True):
         ticket = evaluate(info(n=2, prompts=value), runtime())
         assert isinstance(ticket, Ticket) and ticket.sequences == 2, value
 
@@ -137,7 +138,7 @@ def test_a_messages_request_is_estimated_from_its_max_tokens() -> None:
 
 
 def test_max_tokens_estimate_is_clamped() -> None:
-    for value, want in ((1e300, 1_000_000), (-5, 1), (True, 256), ("9", 256)):
+    for value, want in ((1e300, 1_000_000), (-5, 1), (True, 1), ("9", 9), ("x", 256)):
         ticket = evaluate(info(max_tokens=value), runtime())
         assert isinstance(ticket, Ticket) and ticket.max_tokens == want
 
