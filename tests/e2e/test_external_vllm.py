@@ -160,10 +160,14 @@ async def charged_since(stack: Any, before: float, want: float) -> float:
 
 @pytest.mark.parametrize(
     ("prompt", "choices", "sequences"),
-    [("Once", 3, 3), (["Once", "Upon"], 2, 4)],  # a batch: each prompt has n choices
+    [
+        ("Once", 3, 3),
+        (["Once", "Upon"], 2, 4),  # a batch: each prompt has n choices
+        ("Once", " 3 ", 3),  # vLLM's pydantic model reads the text as 3; so does Fairlane
+    ],
 )
 async def test_every_choice_of_n_is_served_and_charged(
-    stack: Any, vllm: Any, prompt: str | list[str], choices: int, sequences: int
+    stack: Any, vllm: Any, prompt: str | list[str], choices: int | str, sequences: int
 ) -> None:
     before = await completion_tokens_charged(stack, "alice")
     body = {"model": MODEL, "prompt": prompt, "max_tokens": 4, "n": choices, "ignore_eos": True}
