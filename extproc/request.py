@@ -104,7 +104,10 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
     elif api is Api.MESSAGES:
         max_tokens, choices, best_of = fields.get("max_tokens"), None, None
     else:
-        max_tokens = fields.get("max_completion_tokens", fields.get("max_tokens"))
+        # vLLM takes max_completion_tokens unless it is null (an object or list: its 400).
+        max_tokens = fields.get("max_completion_tokens")
+        if not isinstance(max_tokens, str | int | float):
+            max_tokens = fields.get("max_tokens")
         choices, best_of = fields.get("n"), fields.get("best_of")
     return RequestInfo(
         api=api,

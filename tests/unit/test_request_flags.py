@@ -1,7 +1,7 @@
-"""The body's flags as vLLM reads them: every spelling its pydantic models take as true.
-A Responses request with `background` set is refused: vLLM, with its response store
-on, answers such a request at once and generates it afterwards, outside Fairlane's
-slot, queue and limits."""
+"""The body's fields as vLLM reads them: every spelling its pydantic models take as
+true, and the token limit it uses. A Responses request with `background` set is
+refused: vLLM, with its response store on, answers such a request at once and generates
+it afterwards, outside Fairlane's slot, queue and limits."""
 
 from __future__ import annotations
 
@@ -59,3 +59,12 @@ def test_a_stream_is_a_stream_however_spelled(value: Any, streams: bool) -> None
     """Its first byte is then its first token: the TTFT Fairlane records."""
     ticket = decide("/v1/chat/completions", stream=value)
     assert isinstance(ticket, Ticket) and ticket.first_byte_is_token is streams
+
+
+def test_a_null_max_completion_tokens_leaves_max_tokens_in_force() -> None:
+    """As in vLLM: null (which reaches the worker as a value of no primitive type)
+    is no limit of its own."""
+    null = object()
+    for completion, limit in ((null, 900), (40.0, 40), ("40", 40)):
+        ticket = decide("/v1/chat/completions", max_completion_tokens=completion, max_tokens=900.0)
+        assert isinstance(ticket, Ticket) and ticket.max_tokens == limit, completion
