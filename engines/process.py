@@ -43,7 +43,7 @@ class ManagedProcess:
         self._crashes: deque[float] = deque(maxlen=max_crashes)
         self._crash_window = crash_window_s
         self._max_backoff = max_backoff_s
-        self._loop_retry = loop_retry_s
+        self.loop_retry_s = loop_retry_s
         self._next_start = 0.0
         self._exit_noted = True
 
@@ -104,7 +104,7 @@ class ManagedProcess:
                 f"{self.name} exited (code {code}) {len(self._crashes)} times"
                 f" in {now - self._crashes[0]:.0f}s"
             )
-            if self._loop_retry is None:
+            if self.loop_retry_s is None:
                 log.error("%s: not restarting", looped)
             else:
                 self._retry_loop(now, looped)
@@ -114,9 +114,9 @@ class ManagedProcess:
         self._next_start = now + backoff
 
     def _retry_loop(self, now: float, what: str) -> None:
-        assert self._loop_retry is not None
-        self._next_start = now + self._loop_retry
-        log.error("%s: crash loop; trying again in %.0fs or on a reload", what, self._loop_retry)
+        assert self.loop_retry_s is not None
+        self._next_start = now + self.loop_retry_s
+        log.error("%s: crash loop; trying again in %.0fs or on a reload", what, self.loop_retry_s)
 
     def healthy(self) -> None:
         """The process answered its health check: a crash loop it was in is over."""
@@ -133,7 +133,7 @@ class ManagedProcess:
             log.info("%s: restarting it again after its crash loop", self.name)
 
     async def restart_when_due(self) -> None:
-        given_up = self.crash_looping and self._loop_retry is None
+        given_up = self.crash_looping and self.loop_retry_s is None
         if given_up or self.running or time.monotonic() < self._next_start:
             return
         self.restarts += 1

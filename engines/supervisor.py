@@ -69,7 +69,9 @@ class EngineSupervisor:
                 spec.argv,
                 log_path,
                 spec.env,
-                loop_retry_s=self.crash_loop_retry_s,
+                # Not a lazy engine: a timed restart could break the GPU memory budget
+                # that loading on demand keeps (another may have been loaded meanwhile).
+                loop_retry_s=None if spec.config.lazy else self.crash_loop_retry_s,
                 nice=spec.config.cpu_nice,
             )
         return EngineRun(spec, process)

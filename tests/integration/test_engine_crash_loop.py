@@ -86,6 +86,22 @@ async def test_a_reload_restarts_a_crash_looping_engine_alone(tmp_path: Path) ->
         assert fine.pid == fine_pid and supervisor.engines["fine"].state == "up"
 
 
+def test_a_lazy_engine_is_not_retried_on_a_timer(tmp_path: Path) -> None:
+    """Loaded on demand within the GPU memory budget, it could break the budget if a
+    timer started it after another engine took its memory; it waits for a reload."""
+    engine = {"kind": "sim", "preset": "tiny", "models": ["m"]}
+    policy = Policy.model_validate(
+        {
+            "version": 1,
+            "engines": {"eager": engine, "lazy": engine | {"models": ["n"], "lazy": True}},
+        }
+    )
+    supervisor = EngineSupervisor(policy, RunDir(tmp_path), crash_loop_retry_s=60)
+    eager, lazy = (supervisor._new_run(name, policy).process for name in ("eager", "lazy"))
+    assert eager is not None and eager.loop_retry_s == 60
+    assert lazy is not None and lazy.loop_retry_s is None
+
+
 @contextlib.asynccontextmanager
 async def looping_engine(
     tmp_path: Path, crash_loop_retry_s: float
