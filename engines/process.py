@@ -92,8 +92,9 @@ class ManagedProcess:
         now = time.monotonic()
         self._crashes.append(now)
         code = self.process.returncode if self.process else None
-        if self.crash_looping:  # a retry after the loop failed too
-            self._retry_loop(now, f"{self.name} exited (code {code}) again")
+        retry = self.loop_retry_s
+        if self.crash_looping and retry is not None:  # a try after the loop failed too
+            self._retry_loop(now, retry, f"{self.name} exited (code {code}) again")
             return
         if (
             len(self._crashes) == self._crashes.maxlen
@@ -104,19 +105,18 @@ class ManagedProcess:
                 f"{self.name} exited (code {code}) {len(self._crashes)} times"
                 f" in {now - self._crashes[0]:.0f}s"
             )
-            if self.loop_retry_s is None:
+            if retry is None:
                 log.error("%s: not restarting", looped)
             else:
-                self._retry_loop(now, looped)
+                self._retry_loop(now, retry, looped)
             return
         backoff = min(self._max_backoff, 0.5 * 2 ** (len(self._crashes) - 1))
         log.warning("%s exited (code %s); restarting in %.1fs", self.name, code, backoff)
         self._next_start = now + backoff
 
-    def _retry_loop(self, now: float, what: str) -> None:
-        assert self.loop_retry_s is not None
-        self._next_start = now + self.loop_retry_s
-        log.error("%s: crash loop; trying again in %.0fs or on a reload", what, self.loop_retry_s)
+    def _retry_loop(self, now: float, retry_s: float, what: str) -> None:
+        self._next_start = now + retry_s
+        log.error("%s: crash loop; trying again in %.0fs or on a reload", what, retry_s)
 
     def healthy(self) -> None:
         """The process answered its health check: a crash loop it was in is over."""
