@@ -26,6 +26,7 @@ class Reason(Enum):
     INVALID_TENANT = (400, "invalid_request_error", "invalid_tenant")
     UPGRADE_NOT_SUPPORTED = (400, "invalid_request_error", "upgrade_not_supported")
     UNSUPPORTED_PARAMETER = (400, "invalid_request_error", "unsupported_parameter")
+    TOO_MANY_SEQUENCES = (400, "invalid_request_error", "too_many_sequences")
     INVALID_API_KEY = (401, "authentication_error", "invalid_api_key")
     UNKNOWN_TENANT = (403, "permission_error", "unknown_tenant")
     MODEL_NOT_ALLOWED = (403, "permission_error", "model_not_allowed")

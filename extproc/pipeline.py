@@ -147,6 +147,9 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
         text_bytes = max(0, info.content_length - info.media_bytes)
         prompt_tokens = max(1, int(text_bytes / cost.chars_per_token))
         prompt_tokens += info.media_items * cost.media_tokens
+        widest = runtime.widest_request(pool)
+        if sequences > widest and info.api is not Api.POOLING:
+            return _for(profile, Rejection(Reason.TOO_MANY_SEQUENCES, _too_wide(sequences, widest)))
     return Ticket(
         tenant=profile,
         tenant_id=tenant_id,
@@ -158,6 +161,17 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
         cost=cost.input_weight * prompt_tokens + cost.output_weight * max_tokens * sequences,
         first_byte_is_token=info.stream and info.api is not Api.RESPONSES,
         request_id=info.request_id,
+    )
+
+
+def _too_wide(sequences: int, widest: int) -> str:
+    """Wider than an engine, a generation would run in waves, each blocking every other
+    tenant until its longest answer ends: one request could hold the engine for minutes.
+    (A pooling request's items are single passes; it is admitted and overfills.)"""
+    return (
+        f"this request asks for {sequences} sequences at once (`n` choices of each "
+        f"prompt); the engine serving its model takes at most {widest} of one request "
+        f"here (its max_inflight less its headroom): send at most {widest} per request"
     )
 
 

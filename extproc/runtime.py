@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fairlane.engine_config import EngineConfig
 from fairlane.engine_keys import engine_keys
 from fairlane.extproc.limits import TenantLimits
+from fairlane.extproc.replicas import reserved_slots
 from fairlane.policy import LimitsConfig, Policy
 
 UNKNOWN_TENANT = "unknown"
@@ -68,6 +69,17 @@ class Runtime:
     def pool_config(self, pool: str) -> EngineConfig:
         """Queue and scheduler settings of a pool (replicas must agree on them)."""
         return self.policy.engines[self.pools[pool][0]]
+
+    def widest_request(self, pool: str) -> int:
+        """The most sequences one generation may ask for: what one tenant may fill of
+        the pool's widest replica, its max_inflight less the slots ``headroom`` keeps
+        for light tenants (so that one of them still runs beside it at once)."""
+        config = self.pool_config(pool)
+        keep = config.headroom if config.scheduler == "fair" else 0.0
+        return max(
+            limit - reserved_slots(limit, keep)
+            for limit in (self.policy.engines[name].max_inflight for name in self.pools[pool])
+        )
 
     def profile_for(self, tenant_id: str) -> TenantProfile | None:
         """The profile of a tenant id, or None when unknown tenants are rejected."""

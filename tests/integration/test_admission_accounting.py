@@ -127,6 +127,30 @@ async def test_a_stream_holds_a_slot_per_sequence_until_the_client_leaves(
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize(
+    ("path", "fields", "status"),
+    [
+        # `big` has 64 slots, 8 of them kept for light tenants: 56 for one request.
+        (CHAT, {"messages": HELLO, "n": 56}, 200),
+        (CHAT, {"messages": HELLO, "n": 57}, 400),
+        ("/v1/completions", {"prompt": ["a"] * 8, "n": 8}, 400),
+        # A pooling batch's items are single passes: served, however many.
+        ("/v1/embeddings", {"input": ["a"] * 100}, 200),
+    ],
+)
+async def test_a_generation_wider_than_one_tenant_may_fill_is_refused(
+    stack: Any, path: str, fields: dict[str, Any], status: int
+) -> None:
+    body = {"model": "model-a", "max_tokens": 1, **fields}
+    got, _, reply = await post(stack, body, tenant="carol", path=path)
+    assert got == status, reply
+    if status == 400:
+        error = error_of(reply)
+        assert error["code"] == "too_many_sequences"
+        assert "takes at most 56 of one request here" in error["message"]
+    await assert_at_rest(stack)
+
+
 async def test_each_of_n_choices_is_charged(stack: Any) -> None:
     labels = {"tenant": "bob", "model": "model-b", "kind": "completion"}
     before = await metric(stack, "fairlane_tokens_total", **labels)

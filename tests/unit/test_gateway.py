@@ -129,11 +129,11 @@ async def test_every_choice_is_charged_to_the_token_bucket() -> None:
     admitted(g.begin(ask("metered", max_tokens=40)))  # type: ignore[arg-type]
     admitted(g.begin(ask("metered", max_tokens=40)))  # type: ignore[arg-type]
     g = gateway()
-    admitted(g.begin(ask("metered", max_tokens=40, n=3)))  # type: ignore[arg-type]
+    admitted(g.begin(ask("metered", max_tokens=40, n=2)))  # type: ignore[arg-type]
     refused = g.begin(ask("metered", max_tokens=40))  # type: ignore[arg-type]
     assert isinstance(refused, Rejection) and refused.reason is Reason.RATE_LIMIT_EXCEEDED
-    # The bucket went 30 tokens below empty (10 + 3 x 40): 80 to refill at 10 a second.
-    assert refused.retry_after_s == pytest.approx(8.0, abs=1.0)
+    # 10 tokens left (100 - 10 - 2 x 40): the next 50 need 40 more, at 10 a second.
+    assert refused.retry_after_s == pytest.approx(4.0, abs=1.0)
 
 
 async def test_stale_leases_are_reclaimed() -> None:

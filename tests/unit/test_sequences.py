@@ -1,12 +1,20 @@
-"""A request generating several sequences (`n`) holds one engine slot per sequence."""
+"""A request generating several sequences (`n`) holds one engine slot per sequence; a
+generation wider than an engine is refused."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from fairlane.extproc.admission import EnginePool
+from fairlane.extproc.errors import Reason, Rejection
+from fairlane.extproc.pipeline import Ticket, evaluate
 from fairlane.extproc.replicas import EngineState
+from fairlane.extproc.request import request_info
+from fairlane.extproc.runtime import compile_policy
 from fairlane.extproc.scheduling import QueuedRequest, make_scheduler
+from fairlane.policy_file import parse_policy
 
 
 def pool(capacity: int = 8) -> EnginePool:
@@ -63,3 +71,51 @@ def test_slots_are_capped_at_the_capacity_and_given_back_exactly() -> None:
     assert p.try_admit(req("b")) is None
     p.release(huge, "e", 0.0)
     assert p.inflight == 0 and p.active_tenants == 0
+
+
+# Two replicas of one model, 8 and 12 sequences at once; the fair scheduler keeps an
+# eighth of each for light tenants (1 slot of 8 or 12).
+REPLICAS = """version: 1
+engines:
+  a: {kind: sim, models: [m], max_inflight: 8, scheduler: SCHEDULER}
+  b: {kind: sim, models: [m], max_inflight: 12, scheduler: SCHEDULER}
+"""
+
+
+def decide(path: str, scheduler: str = "fair", **fields: object) -> Ticket | Rejection:
+    runtime = compile_policy(parse_policy(REPLICAS.replace("SCHEDULER", scheduler)), 1)
+    headers = {":path": path, "content-length": "100", "x-tenant-id": "t"}
+    return evaluate(request_info(headers, {"model": "m", **fields}), runtime)
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "refused"),
+    [
+        ("/v1/chat/completions", {"n": 11.0}, False),  # 12 less the slot kept
+        ("/v1/chat/completions", {"n": 12.0}, True),
+        ("/v1/chat/completions", {"n": "12"}, True),
+        ("/v1/completions", {"prompts": 3.0, "n": 3.0}, False),
+        ("/v1/completions", {"prompts": 4.0, "n": 3.0}, True),  # 12 sequences
+        ("/v1/completions", {"best_of": 20.0}, True),
+        # A pooling batch's items are single passes: admitted, it overfills the pool.
+        ("/v1/embeddings", {"prompts": 100.0}, False),
+    ],
+)
+def test_a_generation_wider_than_one_tenant_may_fill_is_refused(
+    path: str, fields: dict[str, object], refused: bool
+) -> None:
+    """Wider than the widest replica, it would run in waves there, each holding every
+    other tenant back until its longest answer ends; as wide, it would leave none of
+    the slots kept for a light tenant to run beside it."""
+    decision = decide(path, **fields)
+    if not refused:
+        assert isinstance(decision, Ticket), decision
+        return
+    assert isinstance(decision, Rejection) and decision.reason is Reason.TOO_MANY_SEQUENCES
+    assert decision.status == 400
+    assert "takes at most 11 of one request here" in decision.message
+
+
+def test_without_headroom_a_request_may_fill_the_widest_replica() -> None:
+    assert isinstance(decide("/v1/chat/completions", "fifo", n=12.0), Ticket)
+    assert isinstance(decide("/v1/chat/completions", "fifo", n=13.0), Rejection)
