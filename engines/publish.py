@@ -53,6 +53,7 @@ def _states_document(engines: dict[str, EngineRun], version: int) -> dict[str, A
                 "lazy": run.spec.config.lazy,
                 "serves": list(run.spec.config.served),  # the names it was started for
                 "restarts": run.process.restarts if run.process else 0,
+                "crash_loop": bool(run.process and run.process.crash_looping),
                 "loads": run.loads,
                 "evictions": run.evictions,
                 "load_seconds": list(run.load_seconds),

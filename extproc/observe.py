@@ -114,6 +114,14 @@ class GatewayCollector(Collector):
             load_time.add_metric([engine], buckets, sum_value=sum(samples))
         yield from counters.values()
         yield load_time
+        looping = GaugeMetricFamily(
+            "fairlane_engine_crash_looping",
+            "1 while a managed engine is in a crash loop (5 exits in 5 minutes)",
+            labels=["engine"],
+        )
+        for engine, info in sorted(self._engine_info.items()):
+            looping.add_metric([engine], 1.0 if info.get("crash_loop") else 0.0)
+        yield looping
 
 
 def _by_label(gateway: Gateway, depths: dict[str, int]) -> dict[str, int]:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,9 +65,10 @@ async def test_a_crash_looping_engine_comes_back_by_itself(tmp_path: Path) -> No
     async with looping_engine(tmp_path, crash_loop_retry_s=2.0) as (supervisor, squatter, _):
         looping = supervisor.engines["looping"].process
         assert looping is not None
+        assert published(supervisor)["looping"]["crash_loop"]  # fairlane_engine_crash_looping
         squatter.close()  # the cause goes away with no operator: the next try succeeds
         await until(supervisor, "looping", "up", within_s=30)
-        assert not looping.crash_looping
+        assert not looping.crash_looping and not published(supervisor)["looping"]["crash_loop"]
 
 
 async def test_a_reload_restarts_a_crash_looping_engine_alone(tmp_path: Path) -> None:
@@ -84,6 +87,11 @@ async def test_a_reload_restarts_a_crash_looping_engine_alone(tmp_path: Path) ->
         await until(supervisor, "looping", "up", within_s=30)
         assert looping.restarts == restarts + 1
         assert fine.pid == fine_pid and supervisor.engines["fine"].state == "up"
+
+
+def published(supervisor: EngineSupervisor) -> dict[str, Any]:
+    """The engine states the supervisor last wrote for the worker."""
+    return dict(json.loads(supervisor.run_dir.engine_states.read_text())["engines"])
 
 
 def test_a_lazy_engine_is_not_retried_on_a_timer(tmp_path: Path) -> None:

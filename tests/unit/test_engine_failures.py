@@ -17,6 +17,7 @@ from fairlane.extproc.admission import EnginePool
 from fairlane.extproc.errors import Reason, Rejection
 from fairlane.extproc.gateway import Gateway
 from fairlane.extproc.metrics import Metrics
+from fairlane.extproc.observe import GatewayCollector
 from fairlane.extproc.outcomes import Admitted, Pending
 from fairlane.extproc.replicas import EngineState
 from fairlane.extproc.request import RequestInfo, request_info
@@ -100,3 +101,11 @@ async def test_the_queue_waits_for_a_quarantined_engine_until_the_supervisor_has
     assert pool.queued == 0
     refused = g.begin(ask("later"))
     assert isinstance(refused, Rejection) and refused.reason is Reason.ENGINE_UNAVAILABLE
+
+
+def test_a_crash_loop_the_supervisor_reports_is_a_gauge() -> None:
+    g, _ = replicas("a", "b")
+    info = {"a": {"state": "down", "crash_loop": True}, "b": {"state": "up"}}
+    (family,) = [m for m in GatewayCollector(g, info).collect() if m.name.endswith("looping")]
+    looping = {s.labels["engine"]: s.value for s in family.samples}
+    assert looping == {"a": 1.0, "b": 0.0}
