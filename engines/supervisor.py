@@ -32,10 +32,8 @@ from fairlane.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-# A managed engine that crash-loops (five exits in five minutes) is tried again this
-# often, as Kubernetes caps its CrashLoopBackOff: a cause that goes away by itself (GPU
-# memory another process held, a model store briefly unreachable) heals without an
-# operator, and a failed try costs one start. A reload tries at once.
+# How often an engine in a crash loop is tried again (Kubernetes' cap on its
+# CrashLoopBackOff): a cause that goes away by itself heals with no operator.
 CRASH_LOOP_RETRY_S = 300.0
 
 
@@ -64,15 +62,12 @@ class EngineSupervisor:
         process = None
         if spec.managed:
             log_path = self.run_dir.log(f"engine-{name}")
+            # Not a lazy engine: a timed start could break the GPU memory budget that
+            # loading on demand keeps (another may have been loaded meanwhile).
+            retry = None if spec.config.lazy else self.crash_loop_retry_s
+            nice = spec.config.cpu_nice
             process = ManagedProcess(
-                f"engine {name}",
-                spec.argv,
-                log_path,
-                spec.env,
-                # Not a lazy engine: a timed restart could break the GPU memory budget
-                # that loading on demand keeps (another may have been loaded meanwhile).
-                loop_retry_s=None if spec.config.lazy else self.crash_loop_retry_s,
-                nice=spec.config.cpu_nice,
+                f"engine {name}", spec.argv, log_path, spec.env, loop_retry_s=retry, nice=nice
             )
         return EngineRun(spec, process)
 

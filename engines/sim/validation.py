@@ -17,7 +17,7 @@ from fairlane.lax import lax_bool, lax_int
 # the context limit (until EOS); with no EOS here that would be tens of thousands of
 # tokens, so a typical chat answer length is used instead.
 DEFAULT_MAX_TOKENS = 128
-# Choices per prompt: OpenAI's own limit (vLLM sets none; each choice is one sequence).
+# Choices per prompt: OpenAI's own limit (vLLM's is 16,384; each choice is a sequence).
 MAX_N = 128
 # vLLM's default --max-logprobs; -1 asks for the whole vocabulary (Llama-3's 128,256).
 MAX_LOGPROBS = 20
@@ -122,8 +122,7 @@ def parse_generation(
     sent_n = 1 if kind == "response" else body.get("n")
     n = 1 if sent_n is None else lax_int(sent_n)
     if n is None or not 1 <= n <= MAX_N:
-        message = f"n must be an integer from 1 to {MAX_N}, got {sent_n!r}."
-        raise ApiError(400, message, param="n")
+        raise ApiError(400, f"n must be an integer from 1 to {MAX_N}, got {sent_n!r}.", param="n")
     stream = stream_field(body)
     options = None if kind == "response" else body.get("stream_options")
     if options is not None and not stream:
@@ -140,8 +139,7 @@ def parse_generation(
 
 
 def stream_field(body: dict[str, Any]) -> bool:
-    sent = body.get("stream")
-    stream = False if sent is None else lax_bool(sent)
+    stream = lax_bool(body.get("stream") or False)  # null: false, as vLLM reads it
     if stream is None:
         raise ApiError(400, "stream must be a boolean", param="stream")
     return stream
@@ -152,10 +150,10 @@ def logprobs_field(kind: Kind, body: dict[str, Any]) -> int | None:
     rules: chat asks with ``logprobs: true`` and ``top_logprobs``, completions with an
     integer ``logprobs``; the Responses API's are not simulated."""
     if kind == "chat":
-        sent = body.get("logprobs")
-        wanted = None if sent is None else lax_bool(sent)
-        if sent is not None and wanted is None:
-            raise ApiError(400, f"logprobs must be a boolean, got {sent!r}.", param="logprobs")
+        wanted = lax_bool(body.get("logprobs") or False)
+        if wanted is None:
+            message = f"logprobs must be a boolean, got {body['logprobs']!r}."
+            raise ApiError(400, message, param="logprobs")
         name, count = "top_logprobs", body.get("top_logprobs")
         if count is not None and count != 0 and not wanted:
             message = "when using `top_logprobs`, `logprobs` must be set to true."

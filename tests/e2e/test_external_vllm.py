@@ -21,12 +21,12 @@ import aiohttp
 import pytest
 import yaml
 
-from testkit.metrics import metric, scrape, value
+from testkit.metrics import metric
+from testkit.vllm_charges import alice_completes, charged_since, completion_tokens_charged
+from testkit.vllm_races import MODEL, TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "configs" / "external-vllm.yaml"
-MODEL = "tiny-llama"
-TIMEOUT = aiohttp.ClientTimeout(total=60)
 VLLM_KEY = "sk-vllm-" + secrets.token_hex(16)
 KEY_ENV = "FAIRLANE_E2E_VLLM_KEY"
 STORE_ENV = "VLLM_ENABLE_RESPONSES_API_STORE"
@@ -120,42 +120,6 @@ async def test_requests_through_fairlane(stack: Any, vllm: Any) -> None:
         counted = await metric(stack, "fairlane_tokens_total", **want)
         await asyncio.sleep(0.2)
     assert counted >= 8 + 5, counted
-
-
-async def completion_tokens_charged(stack: Any, tenant: str) -> float:
-    """The tenant's completion tokens so far, once nothing is in flight: a request that
-    ended (or was left) just before is charged with its end record, which can come after
-    the next test has begun."""
-    want = {"tenant": tenant, "model": MODEL, "kind": "completion"}
-    deadline = time.monotonic() + 30
-    while True:
-        text = await scrape(stack.url + "/metrics")
-        inflight = value(text, "fairlane_inflight", engine="vllm")
-        if not inflight or time.monotonic() > deadline:
-            return value(text, "fairlane_tokens_total", **want)
-        await asyncio.sleep(0.2)
-
-
-async def alice_completes(stack: Any, body: dict[str, Any]) -> str:
-    """POST /v1/completions as alice: the text of its 200 answer."""
-    async with (
-        aiohttp.ClientSession(timeout=TIMEOUT) as session,
-        session.post(
-            stack.url + "/v1/completions", json=body, headers={"x-tenant-id": "alice"}
-        ) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        return await resp.text()
-
-
-async def charged_since(stack: Any, before: float, want: float) -> float:
-    """Alice's completion tokens charged since she had ``before``, once they reach
-    ``want`` or 15 s have passed."""
-    deadline, charged = time.monotonic() + 15, 0.0
-    while charged < want and time.monotonic() < deadline:
-        charged = await completion_tokens_charged(stack, "alice") - before
-        await asyncio.sleep(0.2)
-    return charged
 
 
 @pytest.mark.parametrize(
