@@ -264,26 +264,29 @@ class EnginePool:
     # -- shares -------------------------------------------------------------------------
 
     def _may_take_reserved(self, request: QueuedRequest) -> bool:
-        """Under its weighted share of the slots, and first in the scheduler's order:
-        a tenant holding few slots here but served a lot (on other gateways, with
-        shared counters) ranks behind the others and does not get the reserve."""
-        return self._under_share(request) and self.scheduler.goes_first(request)
+        """Under its weighted share of the slots, this request's width too, and first in
+        the scheduler's order: a tenant holding few slots here but served a lot (on
+        other gateways, with shared counters) ranks behind the others."""
+        under = self.shares.under(request.tenant, self.capacity, request.client)
+        return under and self._fits(request) and self.scheduler.goes_first(request)
 
     def _only_reserved_left(self) -> bool:
         return self._busy >= self.capacity - self.reserved
 
-    def _under_share(self, request: QueuedRequest) -> bool:
-        return self.shares.under(request.tenant, self.capacity, request.client)
+    def _fits(self, request: QueuedRequest) -> bool:
+        tenant, weight, client = request.tenant, request.weight, request.client
+        return self.shares.fits(tenant, weight, self.capacity, request.slots, client)
 
     def _classify(self, request: QueuedRequest) -> None:
-        """Is the request's tenant light: its slots held and other requests waiting
-        under its weighted share? Light tenants are never paced, and the engine serves
-        them first (``outcomes.engine_priority``), except a tenant alone in the pool:
-        its prompts must not go before those of a tenant that arrives next. And its
-        rank there: the slots its tenant holds for its weight."""
+        """Is the request's tenant light: its slots held and other requests waiting,
+        and the request's width, under its weighted share? Light tenants are never
+        paced, and the engine serves them first (``outcomes.engine_priority``), except
+        a tenant alone in the pool: its prompts must not go before those of a tenant
+        that arrives next. And its rank there: the slots its tenant holds per weight."""
         besides = 1 if request in self._waiting else 0
         tenant, client = request.tenant, request.client
-        request.light = self.shares.light(tenant, self.capacity, besides, client)
+        light = self.shares.light(tenant, self.capacity, besides, client)
+        request.light = light and self._fits(request)
         request.alone = self.shares.alone(tenant, client)
         request.rank = self.shares.rank(tenant, client)
 

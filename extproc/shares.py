@@ -125,6 +125,21 @@ class Shares:
         excess = self._excess(tenant, client, capacity)
         return excess is None or excess < 0
 
+    def fits(self, tenant: str, weight: float, capacity: int, width: int, client: str = "") -> bool:
+        """Do a request's sequences past its first stay under the client's weighted
+        share (counting it active)? One request as wide as that is heavy, however
+        little its tenant holds: an embeddings batch of thousands, say."""
+        if width <= 1:
+            return True
+        self._expire()
+        state = self._tenants.get(tenant)
+        weight = state.weight if state is not None else weight
+        active = self._active_weight + (0.0 if state is not None else weight)
+        clients = (state.clients if state is not None else 0) + int(
+            (tenant, client) not in self._holdings
+        )
+        return (width - 1) * active * clients < capacity * weight
+
     def light(self, tenant: str, capacity: int, besides: int = 0, client: str = "") -> bool:
         """Is the client's demand, slots held plus requests waiting (less ``besides``
         of them: the one being decided), under its weighted share? A tenant backlogged

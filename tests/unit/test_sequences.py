@@ -67,10 +67,25 @@ def test_slots_are_capped_at_the_capacity_and_given_back_exactly() -> None:
     huge = req("a", slots=1000)
     assert p.try_admit(huge) == "e"
     assert p.inflight == 8 and huge.slots == 8
-    assert huge.light  # alone, its share is the pool
+    assert not huge.light  # wider than its share, the whole pool, even alone
     assert p.try_admit(req("b")) is None
     p.release(huge, "e", 0.0)
     assert p.inflight == 0 and p.active_tenants == 0
+
+
+def test_one_request_wider_than_its_share_is_not_light() -> None:
+    """Light requests go first in the engine's queue and may take the reserved slots;
+    a single request as wide as its tenant's share (an embeddings batch of thousands,
+    which the pool admits and which runs in waves) must not, however little its tenant
+    held before it."""
+    p = pool(capacity=8)
+    p.headroom = 0.25  # 2 slots kept
+    held = [req("b") for _ in range(6)]
+    assert all(p.try_admit(r) == "e" for r in held)  # only the reserve is left
+    wide = req("a", slots=5)  # 4 past its first: a's share beside b is 4
+    assert p.try_admit(wide) is None and not wide.light  # the reserve is not for it
+    narrow = req("c", slots=3)  # 2 past its first: under 4
+    assert p.try_admit(narrow) == "e" and narrow.light
 
 
 # Two replicas of one model, 8 and 12 sequences at once; the fair scheduler keeps an
