@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import aiohttp
 import pytest
 
+from fairlane.engines.priority_levels import priority_level
 from fairlane.ports import free_port
 
 from testkit.metrics import charged, charged_since, metric
@@ -109,3 +111,36 @@ async def test_other_methods_are_refused(stack: Any) -> None:
         assert resp.status == 405
         error = json.loads(await resp.read())["error"]
     assert (error["code"], error["message"]) == ("method_not_allowed", "use POST for /v1/rerank")
+
+
+async def test_a_batch_wider_than_its_tenants_share_is_not_light(stack_factory: Any) -> None:
+    """The engine priority through Envoy to the simulator (echoed as x-sim-priority):
+    beside another active tenant, a batch whose items past its first reach its tenant's
+    share (4 of 8 slots) gets the level after the light one, so a light request goes
+    before its waiting items in the engine's queue; a narrower batch is light."""
+    engine = {"kind": "sim", "preset": "h100-8b", "models": [MODEL], "max_inflight": 8}
+    engine |= {"inject_priority": True, "pacing": 0, "port": free_port()}
+    stack = stack_factory(
+        {"version": 1, "tenants": {"alice": {}, "bob": {}}, "engines": {"e": engine}}
+    )
+    chat = {"model": MODEL, "max_tokens": 2000, "stream": True}
+    chat["messages"] = [{"role": "user", "content": "hi"}]
+    async with aiohttp.ClientSession() as session:
+
+        async def level(path: str, body: dict[str, Any], tenant: str) -> int:
+            headers = {"x-tenant-id": tenant}
+            async with session.post(stack.url + path, json=body, headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+                return priority_level(int(resp.headers["x-sim-priority"]))
+
+        # alice holds a slot: bob is not alone, and his share is 4 of the 8.
+        async with session.post(stack.url + "/v1/chat/completions", json=chat,
+                                headers={"x-tenant-id": "alice"}) as held:  # fmt: skip
+            assert held.status == 200
+            narrow = await level("/v1/embeddings", {"model": MODEL, "input": ["a"] * 4}, "bob")
+            deadline = time.monotonic() + 5  # its slots come back with its access log
+            while await metric(stack, "fairlane_inflight", engine="e") != 1:
+                assert time.monotonic() < deadline, "bob's slots were not given back"
+                await asyncio.sleep(0.02)
+            wide = await level("/v1/embeddings", {"model": MODEL, "input": ["a"] * 5}, "bob")
+    assert (narrow, wide) == (0, 1)
