@@ -21,9 +21,9 @@ from .validation import (
     GenerationRequest,
     chat_tokens,
     check_sampling,
+    flag_field,
     priority_field,
     served_model,
-    stream_field,
 )
 
 
@@ -45,7 +45,7 @@ def parse_message(
     if max_tokens is None or max_tokens < 1:
         message = f"max_tokens: an integer of at least 1 is required, got {sent!r}."
         raise ApiError(400, message, param="max_tokens")
-    stream = stream_field(body)
+    stream = flag_field(body, "stream")
     check_sampling(body)
     return GenerationRequest(
         "message", model, [prompt_tokens], 1, max_tokens, stream, stream, stream,

@@ -123,7 +123,7 @@ def parse_generation(
     n = 1 if sent_n is None else lax_int(sent_n)
     if n is None or not 1 <= n <= MAX_N:
         raise ApiError(400, f"n must be an integer from 1 to {MAX_N}, got {sent_n!r}.", param="n")
-    stream = stream_field(body)
+    stream = flag_field(body, "stream")
     options = None if kind == "response" else body.get("stream_options")
     if options is not None and not stream:
         raise ApiError(400, "Stream options can only be defined when `stream=True`.")
@@ -138,11 +138,12 @@ def parse_generation(
     )  # fmt: skip
 
 
-def stream_field(body: dict[str, Any]) -> bool:
-    stream = lax_bool(body.get("stream") or False)  # null: false, as vLLM reads it
-    if stream is None:
-        raise ApiError(400, "stream must be a boolean", param="stream")
-    return stream
+def flag_field(body: dict[str, Any], name: str) -> bool:
+    """A bool field as vLLM reads it: absent or null is false, "yes" true."""
+    flag = lax_bool(body.get(name) or False)
+    if flag is None:
+        raise ApiError(400, f"{name} must be a boolean, got {body[name]!r}.", param=name)
+    return flag
 
 
 def logprobs_field(kind: Kind, body: dict[str, Any]) -> int | None:
@@ -150,10 +151,7 @@ def logprobs_field(kind: Kind, body: dict[str, Any]) -> int | None:
     rules: chat asks with ``logprobs: true`` and ``top_logprobs``, completions with an
     integer ``logprobs``; the Responses API's are not simulated."""
     if kind == "chat":
-        wanted = lax_bool(body.get("logprobs") or False)
-        if wanted is None:
-            message = f"logprobs must be a boolean, got {body['logprobs']!r}."
-            raise ApiError(400, message, param="logprobs")
+        wanted = flag_field(body, "logprobs")
         name, count = "top_logprobs", body.get("top_logprobs")
         if count is not None and count != 0 and not wanted:
             message = "when using `top_logprobs`, `logprobs` must be set to true."
