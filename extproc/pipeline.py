@@ -147,7 +147,7 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
         text_bytes = max(0, info.content_length - info.media_bytes)
         prompt_tokens = max(1, int(text_bytes / cost.chars_per_token))
         prompt_tokens += info.media_items * cost.media_tokens
-        widest = runtime.widest_request(pool)
+        widest = runtime.widest_requests[pool]
         if sequences > widest and info.api is not Api.POOLING:
             return _for(profile, Rejection(Reason.TOO_MANY_SEQUENCES, _too_wide(sequences, widest)))
     return Ticket(

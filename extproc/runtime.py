@@ -57,6 +57,8 @@ class Runtime:
     key_to_tenant: dict[str, str]
     model_to_pool: dict[str, str]
     pools: dict[str, tuple[str, ...]]  # pool → its engines (replicas)
+    # pool → the most sequences one generation may ask for (``widest_request``)
+    widest_requests: dict[str, int]
     engine_auth: dict[str, str]  # engine → the Authorization it wants (api_key_env)
 
     @property
@@ -69,17 +71,6 @@ class Runtime:
     def pool_config(self, pool: str) -> EngineConfig:
         """Queue and scheduler settings of a pool (replicas must agree on them)."""
         return self.policy.engines[self.pools[pool][0]]
-
-    def widest_request(self, pool: str) -> int:
-        """The most sequences one generation may ask for: what one tenant may fill of
-        the pool's widest replica, its max_inflight less the slots ``headroom`` keeps
-        for light tenants (so that one of them still runs beside it at once)."""
-        config = self.pool_config(pool)
-        keep = config.headroom if config.scheduler == "fair" else 0.0
-        return max(
-            limit - reserved_slots(limit, keep)
-            for limit in (self.policy.engines[name].max_inflight for name in self.pools[pool])
-        )
 
     def profile_for(self, tenant_id: str) -> TenantProfile | None:
         """The profile of a tenant id, or None when unknown tenants are rejected."""
@@ -123,6 +114,7 @@ def compile_policy(
         UNKNOWN_TENANT, u.weight, rank(u.priority), to_limits(u.limits), None, False
     )
     keys = {key: name for name, t in policy.tenants.items() for key in t.api_keys}
+    pools = policy.pools()
     return Runtime(
         policy=policy,
         generation=generation,
@@ -130,6 +122,17 @@ def compile_policy(
         unknown=unknown,
         key_to_tenant=keys,
         model_to_pool=policy.served_models(),
-        pools=policy.pools(),
+        pools=pools,
+        widest_requests={pool: widest_request(policy, names) for pool, names in pools.items()},
         engine_auth={name: f"Bearer {key}" for name, key in engine_keys(policy, environ).items()},
     )
+
+
+def widest_request(policy: Policy, replicas: tuple[str, ...]) -> int:
+    """The most sequences one generation may ask for: what one tenant may fill of the
+    pool's widest replica, its max_inflight less the slots ``headroom`` keeps for light
+    tenants (so that one of them still runs beside it at once)."""
+    config = policy.engines[replicas[0]]  # replicas agree on scheduler and headroom
+    keep = config.headroom if config.scheduler == "fair" else 0.0
+    limits = (policy.engines[name].max_inflight for name in replicas)
+    return max(limit - reserved_slots(limit, keep) for limit in limits)
