@@ -30,6 +30,7 @@ from fairlane.envoy.common import (
 from fairlane.envoy.http_filters import EXT_PROC_MARGIN_S, http_filters
 from fairlane.envoy.local_replies import local_replies
 from fairlane.envoy.routes import routes
+from fairlane.envoy.tls import TLS_INSPECTOR, plaintext_refusal, transport_socket
 from fairlane.policy import Policy
 from fairlane.rundir import RunDir
 
@@ -135,6 +136,13 @@ def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
 
 def _listener(policy: Policy, run_dir: RunDir, longest_wait: float) -> dict[str, Any]:
     listener = policy.listener
+    chain = _filter_chain(policy, run_dir, longest_wait)
+    chains, listener_filters = [chain], []
+    if listener.tls is not None:
+        chain["transport_socket"] = transport_socket(run_dir.tls_secret)
+        chain["filter_chain_match"] = {"transport_protocol": "tls"}
+        chains.append(plaintext_refusal())
+        listener_filters.append(TLS_INSPECTOR)
     return {
         "name": "fairlane_openai",
         "address": socket_address(listener.host, listener.port),
@@ -142,54 +150,58 @@ def _listener(policy: Policy, run_dir: RunDir, longest_wait: float) -> dict[str,
         # a stream pins this much (the engine is pushed back beyond it). A request body
         # is not bound by it: the buffer filter holds up to listener.max_body_bytes.
         "per_connection_buffer_limit_bytes": CONNECTION_BUFFER_BYTES,
-        "filter_chains": [
+        "listener_filters": listener_filters,
+        "filter_chains": chains,
+    }
+
+
+def _filter_chain(policy: Policy, run_dir: RunDir, longest_wait: float) -> dict[str, Any]:
+    listener = policy.listener
+    return {
+        "filters": [
             {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": T + "envoy.extensions.filters.network.http_connection_manager."
-                            "v3.HttpConnectionManager",
-                            "stat_prefix": "fairlane",
-                            "codec_type": "AUTO",
-                            # Envoy's edge defaults: routes see /v1/models/../../status as
-                            # /status, and //v1/... as /v1/...
-                            "normalize_path": True,
-                            "merge_slashes": True,
-                            # The client gets the id the access log records (the OpenAI
-                            # SDK shows it as `_request_id`): one grep finds its request.
-                            "always_set_request_id_in_response": True,
-                            "stream_idle_timeout": seconds(listener.stream_idle_timeout_s),
-                            # Envoy's clock runs until the request is sent to the engine,
-                            # so it also spans the wait in Fairlane's queue (and the
-                            # margin the ext_proc filter gives the worker).
-                            "request_timeout": seconds(
-                                listener.request_timeout_s + longest_wait + EXT_PROC_MARGIN_S
-                            ),
-                            "request_headers_timeout": "10s",
-                            "drain_timeout": seconds(max(1.0, listener.drain_grace_s)),
-                            "common_http_protocol_options": {
-                                "idle_timeout": "300s",
-                                "headers_with_underscores_action": "REJECT_REQUEST",
-                            },
-                            # HTTP/1.0 clients (ApacheBench, old proxies) are served too:
-                            # Envoy ends a stream by closing the connection.
-                            "http_protocol_options": {
-                                "accept_http_10": True,
-                                "default_host_for_http_10": "fairlane",
-                            },
-                            "http2_protocol_options": {
-                                "max_concurrent_streams": MAX_STREAMS_PER_CONNECTION
-                            },
-                            "access_log": [file_access_log(run_dir), grpc_access_log()],
-                            "local_reply_config": local_replies(policy),
-                            "route_config": routes(policy),
-                            "http_filters": http_filters(longest_wait, listener.max_body_bytes),
-                        },
-                    }
-                ]
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": T + "envoy.extensions.filters.network.http_connection_manager."
+                    "v3.HttpConnectionManager",
+                    "stat_prefix": "fairlane",
+                    "codec_type": "AUTO",
+                    # Envoy's edge defaults: routes see /v1/models/../../status as
+                    # /status, and //v1/... as /v1/...
+                    "normalize_path": True,
+                    "merge_slashes": True,
+                    # The client gets the id the access log records (the OpenAI
+                    # SDK shows it as `_request_id`): one grep finds its request.
+                    "always_set_request_id_in_response": True,
+                    "stream_idle_timeout": seconds(listener.stream_idle_timeout_s),
+                    # Envoy's clock runs until the request is sent to the engine,
+                    # so it also spans the wait in Fairlane's queue (and the
+                    # margin the ext_proc filter gives the worker).
+                    "request_timeout": seconds(
+                        listener.request_timeout_s + longest_wait + EXT_PROC_MARGIN_S
+                    ),
+                    "request_headers_timeout": "10s",
+                    "drain_timeout": seconds(max(1.0, listener.drain_grace_s)),
+                    "common_http_protocol_options": {
+                        "idle_timeout": "300s",
+                        "headers_with_underscores_action": "REJECT_REQUEST",
+                    },
+                    # HTTP/1.0 clients (ApacheBench, old proxies) are served too:
+                    # Envoy ends a stream by closing the connection.
+                    "http_protocol_options": {
+                        "accept_http_10": True,
+                        "default_host_for_http_10": "fairlane",
+                    },
+                    "http2_protocol_options": {
+                        "max_concurrent_streams": MAX_STREAMS_PER_CONNECTION
+                    },
+                    "access_log": [file_access_log(run_dir), grpc_access_log()],
+                    "local_reply_config": local_replies(policy),
+                    "route_config": routes(policy),
+                    "http_filters": http_filters(longest_wait, listener.max_body_bytes),
+                },
             }
-        ],
+        ]
     }
 
 

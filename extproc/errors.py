@@ -25,6 +25,7 @@ class Reason(Enum):
     MISSING_TENANT = (400, "invalid_request_error", "missing_tenant")
     INVALID_TENANT = (400, "invalid_request_error", "invalid_tenant")
     UPGRADE_NOT_SUPPORTED = (400, "invalid_request_error", "upgrade_not_supported")
+    HTTPS_REQUIRED = (400, "invalid_request_error", "https_required")
     UNSUPPORTED_PARAMETER = (400, "invalid_request_error", "unsupported_parameter")
     TOO_MANY_SEQUENCES = (400, "invalid_request_error", "too_many_sequences")
     INVALID_API_KEY = (401, "authentication_error", "invalid_api_key")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fairlane.certificates import pair_problems
 from fairlane.engine_config import EngineConfig
 from fairlane.policy_file import PolicyError, load_policy
 from fairlane.ports import bind_error
@@ -97,6 +98,11 @@ def run_doctor(config: Path | None) -> int:
             free = bind_error(host, port) is None
             _line(OK if free else MISSING, f"port {port} ({name})", "free" if free else "in use")
             problems += 0 if free else 1
+        if lst.tls is not None:
+            tls_problems = pair_problems(lst.tls)
+            detail = "; ".join(tls_problems) or f"{lst.tls.cert_file} loads with its key"
+            _line(MISSING if tls_problems else OK, "https certificate", detail)
+            problems += 1 if tls_problems else 0
         kinds = {e.kind for e in policy.engines.values()}
         for name, engine in policy.engines.items():
             if _step_budget_unset(engine):

@@ -20,6 +20,14 @@ SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 ORIGIN = re.compile(r"^(\*|https?://[^/\s]+)$")  # scheme://host[:port], no path; * is any
 
 
+class TlsConfig(Strict):
+    """HTTPS on the API port: a PEM certificate chain and its private key, which Envoy
+    reads again when they are replaced (fairlane/tls.py)."""
+
+    cert_file: str = Field(min_length=1)
+    key_file: str = Field(min_length=1)
+
+
 class ListenerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -38,6 +46,9 @@ class ListenerConfig(Strict):
     # Browser pages from these origins may call the API (CORS). None by default: a page
     # on another origin cannot then send a tenant header or key (vLLM allows any: "*").
     cors_allow_origins: tuple[str, ...] = ()
+    # HTTPS instead of plain HTTP on `port` (HTTP/2 offered by ALPN): without it, keys
+    # and prompts cross the network in the clear once `host` is not loopback.
+    tls: TlsConfig | None = None
 
     @field_validator("cors_allow_origins")
     @classmethod

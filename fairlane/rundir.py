@@ -20,6 +20,12 @@ class RunDir:
         return self.root / "cds" / "cds.json"
 
     @property
+    def tls_secret(self) -> Path:
+        """The listener's certificate (SDS), in a directory of its own like ``cds``,
+        private to this user (``fairlane.certificates``)."""
+        return self.root / "sds" / "tls.json"
+
+    @property
     def engine_states(self) -> Path:
         return self.root / "engines.json"
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
+from fairlane.certificates import ListenerCertificate, pair_problems
 from fairlane.engine_keys import engine_keys
 from fairlane.engines.process import ManagedProcess
 from fairlane.engines.supervisor import EngineSupervisor
@@ -81,6 +82,9 @@ class Server:
         )
         self._stop = asyncio.Event()
         self._pending_policy: Policy | None = None
+        # The running listener's; a new tls section applies on restart, as the rest.
+        tls = policy.listener.tls
+        self.certificate = None if tls is None else ListenerCertificate(tls, run_dir.tls_secret)
 
     def _on_policy(self, policy: Policy) -> None:
         # The worker watches the file too, but on its own second: told to look now, it
@@ -99,6 +103,8 @@ class Server:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._forward_reload)
         self.run_dir.create()
+        if self.certificate is not None and not self.certificate.refresh():
+            return 1  # the pair changed since preflight and no longer loads (logged)
         self.run_dir.pid_file.write_text(str(os.getpid()))
         write_json_atomically(self.run_dir.bootstrap, render_bootstrap(self.policy, self.run_dir))
         exit_code = 0
@@ -143,10 +149,14 @@ class Server:
     def _forward_reload(self) -> None:
         self.watcher.request_reload()
         self.worker.send_signal(signal.SIGHUP)
+        if self.certificate is not None:
+            self.certificate.refresh(force=True)
 
     async def _tend(self) -> None:
         for child in (self.worker, self.envoy):
             await child.tend()
+        if self.certificate is not None:
+            self.certificate.refresh()
         if self._pending_policy is not None:
             policy, self._pending_policy = self._pending_policy, None
             await self.engines.apply(policy)
@@ -178,7 +188,8 @@ class Server:
                     break
                 await asyncio.sleep(0.2)
             host = "127.0.0.1" if listener.host in ("0.0.0.0", "::") else listener.host
-            base = f"http://{host}:{listener.port}"
+            scheme = "http" if listener.tls is None else "https"
+            base = f"{scheme}://{host}:{listener.port}"
             print(
                 f"Fairlane is up: OpenAI API at {base}/v1 (health {base}/health, "
                 f"Envoy admin {admin})",
@@ -197,7 +208,9 @@ class Server:
 
 async def _get_status(session: aiohttp.ClientSession, url: str) -> int:
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+        # Its own listener, by address: a certificate names the host, not 127.0.0.1.
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with session.get(url, timeout=timeout, ssl=False) as resp:
             return resp.status
     except (aiohttp.ClientError, TimeoutError, OSError):
         return 0
@@ -225,6 +238,8 @@ def preflight(policy: Policy, run_dir: RunDir) -> list[str]:
     except PolicyError as exc:
         problems += exc.problems
     listener = policy.listener
+    if listener.tls is not None:
+        problems += pair_problems(listener.tls)
     for what, host, port in (
         ("listener.port", listener.host, listener.port),
         ("listener.admin_port", listener.admin_host, listener.admin_port),

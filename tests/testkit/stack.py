@@ -31,7 +31,7 @@ class Stack:
         listener.setdefault("control_port", free_port())
         self.policy = policy
         self.port = listener["port"]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if listener.get('tls') else 'http'}://127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{listener['admin_port']}"
         self.control = f"http://127.0.0.1:{listener['control_port']}"
         self.run_dir = tmp / "run"
@@ -62,15 +62,21 @@ class Stack:
         tmp.replace(self.policy_path)
 
     def wait_healthy(self, timeout_s: float = 60.0, status: int = 200) -> None:
+        import ssl
         import urllib.error
         import urllib.request
 
+        unverified = ssl.create_default_context()  # an HTTPS stack's test certificate
+        unverified.check_hostname = False
+        unverified.verify_mode = ssl.CERT_NONE
         deadline = time.monotonic() + timeout_s
         last: object = None
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"serve exited: {self.logs()}"
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+                with urllib.request.urlopen(
+                    f"{self.url}/health", timeout=2, context=unverified
+                ) as resp:
                     last = resp.status
             except urllib.error.HTTPError as exc:
                 last = exc.code

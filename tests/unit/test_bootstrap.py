@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,8 @@ from fairlane.envoy.bootstrap import render_bootstrap, render_cds, write_json_at
 from fairlane.policy import ListenerConfig
 from fairlane.policy_file import load_policy
 from fairlane.rundir import RunDir
-from fairlane.serve import envoy_binary
+
+from testkit.envoy_config import validate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,20 +24,7 @@ def test_quickstart_bootstrap_validates_with_envoy(tmp_path: Path) -> None:
     policy = load_policy(ROOT / "configs" / "quickstart.yaml")
     write_json_atomically(run_dir.bootstrap, render_bootstrap(policy, run_dir))
     write_json_atomically(run_dir.cds, render_cds({"sim-a100": ("127.0.0.1", 1)}, 1))
-    result = subprocess.run(
-        [
-            envoy_binary(),
-            "--mode",
-            "validate",
-            "-c",
-            str(run_dir.bootstrap),
-            "--disable-hot-restart",
-            "--use-dynamic-base-id",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = validate(run_dir.bootstrap)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -1,0 +1,120 @@
+"""HTTPS on the API port: Envoy's TLS settings.
+
+Envoy reads the certificate and key from a file-based secret (SDS) in the run directory,
+not from the bootstrap, so that a renewed pair is served without a restart: Fairlane
+rewrites the secret (``fairlane.certificates``) and Envoy, watching its directory, takes
+it for new connections; those made before keep theirs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fairlane.envoy.common import T, header
+from fairlane.extproc.errors import Reason, error_body
+
+SECRET_NAME = "fairlane_listener_tls"
+_TLS = T + "envoy.extensions.transport_sockets.tls.v3."
+HTTPS_REQUIRED = "This port serves HTTPS: send the request to https://, not http://."
+
+# Tells a TLS ClientHello from plain text, so each finds its filter chain.
+TLS_INSPECTOR = {
+    "name": "envoy.filters.listener.tls_inspector",
+    "typed_config": {
+        "@type": T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+    },
+}
+
+
+def transport_socket(secret_file: Path) -> dict[str, Any]:
+    """The listener's TLS, its certificate from ``secret_file`` (HTTP/2 offered first)."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _TLS + "DownstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificate_sds_secret_configs": [
+                    {
+                        "name": SECRET_NAME,
+                        "sds_config": {
+                            "resource_api_version": "V3",
+                            "path_config_source": {
+                                "path": str(secret_file),
+                                "watched_directory": {"path": str(secret_file.parent)},
+                            },
+                        },
+                    }
+                ],
+            },
+        },
+    }
+
+
+def plaintext_refusal() -> dict[str, Any]:
+    """The filter chain of a plain HTTP request to the HTTPS port: an answer that says
+    so (as nginx does), not a connection closed without a word."""
+    return {
+        "filters": [
+            {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": T + "envoy.extensions.filters.network.http_connection_manager."
+                    "v3.HttpConnectionManager",
+                    "stat_prefix": "fairlane_plaintext",
+                    "codec_type": "AUTO",
+                    "request_headers_timeout": "10s",
+                    "route_config": {
+                        "virtual_hosts": [
+                            {
+                                "name": "plaintext",
+                                "domains": ["*"],
+                                "routes": [
+                                    {
+                                        "match": {"prefix": "/"},
+                                        "direct_response": {
+                                            "status": Reason.HTTPS_REQUIRED.status,
+                                            "body": {"inline_string": _refusal_body()},
+                                        },
+                                        "response_headers_to_add": [
+                                            header("content-type", "application/json")
+                                        ],
+                                    }
+                                ],
+                            }
+                        ]
+                    },
+                    "http_filters": [
+                        {
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {
+                                "@type": T + "envoy.extensions.filters.http.router.v3.Router"
+                            },
+                        }
+                    ],
+                },
+            }
+        ]
+    }
+
+
+def _refusal_body() -> str:
+    return error_body(Reason.HTTPS_REQUIRED, HTTPS_REQUIRED).decode()
+
+
+def render_secret(cert_pem: str, key_pem: str) -> dict[str, Any]:
+    """The SDS file: the pair itself, so that new contents are a new secret to Envoy
+    (it ignores a rewrite that names the same files, whatever they hold now)."""
+    return {
+        "resources": [
+            {
+                "@type": _TLS + "Secret",
+                "name": SECRET_NAME,
+                "tls_certificate": {
+                    "certificate_chain": {"inline_string": cert_pem},
+                    "private_key": {"inline_string": key_pem},
+                },
+            }
+        ]
+    }
