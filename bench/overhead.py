@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fairlane.bench.certificate import self_signed
 from fairlane.bench.cpu import CpuSnapshot
 from fairlane.bench.loadgen import Client, Workload, closed_loop
 from fairlane.bench.plain_envoy import start_plain_envoy
@@ -36,6 +37,7 @@ from fairlane.bench.stack import (
 from fairlane.bench.stats import difference, fmt, lag_ok, per_unit, ratio, summarize
 
 ARMS = ("direct", "envoy", "fairlane")
+HTTPS_ARM = "fairlane-https"  # with --https
 MODEL = "bench-model"
 TENANT = "bench"
 THROUGHPUT_TARGET = 0.99
@@ -54,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="measured s per cell and arm")
     parser.add_argument("--slices", type=int, default=4, help="interleaving rounds per cell")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured s per slice")
+    parser.add_argument(
+        "--https",
+        action="store_true",
+        help="add a fairlane-https arm: a second stack serving HTTPS (listener.tls, a "
+        "self-signed certificate made with openssl), to measure what TLS adds",
+    )
     parser.add_argument("--prompt-words", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=32)
     add_realtime_argument(parser)
@@ -104,32 +112,52 @@ async def _phase(
 ) -> None:
     sim_port, envoy_port, envoy_admin, port, admin, control = free_ports(6)
     servers: list[Server] = []
-    stack: FairlaneStack | None = None
+    stacks: list[FairlaneStack] = []
+    arms = (*ARMS, HTTPS_ARM) if args.https else ARMS
     try:
         sim = await start_sim(preset, sim_port, MODEL, work)
         servers.append(sim)
         plain = await start_plain_envoy(envoy_port, envoy_admin, sim_port, work)
         servers.append(plain)
         policy = write_policy(work, _policy(port, admin, control, sim_port), f"{preset}.yaml")
-        stack = FairlaneStack(policy, work / f"run-{preset}", port)
-        await stack.start()
-        pids = {"engine": sim.pid, "plain-envoy": plain.pid, **stack.pids()}
+        stacks.append(FairlaneStack(policy, work / f"run-{preset}", port))
+        await stacks[0].start()
+        pids = {"engine": sim.pid, "plain-envoy": plain.pid, **stacks[0].pids()}
+        urls = {
+            "direct": f"http://127.0.0.1:{sim_port}",
+            "envoy": f"http://127.0.0.1:{envoy_port}",
+            "fairlane": stacks[0].url,
+        }
+        if args.https:
+            stacks.append(await _https_stack(preset, sim_port, work))
+            urls[HTTPS_ARM] = stacks[1].url
+            pids |= {f"{role}-https": pid for role, pid in stacks[1].pids().items()}
         idle = await _idle_rates(pids, IDLE_SAMPLE_S)
-        ports = {"direct": sim_port, "envoy": envoy_port, "fairlane": port}
         for concurrency in args.concurrency:
             for round_ in range(args.slices):
-                for arm in ARMS[round_ % 3 :] + ARMS[: round_ % 3]:
+                turn = round_ % len(arms)
+                for arm in arms[turn:] + arms[:turn]:
                     cell = cells.setdefault((preset, concurrency, arm), Cell())
                     cell.idle_cpu_s_per_s = idle
-                    workload = Workload(
-                        f"http://127.0.0.1:{ports[arm]}", MODEL, args.prompt_words, args.max_tokens
-                    )
+                    workload = Workload(urls[arm], MODEL, args.prompt_words, args.max_tokens)
                     await _slice(cell, workload, concurrency, pids, args)
     finally:
-        if stack is not None:
+        for stack in stacks:
             await stack.stop()
         for server in reversed(servers):
             await server.stop()
+
+
+async def _https_stack(preset: str, sim_port: int, work: Path) -> FairlaneStack:
+    """The same stack serving HTTPS, beside the first (the arms take turns)."""
+    port, admin, control = free_ports(3)
+    cert, key = self_signed(work)
+    document = _policy(port, admin, control, sim_port)
+    document["listener"]["tls"] = {"cert_file": str(cert), "key_file": str(key)}
+    policy = write_policy(work, document, f"{preset}-https.yaml")
+    stack = FairlaneStack(policy, work / f"run-{preset}-https", port, scheme="https")
+    await stack.start()
+    return stack
 
 
 async def _slice(
@@ -207,8 +235,9 @@ def _cpu_per_request(arm: str, cell: Cell) -> dict[str, float | None]:
     roles = {"engine": "engine"}
     if arm == "envoy":
         roles["envoy"] = "plain-envoy"
-    if arm == "fairlane":
-        roles |= {"envoy": "envoy", "worker": "worker", "serve": "serve"}
+    if arm in ("fairlane", HTTPS_ARM):
+        suffix = "-https" if arm == HTTPS_ARM else ""
+        roles |= {name: name + suffix for name in ("envoy", "worker", "serve")}
     wall = cell.cpu_s["wall"]
     out = {
         name: per_unit(
