@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fairlane.engine_config import is_ip_address
 from fairlane.envoy.access_logs import file_access_log, grpc_access_log
 from fairlane.envoy.common import (
     CONTROL_CLUSTER,
@@ -107,7 +108,7 @@ def render_cds(endpoints: dict[str, tuple[str, int] | None], version: int) -> di
             {
                 "@type": T + "envoy.config.cluster.v3.Cluster",
                 "name": name,
-                "type": "STATIC",
+                **_discovery(None if address is None else address[0]),
                 "connect_timeout": "2s",
                 "load_assignment": load_assignment(name, hosts),
                 "circuit_breakers": unlimited_breakers(),
@@ -124,6 +125,16 @@ def render_cds(endpoints: dict[str, tuple[str, int] | None], version: int) -> di
             }
         )
     return {"version_info": str(version), "resources": clusters}
+
+
+def _discovery(host: str | None) -> dict[str, Any]:
+    """An engine at an IP address is a STATIC endpoint; one named by a host name (a
+    compose service such as ``http://vllm:8000``, ``localhost``) is looked up by Envoy,
+    which refuses the name as a STATIC address. LOGICAL_DNS: one engine, so one address
+    at a time (the first the name gives), IPv4 first as vLLM listens on 0.0.0.0."""
+    if host is None or is_ip_address(host):
+        return {"type": "STATIC"}
+    return {"type": "LOGICAL_DNS", "dns_lookup_family": "V4_PREFERRED"}
 
 
 def write_json_atomically(path: Path, document: dict[str, Any]) -> None:

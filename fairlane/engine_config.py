@@ -180,7 +180,7 @@ class EngineConfig(Strict):
             if not self.inject_priority:
                 raise ValueError("announce needs inject_priority: it announces priorities")
             host = urlsplit(self.url or "").hostname or ""
-            if not _is_ip_address(host):
+            if not is_ip_address(host):
                 raise ValueError(
                     f"announce: the url's host {host!r} must be an IP address (no name "
                     "lookups on the request path)"
@@ -207,7 +207,7 @@ class EngineConfig(Strict):
         return self
 
 
-def _is_ip_address(host: str) -> bool:
+def is_ip_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -66,9 +66,10 @@ def data_path_policy() -> dict[str, Any]:
                 "linger_s": 0,  # each test's tenant alone in the pool
             },
             # The same simulator as an external engine: it gets the priority in the body.
+            # By a host name, which Envoy looks up (a compose service's, say).
             "prio-external": {
                 "kind": "external",
-                "url": f"http://127.0.0.1:{prio_port}",
+                "url": f"http://localhost:{prio_port}",
                 "models": ["model-q"],
                 "inject_priority": True,
                 "linger_s": 0,

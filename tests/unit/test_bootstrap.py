@@ -50,6 +50,29 @@ def test_cds_has_no_endpoint_for_unhealthy_engines(tmp_path: Path) -> None:
     assert not list(path.parent.glob("*.tmp"))
 
 
+def test_an_engine_named_by_a_host_name_is_looked_up_by_envoy(tmp_path: Path) -> None:
+    """Envoy refuses a name as a STATIC address ("malformed IP address"), and with it the
+    engine's cluster: a compose service (`http://vllm:8000`) was never reachable."""
+    doc = render_cds(
+        {"ip": ("10.0.0.7", 8000), "v6": ("::1", 8000), "named": ("vllm", 8000), "down": None},
+        1,
+    )
+    types = {c["name"]: c["type"] for c in doc["resources"]}
+    assert types == {
+        "engine_ip": "STATIC",
+        "engine_v6": "STATIC",
+        "engine_named": "LOGICAL_DNS",
+        "engine_down": "STATIC",
+    }
+    run_dir = RunDir(tmp_path)
+    run_dir.create()
+    policy = load_policy(ROOT / "configs" / "quickstart.yaml")
+    write_json_atomically(run_dir.bootstrap, render_bootstrap(policy, run_dir))
+    write_json_atomically(run_dir.cds, doc)
+    result = validate(run_dir.bootstrap)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(
     ("admin_host", "url"),
     [
