@@ -31,7 +31,12 @@ from fairlane.envoy.common import (
 from fairlane.envoy.http_filters import EXT_PROC_MARGIN_S, http_filters
 from fairlane.envoy.local_replies import local_replies
 from fairlane.envoy.routes import routes
-from fairlane.envoy.tls import TLS_INSPECTOR, plaintext_refusal, transport_socket
+from fairlane.envoy.tls import (
+    TLS_HANDSHAKE_TIMEOUT,
+    TLS_INSPECTOR,
+    plaintext_refusal,
+    transport_socket,
+)
 from fairlane.policy import Policy
 from fairlane.rundir import RunDir
 
@@ -152,6 +157,8 @@ def _listener(policy: Policy, run_dir: RunDir, longest_wait: float) -> dict[str,
     if listener.tls is not None:
         chain["transport_socket"] = transport_socket(run_dir.tls_secret)
         chain["filter_chain_match"] = {"transport_protocol": "tls"}
+        # A handshake left unfinished would hold its connection for ever.
+        chain["transport_socket_connect_timeout"] = TLS_HANDSHAKE_TIMEOUT
         chains.append(plaintext_refusal())
         listener_filters.append(TLS_INSPECTOR)
     return {

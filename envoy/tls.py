@@ -18,6 +18,7 @@ SECRET_NAME = "fairlane_listener_tls"
 _TLS = T + "envoy.extensions.transport_sockets.tls.v3."
 HTTPS_REQUIRED = "This port serves HTTPS: send the request to https://, not http://."
 
+TLS_HANDSHAKE_TIMEOUT = "10s"  # as request_headers_timeout: a client that stalls is cut
 # Tells a TLS ClientHello from plain text, so each finds its filter chain.
 TLS_INSPECTOR = {
     "name": "envoy.filters.listener.tls_inspector",

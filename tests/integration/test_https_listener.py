@@ -5,6 +5,7 @@ serve refusing a pair that does not load."""
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -133,3 +134,21 @@ def test_serve_refuses_a_key_that_is_not_the_certificates(
         f"fairlane: listener.tls.key_file {directory / 'key.pem'} is not the key of the "
         f"certificate in {tmp_path / 'cert.pem'}"
     ) in other.logs()
+
+
+def test_a_handshake_left_unfinished_is_cut(stack: Any) -> None:
+    """A ClientHello, then silence: the connection is closed after 10 s, not held."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    handshake = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        handshake.do_handshake()
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=30) as conn:
+        conn.sendall(outgoing.read())
+        started = time.monotonic()
+        while conn.recv(65536):  # the server's hello, then the close
+            pass
+        held = time.monotonic() - started
+    assert 9 < held < 15
