@@ -153,14 +153,18 @@ def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
 def _listener(policy: Policy, run_dir: RunDir, longest_wait: float) -> dict[str, Any]:
     listener = policy.listener
     chain = _filter_chain(policy, run_dir, longest_wait)
-    chains, listener_filters = [chain], []
+    # A listener filter waits for the connection's first bytes, and closes it if none
+    # come within listener_filters_timeout (15 s): otherwise a connection that never
+    # sends a byte is held for the idle timeout (300 s), and 20,000 of them (the
+    # connection limit) would shut everyone out for that long.
+    chains, listener_filters = [chain], [HTTP_INSPECTOR]
     if listener.tls is not None:
         chain["transport_socket"] = transport_socket(run_dir.tls_secret)
         chain["filter_chain_match"] = {"transport_protocol": "tls"}
         # A handshake left unfinished would hold its connection for ever.
         chain["transport_socket_connect_timeout"] = TLS_HANDSHAKE_TIMEOUT
         chains.append(plaintext_refusal())
-        listener_filters.append(TLS_INSPECTOR)
+        listener_filters = [TLS_INSPECTOR]
     return {
         "name": "fairlane_openai",
         "address": socket_address(listener.host, listener.port),
@@ -171,6 +175,14 @@ def _listener(policy: Policy, run_dir: RunDir, longest_wait: float) -> dict[str,
         "listener_filters": listener_filters,
         "filter_chains": chains,
     }
+
+
+HTTP_INSPECTOR = {
+    "name": "envoy.filters.listener.http_inspector",
+    "typed_config": {
+        "@type": T + "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
+    },
+}
 
 
 def _filter_chain(policy: Policy, run_dir: RunDir, longest_wait: float) -> dict[str, Any]:

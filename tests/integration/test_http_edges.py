@@ -150,3 +150,13 @@ def test_a_request_trickled_in_is_cut_with_408(stack_factory: Any) -> None:
     assert json.loads(payload)["error"]["code"] == "request_timeout"
     assert 1 <= waited < 1 + 3 + 5 + 3, waited
     assert exchange(slow.port, request, "POST").status == 200  # sent at once: served
+
+
+def test_a_connection_that_sends_nothing_is_closed(stack: Any) -> None:
+    """Without a bound it was held for the idle timeout (300 s): 20,000 such sockets,
+    Envoy's connection limit, would have kept every other client out for that long."""
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=30) as sock:
+        start = time.monotonic()
+        assert sock.recv(1) == b""  # closed by Envoy, not by our timeout
+        held = time.monotonic() - start
+    assert 14 < held < 20, held
