@@ -18,6 +18,7 @@ from fairlane.rundir import RunDir
 from fairlane.worker import Worker
 
 from testkit.deployment import ROOT, dockerfile_instructions
+from testkit.envoy_config import validate
 
 DASHBOARD = ROOT / "deploy/grafana/dashboards/fairlane.json"
 
@@ -156,3 +157,9 @@ def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
         assert ignored(path), path
     for path in ("fairlane/cli.py", "extproc/gateway.py", "configs/docker.yaml"):
         assert not ignored(path), path
+
+
+def test_the_load_balancer_config_validates_with_envoy() -> None:
+    """deploy/lb/envoy.yaml runs in the scale profile only, where no test starts it."""
+    result = validate(ROOT / "deploy/lb/envoy.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
