@@ -23,6 +23,7 @@ from fairlane.envoy.common import (
     WORKER_CLUSTER,
     T,
     engine_cluster_name,
+    http_filter_chain,
     load_assignment,
     seconds,
     socket_address,
@@ -187,52 +188,42 @@ HTTP_INSPECTOR = {
 
 def _filter_chain(policy: Policy, run_dir: RunDir, longest_wait: float) -> dict[str, Any]:
     listener = policy.listener
-    return {
-        "filters": [
-            {
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": {
-                    "@type": T + "envoy.extensions.filters.network.http_connection_manager."
-                    "v3.HttpConnectionManager",
-                    "stat_prefix": "fairlane",
-                    "codec_type": "AUTO",
-                    # Envoy's edge defaults: routes see /v1/models/../../status as
-                    # /status, and //v1/... as /v1/...
-                    "normalize_path": True,
-                    "merge_slashes": True,
-                    # The client gets the id the access log records (the OpenAI
-                    # SDK shows it as `_request_id`): one grep finds its request.
-                    "always_set_request_id_in_response": True,
-                    "stream_idle_timeout": seconds(listener.stream_idle_timeout_s),
-                    # Envoy's clock runs until the request is sent to the engine,
-                    # so it also spans the wait in Fairlane's queue (and the
-                    # margin the ext_proc filter gives the worker).
-                    "request_timeout": seconds(
-                        listener.request_timeout_s + longest_wait + EXT_PROC_MARGIN_S
-                    ),
-                    "request_headers_timeout": "10s",
-                    "drain_timeout": seconds(max(1.0, listener.drain_grace_s)),
-                    "common_http_protocol_options": {
-                        "idle_timeout": "300s",
-                        "headers_with_underscores_action": "REJECT_REQUEST",
-                    },
-                    # HTTP/1.0 clients (ApacheBench, old proxies) are served too:
-                    # Envoy ends a stream by closing the connection.
-                    "http_protocol_options": {
-                        "accept_http_10": True,
-                        "default_host_for_http_10": "fairlane",
-                    },
-                    "http2_protocol_options": {
-                        "max_concurrent_streams": MAX_STREAMS_PER_CONNECTION
-                    },
-                    "access_log": [file_access_log(run_dir), grpc_access_log()],
-                    "local_reply_config": local_replies(policy),
-                    "route_config": routes(policy),
-                    "http_filters": http_filters(longest_wait, listener.max_body_bytes),
-                },
-            }
-        ]
-    }
+    return http_filter_chain(
+        {
+            "stat_prefix": "fairlane",
+            # Envoy's edge defaults: routes see /v1/models/../../status as
+            # /status, and //v1/... as /v1/...
+            "normalize_path": True,
+            "merge_slashes": True,
+            # The client gets the id the access log records (the OpenAI
+            # SDK shows it as `_request_id`): one grep finds its request.
+            "always_set_request_id_in_response": True,
+            "stream_idle_timeout": seconds(listener.stream_idle_timeout_s),
+            # Envoy's clock runs until the request is sent to the engine,
+            # so it also spans the wait in Fairlane's queue (and the
+            # margin the ext_proc filter gives the worker).
+            "request_timeout": seconds(
+                listener.request_timeout_s + longest_wait + EXT_PROC_MARGIN_S
+            ),
+            "request_headers_timeout": "10s",
+            "drain_timeout": seconds(max(1.0, listener.drain_grace_s)),
+            "common_http_protocol_options": {
+                "idle_timeout": "300s",
+                "headers_with_underscores_action": "REJECT_REQUEST",
+            },
+            # HTTP/1.0 clients (ApacheBench, old proxies) are served too:
+            # Envoy ends a stream by closing the connection.
+            "http_protocol_options": {
+                "accept_http_10": True,
+                "default_host_for_http_10": "fairlane",
+            },
+            "http2_protocol_options": {"max_concurrent_streams": MAX_STREAMS_PER_CONNECTION},
+            "access_log": [file_access_log(run_dir), grpc_access_log()],
+            "local_reply_config": local_replies(policy),
+            "route_config": routes(policy),
+            "http_filters": http_filters(longest_wait, listener.max_body_bytes),
+        }
+    )
 
 
 def _http2_options() -> dict[str, Any]:

@@ -109,3 +109,27 @@ def header(key: str, value: str) -> dict[str, Any]:
 
 def seconds(value: float) -> str:
     return f"{value:.3f}s"
+
+
+ROUTER_FILTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": T + "envoy.extensions.filters.http.router.v3.Router"},
+}
+
+
+def http_filter_chain(settings: dict[str, Any]) -> dict[str, Any]:
+    """A filter chain of one HTTP connection manager (HTTP/1 or HTTP/2, as the client
+    speaks) with these settings."""
+    return {
+        "filters": [
+            {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": T + "envoy.extensions.filters.network.http_connection_manager."
+                    "v3.HttpConnectionManager",
+                    "codec_type": "AUTO",
+                    **settings,
+                },
+            }
+        ]
+    }

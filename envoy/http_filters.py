@@ -12,6 +12,7 @@ from fairlane.envoy.common import (
     DECISION_NAMESPACE,
     DECOMPRESSORS,
     REQUEST_ID_HEADER,
+    ROUTER_FILTER,
     UNSET_RUNTIME_KEY,
     WORKER_CLUSTER,
     T,
@@ -133,10 +134,7 @@ def http_filters(longest_wait: float, max_body_bytes: int) -> list[dict[str, Any
             },
         },
         _lua("envoy.filters.http.lua", "usage.lua"),
-        {
-            "name": "envoy.filters.http.router",
-            "typed_config": {"@type": T + "envoy.extensions.filters.http.router.v3.Router"},
-        },
+        ROUTER_FILTER,
     ]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fairlane.envoy.common import T, header
+from fairlane.envoy.common import ROUTER_FILTER, T, header, http_filter_chain
 from fairlane.extproc.errors import Reason, error_body
 
 SECRET_NAME = "fairlane_listener_tls"
@@ -56,48 +56,24 @@ def transport_socket(secret_file: Path) -> dict[str, Any]:
 def plaintext_refusal() -> dict[str, Any]:
     """The filter chain of a plain HTTP request to the HTTPS port: an answer that says
     so (as nginx does), not a connection closed without a word."""
-    return {
-        "filters": [
-            {
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": {
-                    "@type": T + "envoy.extensions.filters.network.http_connection_manager."
-                    "v3.HttpConnectionManager",
-                    "stat_prefix": "fairlane_plaintext",
-                    "codec_type": "AUTO",
-                    "request_headers_timeout": "10s",
-                    "route_config": {
-                        "virtual_hosts": [
-                            {
-                                "name": "plaintext",
-                                "domains": ["*"],
-                                "routes": [
-                                    {
-                                        "match": {"prefix": "/"},
-                                        "direct_response": {
-                                            "status": Reason.HTTPS_REQUIRED.status,
-                                            "body": {"inline_string": _refusal_body()},
-                                        },
-                                        "response_headers_to_add": [
-                                            header("content-type", "application/json")
-                                        ],
-                                    }
-                                ],
-                            }
-                        ]
-                    },
-                    "http_filters": [
-                        {
-                            "name": "envoy.filters.http.router",
-                            "typed_config": {
-                                "@type": T + "envoy.extensions.filters.http.router.v3.Router"
-                            },
-                        }
-                    ],
-                },
-            }
-        ]
+    refusal = {
+        "match": {"prefix": "/"},
+        "direct_response": {
+            "status": Reason.HTTPS_REQUIRED.status,
+            "body": {"inline_string": _refusal_body()},
+        },
+        "response_headers_to_add": [header("content-type", "application/json")],
     }
+    return http_filter_chain(
+        {
+            "stat_prefix": "fairlane_plaintext",
+            "request_headers_timeout": "10s",
+            "route_config": {
+                "virtual_hosts": [{"name": "plaintext", "domains": ["*"], "routes": [refusal]}]
+            },
+            "http_filters": [ROUTER_FILTER],
+        }
+    )
 
 
 def _refusal_body() -> str:
