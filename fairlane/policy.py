@@ -21,8 +21,8 @@ ORIGIN = re.compile(r"^(\*|https?://[^/\s]+)$")  # scheme://host[:port], no path
 
 
 class TlsConfig(Strict):
-    """HTTPS on the API port: a PEM certificate chain and its private key, which Envoy
-    reads again when they are replaced (fairlane/tls.py)."""
+    """HTTPS on the API port: a PEM certificate chain and its private key, handed to
+    Envoy again when they are replaced (fairlane/certificates.py)."""
 
     cert_file: str = Field(min_length=1)
     key_file: str = Field(min_length=1)
