@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ssl as ssl_module
 
 import aiohttp
 
@@ -11,16 +12,22 @@ class Health(enum.Enum):
     OK = "ok"  # 200
     FAILING = "failing"  # a clear no: an error status, or nothing listening
     SILENT = "silent"  # no answer in time: hung, or only busy
+    UNTRUSTED = "untrusted"  # an https engine whose certificate did not verify: a no too
 
 
 async def probe(
-    session: aiohttp.ClientSession, host: str, port: int, path: str, timeout_s: float
+    session: aiohttp.ClientSession,
+    url: str,
+    timeout_s: float,
+    ssl: ssl_module.SSLContext | bool = True,
 ) -> Health:
-    url = f"http://{host}:{port}{path}"
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        async with session.get(url, timeout=timeout, ssl=ssl) as resp:
             return Health.OK if resp.status == 200 else Health.FAILING
     except TimeoutError:
         return Health.SILENT
+    except aiohttp.ClientConnectorCertificateError:
+        return Health.UNTRUSTED
     except (aiohttp.ClientError, OSError):
         return Health.FAILING

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from fairlane.engines.run import EngineRun
+from fairlane.engines.upstream_tls import ca_bundle
 from fairlane.envoy.admin import wait_for_cds
 from fairlane.envoy.bootstrap import render_cds, write_json_atomically
 from fairlane.rundir import RunDir
@@ -37,7 +38,12 @@ class StatePublisher:
                 for name, run in engines.items()
             }
             states = _states_document(engines, version)
-            write_json_atomically(self.run_dir.cds, render_cds(endpoints, version))
+            tls = {
+                name: (run.spec.host, bundle)
+                for name, run in engines.items()
+                if run.spec.config.https and (bundle := ca_bundle(run.spec.config))
+            }
+            write_json_atomically(self.run_dir.cds, render_cds(endpoints, version, tls))
             await wait_for_cds(self.envoy_admin, version, CDS_APPLY_TIMEOUT_S)
             write_json_atomically(self.run_dir.engine_states, states)
 

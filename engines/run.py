@@ -22,6 +22,7 @@ class EngineRun:
     started_at: float = 0.0
     failures: int = 0  # clear probe failures in a row (error status, refused)
     silent_since: float | None = None  # first of the unanswered probes in a row
+    untrusted: bool = False  # its last probe failed the certificate check (logged once)
     probe: asyncio.Task[Health] | None = None  # out, not answered yet
     loads: int = 0
     evictions: int = 0

@@ -27,6 +27,12 @@ class EngineSpec:
     health_path: str = "/health"
 
     @property
+    def base_url(self) -> str:
+        """Where Fairlane's own requests reach it (health, metrics)."""
+        scheme = "https" if self.config.https else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
     def managed(self) -> bool:
         return bool(self.argv)
 
@@ -39,7 +45,8 @@ def engine_spec(
     if config.kind == "external":
         assert config.url is not None  # the policy schema guarantees it
         parts = urlsplit(config.url)
-        return EngineSpec(name, config, parts.hostname or "127.0.0.1", parts.port or 80)
+        default_port = 443 if config.https else 80
+        return EngineSpec(name, config, parts.hostname or "127.0.0.1", parts.port or default_port)
     port = config.port or port or free_port(config.host, avoid)
     argv = build_argv(config, config.host, port)
     env = dict(config.env)

@@ -25,6 +25,7 @@ from fairlane.engines.process import ManagedProcess
 from fairlane.engines.publish import StatePublisher
 from fairlane.engines.run import EngineRun, launch_key
 from fairlane.engines.spec import engine_spec
+from fairlane.engines.upstream_tls import ca_bundle, client_ssl
 from fairlane.envoy.admin import admin_url
 from fairlane.policy import Policy
 from fairlane.reload import file_signature
@@ -142,10 +143,9 @@ class EngineSupervisor:
                 run.probe = asyncio.create_task(
                     probe(
                         session,
-                        spec.host,
-                        spec.port,
-                        spec.health_path,
+                        spec.base_url + spec.health_path,
                         spec.config.health.timeout_s,
+                        client_ssl(spec.config),
                     )
                 )
         out = [run.probe for run in self.engines.values() if run.probe is not None]
@@ -193,6 +193,15 @@ class EngineSupervisor:
             return self._set(run, "down")
         if health is None:
             return False
+        if health is Health.UNTRUSTED and not run.untrusted:
+            log.error(
+                "engine %s: the certificate of %s did not verify against %s (is that the "
+                "CA that signed it, and does it name the url's host?)",
+                spec.name,
+                spec.base_url,
+                ca_bundle(spec.config),
+            )
+        run.untrusted = health is Health.UNTRUSTED
         if health is Health.OK:
             run.failures, run.silent_since = 0, None
             if process is not None:

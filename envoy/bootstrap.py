@@ -11,6 +11,7 @@ log service. Engine clusters come from a CDS file the supervisor rewrites.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from fairlane.envoy.tls import (
     TLS_INSPECTOR,
     plaintext_refusal,
     transport_socket,
+    upstream_transport_socket,
 )
 from fairlane.policy import Policy
 from fairlane.rundir import RunDir
@@ -104,14 +106,26 @@ def render_bootstrap(policy: Policy, run_dir: RunDir) -> dict[str, Any]:
     }
 
 
-def render_cds(endpoints: dict[str, tuple[str, int] | None], version: int) -> dict[str, Any]:
-    """One cluster per engine; an engine that is not healthy has no endpoint (503, not 404)."""
+def render_cds(
+    endpoints: dict[str, tuple[str, int] | None],
+    version: int,
+    tls: Mapping[str, tuple[str, Path]] | None = None,
+) -> dict[str, Any]:
+    """One cluster per engine; an engine that is not healthy has no endpoint (503, not 404).
+    ``tls``: the engines reached over TLS, with their host and CA bundle."""
     clusters = []
     for engine, address in sorted(endpoints.items()):
         name = engine_cluster_name(engine)
         hosts = [] if address is None else [socket_address(*address)]
+        upstream_tls = (tls or {}).get(engine)
+        secure = (
+            {}
+            if upstream_tls is None
+            else {"transport_socket": upstream_transport_socket(*upstream_tls)}
+        )
         clusters.append(
             {
+                **secure,
                 "@type": T + "envoy.config.cluster.v3.Cluster",
                 "name": name,
                 **_discovery(None if address is None else address[0]),

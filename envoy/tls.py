@@ -1,4 +1,4 @@
-"""HTTPS on the API port: Envoy's TLS settings.
+"""Envoy's TLS settings: HTTPS on the API port, and to an external engine's https url.
 
 Envoy reads the certificate and key from a file-based secret (SDS) in the run directory,
 not from the bootstrap, so that a renewed pair is served without a restart: Fairlane
@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fairlane.engine_config import is_ip_address
 from fairlane.envoy.common import ROUTER_FILTER, T, header, http_filter_chain
 from fairlane.extproc.errors import Reason, error_body
 
@@ -50,6 +51,31 @@ def transport_socket(secret_file: Path) -> dict[str, Any]:
                 ],
             },
         },
+    }
+
+
+def upstream_transport_socket(host: str, ca_file: Path) -> dict[str, Any]:
+    """TLS to an https:// engine: its certificate checked against ``ca_file`` and for
+    its host (Envoy checks no name unless told which: SNI alone checks nothing)."""
+    by_name = not is_ip_address(host)
+    context: dict[str, Any] = {
+        "common_tls_context": {
+            "validation_context": {
+                "trusted_ca": {"filename": str(ca_file)},
+                "match_typed_subject_alt_names": [
+                    {
+                        "san_type": "DNS" if by_name else "IP_ADDRESS",
+                        "matcher": {"exact": host},
+                    }
+                ],
+            }
+        }
+    }
+    if by_name:
+        context["sni"] = host
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {"@type": _TLS + "UpstreamTlsContext", **context},
     }
 
 

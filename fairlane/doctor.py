@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fairlane.certificates import pair_problems
 from fairlane.engine_config import EngineConfig
+from fairlane.engines.upstream_tls import bundle_problems
 from fairlane.policy_file import PolicyError, load_policy
 from fairlane.ports import bind_error
 from fairlane.rlimits import OPEN_FILES_WANTED, attainable, connections_allowed
@@ -109,6 +110,9 @@ def run_doctor(config: Path | None) -> int:
                 _line(INFO, f"engine {name}", STEP_BUDGET_TIP)
             for missing in _missing_adapters(engine):
                 _line(MISSING, f"engine {name} adapter", missing)
+                problems += 1
+            for problem in bundle_problems(name, engine):
+                _line(MISSING, f"engine {name} certificate", problem)
                 problems += 1
     for module, kind in (("vllm", "vllm"), ("sglang", "sglang")):
         installed = importlib.util.find_spec(module) is not None

@@ -47,6 +47,9 @@ class EngineConfig(Strict):
     kind: Literal["sim", "vllm", "sglang", "external"]
     models: tuple[Name, ...] = Field(min_length=1)
     url: str | None = None
+    # An https:// url's certificate is checked against this PEM bundle (a private CA's,
+    # or the engine's own self-signed certificate); without it, the system's.
+    ca_file: str | None = None
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=1, le=65535)
     preset: str = "a100-8b"
@@ -127,6 +130,11 @@ class EngineConfig(Strict):
         return self.models + tuple(self.adapters)
 
     @property
+    def https(self) -> bool:
+        """An external engine reached over TLS."""
+        return bool(self.url and self.url.startswith("https://"))
+
+    @property
     def cpu_nice(self) -> int:
         """The nice value a managed engine runs at. The simulator stands in for a GPU, and
         its timing is what benchmarks measure: it competes for the CPU on equal terms."""
@@ -140,8 +148,10 @@ class EngineConfig(Strict):
             raise ValueError("an external engine needs `url`")
         if self.kind != "external" and self.url:
             raise ValueError("`url` is only for kind: external (managed engines get host/port)")
-        if self.url and not re.match(r"^http://[^/\s]+/?$", self.url):
-            raise ValueError("url must look like http://host:port (plain HTTP, no path)")
+        if self.url and not re.match(r"^https?://[^/\s]+/?$", self.url):
+            raise ValueError("url must look like http://host:port or https://host:port (no path)")
+        if self.ca_file is not None and not self.https:
+            raise ValueError("ca_file is for an external engine at an https:// url")
         if self.kind == "sglang" and len(self.models) != 1:
             raise ValueError("an sglang engine serves exactly one model name")
         if self.kind == "external" and (self.lazy or self.pinned):

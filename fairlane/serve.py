@@ -23,6 +23,7 @@ from fairlane.certificates import ListenerCertificate, pair_problems
 from fairlane.engine_keys import engine_keys
 from fairlane.engines.process import ManagedProcess
 from fairlane.engines.supervisor import EngineSupervisor
+from fairlane.engines.upstream_tls import bundle_problems
 from fairlane.envoy.admin import admin_url, read_stat
 from fairlane.envoy.bootstrap import render_bootstrap, write_json_atomically
 from fairlane.policy import Policy
@@ -240,6 +241,8 @@ def preflight(policy: Policy, run_dir: RunDir) -> list[str]:
     listener = policy.listener
     if listener.tls is not None:
         problems += pair_problems(listener.tls)
+    for name, engine in policy.engines.items():
+        problems += bundle_problems(name, engine)
     for what, host, port in (
         ("listener.port", listener.host, listener.port),
         ("listener.admin_port", listener.admin_host, listener.admin_port),

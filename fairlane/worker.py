@@ -22,6 +22,8 @@ import grpc
 from aiohttp import web
 
 from fairlane.control import build_control_app
+from fairlane.engine_config import EngineConfig
+from fairlane.engines.upstream_tls import client_ssl
 from fairlane.envoy.bootstrap import write_json_atomically
 from fairlane.envoy.common import MAX_DOWNSTREAM_CONNECTIONS
 from fairlane.extproc.announce import Announcer
@@ -200,7 +202,7 @@ class Worker:
                     if limit is None or limit.config != engine.adaptive:
                         limit = limits[name] = AdaptiveLimit(engine.adaptive, engine.max_inflight)
                     limit.ceiling = engine.max_inflight
-                    load = await _engine_load(session, info)
+                    load = await _engine_load(session, info, engine)
                     if load is not None and info.get("state") == "up":
                         replica = pool.replicas[name]
                         pool.set_capacity(name, limit.update(load, replica.inflight))
@@ -212,10 +214,14 @@ class Worker:
             self.gateway.expire_leases(LEASE_MAX_AGE_S)
 
 
-async def _engine_load(session: aiohttp.ClientSession, info: dict[str, Any]) -> EngineLoad | None:
-    url = f"http://{info['host']}:{info['port']}/metrics"
+async def _engine_load(
+    session: aiohttp.ClientSession, info: dict[str, Any], engine: EngineConfig
+) -> EngineLoad | None:
+    scheme = "https" if engine.https else "http"
+    url = f"{scheme}://{info['host']}:{info['port']}/metrics"
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with session.get(url, timeout=timeout, ssl=client_ssl(engine)) as resp:
             text = await resp.text()
     except (aiohttp.ClientError, TimeoutError, OSError):
         return None

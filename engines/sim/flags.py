@@ -60,7 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="token budget of one step, as vLLM's flag (prompts beyond it are chunked)",
     )
+    parser.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate, as vLLM")
+    parser.add_argument("--ssl-keyfile", help="and this key (both or neither)")
     args = parser.parse_args(argv)
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        parser.error("--ssl-certfile and --ssl-keyfile go together")
     for flag in ("max_queue", "max_num_seqs", "max_num_batched_tokens", "heavy_prefill_tokens"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import ssl
 import sys
 
 from aiohttp import web
@@ -53,12 +54,13 @@ async def _serve(args: argparse.Namespace) -> int:
     await runner.setup()
     try:
         try:
-            await web.TCPSite(runner, args.host, args.port).start()
+            await web.TCPSite(runner, args.host, args.port, ssl_context=_tls(args)).start()
         except OSError as exc:
             print(f"fairlane-sim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1
+        scheme = "http" if args.ssl_certfile is None else "https"
         print(
-            f"fairlane-sim ready on http://{args.host}:{args.port} (preset {preset.name})",
+            f"fairlane-sim ready on {scheme}://{args.host}:{args.port} (preset {preset.name})",
             flush=True,
         )
         while not stop.is_set():
@@ -70,6 +72,14 @@ async def _serve(args: argparse.Namespace) -> int:
         if announcements is not None:
             announcements.close()
     return 0
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if args.ssl_certfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.ssl_certfile, args.ssl_keyfile)
+    return context
 
 
 def main(argv: list[str] | None = None) -> int:
