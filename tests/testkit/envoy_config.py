@@ -1,11 +1,18 @@
-"""Envoy's own check of a rendered bootstrap (`envoy --mode validate`)."""
+"""Envoy's own check of what Fairlane renders (`envoy --mode validate`)."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
+from fairlane.envoy.bootstrap import render_bootstrap, write_json_atomically
+from fairlane.policy import Policy
+from fairlane.policy_file import load_policy
+from fairlane.rundir import RunDir
 from fairlane.serve import envoy_binary
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 
 def validate(bootstrap: Path) -> subprocess.CompletedProcess[str]:
@@ -24,3 +31,16 @@ def validate(bootstrap: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+def validate_rendered(
+    directory: Path, cds: dict[str, Any], policy: Policy | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The bootstrap of ``policy`` (the quickstart's by default) with these engine
+    clusters, written into a run directory under ``directory``, checked by Envoy."""
+    run_dir = RunDir(directory / "run")
+    run_dir.create()
+    policy = policy or load_policy(QUICKSTART)
+    write_json_atomically(run_dir.bootstrap, render_bootstrap(policy, run_dir))
+    write_json_atomically(run_dir.cds, cds)
+    return validate(run_dir.bootstrap)

@@ -8,23 +8,14 @@ from pathlib import Path
 import pytest
 
 from fairlane.envoy.admin import admin_url
-from fairlane.envoy.bootstrap import render_bootstrap, render_cds, write_json_atomically
+from fairlane.envoy.bootstrap import render_cds, write_json_atomically
 from fairlane.policy import ListenerConfig
-from fairlane.policy_file import load_policy
-from fairlane.rundir import RunDir
 
-from testkit.envoy_config import validate
-
-ROOT = Path(__file__).resolve().parents[2]
+from testkit.envoy_config import validate_rendered
 
 
 def test_quickstart_bootstrap_validates_with_envoy(tmp_path: Path) -> None:
-    run_dir = RunDir(tmp_path)
-    run_dir.create()
-    policy = load_policy(ROOT / "configs" / "quickstart.yaml")
-    write_json_atomically(run_dir.bootstrap, render_bootstrap(policy, run_dir))
-    write_json_atomically(run_dir.cds, render_cds({"sim-a100": ("127.0.0.1", 1)}, 1))
-    result = validate(run_dir.bootstrap)
+    result = validate_rendered(tmp_path, render_cds({"sim-a100": ("127.0.0.1", 1)}, 1))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -64,12 +55,7 @@ def test_an_engine_named_by_a_host_name_is_looked_up_by_envoy(tmp_path: Path) ->
         "engine_named": "LOGICAL_DNS",
         "engine_down": "STATIC",
     }
-    run_dir = RunDir(tmp_path)
-    run_dir.create()
-    policy = load_policy(ROOT / "configs" / "quickstart.yaml")
-    write_json_atomically(run_dir.bootstrap, render_bootstrap(policy, run_dir))
-    write_json_atomically(run_dir.cds, doc)
-    result = validate(run_dir.bootstrap)
+    result = validate_rendered(tmp_path, doc)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -12,13 +12,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fairlane.certificates import ListenerCertificate, pair_problems
-from fairlane.envoy.bootstrap import render_bootstrap, render_cds, write_json_atomically
+from fairlane.envoy.bootstrap import render_bootstrap, render_cds
 from fairlane.envoy.tls import SECRET_NAME
 from fairlane.policy import Policy, TlsConfig
 from fairlane.rundir import RunDir
 
 from testkit.certs import ThrowawayCA
-from testkit.envoy_config import validate
+from testkit.envoy_config import validate_rendered
 
 
 @pytest.fixture
@@ -122,7 +122,6 @@ def test_the_secret_follows_the_files_and_only_a_good_pair(
 
 def test_envoy_accepts_the_https_listener(tls: TlsConfig, tmp_path: Path) -> None:
     run_dir = RunDir(tmp_path / "run")
-    run_dir.create()
     policy = Policy.model_validate(
         {
             "version": 1,
@@ -134,8 +133,6 @@ def test_envoy_accepts_the_https_listener(tls: TlsConfig, tmp_path: Path) -> Non
     tls_chain, plaintext_chain = listener["filter_chains"]
     assert tls_chain["filter_chain_match"] == {"transport_protocol": "tls"}
     assert "transport_socket" in tls_chain and "transport_socket" not in plaintext_chain
-    assert ListenerCertificate(tls, run_dir.tls_secret).refresh()
-    write_json_atomically(run_dir.bootstrap, render_bootstrap(policy, run_dir))
-    write_json_atomically(run_dir.cds, render_cds({"sim": ("127.0.0.1", 1)}, 1))
-    result = validate(run_dir.bootstrap)
+    assert ListenerCertificate(tls, run_dir.tls_secret).refresh()  # the SDS file Envoy reads
+    result = validate_rendered(tmp_path, render_cds({"sim": ("127.0.0.1", 1)}, 1), policy)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -12,14 +12,10 @@ from pydantic import ValidationError
 from fairlane.engine_config import EngineConfig
 from fairlane.engines.spec import engine_spec
 from fairlane.engines.upstream_tls import bundle_problems, ca_bundle, client_ssl
-from fairlane.envoy.bootstrap import render_bootstrap, render_cds, write_json_atomically
-from fairlane.policy_file import load_policy
-from fairlane.rundir import RunDir
+from fairlane.envoy.bootstrap import render_cds
 
 from testkit.certs import ThrowawayCA
-from testkit.envoy_config import validate
-
-ROOT = Path(__file__).resolve().parents[2]
+from testkit.envoy_config import validate_rendered
 
 
 def external(url: str, **fields: object) -> EngineConfig:
@@ -90,10 +86,5 @@ def test_the_cluster_checks_the_certificate_for_the_urls_host(tmp_path: Path) ->
     assert by_ip["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] == [
         {"san_type": "IP_ADDRESS", "matcher": {"exact": "10.0.0.7"}}
     ]
-    run_dir = RunDir(tmp_path / "run")
-    run_dir.create()
-    policy = load_policy(ROOT / "configs" / "quickstart.yaml")
-    write_json_atomically(run_dir.bootstrap, render_bootstrap(policy, run_dir))
-    write_json_atomically(run_dir.cds, doc)
-    result = validate(run_dir.bootstrap)
+    result = validate_rendered(tmp_path, doc)
     assert result.returncode == 0, result.stdout + result.stderr
