@@ -40,6 +40,7 @@ LAUNCH_FIELDS = {
     "kind",
     "models",
     "url",
+    "ca_file",  # an external engine is probed and published again with the new trust
     "host",
     "port",
     "preset",
