@@ -31,6 +31,12 @@ def test_an_https_url_is_an_engine_reached_over_tls() -> None:
     assert not external("http://gpu-box:8000").https
 
 
+def test_a_new_ca_file_reconnects_the_engine() -> None:
+    """Probed and published to Envoy again at once, not at its next change of state."""
+    config = external("https://h:1", ca_file="a.pem")
+    assert launch_key(config) != launch_key(config.model_copy(update={"ca_file": "b.pem"}))
+
+
 @pytest.mark.parametrize(
     ("url", "fields", "message"),
     [
@@ -39,12 +45,6 @@ def test_an_https_url_is_an_engine_reached_over_tls() -> None:
         ("http://h:1", {"ca_file": "ca.pem"}, "ca_file is for an external engine at an https"),
     ],
 )
-def test_a_new_ca_file_reconnects_the_engine() -> None:
-    """Probed and published to Envoy again at once, not at its next change of state."""
-    config = external("https://h:1", ca_file="a.pem")
-    assert launch_key(config) != launch_key(config.model_copy(update={"ca_file": "b.pem"}))
-
-
 def test_the_policy_names_what_is_wrong(url: str, fields: dict[str, str], message: str) -> None:
     with pytest.raises(ValidationError, match=re.escape(message)):
         external(url, **fields)
