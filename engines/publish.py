@@ -56,6 +56,7 @@ def _states_document(engines: dict[str, EngineRun], version: int) -> dict[str, A
                 "state": run.state,
                 "host": run.spec.host,
                 "port": run.spec.port,
+                "url": run.spec.base_url,  # where the worker reads its /metrics
                 "lazy": run.spec.config.lazy,
                 "serves": list(run.spec.config.served),  # the names it was started for
                 "restarts": run.process.restarts if run.process else 0,

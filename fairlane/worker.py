@@ -217,8 +217,7 @@ class Worker:
 async def _engine_load(
     session: aiohttp.ClientSession, info: dict[str, Any], engine: EngineConfig
 ) -> EngineLoad | None:
-    scheme = "https" if engine.https else "http"
-    url = f"{scheme}://{info['host']}:{info['port']}/metrics"
+    url = f"{info['url']}/metrics"
     try:
         timeout = aiohttp.ClientTimeout(total=2)
         async with session.get(url, timeout=timeout, ssl=client_ssl(engine)) as resp:

@@ -124,5 +124,5 @@ async def test_the_adaptive_limit_reads_an_https_engines_metrics(
         kind="external", url=f"https://localhost:{port}", ca_file=str(ca.ca_file), models=["m"]
     )
     async with aiohttp.ClientSession() as session:
-        load = await _engine_load(session, {"host": "localhost", "port": port}, config)
+        load = await _engine_load(session, {"url": f"https://localhost:{port}"}, config)
     assert load is not None and load.waiting == 0

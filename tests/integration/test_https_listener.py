@@ -18,6 +18,7 @@ import pytest
 from fairlane.ports import free_port
 
 from testkit.certs import ThrowawayCA
+from testkit.http import unverified_context
 
 pytestmark = pytest.mark.integration
 
@@ -138,11 +139,8 @@ def test_serve_refuses_a_key_that_is_not_the_certificates(
 
 def test_a_handshake_left_unfinished_is_cut(stack: Any) -> None:
     """A ClientHello, then silence: the connection is closed after 10 s, not held."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    handshake = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    handshake = unverified_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
     with pytest.raises(ssl.SSLWantReadError):
         handshake.do_handshake()
     with socket.create_connection(("127.0.0.1", stack.port), timeout=30) as conn:

@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import json
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -155,3 +156,12 @@ def openai_error(answer: Answer) -> str | None:
     except (ValueError, KeyError, TypeError, AssertionError):
         return "not an OpenAI error object"
     return None
+
+
+def unverified_context() -> ssl.SSLContext:
+    """A client context that checks no certificate: for a stack's own test one, where
+    the test is not about trust."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context

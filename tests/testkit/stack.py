@@ -20,6 +20,8 @@ import yaml
 from fairlane.bench.cpu import alive, descendants
 from fairlane.ports import free_port
 
+from testkit.http import unverified_context
+
 
 class Stack:
     """One running `fairlane serve` with its policy."""
@@ -62,13 +64,10 @@ class Stack:
         tmp.replace(self.policy_path)
 
     def wait_healthy(self, timeout_s: float = 60.0, status: int = 200) -> None:
-        import ssl
         import urllib.error
         import urllib.request
 
-        unverified = ssl.create_default_context()  # an HTTPS stack's test certificate
-        unverified.check_hostname = False
-        unverified.verify_mode = ssl.CERT_NONE
+        unverified = unverified_context()  # an HTTPS stack's test certificate
         deadline = time.monotonic() + timeout_s
         last: object = None
         while time.monotonic() < deadline:
