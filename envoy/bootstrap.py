@@ -34,6 +34,7 @@ from fairlane.envoy.http_filters import EXT_PROC_MARGIN_S, http_filters
 from fairlane.envoy.local_replies import local_replies
 from fairlane.envoy.routes import routes
 from fairlane.envoy.tls import (
+    CLIENT_CERTIFICATE_DETAILS,
     TLS_HANDSHAKE_TIMEOUT,
     TLS_INSPECTOR,
     plaintext_refusal,
@@ -174,7 +175,8 @@ def _listener(policy: Policy, run_dir: RunDir, longest_wait: float) -> dict[str,
     # connection limit) would shut everyone out for that long.
     chains, listener_filters = [chain], [HTTP_INSPECTOR]
     if listener.tls is not None:
-        chain["transport_socket"] = transport_socket(run_dir.tls_secret)
+        client_ca = run_dir.client_ca_secret if listener.tls.mutual else None
+        chain["transport_socket"] = transport_socket(run_dir.tls_secret, client_ca)
         chain["filter_chain_match"] = {"transport_protocol": "tls"}
         # A handshake left unfinished would hold its connection for ever.
         chain["transport_socket_connect_timeout"] = TLS_HANDSHAKE_TIMEOUT
@@ -202,8 +204,10 @@ HTTP_INSPECTOR = {
 
 def _filter_chain(policy: Policy, run_dir: RunDir, longest_wait: float) -> dict[str, Any]:
     listener = policy.listener
+    mutual = listener.tls is not None and listener.tls.mutual
     return http_filter_chain(
         {
+            **(CLIENT_CERTIFICATE_DETAILS if mutual else {}),
             "stat_prefix": "fairlane",
             # Envoy's edge defaults: routes see /v1/models/../../status as
             # /status, and //v1/... as /v1/...

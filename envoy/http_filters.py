@@ -18,6 +18,7 @@ from fairlane.envoy.common import (
     T,
     seconds,
 )
+from fairlane.extproc.client_certificate import XFCC_HEADER
 from fairlane.extproc.request import JSON_ERROR_KEY, MODEL_MISSING_KEY, REQUEST_NAMESPACE
 
 CORS_FILTER = "envoy.filters.http.cors"  # its policy is the virtual host's (routes.py)
@@ -28,7 +29,7 @@ MEDIA_COUNT_FILTER = "fairlane.media_count"  # /v1/chat/completions, /responses,
 # after the decompressors is one Envoy cannot undo.
 FORWARDED_HEADERS = (
     ":path", "x-tenant-id", "authorization", "x-api-key", "content-length", "content-type",
-    "content-encoding", REQUEST_ID_HEADER,
+    "content-encoding", REQUEST_ID_HEADER, XFCC_HEADER,
 )  # fmt: skip
 # How far past the longest queue wait Envoy waits for the worker's decision on a request.
 EXT_PROC_MARGIN_S = 5.0

@@ -3,7 +3,8 @@
 Envoy reads the certificate and key from a file-based secret (SDS) in the run directory,
 not from the bootstrap, so that a renewed pair is served without a restart: Fairlane
 rewrites the secret (``fairlane.certificates``) and Envoy, watching its directory, takes
-it for new connections; those made before keep theirs.
+it for new connections; those made before keep theirs. The CAs that sign client
+certificates (mutual TLS) come the same way, from a second secret file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fairlane.envoy.common import ROUTER_FILTER, T, header, http_filter_chain
 from fairlane.extproc.errors import Reason, error_body
 
 SECRET_NAME = "fairlane_listener_tls"
+CLIENT_CA_SECRET_NAME = "fairlane_client_ca"
 _TLS = T + "envoy.extensions.transport_sockets.tls.v3."
 HTTPS_REQUIRED = "This port serves HTTPS: send the request to https://, not http://."
 
@@ -29,26 +31,44 @@ TLS_INSPECTOR = {
 }
 
 
-def transport_socket(secret_file: Path) -> dict[str, Any]:
-    """The listener's TLS, its certificate from ``secret_file`` (HTTP/2 offered first)."""
+def transport_socket(secret_file: Path, client_ca_file: Path | None) -> dict[str, Any]:
+    """The listener's TLS, its certificate from ``secret_file`` (HTTP/2 offered first);
+    with ``client_ca_file``, a client must show a certificate one of its CAs signed."""
+    context: dict[str, Any] = {
+        "common_tls_context": {
+            "alpn_protocols": ["h2", "http/1.1"],
+            "tls_certificate_sds_secret_configs": [_sds(SECRET_NAME, secret_file)],
+        }
+    }
+    if client_ca_file is not None:
+        context["require_client_certificate"] = True
+        context["common_tls_context"]["validation_context_sds_secret_config"] = _sds(
+            CLIENT_CA_SECRET_NAME, client_ca_file
+        )
     return {
         "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": _TLS + "DownstreamTlsContext",
-            "common_tls_context": {
-                "alpn_protocols": ["h2", "http/1.1"],
-                "tls_certificate_sds_secret_configs": [
-                    {
-                        "name": SECRET_NAME,
-                        "sds_config": {
-                            "resource_api_version": "V3",
-                            "path_config_source": {
-                                "path": str(secret_file),
-                                "watched_directory": {"path": str(secret_file.parent)},
-                            },
-                        },
-                    }
-                ],
+        "typed_config": {"@type": _TLS + "DownstreamTlsContext", **context},
+    }
+
+
+# What the API's connection manager tells ext_proc of a client certificate: Envoy
+# replaces any x-forwarded-client-cert the client sent with the names in the one it
+# showed (without mutual TLS Envoy's default removes the header), so the names cannot
+# be forged.
+CLIENT_CERTIFICATE_DETAILS = {
+    "forward_client_cert_details": "SANITIZE_SET",
+    "set_current_client_cert_details": {"subject": True, "dns": True, "uri": True},
+}
+
+
+def _sds(name: str, secret_file: Path) -> dict[str, Any]:
+    return {
+        "name": name,
+        "sds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {
+                "path": str(secret_file),
+                "watched_directory": {"path": str(secret_file.parent)},
             },
         },
     }
@@ -109,15 +129,18 @@ def _refusal_body() -> str:
 def render_secret(cert_pem: str, key_pem: str) -> dict[str, Any]:
     """The SDS file: the pair itself, so that new contents are a new secret to Envoy
     (it ignores a rewrite that names the same files, whatever they hold now)."""
-    return {
-        "resources": [
-            {
-                "@type": _TLS + "Secret",
-                "name": SECRET_NAME,
-                "tls_certificate": {
-                    "certificate_chain": {"inline_string": cert_pem},
-                    "private_key": {"inline_string": key_pem},
-                },
-            }
-        ]
+    pair = {
+        "certificate_chain": {"inline_string": cert_pem},
+        "private_key": {"inline_string": key_pem},
     }
+    return _secret({"name": SECRET_NAME, "tls_certificate": pair})
+
+
+def render_client_ca(ca_pem: str) -> dict[str, Any]:
+    """The SDS file of the CAs that sign client certificates, inline as the pair."""
+    trusted = {"trusted_ca": {"inline_string": ca_pem}}
+    return _secret({"name": CLIENT_CA_SECRET_NAME, "validation_context": trusted})
+
+
+def _secret(resource: dict[str, Any]) -> dict[str, Any]:
+    return {"resources": [{"@type": _TLS + "Secret", **resource}]}

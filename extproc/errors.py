@@ -30,6 +30,7 @@ class Reason(Enum):
     TOO_MANY_SEQUENCES = (400, "invalid_request_error", "too_many_sequences")
     INVALID_API_KEY = (401, "authentication_error", "invalid_api_key")
     UNKNOWN_TENANT = (403, "permission_error", "unknown_tenant")
+    AMBIGUOUS_CERTIFICATE = (403, "permission_error", "ambiguous_client_certificate")
     MODEL_NOT_ALLOWED = (403, "permission_error", "model_not_allowed")
     MODEL_NOT_FOUND = (404, "invalid_request_error", "model_not_found")
     NOT_FOUND = (404, "invalid_request_error", "not_found")

@@ -50,7 +50,11 @@ class Ticket:
 
 
 def identify(info: RequestInfo, runtime: Runtime) -> str | Rejection:
-    """The tenant id: from the API key when keys are on, else the trusted header."""
+    """The tenant id: from a client certificate a tenant lists, else from the API key
+    when keys are on, else the trusted header."""
+    by_certificate = _certificate_tenant(info.client_names, runtime)
+    if by_certificate is not None:
+        return by_certificate
     if runtime.api_keys_enabled:
         token = _bearer(info.authorization) or _bare(info.api_key)
         if token is None:
@@ -69,7 +73,15 @@ def identify(info: RequestInfo, runtime: Runtime) -> str | Rejection:
     if header is None or not runtime.policy.trust_tenant_header:
         if runtime.policy.default_tenant is not None:
             return runtime.policy.default_tenant
-        return Rejection(Reason.MISSING_TENANT, "missing X-Tenant-ID header")
+        if not (info.client_names and runtime.certificate_to_tenant):
+            return Rejection(Reason.MISSING_TENANT, "missing X-Tenant-ID header")
+        unlisted = (
+            f"no tenant lists this client certificate ({_shown(info.client_names)}) in "
+            "its client_certificates"
+        )
+        if not runtime.policy.trust_tenant_header:
+            return Rejection(Reason.UNKNOWN_TENANT, unlisted)
+        return Rejection(Reason.MISSING_TENANT, f"missing X-Tenant-ID header, and {unlisted}")
     if "," in header:
         return Rejection(Reason.INVALID_TENANT, "X-Tenant-ID must be sent once")
     if not TENANT_ID.fullmatch(header):
@@ -78,6 +90,24 @@ def identify(info: RequestInfo, runtime: Runtime) -> str | Rejection:
             "X-Tenant-ID must be 1-128 characters of letters, digits and . _ : @ / -",
         )
     return header
+
+
+def _certificate_tenant(names: tuple[str, ...], runtime: Runtime) -> str | Rejection | None:
+    """The tenant whose client_certificates hold a name of the client's certificate."""
+    if not names or not runtime.certificate_to_tenant:
+        return None
+    tenants = {runtime.certificate_to_tenant.get(name) for name in names} - {None}
+    if len(tenants) > 1:
+        return Rejection(
+            Reason.AMBIGUOUS_CERTIFICATE,
+            f"the client certificate ({_shown(names)}) is listed by tenants "
+            f"{', '.join(sorted(t for t in tenants if t))}: it may name only one",
+        )
+    return tenants.pop() if tenants else None
+
+
+def _shown(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def visible_models(info: RequestInfo, runtime: Runtime) -> list[str] | Rejection:

@@ -20,6 +20,7 @@ from fairlane.envoy.common import (
     TOKENIZER_PATHS,
     on_messages_api,
 )
+from fairlane.extproc.client_certificate import XFCC_HEADER, certificate_names
 from fairlane.lax import lax_bool
 
 # The metadata namespace the bootstrap's json_to_metadata rules write into.
@@ -59,6 +60,7 @@ class RequestInfo:
     tenant_header: str | None
     authorization: str | None
     api_key: str | None  # x-api-key: where Anthropic's SDKs send the key
+    client_names: tuple[str, ...]  # in the client's certificate (mutual TLS), else ()
     content_length: int
     content_encoding: str | None  # one Envoy's decompressors left (they remove theirs)
     body_is_json: bool
@@ -115,6 +117,7 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         tenant_header=headers.get("x-tenant-id"),
         authorization=headers.get("authorization"),
         api_key=headers.get("x-api-key"),
+        client_names=certificate_names(headers.get(XFCC_HEADER)),
         content_length=length,
         content_encoding=headers.get("content-encoding"),
         body_is_json=not fields.get(JSON_ERROR_KEY),

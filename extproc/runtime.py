@@ -55,6 +55,7 @@ class Runtime:
     tenants: dict[str, TenantProfile]
     unknown: TenantProfile
     key_to_tenant: dict[str, str]
+    certificate_to_tenant: dict[str, str]  # a name in a client certificate → its tenant
     model_to_pool: dict[str, str]
     pools: dict[str, tuple[str, ...]]  # pool → its engines (replicas)
     # pool → the most sequences one generation may ask for (``widest_request``)
@@ -114,6 +115,9 @@ def compile_policy(
         UNKNOWN_TENANT, u.weight, rank(u.priority), to_limits(u.limits), None, False
     )
     keys = {key: name for name, t in policy.tenants.items() for key in t.api_keys}
+    certificates = {
+        cert: name for name, t in policy.tenants.items() for cert in t.client_certificates
+    }
     pools = policy.pools()
     return Runtime(
         policy=policy,
@@ -121,6 +125,7 @@ def compile_policy(
         tenants=tenants,
         unknown=unknown,
         key_to_tenant=keys,
+        certificate_to_tenant=certificates,
         model_to_pool=policy.served_models(),
         pools=pools,
         widest_requests={pool: widest_request(policy, names) for pool, names in pools.items()},

@@ -1,10 +1,11 @@
-"""The HTTPS listener's certificate: checked before Envoy sees it, and followed on disk.
+"""The HTTPS listener's certificate, and the CAs of its clients' certificates (mutual
+TLS): checked before Envoy sees them, and followed on disk.
 
-``fairlane serve`` looks at the two files every half second (a ``stat`` each). When
-either changes, however it was replaced (a copy in place, certbot's or Kubernetes'
-symlink swap), the new pair is loaded and checked as Envoy would, then handed to Envoy
-as its secret (``fairlane.envoy.tls``); a pair that does not load, such as a certificate
-copied before its key, is logged once and the one being served stays.
+``fairlane serve`` looks at the files every half second (a ``stat`` each). When one
+changes, however it was replaced (a copy in place, certbot's or Kubernetes' symlink
+swap), the new contents are loaded and checked as Envoy would, then handed to Envoy as
+its secret (``fairlane.envoy.tls``); contents that do not load, such as a certificate
+copied before its key, are logged once and the ones in use stay.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import json
 import logging
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from fairlane.envoy.tls import render_secret
+from fairlane.envoy.tls import render_client_ca, render_secret
 from fairlane.policy import TlsConfig
+from fairlane.rundir import RunDir
 
 log = logging.getLogger("fairlane.certificates")
 
@@ -56,35 +60,93 @@ def pair_problems(tls: TlsConfig) -> list[str]:
     return []
 
 
-class ListenerCertificate:
-    """Keeps Envoy's secret file holding the pair now on disk, once it loads."""
+def client_ca_problems(tls: TlsConfig) -> list[str]:
+    """Why Envoy could not check client certificates against ``client_ca_file``."""
+    path = tls.client_ca_file
+    if path is None:
+        return []
+    try:
+        text = _absolute(path).read_text(errors="replace")
+    except OSError as exc:
+        return [f"listener.tls.client_ca_file {path}: cannot read: {exc.strerror or exc}"]
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        return [f"listener.tls.client_ca_file {path}: no PEM certificate in it"]
+    try:
+        ssl.create_default_context(cafile=_absolute(path))
+    except ssl.SSLError as exc:
+        return [f"listener.tls.client_ca_file {path}: {exc.reason or exc}"]
+    return []
 
-    def __init__(self, tls: TlsConfig, secret_file: Path) -> None:
-        self.tls = tls
+
+def tls_problems(tls: TlsConfig) -> list[str]:
+    """Everything in the tls section Envoy could not load."""
+    return pair_problems(tls) + client_ca_problems(tls)
+
+
+def listener_secrets(tls: TlsConfig, run_dir: RunDir) -> list[FollowedSecret]:
+    """The secrets of the HTTPS listener: its certificate, and with mutual TLS the CAs
+    of client certificates."""
+    secrets = [
+        FollowedSecret(
+            (tls.cert_file, tls.key_file),
+            lambda: pair_problems(tls),
+            render_secret,
+            run_dir.tls_secret,
+            stale="certificate not (re)loaded, still serving the last good one",
+            fresh=f"serving the certificate in {tls.cert_file}",
+        )
+    ]
+    if tls.client_ca_file is not None:
+        secrets.append(
+            FollowedSecret(
+                (tls.client_ca_file,),
+                lambda: client_ca_problems(tls),
+                render_client_ca,
+                run_dir.client_ca_secret,
+                stale="client CA not (re)loaded, still checking client certificates "
+                "against the last good one",
+                fresh=f"asking clients for certificates signed by a CA in {tls.client_ca_file}",
+            )
+        )
+    return secrets
+
+
+class FollowedSecret:
+    """Keeps one of Envoy's secret files holding what is now on disk, once it loads."""
+
+    def __init__(
+        self,
+        files: tuple[str, ...],
+        problems: Callable[[], list[str]],
+        render: Callable[..., dict[str, Any]],
+        secret_file: Path,
+        stale: str,
+        fresh: str,
+    ) -> None:
         self.secret_file = secret_file
-        self._files = (_absolute(tls.cert_file), _absolute(tls.key_file))
+        self._files = tuple(_absolute(name) for name in files)
+        self._problems = problems
+        self._render = render  # the files' texts → the SDS document
+        self._stale, self._fresh = stale, fresh  # what the log says of bad / good news
         self._seen: Signature | None = None  # the files last looked at, good or bad
 
     def refresh(self, force: bool = False) -> bool:
-        """Hand Envoy the pair if the files changed since last time (or ``force``) and
-        it loads; True when the secret was written."""
+        """Hand Envoy the files' contents if they changed since last time (or
+        ``force``) and load; True when the secret was written."""
         signature = self._signature()
         if signature == self._seen and not force:
             return False
         self._seen = signature
-        problems = pair_problems(self.tls)
+        problems = self._problems()
         if problems:
-            log.error(
-                "certificate not (re)loaded, still serving the last good one: %s",
-                "; ".join(problems),
-            )
+            log.error("%s: %s", self._stale, "; ".join(problems))
             return False
-        cert, key = (path.read_text() for path in self._files)
+        texts = [path.read_text() for path in self._files]
         if self._signature() != signature:
             self._seen = None  # changed while being read: the next look takes it
             return False
-        _write_private(self.secret_file, render_secret(cert, key))
-        log.info("serving the certificate in %s", self.tls.cert_file)
+        _write_private(self.secret_file, self._render(*texts))
+        log.info("%s", self._fresh)
         return True
 
     def _signature(self) -> Signature:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fairlane.certificates import pair_problems
+from fairlane.certificates import client_ca_problems, pair_problems
 from fairlane.engine_config import EngineConfig
 from fairlane.engines.upstream_tls import bundle_problems
 from fairlane.policy_file import PolicyError, load_policy
@@ -104,6 +104,11 @@ def run_doctor(config: Path | None) -> int:
             detail = "; ".join(tls_problems) or f"{lst.tls.cert_file} loads with its key"
             _line(MISSING if tls_problems else OK, "https certificate", detail)
             problems += 1 if tls_problems else 0
+            if lst.tls.mutual:
+                ca_problems = client_ca_problems(lst.tls)
+                detail = "; ".join(ca_problems) or f"{lst.tls.client_ca_file} loads"
+                _line(MISSING if ca_problems else OK, "client certificate CAs", detail)
+                problems += 1 if ca_problems else 0
         kinds = {e.kind for e in policy.engines.values()}
         for name, engine in policy.engines.items():
             if _step_budget_unset(engine):

@@ -18,6 +18,8 @@ from fairlane.policy_base import Name, Strict
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 ORIGIN = re.compile(r"^(\*|https?://[^/\s]+)$")  # scheme://host[:port], no path; * is any
+# A name to find in a client certificate: printable, not padded with spaces.
+CERTIFICATE_NAME = re.compile(r"[^\s\x7f](?:[^\x00-\x1f\x7f]{0,1022}[^\s\x7f])?")
 
 
 class TlsConfig(Strict):
@@ -26,6 +28,14 @@ class TlsConfig(Strict):
 
     cert_file: str = Field(min_length=1)
     key_file: str = Field(min_length=1)
+    # Mutual TLS: every client shows a certificate signed by a CA in this PEM bundle,
+    # and one a tenant lists in `client_certificates` names that tenant.
+    client_ca_file: str | None = Field(None, min_length=1)
+
+    @property
+    def mutual(self) -> bool:
+        """Clients must show a certificate (mutual TLS)."""
+        return self.client_ca_file is not None
 
 
 class ListenerConfig(Strict):
@@ -83,7 +93,21 @@ class TenantConfig(Strict):
     priority: str | None = None
     limits: LimitsConfig = LimitsConfig()
     api_keys: tuple[str, ...] = ()
+    # Names in a client certificate (URI or DNS subject alternative name, or the
+    # subject's CN) that identify this tenant when listener.tls.client_ca_file is on.
+    client_certificates: tuple[str, ...] = ()
     models: tuple[str, ...] | None = None
+
+    @field_validator("client_certificates")
+    @classmethod
+    def _certificate_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not CERTIFICATE_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a certificate name: a URI or DNS name, or a CN, "
+                    "up to 1024 printable characters with no space at either end"
+                )
+        return names
 
     @field_validator("api_keys")
     @classmethod

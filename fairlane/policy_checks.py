@@ -32,8 +32,34 @@ def cross_reference_problems(policy: Policy) -> list[Problem]:
         problems.append((("unknown_tenants", "priority"), f"unknown priority class {up!r}"))
     if policy.default_tenant is not None and policy.default_tenant not in policy.tenants:
         problems.append((("default_tenant",), f"{policy.default_tenant!r} is not in tenants"))
+    problems += _credential_problems(policy)
     problems += _engine_problems(policy)
     problems += _port_problems(policy)
+    return problems
+
+
+def _credential_problems(policy: Policy) -> list[Problem]:
+    """An API key or certificate name can name one tenant only, and a certificate name
+    needs the listener to ask clients for certificates."""
+    problems: list[Problem] = []
+    tls = policy.listener.tls
+    mutual = tls is not None and tls.mutual
+    for field in ("api_keys", "client_certificates"):
+        owner: dict[str, str] = {}
+        for name, tenant in policy.tenants.items():
+            values: tuple[str, ...] = getattr(tenant, field)
+            if field == "client_certificates" and values and not mutual:
+                problems.append(
+                    (
+                        ("tenants", name, field),
+                        "needs listener.tls.client_ca_file: without it clients show no certificate",
+                    )
+                )
+            for value in values:
+                other = owner.setdefault(value, name)
+                if other != name:
+                    shown = value if field == "client_certificates" else value[:12] + "..."
+                    problems.append(((("tenants", name, field)), f"{shown!r} is also {other}'s"))
     return problems
 
 

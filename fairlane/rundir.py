@@ -26,6 +26,11 @@ class RunDir:
         return self.root / "sds" / "tls.json"
 
     @property
+    def client_ca_secret(self) -> Path:
+        """The CAs that sign client certificates (SDS), beside ``tls_secret``."""
+        return self.root / "sds" / "client_ca.json"
+
+    @property
     def engine_states(self) -> Path:
         return self.root / "engines.json"
 

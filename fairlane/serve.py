@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
-from fairlane.certificates import ListenerCertificate, pair_problems
+from fairlane.certificates import listener_secrets, tls_problems
 from fairlane.engine_keys import engine_keys
 from fairlane.engines.process import ManagedProcess
 from fairlane.engines.supervisor import EngineSupervisor
@@ -85,7 +85,7 @@ class Server:
         self._pending_policy: Policy | None = None
         # The running listener's; a new tls section applies on restart, as the rest.
         tls = policy.listener.tls
-        self.certificate = None if tls is None else ListenerCertificate(tls, run_dir.tls_secret)
+        self.secrets = [] if tls is None else listener_secrets(tls, run_dir)
 
     def _on_policy(self, policy: Policy) -> None:
         # The worker watches the file too, but on its own second: told to look now, it
@@ -104,8 +104,8 @@ class Server:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._forward_reload)
         self.run_dir.create()
-        if self.certificate is not None and not self.certificate.refresh():
-            return 1  # the pair changed since preflight and no longer loads (logged)
+        if not all([secret.refresh() for secret in self.secrets]):
+            return 1  # the files changed since preflight and no longer load (logged)
         self.run_dir.pid_file.write_text(str(os.getpid()))
         write_json_atomically(self.run_dir.bootstrap, render_bootstrap(self.policy, self.run_dir))
         exit_code = 0
@@ -150,14 +150,14 @@ class Server:
     def _forward_reload(self) -> None:
         self.watcher.request_reload()
         self.worker.send_signal(signal.SIGHUP)
-        if self.certificate is not None:
-            self.certificate.refresh(force=True)
+        for secret in self.secrets:
+            secret.refresh(force=True)
 
     async def _tend(self) -> None:
         for child in (self.worker, self.envoy):
             await child.tend()
-        if self.certificate is not None:
-            self.certificate.refresh()
+        for secret in self.secrets:
+            secret.refresh()
         if self._pending_policy is not None:
             policy, self._pending_policy = self._pending_policy, None
             await self.engines.apply(policy)
@@ -191,15 +191,20 @@ class Server:
             host = "127.0.0.1" if listener.host in ("0.0.0.0", "::") else listener.host
             scheme = "http" if listener.tls is None else "https"
             base = f"{scheme}://{host}:{listener.port}"
+            # With mutual TLS the API port wants a client certificate serve does not
+            # have: the worker's control port answers the same /health.
+            mutual = listener.tls is not None and listener.tls.mutual
+            health = f"http://127.0.0.1:{listener.control_port}" if mutual else base
             print(
-                f"Fairlane is up: OpenAI API at {base}/v1 (health {base}/health, "
+                f"Fairlane is up: OpenAI API at {base}/v1 (health {health}/health, "
                 f"Envoy admin {admin})",
                 flush=True,
             )
-            while await _get_status(session, f"{base}/health") != 200:  # noqa: ASYNC110 - polls a remote endpoint
+            while await _get_status(session, f"{health}/health") != 200:  # noqa: ASYNC110 - polls a remote endpoint
                 await asyncio.sleep(0.5)
+            certificate = " --cert CLIENT.pem --key CLIENT-KEY.pem" if mutual else ""
             print(
-                f"All engines healthy. Try:\n  curl {base}/v1/chat/completions "
+                f"All engines healthy. Try:\n  curl{certificate} {base}/v1/chat/completions "
                 f"-H 'X-Tenant-ID: alice' -H 'Content-Type: application/json' "
                 f'-d \'{{"model": "...", "messages": [{{"role": "user", '
                 f'"content": "Hello"}}]}}\'',
@@ -240,7 +245,7 @@ def preflight(policy: Policy, run_dir: RunDir) -> list[str]:
         problems += exc.problems
     listener = policy.listener
     if listener.tls is not None:
-        problems += pair_problems(listener.tls)
+        problems += tls_problems(listener.tls)
     for name, engine in policy.engines.items():
         problems += bundle_problems(name, engine)
     for what, host, port in (

@@ -11,6 +11,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+LOCAL_NAMES: tuple[x509.GeneralName, ...] = (
+    x509.DNSName("localhost"),
+    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+)
+
 
 class ThrowawayCA:
     """A CA whose certificate clients trust (``ca_file``) and that issues leaves for
@@ -18,6 +23,7 @@ class ThrowawayCA:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
         self._key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fairlane test CA")])
         self._name = name
@@ -29,16 +35,21 @@ class ThrowawayCA:
         self.ca_file = directory / "ca.pem"
         self.ca_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, cert_file: Path, key_file: Path) -> x509.Certificate:
-        """A new key and a leaf for it, written as PEM (the key unencrypted)."""
+    def issue(
+        self,
+        cert_file: Path,
+        key_file: Path,
+        common_name: str = "localhost",
+        names: tuple[x509.GeneralName, ...] = LOCAL_NAMES,
+    ) -> x509.Certificate:
+        """A new key and a leaf for it, written as PEM (the key unencrypted); by default
+        a server's for 127.0.0.1 and localhost."""
         key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        cert = (
-            _builder(subject, self._name, key.public_key())
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .sign(self._key, hashes.SHA256())
-        )
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        builder = _builder(subject, self._name, key.public_key())
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.sign(self._key, hashes.SHA256())
         key_file.write_bytes(
             key.private_bytes(
                 serialization.Encoding.PEM,

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -63,11 +64,15 @@ class Stack:
         tmp.write_text(yaml.safe_dump(policy))
         tmp.replace(self.policy_path)
 
-    def wait_healthy(self, timeout_s: float = 60.0, status: int = 200) -> None:
+    def wait_healthy(
+        self, timeout_s: float = 60.0, status: int = 200, context: ssl.SSLContext | None = None
+    ) -> None:
+        """``context``: how to reach an HTTPS stack (by default trusting any certificate
+        and showing none)."""
         import urllib.error
         import urllib.request
 
-        unverified = unverified_context()  # an HTTPS stack's test certificate
+        unverified = context or unverified_context()
         deadline = time.monotonic() + timeout_s
         last: object = None
         while time.monotonic() < deadline:

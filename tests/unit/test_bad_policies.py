@@ -37,6 +37,19 @@ EXPECTED = {
     "bad_api_key_hash.yaml": (
         "5 tenants.alice.api_keys: api_keys must be sha256 hex digests (see `fairlane hash-key`)"
     ),
+    "client_certificates_without_client_ca.yaml": (
+        "5 tenants.alice.client_certificates: needs listener.tls.client_ca_file: without it "
+        "clients show no certificate"
+    ),
+    "certificate_of_two_tenants.yaml": (
+        "9 tenants.bob.client_certificates: 'app.example.org' is also alice's"
+    ),
+    "api_key_of_two_tenants.yaml": "7 tenants.bob.api_keys: '4c806362b613...' is also alice's",
+    "padded_certificate_name.yaml": (
+        "5 tenants.alice.client_certificates: 'app.example.org ' is not a certificate name: "
+        "a URI or DNS name, or a CN, up to 1024 printable characters with no space at "
+        "either end"
+    ),
     "missing_engines.yaml": "2 engines: required key is missing",
     "duplicate_key.yaml": "4: invalid YAML: key 'alice' appears twice",
     "queue_outlives_idle_timeout.yaml": (

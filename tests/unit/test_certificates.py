@@ -1,5 +1,6 @@
-"""The HTTPS listener's certificate: the checks that name a bad pair, the secret handed
-to Envoy as the files change, and the listener Envoy is given (validated by Envoy)."""
+"""The HTTPS listener's certificate and its clients' CAs: the checks that name a bad
+file, the secrets handed to Envoy as the files change, and the listener Envoy is given
+(validated by Envoy)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fairlane.certificates import ListenerCertificate, pair_problems
+from fairlane.certificates import client_ca_problems, listener_secrets, pair_problems
 from fairlane.envoy.bootstrap import render_bootstrap, render_cds
-from fairlane.envoy.tls import SECRET_NAME
+from fairlane.envoy.tls import CLIENT_CA_SECRET_NAME, SECRET_NAME
 from fairlane.policy import Policy, TlsConfig
 from fairlane.rundir import RunDir
 
@@ -92,8 +93,9 @@ def _secret(path: Path) -> dict[str, str]:
 def test_the_secret_follows_the_files_and_only_a_good_pair(
     tls: TlsConfig, ca: ThrowawayCA, tmp_path: Path
 ) -> None:
-    secret = tmp_path / "run" / "sds" / "tls.json"
-    certificate = ListenerCertificate(tls, secret)
+    run_dir = RunDir(tmp_path / "run")
+    [certificate] = listener_secrets(tls, run_dir)
+    secret = run_dir.tls_secret
     assert certificate.refresh()
     assert _secret(secret) == {
         "cert": Path(tls.cert_file).read_text(),
@@ -120,8 +122,55 @@ def test_the_secret_follows_the_files_and_only_a_good_pair(
     assert certificate.refresh(force=True)
 
 
-def test_envoy_accepts_the_https_listener(tls: TlsConfig, tmp_path: Path) -> None:
+def test_a_clients_ca_that_does_not_load_is_named(tls: TlsConfig, tmp_path: Path) -> None:
+    def problems(path: Path) -> list[str]:
+        return client_ca_problems(tls.model_copy(update={"client_ca_file": str(path)}))
+
+    assert client_ca_problems(tls) == []  # no mutual TLS: nothing to load
+    assert problems(tmp_path / "ca.pem") == []
+    assert problems(tmp_path / "nope.pem") == [
+        f"listener.tls.client_ca_file {tmp_path / 'nope.pem'}: cannot read: "
+        "No such file or directory"
+    ]
+    assert problems(Path(tls.key_file)) == [
+        f"listener.tls.client_ca_file {tls.key_file}: no PEM certificate in it"
+    ]
+    broken = tmp_path / "broken.pem"
+    broken.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    [problem] = problems(broken)
+    assert problem.startswith(f"listener.tls.client_ca_file {broken}: ")
+
+
+def test_the_clients_ca_secret_follows_its_file(tls: TlsConfig, tmp_path: Path) -> None:
+    ca_file = tmp_path / "clients.pem"
+    shutil.copyfile(tmp_path / "ca.pem", ca_file)
+    mutual = tls.model_copy(update={"client_ca_file": str(ca_file)})
     run_dir = RunDir(tmp_path / "run")
+    pair, clients = listener_secrets(mutual, run_dir)
+    assert pair.secret_file == run_dir.tls_secret
+    assert clients.refresh()
+
+    def trusted() -> str:
+        [resource] = json.loads(run_dir.client_ca_secret.read_text())["resources"]
+        assert resource["name"] == CLIENT_CA_SECRET_NAME
+        return str(resource["validation_context"]["trusted_ca"]["inline_string"])
+
+    assert trusted() == ca_file.read_text()
+    assert run_dir.client_ca_secret.stat().st_mode & 0o777 == 0o600
+    ca_file.write_text("not a certificate\n")
+    assert not clients.refresh()  # the CA in use stays
+    assert trusted() == (tmp_path / "ca.pem").read_text()
+    renewed = ThrowawayCA(tmp_path / "renewed")
+    shutil.copyfile(renewed.ca_file, ca_file)
+    assert clients.refresh()
+    assert trusted() == renewed.ca_file.read_text()
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_envoy_accepts_the_https_listener(tls: TlsConfig, tmp_path: Path, mutual: bool) -> None:
+    run_dir = RunDir(tmp_path / "run")
+    if mutual:
+        tls = tls.model_copy(update={"client_ca_file": str(tmp_path / "ca.pem")})
     policy = Policy.model_validate(
         {
             "version": 1,
@@ -133,6 +182,13 @@ def test_envoy_accepts_the_https_listener(tls: TlsConfig, tmp_path: Path) -> Non
     tls_chain, plaintext_chain = listener["filter_chains"]
     assert tls_chain["filter_chain_match"] == {"transport_protocol": "tls"}
     assert "transport_socket" in tls_chain and "transport_socket" not in plaintext_chain
-    assert ListenerCertificate(tls, run_dir.tls_secret).refresh()  # the SDS file Envoy reads
+    context = tls_chain["transport_socket"]["typed_config"]
+    assert context.get("require_client_certificate", False) is mutual
+    manager = tls_chain["filters"][0]["typed_config"]
+    # With mutual TLS Envoy sets the header ext_proc reads; else its default removes it.
+    assert manager.get("forward_client_cert_details", "SANITIZE") == (
+        "SANITIZE_SET" if mutual else "SANITIZE"
+    )
+    assert all(secret.refresh() for secret in listener_secrets(tls, run_dir))  # Envoy reads
     result = validate_rendered(tmp_path, render_cds({"sim": ("127.0.0.1", 1)}, 1), policy)
     assert result.returncode == 0, result.stdout + result.stderr

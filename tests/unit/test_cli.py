@@ -11,6 +11,8 @@ from pathlib import Path
 from fairlane import __version__
 from fairlane.policy import hash_key
 
+from testkit.certs import ThrowawayCA
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -54,6 +56,26 @@ def test_doctor_fails_when_a_port_is_taken(tmp_path: Path) -> None:
         result = fairlane("doctor", "--config", str(policy))
     assert result.returncode == 1
     assert f"port {port} (listener): in use" in result.stdout
+
+
+def test_doctor_checks_the_https_certificate_and_the_clients_ca(tmp_path: Path) -> None:
+    ThrowawayCA(tmp_path).issue(tmp_path / "cert.pem", tmp_path / "key.pem")
+    tls = (
+        f"{{cert_file: {tmp_path / 'cert.pem'}, key_file: {tmp_path / 'key.pem'}, "
+        f"client_ca_file: {tmp_path / 'clients.pem'}}}"
+    )
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        f"version: 1\nlistener: {{tls: {tls}}}\nengines:\n  e: {{kind: sim, models: [m]}}\n"
+    )
+    result = fairlane("doctor", "--config", str(policy))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert f"[     ok] https certificate: {tmp_path / 'cert.pem'} loads with its key" in lines
+    assert (
+        f"[MISSING] client certificate CAs: listener.tls.client_ca_file "
+        f"{tmp_path / 'clients.pem'}: cannot read: No such file or directory"
+    ) in lines
 
 
 def test_doctor_suggests_a_step_budget_only_where_priority_is_on_and_it_is_unset(
