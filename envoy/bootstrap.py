@@ -204,10 +204,9 @@ HTTP_INSPECTOR = {
 
 def _filter_chain(policy: Policy, run_dir: RunDir, longest_wait: float) -> dict[str, Any]:
     listener = policy.listener
-    mutual = listener.tls is not None and listener.tls.mutual
     return http_filter_chain(
         {
-            **(CLIENT_CERTIFICATE_DETAILS if mutual else {}),
+            **(CLIENT_CERTIFICATE_DETAILS if listener.mutual_tls else {}),
             "stat_prefix": "fairlane",
             # Envoy's edge defaults: routes see /v1/models/../../status as
             # /status, and //v1/... as /v1/...

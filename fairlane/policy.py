@@ -60,6 +60,11 @@ class ListenerConfig(Strict):
     # and prompts cross the network in the clear once `host` is not loopback.
     tls: TlsConfig | None = None
 
+    @property
+    def mutual_tls(self) -> bool:
+        """Clients must show a certificate on the API port."""
+        return self.tls is not None and self.tls.mutual
+
     @field_validator("cors_allow_origins")
     @classmethod
     def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:

@@ -42,8 +42,7 @@ def _credential_problems(policy: Policy) -> list[Problem]:
     """An API key or certificate name can name one tenant only, and a certificate name
     needs the listener to ask clients for certificates."""
     problems: list[Problem] = []
-    tls = policy.listener.tls
-    mutual = tls is not None and tls.mutual
+    mutual = policy.listener.mutual_tls
     for field in ("api_keys", "client_certificates"):
         owner: dict[str, str] = {}
         for name, tenant in policy.tenants.items():

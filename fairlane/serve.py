@@ -193,7 +193,7 @@ class Server:
             base = f"{scheme}://{host}:{listener.port}"
             # With mutual TLS the API port wants a client certificate serve does not
             # have: the worker's control port answers the same /health.
-            mutual = listener.tls is not None and listener.tls.mutual
+            mutual = listener.mutual_tls
             health = f"http://127.0.0.1:{listener.control_port}" if mutual else base
             print(
                 f"Fairlane is up: OpenAI API at {base}/v1 (health {health}/health, "
