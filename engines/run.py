@@ -28,6 +28,9 @@ class EngineRun:
     evictions: int = 0
     load_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=64))
     loading_since: float | None = None
+    # Removed or changed by a reload, draining before it stops: held `down` (its probes,
+    # which the old process still answers, must not route new requests to it).
+    leaving: bool = False
 
     @property
     def resident(self) -> bool:

@@ -92,6 +92,7 @@ class EngineSupervisor:
             or launch_key(policy.engines[name]) != launch_key(run.spec.config)
         ]
         for run in leaving:
+            run.leaving = True
             self._set(run, "down")  # the worker stops routing to it
         await self.publish()
         await self._drain([run.spec.name for run in leaving], policy.listener.drain_grace_s)
@@ -125,7 +126,8 @@ class EngineSupervisor:
                     await self._probe_all(session)
                     changed = False
                     for run in list(self.engines.values()):
-                        changed |= await self._check(run, self._probe_result(run))
+                        if not run.leaving:
+                            changed |= await self._check(run, self._probe_result(run))
                     if changed:
                         await self.publish()
                     await asyncio.sleep(self.interval_s)
@@ -138,7 +140,7 @@ class EngineSupervisor:
         """Probe every engine at once and wait up to a tick: an engine slow to answer
         keeps its probe out across ticks and delays neither the others nor the loop."""
         for run in self.engines.values():
-            if run.probe is None and run.state != "idle":
+            if run.probe is None and run.state != "idle" and not run.leaving:
                 spec = run.spec
                 run.probe = asyncio.create_task(
                     probe(
@@ -293,7 +295,7 @@ class EngineSupervisor:
             self._demand = dict(json.loads(self.run_dir.demand.read_text()))
 
     def _set(self, run: EngineRun, state: str) -> bool:
-        if run.state == state:
+        if run.state == state or (run.leaving and state != "down"):
             return False
         log.info("engine %s: %s -> %s", run.spec.name, run.state, state)
         run.state = state

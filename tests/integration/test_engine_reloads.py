@@ -68,7 +68,7 @@ async def test_reload_adds_drains_and_restarts_engines(stack_factory: Any) -> No
     async with aiohttp.ClientSession() as session:
         body = {
             "model": "m",
-            "max_tokens": 400,
+            "max_tokens": 800,
             "stream": True,
             "messages": [{"role": "user", "content": "x"}],
         }
@@ -85,7 +85,20 @@ async def test_reload_adds_drains_and_restarts_engines(stack_factory: Any) -> No
             }
             policy["engines"]["f"] = {"kind": "sim", "preset": "tiny", "models": ["n"]}
             stack.write_policy(policy)
-            text = (await resp.read()).decode()
+            rest = asyncio.create_task(resp.read())
+
+            async def draining() -> bool:
+                return bool(stack.engine_states()["e"]["state"] == "down")
+
+            assert await eventually(draining, 10), "the changed engine was not taken out"
+            await asyncio.sleep(1.5)  # three health probes, which the old process answers
+            assert not rest.done(), "the stream ended before the drain could be checked"
+            # New requests are not sent to the engine being drained (they would be cut
+            # with it when the drain ends): they are refused, as documented.
+            assert stack.engine_states()["e"]["state"] == "down"
+            status, _, text = await post_chat(session, stack.url, "m")
+            assert status == 503 and "engine_unavailable" in text, (status, text)
+            text = (await rest).decode()
         assert text.rstrip().endswith("data: [DONE]")  # the stream was not cut
         deadline = time.monotonic() + 30
         states: dict[str, Any] = {}
