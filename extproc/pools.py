@@ -39,6 +39,9 @@ def sync_pools(
             else:
                 pool.scheduler = scheduler
             pool.scheduler_kind = config.scheduler
+        # Bounds apply to the requests queued from now on (those waiting stay).
+        pool.scheduler.max_queue_per_tenant = config.queue.max_per_tenant
+        pool.scheduler.max_queue_total = config.queue.max_total
         # FIFO means arrival order for everyone: no slots held back for anyone.
         pool.headroom = config.headroom if config.scheduler == "fair" else 0.0
         pool.shares.linger_s = config.linger_s

@@ -58,6 +58,10 @@ class QueuedRequest:
 class Scheduler(Protocol):
     """Orders waiting requests of one engine pool."""
 
+    # The queue's bounds (the policy's engines.<name>.queue), changed by a reload.
+    max_queue_per_tenant: int
+    max_queue_total: int
+
     def push(self, request: QueuedRequest, now: float) -> None:
         """Queue a request; raises ``QueueFull`` when its tenant's bound is reached."""
 

@@ -83,6 +83,28 @@ async def test_queue_timeout_and_queue_full() -> None:
     assert g.pools["e"].queued == 0 and g.pools["e"].inflight == 2
 
 
+@pytest.mark.parametrize("scheduler", ["fair", "fifo"])
+async def test_reloaded_queue_bounds_apply_to_the_next_request(scheduler: str) -> None:
+    """queue.max_per_tenant and max_total change with a reload, as the rest of the
+    queue settings (they applied only to a pool created anew)."""
+    policy = POLICY.replace("max_inflight: 2,", f"max_inflight: 2, scheduler: {scheduler},")
+    g = gateway(policy)
+    for _ in range(2):
+        admitted(g.begin(ask("alice")))  # type: ignore[arg-type]
+    waiting = [g.begin(ask("bob")) for _ in range(2)]  # type: ignore[arg-type]
+    g.apply(
+        compile_policy(parse_policy(policy.replace("max_per_tenant: 2", "max_per_tenant: 3")), 2)
+    )
+    assert isinstance(g.begin(ask("bob")), Pending)  # type: ignore[arg-type]
+    full = g.begin(ask("bob"))  # type: ignore[arg-type]
+    assert isinstance(full, Rejection) and full.reason is Reason.QUEUE_FULL
+    lowered = policy.replace("max_per_tenant: 2", "max_per_tenant: 1, max_total: 3")
+    g.apply(compile_policy(parse_policy(lowered), 3))
+    refused = g.begin(ask("carol"))  # type: ignore[arg-type]
+    assert isinstance(refused, Rejection) and refused.reason is Reason.QUEUE_FULL
+    assert len(waiting) == 2 and g.pools["e"].queued == 3  # those waiting stay
+
+
 async def test_cancelled_waiter_leaves_no_trace() -> None:
     g = gateway()
     leases = [admitted(g.begin(ask("alice"))) for _ in range(2)]  # type: ignore[arg-type]
