@@ -30,7 +30,7 @@ from fairlane.extproc.outcomes import (
     SharedLimitCheck,
     engine_priority,
 )
-from fairlane.extproc.pipeline import Ticket, evaluate
+from fairlane.extproc.pipeline import Ticket, evaluate, labelled
 from fairlane.extproc.pools import sync_pools
 from fairlane.extproc.replicas import EngineUnavailable
 from fairlane.extproc.request import RequestInfo
@@ -123,7 +123,7 @@ class Gateway:
                 retry_after_s=check.retry_after_s,
             )
             self.count_rejection(rejection, self.label(ticket))
-            return rejection
+            return labelled(ticket.tenant, rejection)
         pool = self.pools[ticket.pool]
         if not ticket.sequences:  # the engine's tokenizer: routed, no slot, no lease
             try:
@@ -190,7 +190,7 @@ class Gateway:
         """Refuse a request that had passed validation (and the rate limiter)."""
         self.refund(ticket, shared_limits)
         self.count_rejection(rejection, self.label(ticket))
-        return rejection
+        return labelled(ticket.tenant, rejection)  # the access log names whose it was
 
     def refund(self, ticket: Ticket, shared_limits: bool) -> None:
         self._correct_limits(ticket, -self.tokens(ticket), shared_limits)

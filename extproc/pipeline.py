@@ -138,27 +138,27 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
     if encoding is not None and encoding.strip().lower() not in ("", "identity"):
         known = ", ".join(DECOMPRESSORS)
         message = f"Content-Encoding {encoding!r} is not supported; send {known} or none"
-        return _for(profile, Rejection(Reason.UNSUPPORTED_ENCODING, message))
+        return labelled(profile, Rejection(Reason.UNSUPPORTED_ENCODING, message))
     if not info.body_is_json:
-        return _for(profile, Rejection(Reason.INVALID_JSON, "request body is not valid JSON"))
+        return labelled(profile, Rejection(Reason.INVALID_JSON, "request body is not valid JSON"))
     model = info.model
     if model is None:
-        return _for(
+        return labelled(
             profile,
             Rejection(Reason.MISSING_MODEL, "request body must be a JSON object with a `model`"),
         )
     if not isinstance(model, str):
-        return _for(profile, Rejection(Reason.INVALID_MODEL, "`model` must be a string"))
+        return labelled(profile, Rejection(Reason.INVALID_MODEL, "`model` must be a string"))
     pool = runtime.model_to_pool.get(model)
     if pool is None:
-        return _for(profile, Rejection(Reason.MODEL_NOT_FOUND, model_not_found(model)))
+        return labelled(profile, Rejection(Reason.MODEL_NOT_FOUND, model_not_found(model)))
     if profile.allowed_models is not None and model not in profile.allowed_models:
-        return _for(
+        return labelled(
             profile,
             Rejection(Reason.MODEL_NOT_ALLOWED, f"tenant {tenant_id!r} may not use `{model}`"),
         )
     if info.background:
-        return _for(profile, Rejection(Reason.UNSUPPORTED_PARAMETER, BACKGROUND_REFUSED))
+        return labelled(profile, Rejection(Reason.UNSUPPORTED_PARAMETER, BACKGROUND_REFUSED))
     cost = runtime.policy.cost
     if info.api is Api.TOKENIZER:
         # The engine's tokenizer, not its batch: no slot, nothing to charge.
@@ -179,7 +179,9 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
         prompt_tokens += info.media_items * cost.media_tokens
         widest = runtime.widest_requests[pool]
         if sequences > widest and info.api is not Api.POOLING:
-            return _for(profile, Rejection(Reason.TOO_MANY_SEQUENCES, _too_wide(sequences, widest)))
+            return labelled(
+                profile, Rejection(Reason.TOO_MANY_SEQUENCES, _too_wide(sequences, widest))
+            )
     return Ticket(
         tenant=profile,
         tenant_id=tenant_id,
@@ -209,7 +211,7 @@ def _not_allowed(tenant_id: str) -> Rejection:
     return Rejection(Reason.UNKNOWN_TENANT, f"tenant {tenant_id!r} is not allowed")
 
 
-def _for(profile: TenantProfile, rejection: Rejection) -> Rejection:
+def labelled(profile: TenantProfile, rejection: Rejection) -> Rejection:
     """Label a rejection with the tenant it was for (named tenants only: bounded)."""
     return replace(rejection, tenant=profile.name if profile.named else None)
 

@@ -80,6 +80,8 @@ async def test_queue_timeout_and_queue_full() -> None:
     assert isinstance(full, Rejection) and full.reason is Reason.QUEUE_FULL
     results = await asyncio.gather(*(p.result() for p in waits))  # type: ignore[union-attr]
     assert all(isinstance(r, Rejection) and r.reason is Reason.QUEUE_TIMEOUT for r in results)
+    # The access log says whose refusals they were.
+    assert {full.tenant} | {r.tenant for r in results} == {"bob"}  # type: ignore[union-attr]
     assert g.pools["e"].queued == 0 and g.pools["e"].inflight == 2
 
 
@@ -142,6 +144,7 @@ async def test_rate_limit_rejects_with_retry_after() -> None:
     assert isinstance(outcomes[0], Admitted) and isinstance(outcomes[1], Admitted)
     third = outcomes[2]
     assert isinstance(third, Rejection) and third.reason is Reason.RATE_LIMIT_EXCEEDED
+    assert third.tenant == "limited"
     assert third.retry_after_s is not None and third.retry_after_s >= 1
 
 
