@@ -62,7 +62,14 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             flags.upstream_connection_failure or flags.no_healthy_upstream or reset_before_response
         )
         self._gateway.finish(
-            decision.fields["lease"].string_value, status, usage, ttft, engine_failed
+            decision.fields["lease"].string_value,
+            status,
+            usage,
+            ttft,
+            engine_failed,
+            # DC / DR: the client closed its connection (or, on HTTP/2, reset its
+            # stream) before the answer was complete.
+            client_left=flags.downstream_connection_termination or flags.downstream_remote_reset,
         )
 
 

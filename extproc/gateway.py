@@ -224,8 +224,10 @@ class Gateway:
         usage: Usage,
         ttft_s: float | None,
         engine_failed: bool = False,
+        client_left: bool = False,
     ) -> None:
-        """Envoy says the request ended (completed, failed or the client went away)."""
+        """Envoy says the request ended (completed, failed or the client went away:
+        ``client_left`` when it did so mid-answer, after the status was sent)."""
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return
@@ -247,7 +249,7 @@ class Gateway:
         m = self.metrics
         m.child(m.tokens, label, ticket.model, "prompt").inc(prompt)
         m.child(m.tokens, label, ticket.model, "completion").inc(completion)
-        self.count_request(label, ticket.model, status)
+        self.count_request(label, ticket.model, 0 if client_left else status)
         if ttft_s is not None and ticket.first_byte_is_token and status == 200:
             m.child(m.ttft, label, ticket.model).observe(ttft_s)
 
@@ -262,7 +264,7 @@ class Gateway:
 
     def count_request(self, label: str, model: str, status: int) -> None:
         """fairlane_requests_total: how an admitted request ended (status 0: the client
-        went away first)."""
+        went away first, before or during the answer)."""
         outcome = "ok" if 200 <= status < 400 else ("client_closed" if status == 0 else "error")
         self.metrics.child(self.metrics.requests, label, model, outcome).inc()
 

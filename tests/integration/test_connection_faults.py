@@ -88,6 +88,8 @@ async def test_disconnect_before_first_token(stack: Any) -> None:
 
 async def test_disconnect_mid_stream(stack: Any) -> None:
     await wait_healthy(stack)
+    closed = {"tenant": "alice", "model": "model-a", "outcome": "client_closed"}
+    before = await metric(stack, "fairlane_requests_total", **closed)
     session, resp = await _open_stream(stack, chat("model-a", 2000, stream=True), "alice")
     try:
         assert resp.status == 200
@@ -100,6 +102,11 @@ async def test_disconnect_mid_stream(stack: Any) -> None:
         await session.close()
     await assert_at_rest(stack)
     assert await eventually(lambda: _is(_engine_running(stack, "big"), 0), 5)
+    # Counted as the client's leaving, not as an answer served (status 200 was sent).
+    counted = eventually(
+        lambda: metric_is(stack, before + 1, "fairlane_requests_total", **closed), 5
+    )
+    assert await counted
 
 
 async def test_clients_that_leave_at_once_leave_no_slot_behind(stack: Any) -> None:
