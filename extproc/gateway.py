@@ -103,6 +103,9 @@ class Gateway:
         limits = ticket.tenant.limits
         if limits is None:
             return self.after_limits(ticket, None, False)
+        quota = limits.tokens_per_day
+        if quota is not None and self.tokens(ticket) > quota:
+            return self._beyond_quota(ticket, quota)
         if self.shared_limiter is not None:
             timeout = self.runtime.pool_config(ticket.pool).queue.timeout_s
             return SharedLimitCheck(self, ticket, self.shared_limiter, timeout)
@@ -183,6 +186,18 @@ class Gateway:
         if self.departed.claim(lease_id):  # its record came first: Envoy is not listening
             self.withdraw(lease_id)
         return admitted
+
+    def _beyond_quota(self, ticket: Ticket, quota: float) -> Rejection:
+        """A request estimated above the whole daily quota fits on no day: say so, with
+        no Retry-After (waiting for midnight would not help)."""
+        rejection = Rejection(
+            Reason.INSUFFICIENT_QUOTA,
+            f"this request may use {self.tokens(ticket):.0f} tokens (its prompt and "
+            f"max_tokens), more than tenant {ticket.tenant_id!r}'s whole daily quota "
+            f"({quota:.0f}): lower max_tokens",
+        )
+        self.count_rejection(rejection, self.label(ticket))
+        return labelled(ticket.tenant, rejection)
 
     def refuse_admitted(
         self, ticket: Ticket, shared_limits: bool, rejection: Rejection

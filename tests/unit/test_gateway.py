@@ -23,6 +23,7 @@ tenants:
   bob: {}
   limited: {limits: {requests_per_minute: 60, burst_seconds: 2}}
   metered: {limits: {tokens_per_minute: 600, burst_seconds: 10}}
+  daily: {limits: {tokens_per_day: 1000}}
 engines:
   e: {kind: sim, models: [m], max_inflight: 2, queue: {max_per_tenant: 2, timeout_s: 0.2}}
 """
@@ -105,6 +106,20 @@ async def test_reloaded_queue_bounds_apply_to_the_next_request(scheduler: str) -
     refused = g.begin(ask("carol"))  # type: ignore[arg-type]
     assert isinstance(refused, Rejection) and refused.reason is Reason.QUEUE_FULL
     assert len(waiting) == 2 and g.pools["e"].queued == 3  # those waiting stay
+
+
+async def test_a_request_above_the_whole_daily_quota_is_told_it_never_fits() -> None:
+    g = gateway()
+    refused = g.begin(ask("daily", max_tokens=2000))  # type: ignore[arg-type]
+    assert isinstance(refused, Rejection) and refused.reason is Reason.INSUFFICIENT_QUOTA
+    assert refused.message == (
+        "this request may use 2010 tokens (its prompt and max_tokens), more than tenant "
+        "'daily''s whole daily quota (1000): lower max_tokens"
+    )
+    assert refused.retry_after_s is None and refused.tenant == "daily"
+    admitted(g.begin(ask("daily", max_tokens=900)))  # type: ignore[arg-type]
+    used_up = g.begin(ask("daily", max_tokens=900))  # type: ignore[arg-type]
+    assert isinstance(used_up, Rejection) and used_up.retry_after_s  # until midnight
 
 
 async def test_cancelled_waiter_leaves_no_trace() -> None:
