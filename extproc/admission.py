@@ -69,8 +69,8 @@ class EnginePool:
         states = {r.state for r in self.replicas.values()}
         if EngineState.UP in states:
             return EngineState.UP
-        if states & {EngineState.STARTING, EngineState.QUARANTINED}:
-            return EngineState.STARTING  # coming back: its requests wait
+        if states & {EngineState.STARTING, EngineState.IDLE, EngineState.QUARANTINED}:
+            return EngineState.STARTING  # coming back, or loaded on demand: requests wait
         return EngineState.DOWN
 
     @property

@@ -22,9 +22,16 @@ log = logging.getLogger(__name__)
 QUARANTINE_S = 2.0
 
 
-# The supervisor's words for an engine's state; any other (starting, idle) queues its
-# requests: for an idle lazy engine the queue is the demand that makes it load.
-_STATES = {"up": EngineState.UP, "down": EngineState.DOWN, "restarting": EngineState.DOWN}
+# The supervisor's words for an engine's state, kept as they are for /health and
+# /status; any other counts as starting. Starting and idle queue their requests: for an
+# idle lazy engine the queue is the demand that makes it load.
+_STATES = {
+    "up": EngineState.UP,
+    "starting": EngineState.STARTING,
+    "idle": EngineState.IDLE,
+    "down": EngineState.DOWN,
+    "restarting": EngineState.DOWN,
+}
 
 
 def reported_state(info: dict[str, Any], config: EngineConfig | None) -> EngineState:

@@ -9,6 +9,7 @@ from enum import Enum
 class EngineState(Enum):
     UP = "up"
     STARTING = "starting"  # requests wait in the queue for it
+    IDLE = "idle"  # a lazy engine not loaded: its requests wait, and are what loads it
     # It failed a request it never received (a refused connection): its requests wait
     # for it, for a short while, until the supervisor has checked it.
     QUARANTINED = "quarantined"

@@ -132,8 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", "-c", type=Path, required=True)
         p.add_argument("--run-dir", type=Path)
         if name == "status":
-            p.add_argument("--once", action="store_true", help="print one table and exit")
-            p.add_argument("--interval", type=float, default=1.0)
+            p.add_argument(
+                "--once",
+                action="store_true",
+                help="print one table and exit, after --interval: TOKENS/S is the rate "
+                "between two samples that far apart",
+            )
+            p.add_argument(
+                "--interval", type=float, default=1.0, help="seconds between samples (default 1)"
+            )
         p.set_defaults(func=func)
 
     p = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)", add_help=False)

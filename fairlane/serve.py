@@ -26,7 +26,7 @@ from fairlane.engines.supervisor import EngineSupervisor
 from fairlane.engines.upstream_tls import bundle_problems
 from fairlane.envoy.admin import admin_url, read_stat
 from fairlane.envoy.bootstrap import render_bootstrap, write_json_atomically
-from fairlane.policy import Policy
+from fairlane.policy import ListenerConfig, Policy
 from fairlane.policy_file import PolicyError, load_policy
 from fairlane.ports import bind_error
 from fairlane.reload import PolicyWatcher
@@ -45,7 +45,10 @@ def envoy_binary() -> str:
 class Server:
     def __init__(self, policy_path: Path, policy: Policy, run_dir: RunDir) -> None:
         self.policy_path = policy_path
-        self.policy = policy
+        self.policy = policy  # the latest applied
+        # The running listener: Envoy's, from start-up; a new one applies on restart only.
+        self.listener = policy.listener
+        self._listener_differs = False  # the file's listener, as last reloaded
         self.run_dir = run_dir
         self.engines = EngineSupervisor(policy, run_dir)
         self.worker = ManagedProcess(
@@ -79,7 +82,7 @@ class Server:
             run_dir.log("envoy"),
         )
         self.watcher = PolicyWatcher(
-            policy_path, policy.listener, self._on_policy, self._on_policy_error
+            policy_path, self.listener, self._on_policy, self._on_policy_error
         )
         self._stop = asyncio.Event()
         self._pending_policy: Policy | None = None
@@ -91,12 +94,21 @@ class Server:
         # The worker watches the file too, but on its own second: told to look now, it
         # knows a new model before the supervisor (in _tend) has started its engine.
         self.worker.send_signal(signal.SIGUSR1)
-        if policy.listener != self.policy.listener:
+        self._note_listener(policy.listener)
+        self._pending_policy = policy
+
+    def _note_listener(self, listener: ListenerConfig) -> None:
+        """Compare with the running listener, not the last reload's: a file that puts
+        the running one back needs no restart."""
+        differs = listener != self.listener
+        if differs:
             log.warning(
                 "the listener section changed: restart `fairlane serve` to apply it "
                 "(the rest of the policy is applied now)"
             )
-        self._pending_policy = policy
+        elif self._listener_differs:
+            log.info("the listener section matches the running one again: no restart needed")
+        self._listener_differs = differs
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -165,7 +177,7 @@ class Server:
 
     async def _shutdown(self) -> None:
         """Stop taking new requests, let in-flight streams finish, then stop children."""
-        listener = self.policy.listener
+        listener = self.listener
         admin = admin_url(listener)
         log.info("draining (up to %.0fs)", listener.drain_grace_s)
         async with aiohttp.ClientSession() as session:
@@ -180,7 +192,7 @@ class Server:
                 await asyncio.sleep(0.2)
 
     async def _announce_when_ready(self) -> None:
-        listener = self.policy.listener
+        listener = self.listener
         admin = admin_url(listener)
         async with aiohttp.ClientSession() as session:
             while True:

@@ -56,10 +56,11 @@ def run_status(config: Path, *, once: bool, interval_s: float) -> int:
                 return 1
             t = time.monotonic()
             table = render(now, before, t - last)
-            if once:
+            if once and before is not None:
                 print(table)
                 return 0
-            print("\033[2J\033[H" + time.strftime("%H:%M:%S") + "\n" + table, flush=True)
+            if not once:  # --once prints only its second table: one sample has no rate
+                print("\033[2J\033[H" + time.strftime("%H:%M:%S") + "\n" + table, flush=True)
             before, last = now, t
             time.sleep(interval_s)
     except KeyboardInterrupt:
