@@ -1,6 +1,7 @@
-"""The HTTP filter chain: strip internal headers, decompress a compressed upload, lift
-body fields into metadata, count a batch's prompts or a chat's or a response's media
-(Lua), ask the worker (ext_proc, headers only), watch usage (Lua), route."""
+"""The HTTP filter chain: strip internal headers, note the Content-Encoding sent,
+decompress a compressed upload, lift body fields into metadata, count a batch's prompts
+or a chat's or a response's media (Lua), ask the worker (ext_proc, headers only), watch
+usage (Lua), route."""
 
 from __future__ import annotations
 
@@ -19,7 +20,12 @@ from fairlane.envoy.common import (
     seconds,
 )
 from fairlane.extproc.client_certificate import XFCC_HEADER
-from fairlane.extproc.request import JSON_ERROR_KEY, MODEL_MISSING_KEY, REQUEST_NAMESPACE
+from fairlane.extproc.request import (
+    JSON_ERROR_KEY,
+    MODEL_MISSING_KEY,
+    REQUEST_NAMESPACE,
+    SENT_ENCODING_KEY,
+)
 
 CORS_FILTER = "envoy.filters.http.cors"  # its policy is the virtual host's (routes.py)
 # Each runs on one path only (routes.py turns them off elsewhere).
@@ -69,6 +75,7 @@ def http_filters(longest_wait: float, max_body_bytes: int) -> list[dict[str, Any
                 },
             },
         },
+        _sent_encoding(),
         *(_decompressor(encoding, library) for encoding, library in DECOMPRESSORS.items()),
         {
             # Buffers the whole body (json_to_metadata would anyway) and sets its
@@ -139,6 +146,27 @@ def http_filters(longest_wait: float, max_body_bytes: int) -> list[dict[str, Any
     ]
 
 
+def _sent_encoding() -> dict[str, Any]:
+    """Keeps the Content-Encoding the client sent, before the decompressors remove their
+    token of it: the worker names it whole in a 415 ("gzip, gzip" leaves "gzip"), and
+    knows a body that decompressed to nothing was compressed, not empty."""
+    rule = {
+        "header": "content-encoding",
+        "on_header_present": {
+            "metadata_namespace": REQUEST_NAMESPACE,
+            "key": SENT_ENCODING_KEY,
+            "type": "STRING",
+        },
+    }
+    return {
+        "name": "envoy.filters.http.header_to_metadata",
+        "typed_config": {
+            "@type": T + "envoy.extensions.filters.http.header_to_metadata.v3.Config",
+            "request_rules": [rule],
+        },
+    }
+
+
 def _decompressor(encoding: str, library: str) -> dict[str, Any]:
     """Undoes one Content-Encoding of request bodies (and removes the header), so the
     body fields, the size estimate and the engine all see plain JSON. Responses are
@@ -187,6 +215,8 @@ def _body_rules() -> list[dict[str, Any]]:
         }
 
     model = field("model", key="model")
+    # Also for a list, an object or null, which it cannot lift (nor tell from none: the
+    # worker's message asks for a string `model`, which covers both).
     model["on_missing"] = {
         "metadata_namespace": REQUEST_NAMESPACE,
         "key": MODEL_MISSING_KEY,

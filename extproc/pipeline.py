@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from fairlane.envoy.common import DECOMPRESSORS
 from fairlane.extproc.errors import Reason, Rejection, model_not_found
-from fairlane.extproc.request import Api, RequestInfo
+from fairlane.extproc.request import Api, RequestInfo, is_encoded
 from fairlane.extproc.runtime import TENANT_ID, Runtime, TenantProfile
 from fairlane.lax import lax_int
 
@@ -22,6 +22,11 @@ BACKGROUND_REFUSED = (
     "the request ends, outside the fair queue; send the request without it (stream it "
     "to see the answer as it comes)"
 )
+
+
+# Also the answer to a `model` that is a list, an object or null: Envoy's json_to_metadata
+# reads those as missing (checking the type on every request would cost a Lua filter).
+MISSING_MODEL = "request body must be a JSON object with a string `model`"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,18 +139,15 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
     profile = runtime.profile_for(tenant_id)
     if profile is None:
         return _not_allowed(tenant_id)
-    encoding = info.content_encoding
-    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
-        known = ", ".join(DECOMPRESSORS)
-        message = f"Content-Encoding {encoding!r} is not supported; send {known} or none"
-        return labelled(profile, Rejection(Reason.UNSUPPORTED_ENCODING, message))
+    if is_encoded(info.content_encoding):
+        return labelled(profile, Rejection(Reason.UNSUPPORTED_ENCODING, _unsupported(info)))
     if not info.body_is_json:
         return labelled(profile, Rejection(Reason.INVALID_JSON, "request body is not valid JSON"))
     model = info.model
     if model is None:
         return labelled(
             profile,
-            Rejection(Reason.MISSING_MODEL, "request body must be a JSON object with a `model`"),
+            Rejection(Reason.MISSING_MODEL, MISSING_MODEL),
         )
     if not isinstance(model, str):
         return labelled(profile, Rejection(Reason.INVALID_MODEL, "`model` must be a string"))
@@ -194,6 +196,14 @@ def evaluate(info: RequestInfo, runtime: Runtime) -> Ticket | Rejection:
         first_byte_is_token=info.stream and info.api is not Api.RESPONSES,
         request_id=info.request_id,
     )
+
+
+def _unsupported(info: RequestInfo) -> str:
+    """Names the header as sent: a decompressor takes its own token out of a list, so
+    what it left ("gzip" of "gzip, gzip") can be one Envoy undoes."""
+    sent = info.sent_encoding or info.content_encoding
+    known = ", ".join(DECOMPRESSORS)
+    return f"Content-Encoding {sent!r} is not supported; send one of {known} or none"
 
 
 def _too_wide(sequences: int, widest: int) -> str:

@@ -28,6 +28,8 @@ REQUEST_NAMESPACE = "fairlane.request"
 # Marker values json_to_metadata writes when the body is not JSON / has no model.
 JSON_ERROR_KEY = "json_error"
 MODEL_MISSING_KEY = "model_missing"
+# The Content-Encoding the client sent, kept before Envoy's decompressors remove theirs.
+SENT_ENCODING_KEY = "content_encoding"
 # The prompts envoy/prompts.lua counted in a completions batch (absent: one).
 PROMPTS_KEY = "prompts"
 # The media envoy/media.lua found in a chat, and their bytes (absent: none).
@@ -63,7 +65,8 @@ class RequestInfo:
     client_names: tuple[str, ...]  # in the client's certificate (mutual TLS), else ()
     content_length: int
     content_encoding: str | None  # one Envoy's decompressors left (they remove theirs)
-    body_is_json: bool
+    sent_encoding: str | None  # the whole header the client sent (its 415 names it)
+    body_is_json: bool  # a compressed body that decompressed to nothing is not
     model: Any  # whatever JSON value the client sent; validated by the pipeline
     max_tokens: Any
     choices: Any  # `n`: sequences the engine generates per prompt
@@ -94,7 +97,6 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         length = int(headers.get("content-length", "0"))
     except ValueError:
         length = 0
-    model_missing = bool(fields.get(MODEL_MISSING_KEY))
     path = headers.get(":path", "").partition("?")[0]
     api = _API_BY_PATH.get(path, Api.CHAT_OR_COMPLETIONS)
     # Only the API's own fields count: the engine ignores the others', so a client
@@ -111,6 +113,11 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         if not isinstance(max_tokens, str | int | float):
             max_tokens = fields.get("max_tokens")
         choices, best_of = fields.get("n"), fields.get("best_of")
+    sent = fields.get(SENT_ENCODING_KEY)
+    sent_encoding = sent if isinstance(sent, str) else headers.get("content-encoding")
+    # A decompressor that cannot undo a body (not in the encoding it names, or cut short
+    # before its first byte) passes on nothing: json_to_metadata then sees no `model`.
+    undecompressed = length == 0 and is_encoded(sent_encoding)
     return RequestInfo(
         api=api,
         anthropic=on_messages_api(path),
@@ -120,8 +127,9 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         client_names=certificate_names(headers.get(XFCC_HEADER)),
         content_length=length,
         content_encoding=headers.get("content-encoding"),
-        body_is_json=not fields.get(JSON_ERROR_KEY),
-        model=None if model_missing else fields.get("model"),
+        sent_encoding=sent_encoding,
+        body_is_json=not fields.get(JSON_ERROR_KEY) and not undecompressed,
+        model=None if fields.get(MODEL_MISSING_KEY) else fields.get("model"),
         max_tokens=max_tokens,
         choices=choices,
         best_of=best_of,
@@ -133,6 +141,11 @@ def request_info(headers: dict[str, str], fields: dict[str, Any]) -> RequestInfo
         declared_json=headers.get("content-type", "").startswith("application/json"),
         request_id=headers.get(REQUEST_ID_HEADER, ""),
     )
+
+
+def is_encoded(content_encoding: str | None) -> bool:
+    """Whether a Content-Encoding header names an encoding (`identity` is none)."""
+    return (content_encoding or "").strip().lower() not in ("", "identity")
 
 
 def _count(value: Any) -> int:

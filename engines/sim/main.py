@@ -17,6 +17,10 @@ from .flags import configured_preset, parse_args
 from .server import build_app
 
 _SHUTDOWN_TIMEOUT_S = 5.0
+# Envoy forwards a header block of up to 60 KiB (max_request_headers_kb's default), so no
+# one header (or request line) it forwards is longer; aiohttp's 8 KiB default would answer
+# a longer one with a plain-text 400 instead of serving it.
+_MAX_HEADER_BYTES = 64 * 1024
 _SIGNAL_RECHECK_S = 3600.0
 
 
@@ -44,7 +48,12 @@ async def _serve(args: argparse.Namespace) -> int:
     # handler_cancellation: a client that disconnects while its request is still queued
     # cancels the handler, which aborts the request (vLLM also aborts on disconnect).
     runner = web.AppRunner(
-        app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_TIMEOUT_S
+        app,
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
+        max_line_size=_MAX_HEADER_BYTES,
+        max_field_size=_MAX_HEADER_BYTES,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -192,7 +192,7 @@ def test_an_unknown_model_is_the_sdks_not_found_error(stack: Any) -> None:
     ("body", "status", "error_type", "text"),
     [
         (b"{not json", 400, "invalid_request_error", "request body is not valid JSON"),
-        ({"max_tokens": 4, "messages": []}, 400, "invalid_request_error", "with a `model`"),
+        ({"max_tokens": 4, "messages": []}, 400, "invalid_request_error", "a string `model`"),
         ({**message(), "model": 7}, 400, "invalid_request_error", "`model` must be a string"),
         ({**message(), "model": "nope"}, 404, "not_found_error", "`nope` does not exist"),
         # Envoy's own reply, past the listener's body limit.
@@ -212,6 +212,22 @@ async def test_fairlanes_refusals_take_anthropics_shape(
     assert headers["content-type"] == "application/json"
     error = anthropic_error(reply)
     assert error["type"] == error_type and text in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("model", "said"),
+    [
+        (None, "request body must be a JSON object with a string `model`"),
+        ([MODEL], "request body must be a JSON object with a string `model`"),
+        (7, "`model` must be a string"),
+    ],
+)
+async def test_a_model_that_is_not_a_string_is_refused_as_one(
+    stack: Any, model: Any, said: str
+) -> None:
+    got, _, reply = await post(stack, {**message(), "model": model})
+    assert got == 400, reply
+    assert anthropic_error(reply) == {"type": "invalid_request_error", "message": said}
 
 
 async def test_the_engines_own_refusal_passes_through(stack: Any) -> None:

@@ -33,6 +33,17 @@ def test_header_beyond_envoy_limit_gets_an_answer(stack: Any) -> None:
     assert openai_error(answer) is None, answer
 
 
+def test_a_header_within_envoys_limit_reaches_the_engine(stack: Any) -> None:
+    """A 50 KB header passes Envoy's 60 KiB limit and goes on to the engine, which must
+    serve it too (the simulator answered a plain-text 400 past 8 KiB)."""
+    message = {"role": "user", "content": "hi"}
+    body = json.dumps({"model": "model-a", "max_tokens": 2, "messages": [message]}).encode()
+    headers = [(b"X-Tenant-ID", b"alice"), (b"X-Trace", b"t" * 50_000)]
+    answer = exchange(stack.port, build(b"POST", CHAT.encode(), headers, body), "POST")
+    assert answer.status == 200, answer
+    assert json.loads(answer.body)["object"] == "chat.completion"
+
+
 @pytest.mark.parametrize(
     "expect", [[b"100-continue"], [b"100-continue", b"100-continue"], [b"something-else"]]
 )

@@ -100,6 +100,30 @@ async def test_bad_bodies_get_openai_errors(
     assert fragment in error["message"]
 
 
+MISSING_MODEL = "request body must be a JSON object with a string `model`"
+NOT_A_STRING = "`model` must be a string"
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "code", "message"),
+    [
+        # json_to_metadata lifts none of these: read as missing, the message covers them.
+        (CHAT, b'{"model": null, "messages": []}', "missing_model", MISSING_MODEL),
+        (CHAT, b'{"model": ["model-a"], "messages": []}', "missing_model", MISSING_MODEL),
+        ("/tokenize", b'{"prompt": "x", "model": {"id": 1}}', "missing_model", MISSING_MODEL),
+        (CHAT, b'{"model": true, "messages": []}', "invalid_model", NOT_A_STRING),
+        (CHAT, b'{"model": 7, "messages": []}', "invalid_model", NOT_A_STRING),
+    ],
+)
+async def test_a_model_that_is_not_a_string_is_refused(
+    stack: Any, path: str, raw: bytes, code: str, message: str
+) -> None:
+    got, _, body = await post(stack, None, path=path, raw=raw)
+    assert got == 400
+    error = error_of(body)
+    assert (error["code"], error["message"]) == (code, message)
+
+
 async def test_oversize_body_is_413(stack: Any) -> None:
     big = chat("model-a")
     big["messages"][0]["content"] = "x" * (MAX_BODY + 10)

@@ -105,6 +105,18 @@ async def test_valid_sampling_fields_are_accepted(base_url: str) -> None:
     assert resp["object"] == "chat.completion"
 
 
+async def test_a_header_as_long_as_envoy_forwards_is_served(base_url: str) -> None:
+    """Envoy forwards a header of up to 60 KiB; aiohttp's default stops at 8 KiB, with a
+    plain-text 400 ("Got more than 8190 bytes when reading")."""
+    headers = {"X-Trace": "t" * 50_000}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base_url}/v1/chat/completions", json=CHAT, headers=headers) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["object"] == "chat.completion"
+
+
 async def test_models_and_health(base_url: str) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{base_url}/v1/models") as resp:

@@ -157,6 +157,33 @@ def test_body_problems(fields: dict[str, Any], reason: Reason) -> None:
     rejected(evaluate(info(**fields), runtime()), reason)
 
 
+def body_of(headers: dict[str, str], fields: dict[str, Any]) -> Rejection:
+    result = evaluate(request_info({"x-tenant-id": "alice", **headers}, fields), runtime())
+    assert isinstance(result, Rejection), result
+    return result
+
+
+def test_a_compressed_body_that_decompressed_to_nothing_is_not_json() -> None:
+    """Envoy's decompressor passes on nothing it cannot undo; json_to_metadata then sees
+    no body, so no `model`. The header the client sent (kept in metadata) tells."""
+    nothing = {"content-length": "0"}
+    got = body_of(nothing, {"content_encoding": "gzip", "model_missing": True})
+    assert (got.reason, got.message) == (Reason.INVALID_JSON, "request body is not valid JSON")
+    for empty in ({}, {"content_encoding": "identity"}):
+        got = body_of(nothing, {**empty, "model_missing": True})
+        assert got.reason is Reason.MISSING_MODEL, empty
+
+
+def test_an_encoding_envoy_left_is_named_as_the_client_sent_it() -> None:
+    got = body_of({"content-encoding": "gzip"}, {"content_encoding": "gzip, gzip"})
+    assert got.reason is Reason.UNSUPPORTED_ENCODING
+    want = "Content-Encoding 'gzip, gzip' is not supported; send one of gzip, br, zstd or none"
+    assert got.message == want
+    # Without the metadata (a test, the control API): the header as it arrived.
+    got = body_of({"content-encoding": "deflate"}, {})
+    assert "'deflate'" in got.message
+
+
 def test_tenant_header_rules() -> None:
     rt = runtime()
     rejected(identify(info(None), rt), Reason.MISSING_TENANT)
