@@ -62,7 +62,9 @@ def local_replies(policy: Policy) -> dict[str, Any]:
         _Reply(
             flags("SI"),
             Reason.STREAM_IDLE_TIMEOUT,
-            "the response stalled longer than the stream idle timeout",
+            # Envoy's one timer for both directions: which one stalled, it does not say.
+            "nothing moved for longer than the stream idle timeout: the engine sent no "
+            "answer, or the client stopped sending its body",
         ),
         _Reply(
             ext_proc_failed,

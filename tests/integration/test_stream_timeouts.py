@@ -8,13 +8,15 @@ Every wait is bounded; every stack is stopped by PID and checked for surviving c
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from typing import Any
 
 import aiohttp
 import pytest
 
-from testkit.http import chat, error_of, post, read_stream
+from testkit.http import CHAT, build, chat, error_of, post, read_stream
 from testkit.metrics import assert_at_rest
 from testkit.policies import faults_policy
 
@@ -48,6 +50,30 @@ async def test_stalled_engine_gets_504(idle_stack: Any) -> None:
     assert error_of(body)["code"] == "stream_idle_timeout"
     assert 1.5 < took < 10
     await assert_at_rest(idle_stack)
+
+
+def test_a_client_that_stops_sending_its_body_gets_504(idle_stack: Any) -> None:
+    """Headers and most of the body, then silence: the idle timeout ends it (Envoy has
+    one timer for both directions; the message names both causes)."""
+    body = json.dumps(chat("model-a")).encode()
+    request = build(b"POST", CHAT.encode(), [(b"X-Tenant-ID", b"alice")], body)
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", idle_stack.port), timeout=15) as sock:
+        sock.sendall(request[:-10])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    took = time.monotonic() - start
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 504"), answer
+    assert error_of(payload) == {
+        "message": "nothing moved for longer than the stream idle timeout: the engine sent "
+        "no answer, or the client stopped sending its body",
+        "type": "timeout",
+        "param": None,
+        "code": "stream_idle_timeout",
+    }
+    assert 1.5 < took < 10
 
 
 async def test_engine_stalling_mid_stream_is_cut(idle_stack: Any) -> None:
